@@ -1,0 +1,137 @@
+// Every numeric op of llmft, as forward/backward pairs. One declaration here;
+// implementations in kernels/cpu (the readable reference: OpenBLAS + OpenMP)
+// and kernels/cuda (cuBLASLt + fused kernels), chosen by the context's device.
+// All tensor arguments must live on the context's device.
+//
+// Dtype rules (DESIGN.md): storage f32, bf16 or f16; accumulation in fp32;
+// norms, softmax, log-sum-exp and losses computed in fp32. Outputs are rounded
+// to their own dtype with round-to-nearest-even, identically on both backends.
+// Gradient outputs named "accumulated" (+=) add into what is there, so
+// gradient accumulation and shared weights (tied embeddings) need no copies.
+//
+// Layouts: activations are row-major [tokens, features]; attention tensors are
+// [batch, time, heads, head_dim], which is exactly the output of the q/k/v
+// projections, so no transposes are needed.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "core/context.h"
+#include "core/tensor.h"
+
+namespace llmft::ops {
+
+// ---- GEMM -----------------------------------------------------------------
+// c = alpha * op(a) @ op(b) + beta * c for each batch entry; op(x) = x or x^T.
+// a: [..., M, K] ([..., K, M] if trans_a); b: [..., K, N] ([..., N, K] if
+// trans_b); c: [..., M, N]. Leading (batch) dims of a, b and c are equal, or a
+// 2-D a or b is shared by every batch entry. a and b share one dtype; c is f32
+// or that dtype. beta == 0 ignores c's contents (NaNs included).
+void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b,
+          float alpha = 1.0f, float beta = 0.0f);
+
+// ---- Linear (torch.nn.Linear layout: weight [out, in]) ---------------------
+// y[N, out] = x[N, in] @ weight^T + bias. bias may be null.
+void linear_forward(Context& context, const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y);
+// dx = dy @ weight (overwritten, or accumulated when accumulate_dx);
+// dweight += dy^T @ x; dbias += sum over rows of dy. Any output may be null
+// (frozen weights get no gradient). dweight/dbias may be f32 or weight's dtype.
+void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const Tensor& weight, Tensor* dx,
+                     Tensor* dweight, Tensor* dbias, bool accumulate_dx = false);
+
+// ---- Embedding --------------------------------------------------------------
+// out[n] = table[ids[n]]; ids i32 [N]; table [V, D]; out [N, D].
+// An id outside [0, V) is an error naming the position and the id.
+void embedding_forward(Context& context, const Tensor& ids, const Tensor& table, Tensor& out);
+// dtable[ids[n]] += dout[n] (scatter-add; repeated ids accumulate).
+void embedding_backward(Context& context, const Tensor& ids, const Tensor& dout, Tensor& dtable);
+
+// ---- RMSNorm (Zhang & Sennrich 2019; Hugging Face LlamaRMSNorm) -------------
+// rstd[n] = 1 / sqrt(mean(x[n]^2) + eps) in fp32; y = weight * round(x * rstd),
+// where round() is the cast to x's dtype that LlamaRMSNorm applies before the
+// weight multiply. x, y: [N, D]; weight [D]; rstd f32 [N] (saved for backward).
+void rmsnorm_forward(Context& context, const Tensor& x, const Tensor& weight, float eps, Tensor& y, Tensor& rstd);
+// dx overwritten; dweight accumulated (may be null for a frozen norm).
+void rmsnorm_backward(Context& context, const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                      Tensor& dx, Tensor* dweight);
+
+// ---- RoPE (Su et al. 2021), Hugging Face rotate-half convention --------------
+// Dimension i pairs with i + head_dim/2 (not Meta's interleaved pairs):
+// y[i] = x[i] cos(p f_i) - x[i + h] sin(p f_i); y[i + h] = x[i + h] cos(p f_i) + x[i] sin(p f_i)
+// with p = positions[n] and f = inv_freq (fp32 [head_dim/2], computed by the
+// model from rope_theta and rope_scaling). x, y: [N, heads, head_dim] (or
+// [B, T, heads, head_dim] with N = B*T); positions i32 [N]. y may alias x.
+void rope_forward(Context& context, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, Tensor& y);
+// The transpose of the rotation (rotation by -p f). dx may alias dy.
+void rope_backward(Context& context, const Tensor& dy, const Tensor& positions, const Tensor& inv_freq, Tensor& dx);
+
+// ---- SwiGLU (Shazeer 2020): out = silu(gate) * up --------------------------------
+void swiglu_forward(Context& context, const Tensor& gate, const Tensor& up, Tensor& out);
+// dgate, dup overwritten (may alias gate/up when those are no longer needed).
+void swiglu_backward(Context& context, const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
+                     Tensor& dup);
+
+// ---- Causal self-attention with grouped-query heads --------------------------------
+struct AttentionOptions {
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
+  // Leading key/value positions visible to every query: prefix-tuning K/V, or
+  // the KV cache during generation.
+  int64_t num_prefix = 0;
+  // Optional i32 [B*T]: with packed sequences, query t attends only to keys
+  // P + [doc_start[t], t] (its own document) besides the prefix. Null means 0.
+  const Tensor* doc_start = nullptr;
+};
+// q: [B, T, Hq, Dh]; k, v: [B, P + T, Hkv, Dh] with Hq a multiple of Hkv (query
+// head h uses KV head h / (Hq / Hkv)); out: [B, T, Hq, Dh]; lse: f32 [B, Hq, T],
+// the log-sum-exp of each query's scaled scores, saved for the backward.
+// Query t sees key positions [0, P) and P + [doc_start(t), t]. Online softmax
+// (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022): the [T, T]
+// score matrix is never materialised on the GPU.
+void attention_forward(Context& context, const Tensor& q, const Tensor& k, const Tensor& v,
+                       const AttentionOptions& options, Tensor& out, Tensor& lse);
+// dq, dk, dv overwritten (shapes of q, k, v).
+void attention_backward(Context& context, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, const AttentionOptions& options, Tensor& dq, Tensor& dk,
+                        Tensor& dv);
+
+// ---- Softmax cross-entropy --------------------------------------------------------
+// For each row n with targets[n] >= 0: lse[n] = log sum_v exp(logits[n, v]) and
+// losses[n] = lse[n] - logits[n, targets[n]]; rows with targets[n] < 0 (ignore
+// index, e.g. -100, or masked prompt tokens) get loss 0. logits [N, V] any float
+// dtype; targets i32 [N]; losses, lse f32 [N]. A target >= V is an error.
+// The reduction over V runs in chunks with an online max, so V may be large.
+void cross_entropy_forward(Context& context, const Tensor& logits, const Tensor& targets, Tensor& losses,
+                           Tensor& lse);
+// dlogits[n] = dloss[n] * (softmax(logits[n]) - onehot(targets[n])); zero for
+// ignored rows. dloss f32 [N]. dlogits may alias logits (the fused in-place
+// form the model uses so a chunk of logits never needs a second buffer).
+void cross_entropy_backward(Context& context, const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                            const Tensor& dloss, Tensor& dlogits);
+
+// ---- Elementwise -------------------------------------------------------------
+void add(Context& context, const Tensor& a, const Tensor& b, Tensor& out);  // out = a + b; out may alias a or b
+void add_scaled(Context& context, float alpha, const Tensor& x, Tensor& y);  // y += alpha * x (x, y any float dtypes)
+void scale(Context& context, Tensor& x, float alpha);                        // x *= alpha
+void fill(Context& context, Tensor& x, float value);
+// dst = src converted (float<->float with round-to-nearest-even; i32<->i64).
+void cast(Context& context, const Tensor& src, Tensor& dst);
+
+// ---- Dropout (Srivastava et al. 2014), inverted scaling ------------------------------
+// Element i is kept when philox_uniform_at(seed, offset + i) >= p and scaled by
+// 1 / (1 - p). The mask is a pure function of (seed, offset, i): the backward
+// and a recomputed forward regenerate it instead of storing it.
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y);
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx);
+
+// ---- Gradient statistics ------------------------------------------------------
+// One pass over every tensor: sum of squares (fp32 per element, accumulated in
+// double across blocks) and whether every element is finite. Drives global
+// grad-norm clipping and the loss scaler's overflow check.
+struct GradientStats {
+  double sum_of_squares = 0.0;
+  bool all_finite = true;
+};
+GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors);
+
+}  // namespace llmft::ops
