@@ -1,2 +1,108 @@
-// Placeholder until the CPU kernels land.
+// Dispatch of every op in kernels/ops.h to the backend of the context's device.
 #include "kernels/ops.h"
+
+#include "kernels/cpu/cpu_ops.h"
+#ifdef LLMFT_WITH_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#define LLMFT_DISPATCH(context, call) ((context).is_cuda() ? ::llmft::cuda::call : ::llmft::cpu::call)
+#else
+#define LLMFT_DISPATCH(context, call) ::llmft::cpu::call
+#endif
+
+namespace llmft::ops {
+
+void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, float alpha,
+          float beta) {
+  LLMFT_DISPATCH(context, gemm(context, a, b, c, trans_a, trans_b, alpha, beta));
+}
+
+void linear_forward(Context& context, const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) {
+  LLMFT_DISPATCH(context, linear_forward(context, x, weight, bias, y));
+}
+
+void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const Tensor& weight, Tensor* dx,
+                     Tensor* dweight, Tensor* dbias, bool accumulate_dx) {
+  LLMFT_DISPATCH(context, linear_backward(context, dy, x, weight, dx, dweight, dbias, accumulate_dx));
+}
+
+void embedding_forward(Context& context, const Tensor& ids, const Tensor& table, Tensor& out) {
+  LLMFT_DISPATCH(context, embedding_forward(context, ids, table, out));
+}
+
+void embedding_backward(Context& context, const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+  LLMFT_DISPATCH(context, embedding_backward(context, ids, dout, dtable));
+}
+
+void rmsnorm_forward(Context& context, const Tensor& x, const Tensor& weight, float eps, Tensor& y, Tensor& rstd) {
+  LLMFT_DISPATCH(context, rmsnorm_forward(context, x, weight, eps, y, rstd));
+}
+
+void rmsnorm_backward(Context& context, const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                      Tensor& dx, Tensor* dweight) {
+  LLMFT_DISPATCH(context, rmsnorm_backward(context, dy, x, weight, rstd, dx, dweight));
+}
+
+void rope_forward(Context& context, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, Tensor& y) {
+  LLMFT_DISPATCH(context, rope_forward(context, x, positions, inv_freq, y));
+}
+
+void rope_backward(Context& context, const Tensor& dy, const Tensor& positions, const Tensor& inv_freq, Tensor& dx) {
+  LLMFT_DISPATCH(context, rope_backward(context, dy, positions, inv_freq, dx));
+}
+
+void swiglu_forward(Context& context, const Tensor& gate, const Tensor& up, Tensor& out) {
+  LLMFT_DISPATCH(context, swiglu_forward(context, gate, up, out));
+}
+
+void swiglu_backward(Context& context, const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
+                     Tensor& dup) {
+  LLMFT_DISPATCH(context, swiglu_backward(context, dout, gate, up, dgate, dup));
+}
+
+void attention_forward(Context& context, const Tensor& q, const Tensor& k, const Tensor& v,
+                       const AttentionOptions& options, Tensor& out, Tensor& lse) {
+  LLMFT_DISPATCH(context, attention_forward(context, q, k, v, options, out, lse));
+}
+
+void attention_backward(Context& context, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, const AttentionOptions& options, Tensor& dq, Tensor& dk,
+                        Tensor& dv) {
+  LLMFT_DISPATCH(context, attention_backward(context, dout, q, k, v, out, lse, options, dq, dk, dv));
+}
+
+void cross_entropy_forward(Context& context, const Tensor& logits, const Tensor& targets, Tensor& losses, Tensor& lse) {
+  LLMFT_DISPATCH(context, cross_entropy_forward(context, logits, targets, losses, lse));
+}
+
+void cross_entropy_backward(Context& context, const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                            const Tensor& dloss, Tensor& dlogits) {
+  LLMFT_DISPATCH(context, cross_entropy_backward(context, logits, targets, lse, dloss, dlogits));
+}
+
+void add(Context& context, const Tensor& a, const Tensor& b, Tensor& out) {
+  LLMFT_DISPATCH(context, add(context, a, b, out));
+}
+
+void add_scaled(Context& context, float alpha, const Tensor& x, Tensor& y) {
+  LLMFT_DISPATCH(context, add_scaled(context, alpha, x, y));
+}
+
+void scale(Context& context, Tensor& x, float alpha) { LLMFT_DISPATCH(context, scale(context, x, alpha)); }
+
+void fill(Context& context, Tensor& x, float value) { LLMFT_DISPATCH(context, fill(context, x, value)); }
+
+void cast(Context& context, const Tensor& src, Tensor& dst) { LLMFT_DISPATCH(context, cast(context, src, dst)); }
+
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y) {
+  LLMFT_DISPATCH(context, dropout_forward(context, x, p, seed, offset, y));
+}
+
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx) {
+  LLMFT_DISPATCH(context, dropout_backward(context, dy, p, seed, offset, dx));
+}
+
+GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors) {
+  return LLMFT_DISPATCH(context, gradient_stats(context, tensors));
+}
+
+}  // namespace llmft::ops

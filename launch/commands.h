@@ -1,0 +1,12 @@
+// Subcommands of the llmft binary. Each takes the arguments after its name,
+// returns the exit code, and throws llmft::Error for bad input (main() prints
+// it on one line and exits with its code).
+#pragma once
+
+#include <span>
+
+namespace llmft::launch {
+
+int run_inspect(std::span<char*> args);  // launch/inspect_command.cc
+
+}  // namespace llmft::launch

@@ -1,0 +1,56 @@
+// The llmft binary: one subcommand per verb. Exit codes: 0 ok, 1 runtime
+// failure, 2 bad input or config (llmft::ErrorKind).
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <exception>
+#include <span>
+#include <string_view>
+
+#include "core/error.h"
+#include "launch/commands.h"
+
+namespace {
+
+struct Subcommand {
+  std::string_view name;
+  std::string_view summary;
+  int (*run)(std::span<char*> args);
+};
+
+constexpr Subcommand kSubcommands[] = {
+    {"inspect", "inspect MODEL_DIR: architecture, parameters by dtype and module, training memory",
+     llmft::launch::run_inspect},
+};
+
+void print_usage(FILE* out) {
+  std::fprintf(out, "usage: llmft <command> [args]\n\ncommands:\n");
+  for (const Subcommand& command : kSubcommands)
+    std::fprintf(out, "  %-10s %.*s\n", std::string(command.name).c_str(), static_cast<int>(command.summary.size()),
+                 command.summary.data());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    print_usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  std::string_view name = argv[1];
+  for (const Subcommand& command : kSubcommands) {
+    if (command.name != name) continue;
+    try {
+      return command.run(std::span<char*>(argv + 2, static_cast<size_t>(argc - 2)));
+    } catch (const llmft::Error& error) {
+      std::fprintf(stderr, "llmft %s: error: %s\n", argv[1], error.what());
+      return error.exit_code();
+    } catch (const std::exception& error) {
+      std::fprintf(stderr, "llmft %s: error: %s\n", argv[1], error.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "llmft: unknown command '%s'\n", argv[1]);
+  print_usage(stderr);
+  return 2;
+}
