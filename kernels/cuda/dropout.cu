@@ -1,0 +1,142 @@
+// Inverted dropout (forward and backward are the same map) and the gradient
+// statistics pass.
+//
+// Dropout fuses the mask generation into the multiply: the mask is never
+// stored; each thread draws one Philox4x32-10 block (core/philox.h, the same
+// function the CPU runs) and applies its four words to the four consecutive
+// elements of the stream it covers, so the keep decisions are bit-identical
+// to the CPU backend for any (seed, offset).
+//
+// gradient_stats fuses the sum of squares and the finiteness test into one
+// read of every gradient: fp32 squares summed per thread, then double across
+// threads and blocks (atomicAdd on double), and one read-back at the end
+// (the caller needs the numbers on the host anyway to decide clipping and
+// whether to skip the step).
+#include "core/philox.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_util.cuh"
+
+namespace llmft::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Thread g handles Philox block (offset >> 2) + g, i.e. stream elements
+// 4 * block .. 4 * block + 3, of which those inside [offset, offset + n) map to
+// tensor elements element - offset.
+template <typename X, typename Y>
+__global__ void dropout_kernel(const X* x, Y* y, int64_t n, float p, float keep_scale, uint64_t seed,
+                               uint64_t offset) {
+  const uint64_t first_block = offset >> 2;
+  const uint64_t last_block = (offset + static_cast<uint64_t>(n) - 1) >> 2;
+  const uint64_t blocks = last_block - first_block + 1;
+  for (uint64_t g = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; g < blocks;
+       g += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t block_index = first_block + g;
+    const PhiloxCounter draws = philox_block(seed, block_index);
+#pragma unroll
+    for (int word = 0; word < 4; ++word) {
+      const uint64_t element = block_index * 4 + word;
+      if (element < offset || element - offset >= static_cast<uint64_t>(n)) continue;
+      const uint64_t i = element - offset;
+      const bool keep = philox_uniform(draws.word[word]) >= p;
+      y[i] = from_float<Y>(keep ? to_float(x[i]) * keep_scale : 0.0f);
+    }
+  }
+}
+
+void apply_dropout(Context& context, std::string_view op, const Tensor& x, float p, uint64_t seed, uint64_t offset,
+                   Tensor& y) {
+  require_on_context(op, "input", x, context);
+  require_on_context(op, "output", y, context);
+  require_float(op, "input", x);
+  require_float(op, "output", y);
+  require_numel(op, "output", y, x.numel());
+  if (!(p >= 0.0f && p < 1.0f)) throw_bad_input(op, ": dropout probability must be in [0, 1), found ", p);
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const float keep_scale = 1.0f / (1.0f - p);
+  const int64_t philox_blocks = static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> 2) - (offset >> 2) + 1);
+  const unsigned blocks = grid_for(context, philox_blocks, kThreads);
+  dispatch_float(x.dtype(), op, [&](auto x_tag) {
+    using X = typename decltype(x_tag)::type;
+    dispatch_float(y.dtype(), op, [&](auto y_tag) {
+      using Y = typename decltype(y_tag)::type;
+      dropout_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(
+          static_cast<const X*>(x.raw_data()), static_cast<Y*>(y.raw_data()), n, p, keep_scale, seed, offset);
+      LLMFT_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+struct DeviceGradientStats {
+  double sum_of_squares;
+  unsigned long long non_finite_count;
+};
+
+template <typename T>
+__global__ void gradient_stats_kernel(const T* values, int64_t n, DeviceGradientStats* stats) {
+  __shared__ double scratch[32];
+  float thread_sum = 0.0f;
+  unsigned non_finite = 0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float value = to_float(values[i]);
+    thread_sum += value * value;
+    // Tested on the element, not its square: a huge finite value whose square
+    // overflows fp32 is still finite (as on the CPU).
+    non_finite |= static_cast<unsigned>((float_bits(value) & 0x7f800000u) == 0x7f800000u);
+  }
+  const double block_total = block_sum<double>(static_cast<double>(thread_sum), scratch);
+  const int any_non_finite = __syncthreads_or(static_cast<int>(non_finite));
+  if (threadIdx.x == 0) {
+    atomicAdd(&stats->sum_of_squares, block_total);
+    if (any_non_finite) atomicAdd(&stats->non_finite_count, 1ull);
+  }
+}
+
+}  // namespace
+
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y) {
+  apply_dropout(context, "dropout_forward", x, p, seed, offset, y);
+}
+
+// The mask is regenerated from (seed, offset), so the backward is the same map.
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx) {
+  apply_dropout(context, "dropout_backward", dy, p, seed, offset, dx);
+}
+
+ops::GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors) {
+  constexpr std::string_view op = "gradient_stats";
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    const std::string name = str_cat("tensors[", index, "]");
+    require_on_context(op, name, tensors[index], context);
+    require_float(op, name, tensors[index]);
+  }
+  cudaStream_t stream = stream_of(context);
+  Tensor device_stats = context.empty({2}, DType::kI64);  // 16 bytes for DeviceGradientStats
+  static_assert(sizeof(DeviceGradientStats) == 16);
+  auto* stats = static_cast<DeviceGradientStats*>(device_stats.raw_data());
+  LLMFT_CUDA_CHECK(cudaMemsetAsync(stats, 0, sizeof(DeviceGradientStats), stream));
+  // One launch per tensor; a LoRA run has a few hundred. Next optimisation: one
+  // launch over a device table of (pointer, numel, dtype).
+  for (const Tensor& tensor : tensors) {
+    const int64_t n = tensor.numel();
+    if (n == 0) continue;
+    const unsigned blocks = grid_for(context, n, kThreads);
+    dispatch_float(tensor.dtype(), op, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      gradient_stats_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(tensor.raw_data()), n, stats);
+      LLMFT_CUDA_CHECK_LAUNCH();
+    });
+  }
+  DeviceGradientStats host_stats{};
+  LLMFT_CUDA_CHECK(cudaMemcpyAsync(&host_stats, stats, sizeof host_stats, cudaMemcpyDeviceToHost, stream));
+  LLMFT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  ops::GradientStats result;
+  result.sum_of_squares = host_stats.sum_of_squares;
+  result.all_finite = host_stats.non_finite_count == 0;
+  return result;
+}
+
+}  // namespace llmft::cuda
