@@ -38,6 +38,35 @@ __device__ __forceinline__ float round_to(float value) {
   return to_float(from_float<T>(value));
 }
 
+// Element i of a float tensor whose dtype is known only at run time. The
+// switch is uniform across a launch (no divergence), so memory-bound kernels
+// take any mix of f32/bf16/f16 arguments, like the CPU backend, without one
+// template instantiation per combination.
+__device__ __forceinline__ float load_as_float(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kBF16: return bf16_bits_to_float(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF16: return f16_bits_to_float(static_cast<const uint16_t*>(data)[i]);
+    default: return static_cast<const float*>(data)[i];
+  }
+}
+
+__device__ __forceinline__ void store_from_float(void* data, DType dtype, int64_t i, float value) {
+  switch (dtype) {
+    case DType::kBF16: static_cast<uint16_t*>(data)[i] = float_to_bf16_bits(value); return;
+    case DType::kF16: static_cast<uint16_t*>(data)[i] = float_to_f16_bits(value); return;
+    default: static_cast<float*>(data)[i] = value; return;
+  }
+}
+
+// round() of ops.h with a run-time dtype.
+__device__ __forceinline__ float round_to_dtype(float value, DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return bf16_bits_to_float(float_to_bf16_bits(value));
+    case DType::kF16: return f16_bits_to_float(float_to_f16_bits(value));
+    default: return value;
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float value) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
