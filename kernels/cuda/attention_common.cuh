@@ -1,0 +1,103 @@
+// Shared pieces of the attention kernels (attention_forward.cu,
+// attention_backward.cu): the problem shape, the visibility rule of ops.h and
+// the host-side argument checks, kept in one place so forward and backward
+// cannot disagree about the mask.
+#pragma once
+
+#include <cmath>
+
+#include "kernels/cuda/cuda_util.cuh"
+#include "kernels/ops.h"
+
+namespace llmft::cuda::attention {
+
+// Tiles: 32 queries x 32 keys per step, 128 threads = 4 threads per query (or
+// key) row. Shared-memory rows are padded by one float so that threads reading
+// the same column of different rows hit different banks.
+constexpr int kBlockQ = 32;
+constexpr int kBlockK = 32;
+constexpr int kThreads = 128;
+constexpr int kThreadsPerRow = kThreads / kBlockQ;  // 4
+constexpr int kColumnsPerThread = kBlockK / kThreadsPerRow;  // 8
+static_assert(kThreads % kBlockQ == 0 && kThreads / kBlockK == kThreadsPerRow, "tile/thread mapping");
+constexpr int64_t kMaxHeadDim = 128;
+
+struct Shape {
+  int64_t batch = 0;
+  int64_t time = 0;      // T, queries per sequence
+  int64_t keys = 0;      // P + T
+  int64_t prefix = 0;    // P
+  int64_t q_heads = 0;   // Hq
+  int64_t kv_heads = 0;  // Hkv
+  int64_t head_dim = 0;  // Dh
+  float scale = 0.0f;
+};
+
+// ops.h: query t sees key positions [0, P) and P + [doc_start(t), t].
+__device__ __forceinline__ bool key_visible(int64_t key, int64_t query, int64_t prefix, int64_t doc_start) {
+  return key < prefix || (key >= prefix + doc_start && key <= prefix + query);
+}
+
+__device__ __forceinline__ int64_t q_index(const Shape& shape, int64_t b, int64_t t, int64_t h, int64_t d) {
+  return ((b * shape.time + t) * shape.q_heads + h) * shape.head_dim + d;
+}
+
+__device__ __forceinline__ int64_t kv_index(const Shape& shape, int64_t b, int64_t s, int64_t h, int64_t d) {
+  return ((b * shape.keys + s) * shape.kv_heads + h) * shape.head_dim + d;
+}
+
+__device__ __forceinline__ int64_t lse_index(const Shape& shape, int64_t b, int64_t h, int64_t t) {
+  return (b * shape.q_heads + h) * shape.time + t;
+}
+
+// Checks q/k/v/out/lse/doc_start as ops.h documents them and returns the shape.
+inline Shape check_attention_arguments(Context& context, std::string_view op, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const ops::AttentionOptions& options, const Tensor& out,
+                                       const Tensor& lse) {
+  require_on_context(op, "q", q, context);
+  require_on_context(op, "k", k, context);
+  require_on_context(op, "v", v, context);
+  require_on_context(op, "out", out, context);
+  require_on_context(op, "lse", lse, context);
+  require_float(op, "q", q);
+  require_dtype(op, "k", k, q.dtype());
+  require_dtype(op, "v", v, q.dtype());
+  require_dtype(op, "out", out, q.dtype());
+  require_dtype(op, "lse", lse, DType::kF32);
+  if (q.dim() != 4) throw_runtime(op, ": q must be [B, T, Hq, Dh], found ", q.to_string());
+  Shape shape;
+  shape.batch = q.size(0);
+  shape.time = q.size(1);
+  shape.q_heads = q.size(2);
+  shape.head_dim = q.size(3);
+  shape.prefix = options.num_prefix;
+  if (shape.prefix < 0) throw_runtime(op, ": num_prefix must be >= 0, found ", shape.prefix);
+  shape.keys = shape.prefix + shape.time;
+  if (k.dim() != 4 || k.size(0) != shape.batch || k.size(1) != shape.keys || k.size(3) != shape.head_dim) {
+    throw_runtime(op, ": k: expected [", shape.batch, ", ", shape.keys, " (num_prefix ", shape.prefix, " + T ",
+                  shape.time, "), Hkv, ", shape.head_dim, "], found ", k.to_string());
+  }
+  shape.kv_heads = k.size(2);
+  require_shape(op, "v", v, k.shape());
+  require_shape(op, "out", out, q.shape());
+  require_shape(op, "lse", lse, {shape.batch, shape.q_heads, shape.time});
+  if (shape.kv_heads == 0 || shape.q_heads % shape.kv_heads != 0) {
+    throw_runtime(op, ": query heads (", shape.q_heads, ") must be a multiple of key/value heads (", shape.kv_heads,
+                  ")");
+  }
+  if (shape.head_dim == 0 || shape.head_dim > kMaxHeadDim) {
+    throw_runtime(op, ": head_dim must be in [1, ", kMaxHeadDim, "] for the CUDA kernel, found ", shape.head_dim);
+  }
+  if (options.doc_start != nullptr) {
+    require_on_context(op, "doc_start", *options.doc_start, context);
+    require_dtype(op, "doc_start", *options.doc_start, DType::kI32);
+    require_numel(op, "doc_start", *options.doc_start, shape.batch * shape.time);
+  }
+  LLMFT_CHECK(shape.batch <= 65535 && shape.q_heads <= 65535, op, ": grid limits exceeded: B=", shape.batch,
+              " Hq=", shape.q_heads);
+  shape.scale = options.softmax_scale != 0.0f ? options.softmax_scale
+                                              : 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  return shape;
+}
+
+}  // namespace llmft::cuda::attention
