@@ -136,7 +136,12 @@ std::unique_ptr<Context> Context::cuda(int device_index, uint64_t seed) {
   context->allocator_ = context->owned_allocator_.get();
   auto resources = std::make_unique<CudaResources>();
   resources->device_index = device_index;
-  LLMFT_CUDA_CHECK(cudaStreamCreateWithFlags(&resources->stream, cudaStreamNonBlocking));
+  // A blocking stream (not cudaStreamNonBlocking): cuda_copy's cudaMemcpy runs
+  // on the legacy default stream, which then orders itself after this
+  // stream's kernels and before the next ones. With a non-blocking stream a
+  // download could read a result still being written, and a pageable upload's
+  // DMA could still be in flight when the next kernel reads it.
+  LLMFT_CUDA_CHECK(cudaStreamCreateWithFlags(&resources->stream, cudaStreamDefault));
   LLMFT_CUBLAS_CHECK(cublasLtCreate(&resources->blaslt));
   resources->blaslt_workspace_bytes = 32u << 20;
   LLMFT_CUDA_CHECK(cudaMalloc(&resources->blaslt_workspace, resources->blaslt_workspace_bytes));
