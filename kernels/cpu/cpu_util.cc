@@ -1,0 +1,189 @@
+#include "kernels/cpu/cpu_util.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <climits>
+#include <cstring>
+
+namespace llmft::cpu {
+
+void require_defined_cpu(std::string_view op, std::string_view arg, const Tensor& tensor) {
+  if (!tensor.defined()) throw_runtime(op, ": ", arg, " is an undefined tensor");
+  if (!tensor.device().is_cpu()) throw_runtime(op, ": ", arg, " must be on cpu, found ", tensor.to_string());
+}
+
+void require_float(std::string_view op, std::string_view arg, const Tensor& tensor) {
+  require_defined_cpu(op, arg, tensor);
+  if (!is_floating(tensor.dtype())) {
+    throw_runtime(op, ": ", arg, " must be f32, bf16 or f16, found ", tensor.to_string());
+  }
+}
+
+void require_dtype(std::string_view op, std::string_view arg, const Tensor& tensor, DType expected) {
+  require_defined_cpu(op, arg, tensor);
+  if (tensor.dtype() != expected) {
+    throw_runtime(op, ": ", arg, " must be ", dtype_name(expected), ", found ", tensor.to_string());
+  }
+}
+
+void require_shape(std::string_view op, std::string_view arg, const Tensor& tensor, const Shape& expected) {
+  if (tensor.shape() != expected) {
+    throw_runtime(op, ": ", arg, " has shape ", shape_to_string(tensor.shape()), ", expected ",
+                  shape_to_string(expected));
+  }
+}
+
+void require_numel(std::string_view op, std::string_view arg, const Tensor& tensor, int64_t expected) {
+  if (tensor.numel() != expected) {
+    throw_runtime(op, ": ", arg, " has ", tensor.numel(), " elements (shape ", shape_to_string(tensor.shape()),
+                  "), expected ", expected);
+  }
+}
+
+void require_last_dim(std::string_view op, std::string_view arg, const Tensor& tensor, int64_t expected) {
+  if (tensor.dim() == 0 || tensor.size(-1) != expected) {
+    throw_runtime(op, ": ", arg, " has shape ", shape_to_string(tensor.shape()), ", expected last dimension ",
+                  expected);
+  }
+}
+
+void load_floats(const void* data, DType dtype, int64_t begin, int64_t count, float* out) {
+  switch (dtype) {
+    case DType::kF32: std::memcpy(out, static_cast<const float*>(data) + begin, count * sizeof(float)); return;
+    case DType::kBF16: {
+      const uint16_t* in = static_cast<const uint16_t*>(data) + begin;
+      for (int64_t i = 0; i < count; ++i) out[i] = bf16_bits_to_float(in[i]);
+      return;
+    }
+    case DType::kF16: {
+      const uint16_t* in = static_cast<const uint16_t*>(data) + begin;
+      for (int64_t i = 0; i < count; ++i) out[i] = f16_bits_to_float(in[i]);
+      return;
+    }
+    default: throw_runtime("load_floats: ", dtype_name(dtype), " is not a float dtype");
+  }
+}
+
+void store_floats(const float* values, int64_t count, void* data, DType dtype, int64_t begin) {
+  switch (dtype) {
+    case DType::kF32: std::memcpy(static_cast<float*>(data) + begin, values, count * sizeof(float)); return;
+    case DType::kBF16: {
+      uint16_t* out = static_cast<uint16_t*>(data) + begin;
+      for (int64_t i = 0; i < count; ++i) out[i] = float_to_bf16_bits(values[i]);
+      return;
+    }
+    case DType::kF16: {
+      uint16_t* out = static_cast<uint16_t*>(data) + begin;
+      for (int64_t i = 0; i < count; ++i) out[i] = float_to_f16_bits(values[i]);
+      return;
+    }
+    default: throw_runtime("store_floats: ", dtype_name(dtype), " is not a float dtype");
+  }
+}
+
+F32Copy::F32Copy(const Tensor& tensor) {
+  if (tensor.dtype() == DType::kF32) {
+    data_ = static_cast<const float*>(tensor.raw_data());
+    return;
+  }
+  const int64_t n = tensor.numel();
+  owned_ = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(n));
+  float* out = owned_.get();
+  const void* in = tensor.raw_data();
+  const DType dtype = tensor.dtype();
+  parallel_chunks(n, [&](int64_t begin, int64_t count) { load_floats(in, dtype, begin, count, out + begin); });
+  data_ = out;
+}
+
+F32Output::F32Output(Tensor& tensor, bool load_current) : tensor_(&tensor) {
+  if (tensor.dtype() == DType::kF32) {
+    data_ = static_cast<float*>(tensor.raw_data());
+    return;
+  }
+  const int64_t n = tensor.numel();
+  owned_ = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(n));
+  data_ = owned_.get();
+  if (load_current) {
+    const void* in = tensor.raw_data();
+    const DType dtype = tensor.dtype();
+    float* out = data_;
+    parallel_chunks(n, [&](int64_t begin, int64_t count) { load_floats(in, dtype, begin, count, out + begin); });
+  }
+}
+
+void F32Output::finish() {
+  if (!owned_) return;
+  void* out = tensor_->raw_data();
+  const DType dtype = tensor_->dtype();
+  const float* in = data_;
+  parallel_chunks(tensor_->numel(),
+                  [&](int64_t begin, int64_t count) { store_floats(in + begin, count, out, dtype, begin); });
+}
+
+namespace {
+
+void sgemm_one_thread(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                      int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
+              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+
+// Below this many multiply-adds a GEMM runs on the calling thread.
+constexpr double kParallelGemmWork = 1 << 18;
+
+}  // namespace
+
+void pin_blas_to_one_thread() {
+  // The CPU backend has one thread pool, OpenMP's. OpenBLAS's own pthread pool
+  // would compete with it for the same cores (both spin while waiting), and
+  // attention calls SGEMM from inside OpenMP loops; so every SGEMM runs
+  // single-threaded and sgemm() below splits large products across OpenMP
+  // threads itself (measured on a 2-core EPYC: as fast as OpenBLAS's 2 threads).
+  static const bool pinned = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)pinned;
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  LLMFT_CHECK(m < INT_MAX && n < INT_MAX && k < INT_MAX && lda < INT_MAX && ldb < INT_MAX && ldc < INT_MAX,
+              "gemm dimensions exceed the BLAS int range: m=", m, " n=", n, " k=", k);
+  if (k == 0) {  // BLAS rejects lda == 0; the product is empty, so C = beta * C.
+    for (int64_t row = 0; row < m; ++row) {
+      float* c_row = c + row * ldc;
+      for (int64_t column = 0; column < n; ++column) c_row[column] = beta == 0.0f ? 0.0f : beta * c_row[column];
+    }
+    return;
+  }
+  pin_blas_to_one_thread();
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads == 1 || static_cast<double>(m) * n * k < kParallelGemmWork) {
+    sgemm_one_thread(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  // Split C into `threads` row bands (or column bands when C is wide), each an
+  // independent GEMM on a sub-block of A (or B); bands are multiples of 16 so
+  // the kernels' register tiles stay whole.
+  const bool split_rows = m >= n;
+  const int64_t extent = split_rows ? m : n;
+  const int64_t band = std::max<int64_t>(16, ceil_div(ceil_div(extent, threads), 16) * 16);
+  const int64_t bands = ceil_div(extent, band);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t index = 0; index < bands; ++index) {
+    const int64_t begin = index * band, size = std::min(band, extent - begin);
+    if (split_rows) {
+      const float* a_band = trans_a ? a + begin : a + begin * lda;
+      sgemm_one_thread(trans_a, trans_b, size, n, k, alpha, a_band, lda, b, ldb, beta, c + begin * ldc, ldc);
+    } else {
+      const float* b_band = trans_b ? b + begin * ldb : b + begin;
+      sgemm_one_thread(trans_a, trans_b, m, size, k, alpha, a, lda, b_band, ldb, beta, c + begin, ldc);
+    }
+  }
+}
+
+}  // namespace llmft::cpu

@@ -1,0 +1,204 @@
+// Contracts of kernels/ops.h beyond numeric accuracy: dropout's Philox-keyed
+// mask, gradient statistics, and the errors that name the op, the argument and
+// the offending value.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/context.h"
+#include "core/error.h"
+#include "core/philox.h"
+#include "core/tensor.h"
+#include "kernels/ops.h"
+
+namespace llmft {
+namespace {
+
+std::vector<float> random_floats(int64_t count, uint64_t seed) {
+  PhiloxGenerator generator(seed);
+  std::vector<float> values(static_cast<size_t>(count));
+  for (float& value : values) value = generator.next_normal();
+  return values;
+}
+
+// Runs `body` and expects an llmft::Error of `kind` whose message contains every fragment.
+template <typename Body>
+void expect_error(Body&& body, ErrorKind kind, const std::vector<std::string>& fragments) {
+  try {
+    body();
+    ADD_FAILURE() << "expected an llmft::Error containing \"" << fragments.front() << "\"";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), kind) << error.what();
+    for (const std::string& fragment : fragments) {
+      EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos)
+          << "message \"" << error.what() << "\" lacks \"" << fragment << "\"";
+    }
+  }
+}
+
+class OpContract : public ::testing::Test {
+ protected:
+  std::unique_ptr<Context> context = Context::cpu(0);
+};
+
+// ---- Dropout --------------------------------------------------------------------------
+
+TEST_F(OpContract, DropoutKeepsExactlyThePhiloxMaskWithInvertedScaling) {
+  const int64_t count = 100003;
+  const float p = 0.3f;
+  const uint64_t seed = 1234, offset = 7;  // an offset that is not a multiple of Philox's 4 words
+  const std::vector<float> values = random_floats(count, 1);
+  const Tensor x = Tensor::from_floats({count}, values);
+  Tensor y = Tensor::empty_cpu({count}, DType::kF32);
+  ops::dropout_forward(*context, x, p, seed, offset, y);
+  int64_t dropped = 0, wrong = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const bool keep = philox_uniform_at(seed, offset + i) >= p;
+    const float want = keep ? values[i] * (1.0f / (1.0f - p)) : 0.0f;
+    dropped += !keep;
+    wrong += std::fabs(y.data<float>()[i] - want) > 1e-6f * std::fabs(want);
+  }
+  EXPECT_EQ(wrong, 0);
+  EXPECT_NEAR(static_cast<double>(dropped) / count, p, 0.01);
+}
+
+TEST_F(OpContract, DropoutIsAPureFunctionOfSeedAndOffset) {
+  const int64_t count = 4099;
+  const Tensor x = Tensor::from_floats({count}, random_floats(count, 2));
+  Tensor first = Tensor::empty_cpu({count}, DType::kF32), second = Tensor::empty_cpu({count}, DType::kF32),
+         other_seed = Tensor::empty_cpu({count}, DType::kF32);
+  ops::dropout_forward(*context, x, 0.5f, 9, 100, first);
+  ops::dropout_forward(*context, x, 0.5f, 9, 100, second);
+  ops::dropout_forward(*context, x, 0.5f, 10, 100, other_seed);
+  EXPECT_EQ(first.to_floats(), second.to_floats());
+  EXPECT_NE(first.to_floats(), other_seed.to_floats());
+  // A window starting later in the stream sees the same mask shifted.
+  Tensor shifted = Tensor::empty_cpu({count - 5}, DType::kF32);
+  ops::dropout_forward(*context, x.reshape({count}).slice_rows(5, count), 0.5f, 9, 105, shifted);
+  for (int64_t i = 0; i < count - 5; ++i) ASSERT_EQ(shifted.data<float>()[i], first.data<float>()[i + 5]) << i;
+}
+
+TEST_F(OpContract, DropoutBackwardAppliesTheForwardMask) {
+  const int64_t count = 5000;
+  const float p = 0.25f;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Tensor ones = Tensor::from_floats({count}, std::vector<float>(count, 1.0f), dtype);
+    Tensor mask = Tensor::empty_cpu({count}, dtype);
+    ops::dropout_forward(*context, ones, p, 5, 11, mask);  // 0 or 1/(1-p)
+    const std::vector<float> dy_values = random_floats(count, 3);
+    Tensor dx = Tensor::empty_cpu({count}, DType::kF32);
+    ops::dropout_backward(*context, Tensor::from_floats({count}, dy_values), p, 5, 11, dx);
+    const std::vector<float> mask_values = mask.to_floats();
+    const float kept = Tensor::from_floats({1}, std::vector<float>{1.0f / (1.0f - p)}, dtype).to_floats()[0];
+    for (int64_t i = 0; i < count; ++i) {
+      ASSERT_TRUE(mask_values[i] == 0.0f || mask_values[i] == kept) << i << ": " << mask_values[i];
+      const float want = mask_values[i] == 0.0f ? 0.0f : dy_values[i] / (1.0f - p);
+      ASSERT_NEAR(dx.data<float>()[i], want, 1e-6 * std::fabs(want)) << i;
+    }
+  }
+}
+
+TEST_F(OpContract, DropoutRejectsAProbabilityOfOne) {
+  Tensor x = Tensor::zeros_cpu({4}, DType::kF32);
+  expect_error([&] { ops::dropout_forward(*context, x, 1.0f, 0, 0, x); }, ErrorKind::kBadInput,
+               {"dropout_forward", "[0, 1)"});
+}
+
+// ---- Gradient statistics -------------------------------------------------------------------
+
+TEST_F(OpContract, GradientStatsSumsSquaresOverEveryTensor) {
+  std::vector<Tensor> tensors;
+  double want = 0.0;
+  const DType dtypes[] = {DType::kF32, DType::kBF16, DType::kF16, DType::kF32};
+  const int64_t sizes[] = {300007, 17, 5000, 1};
+  for (int i = 0; i < 4; ++i) {
+    tensors.push_back(Tensor::from_floats({sizes[i]}, random_floats(sizes[i], 10 + i), dtypes[i]));
+    for (float value : tensors.back().to_floats()) want += static_cast<double>(value) * value;
+  }
+  const ops::GradientStats stats = ops::gradient_stats(*context, tensors);
+  EXPECT_NEAR(stats.sum_of_squares, want, 1e-6 * want);
+  EXPECT_TRUE(stats.all_finite);
+}
+
+TEST_F(OpContract, GradientStatsFlagsOneInfOrNaN) {
+  for (float bad : {INFINITY, -INFINITY, NAN}) {
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      std::vector<float> values = random_floats(70001, 20);
+      values[65432] = bad;
+      std::vector<Tensor> tensors{Tensor::from_floats({3}, std::vector<float>{1, 2, 3}),
+                                  Tensor::from_floats({70001}, values, dtype)};
+      EXPECT_FALSE(ops::gradient_stats(*context, tensors).all_finite) << bad << " " << dtype_name(dtype);
+    }
+  }
+  // A huge but finite gradient (its fp32 square overflows) is still finite.
+  std::vector<Tensor> huge{Tensor::from_floats({2}, std::vector<float>{3e38f, 1.0f})};
+  EXPECT_TRUE(ops::gradient_stats(*context, huge).all_finite);
+}
+
+// ---- Errors --------------------------------------------------------------------------------
+
+TEST_F(OpContract, EmbeddingRejectsAnIdOutsideTheVocabulary) {
+  const Tensor table = Tensor::zeros_cpu({10, 4}, DType::kF32);
+  Tensor out = Tensor::empty_cpu({3, 4}, DType::kF32);
+  expect_error([&] { ops::embedding_forward(*context, Tensor::from_ints({3}, std::vector<int32_t>{1, 2, 10}), table, out); },
+               ErrorKind::kBadInput, {"embedding_forward", "token id 10", "position 2", "[0, 10)"});
+  expect_error([&] { ops::embedding_forward(*context, Tensor::from_ints({3}, std::vector<int32_t>{-1, 2, 3}), table, out); },
+               ErrorKind::kBadInput, {"token id -1", "position 0"});
+  Tensor dtable = Tensor::zeros_cpu({10, 4}, DType::kF32);
+  expect_error([&] {
+    ops::embedding_backward(*context, Tensor::from_ints({3}, std::vector<int32_t>{0, 11, 3}), out, dtable);
+  }, ErrorKind::kBadInput, {"embedding_backward", "token id 11", "position 1"});
+}
+
+TEST_F(OpContract, CrossEntropyRejectsATargetOutsideTheVocabulary) {
+  const Tensor logits = Tensor::zeros_cpu({3, 50}, DType::kF32);
+  Tensor losses = Tensor::empty_cpu({3}, DType::kF32), lse = Tensor::empty_cpu({3}, DType::kF32);
+  expect_error([&] {
+    ops::cross_entropy_forward(*context, logits, Tensor::from_ints({3}, std::vector<int32_t>{0, -100, 50}), losses, lse);
+  }, ErrorKind::kBadInput, {"cross_entropy_forward", "target 50", "row 2", "[0, 50)"});
+}
+
+TEST_F(OpContract, MismatchedShapesNameTheOpAndTheArgument) {
+  const Tensor x = Tensor::zeros_cpu({4, 8}, DType::kF32);
+  const Tensor weight = Tensor::zeros_cpu({5, 7}, DType::kF32);
+  Tensor y = Tensor::empty_cpu({4, 5}, DType::kF32);
+  expect_error([&] { ops::linear_forward(*context, x, weight, nullptr, y); }, ErrorKind::kRuntime,
+               {"linear_forward", "x has shape [4, 8]", "expected last dimension 7"});
+  Tensor c = Tensor::empty_cpu({4, 5}, DType::kF32);
+  expect_error([&] { ops::gemm(*context, x, weight, c, false, true); }, ErrorKind::kRuntime,
+               {"gemm", "b has shape [5, 7]"});
+  const Tensor x_bf16 = Tensor::zeros_cpu({4, 7}, DType::kBF16);
+  expect_error([&] { ops::gemm(*context, x_bf16, weight, c, false, true); }, ErrorKind::kRuntime,
+               {"gemm", "b must have a's dtype bf16"});
+  Tensor rstd = Tensor::empty_cpu({4}, DType::kF32), y8 = Tensor::empty_cpu({4, 8}, DType::kF32);
+  expect_error([&] { ops::rmsnorm_forward(*context, x, Tensor::zeros_cpu({7}, DType::kF32), 1e-5f, y8, rstd); },
+               ErrorKind::kRuntime, {"rmsnorm_forward", "weight has shape [7]", "expected [8]"});
+  expect_error([&] { ops::add(*context, x, Tensor::zeros_cpu({3}, DType::kF32), y8); }, ErrorKind::kRuntime,
+               {"add", "b has 3 elements"});
+  const Tensor ids = Tensor::zeros_cpu({4}, DType::kF32);
+  expect_error([&] { ops::embedding_forward(*context, ids, x, y8); }, ErrorKind::kRuntime,
+               {"embedding_forward", "ids must be i32"});
+  const Tensor q = Tensor::zeros_cpu({1, 4, 2, 8}, DType::kF32);
+  const Tensor k = Tensor::zeros_cpu({1, 5, 1, 8}, DType::kF32);
+  Tensor out = Tensor::empty_cpu({1, 4, 2, 8}, DType::kF32), attention_lse = Tensor::empty_cpu({1, 2, 4}, DType::kF32);
+  expect_error([&] { ops::attention_forward(*context, q, k, k, {}, out, attention_lse); }, ErrorKind::kRuntime,
+               {"attention_forward", "k has shape [1, 5, 1, 8]", "num_prefix 0"});
+  const Tensor k3 = Tensor::zeros_cpu({1, 4, 3, 8}, DType::kF32);
+  expect_error([&] { ops::attention_forward(*context, q, k3, k3, {}, out, attention_lse); }, ErrorKind::kRuntime,
+               {"attention_forward", "multiple of kv heads (3)"});
+}
+
+TEST_F(OpContract, AttentionRejectsADocumentStartAfterItsQuery) {
+  const Tensor q = Tensor::zeros_cpu({1, 4, 1, 8}, DType::kF32);
+  Tensor out = Tensor::empty_cpu({1, 4, 1, 8}, DType::kF32), lse = Tensor::empty_cpu({1, 1, 4}, DType::kF32);
+  const Tensor doc_start = Tensor::from_ints({4}, std::vector<int32_t>{0, 0, 3, 2});
+  ops::AttentionOptions options;
+  options.doc_start = &doc_start;
+  expect_error([&] { ops::attention_forward(*context, q, q, q, options, out, lse); }, ErrorKind::kBadInput,
+               {"attention_forward", "doc_start[2]", "= 3", "[0, 2]"});
+}
+
+}  // namespace
+}  // namespace llmft

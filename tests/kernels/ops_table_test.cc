@@ -1,0 +1,553 @@
+// The op table (STYLE.md item 11): every op of kernels/ops.h on the CPU backend
+// for each storage dtype and several shapes. Forward rows compare with the
+// naive double-precision references in reference_ops.h (on the same rounded
+// inputs); backward rows compare with central finite differences of those
+// references in double, for loss = sum(projection * forward(inputs)). Each row
+// prints its max error next to its tolerance.
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/context.h"
+#include "core/philox.h"
+#include "core/tensor.h"
+#include "kernels/ops.h"
+#include "tests/kernels/reference_ops.h"
+
+namespace llmft {
+namespace {
+
+using reference::Values;
+
+constexpr DType kFloatDTypes[] = {DType::kF32, DType::kBF16, DType::kF16};
+
+std::string dtype_label(DType dtype) { return std::string(dtype_name(dtype)); }
+
+void report(const std::string& row, double error, double tolerance) {
+  std::printf("  %-78s max_err %-10.3g tol %-8.2g%s\n", row.c_str(), error, tolerance,
+              error <= tolerance ? "" : "  FAIL");
+  EXPECT_LE(error, tolerance) << row;
+}
+
+// Forward tolerance, relative to the largest reference magnitude: fp32
+// accumulation for f32; one or two output roundings for bf16 (2^-8) and f16 (2^-11).
+double forward_tolerance(DType dtype, double f32_tolerance = 2e-5) {
+  switch (dtype) {
+    case DType::kBF16: return 1e-2;
+    case DType::kF16: return 2e-3;
+    default: return f32_tolerance;
+  }
+}
+
+Values random_values(int64_t count, uint64_t seed, double scale = 1.0) {
+  PhiloxGenerator generator(seed);
+  Values values(static_cast<size_t>(count));
+  for (double& value : values) value = scale * generator.next_normal();
+  return values;
+}
+
+Tensor tensor_of(const Values& values, const Shape& shape, DType dtype) {
+  std::vector<float> floats(values.begin(), values.end());
+  return Tensor::from_floats(shape, floats, dtype);
+}
+
+Values values_of(const Tensor& tensor) {
+  std::vector<float> floats = tensor.to_floats();
+  return Values(floats.begin(), floats.end());
+}
+
+// The values a tensor of `dtype` actually holds after rounding.
+Values rounded(const Values& values, DType dtype) { return values_of(tensor_of(values, {(int64_t)values.size()}, dtype)); }
+
+Tensor ints_of(const std::vector<int32_t>& values, const Shape& shape) { return Tensor::from_ints(shape, values); }
+
+// max |got - want| / max |want|.
+double scaled_error(const Values& got, const Values& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double error = 0.0, magnitude = 0.0;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    const double difference = std::fabs(got[i] - want[i]);
+    error = std::isnan(difference) ? INFINITY : std::max(error, difference);
+    magnitude = std::max(magnitude, std::fabs(want[i]));
+  }
+  return error / std::max(magnitude, 1e-30);
+}
+
+Values subtract(const Values& a, const Values& b) {
+  Values result(a.size());
+  for (size_t i = 0; i < a.size(); ++i) result[i] = a[i] - b[i];
+  return result;
+}
+
+std::string shape_label(const Shape& shape) { return shape_to_string(shape); }
+
+using Forward = std::function<Values(const std::vector<Values>&)>;
+
+// Central differences in double of loss = sum(projection * forward(inputs))
+// with respect to input `which`, at up to 300 sampled elements; returns
+// max |analytic - numeric| / max |numeric| over them.
+double finite_difference_error(const Forward& forward, std::vector<Values> inputs, size_t which, const Values& analytic,
+                               const Values& projection) {
+  const size_t count = inputs[which].size();
+  EXPECT_EQ(analytic.size(), count);
+  std::vector<size_t> indices;
+  if (count <= 300) {
+    for (size_t i = 0; i < count; ++i) indices.push_back(i);
+  } else {
+    PhiloxGenerator generator(77 + which);
+    for (int i = 0; i < 300; ++i) indices.push_back(generator.next_below(count));
+  }
+  auto loss = [&]() {
+    const Values output = forward(inputs);
+    double sum = 0.0;
+    for (size_t i = 0; i < output.size(); ++i) sum += projection[i] * output[i];
+    return sum;
+  };
+  double error = 0.0, magnitude = 0.0;
+  for (size_t index : indices) {
+    const double saved = inputs[which][index];
+    const double step = 1e-5 * std::max(1.0, std::fabs(saved));
+    inputs[which][index] = saved + step;
+    const double plus = loss();
+    inputs[which][index] = saved - step;
+    const double minus = loss();
+    inputs[which][index] = saved;
+    const double numeric = (plus - minus) / (2.0 * step);
+    const double difference = std::fabs(analytic[index] - numeric);
+    error = std::isnan(difference) ? INFINITY : std::max(error, difference);
+    magnitude = std::max(magnitude, std::fabs(numeric));
+  }
+  return error / std::max(magnitude, 1e-30);
+}
+
+constexpr double kGradientTolerance = 2e-4;
+
+class OpTable : public ::testing::Test {
+ protected:
+  std::unique_ptr<Context> context = Context::cpu(0);
+};
+
+// ---- GEMM ------------------------------------------------------------------------
+
+struct GemmCase {
+  Shape batch;  // leading dims of c ({} for plain 2-D)
+  bool a_batched, b_batched;
+  int64_t m, n, k;
+  bool trans_a, trans_b;
+  float alpha, beta;
+  bool c_starts_nan;  // beta == 0 must ignore c, NaNs included
+};
+
+void run_gemm_case(Context& context, const GemmCase& spec, DType dtype, DType c_dtype) {
+  const int64_t batch = shape_numel(spec.batch);
+  auto with_batch = [&](bool batched, int64_t rows, int64_t columns) {
+    Shape shape = batched ? spec.batch : Shape{};
+    shape.push_back(rows);
+    shape.push_back(columns);
+    return shape;
+  };
+  const Shape a_shape = with_batch(spec.a_batched, spec.trans_a ? spec.k : spec.m, spec.trans_a ? spec.m : spec.k);
+  const Shape b_shape = with_batch(spec.b_batched, spec.trans_b ? spec.n : spec.k, spec.trans_b ? spec.k : spec.n);
+  const Shape c_shape = with_batch(true, spec.m, spec.n);
+  const Values a = rounded(random_values(shape_numel(a_shape), 1), dtype);
+  const Values b = rounded(random_values(shape_numel(b_shape), 2), dtype);
+  Values c = rounded(random_values(shape_numel(c_shape), 3), c_dtype);
+  if (spec.c_starts_nan) std::fill(c.begin(), c.end(), NAN);
+  Tensor c_tensor = tensor_of(c, c_shape, c_dtype);
+  ops::gemm(context, tensor_of(a, a_shape, dtype), tensor_of(b, b_shape, dtype), c_tensor, spec.trans_a,
+            spec.trans_b, spec.alpha, spec.beta);
+  const Values want = reference::gemm(a, b, c, batch, spec.a_batched || spec.batch.empty(),
+                                      spec.b_batched || spec.batch.empty(), spec.m, spec.n, spec.k, spec.trans_a,
+                                      spec.trans_b, spec.alpha, spec.beta);
+  const std::string row = str_cat("gemm ", dtype_label(dtype), "->", dtype_label(c_dtype), " a", shape_label(a_shape),
+                                  spec.trans_a ? "^T" : "", " b", shape_label(b_shape), spec.trans_b ? "^T" : "",
+                                  " alpha ", spec.alpha, " beta ", spec.beta, spec.c_starts_nan ? " (c=NaN)" : "");
+  report(row, scaled_error(values_of(c_tensor), want), forward_tolerance(c_dtype));
+}
+
+TEST_F(OpTable, Gemm) {
+  std::vector<GemmCase> cases;
+  for (bool trans_a : {false, true}) {
+    for (bool trans_b : {false, true}) cases.push_back({{}, false, false, 7, 5, 9, trans_a, trans_b, 1.0f, 0.0f, false});
+  }
+  cases.push_back({{3}, true, true, 7, 5, 9, false, true, 1.0f, 0.0f, false});             // batched
+  cases.push_back({{2, 3}, true, false, 7, 5, 9, false, true, 1.0f, 0.0f, false});         // shared b, folded rows
+  cases.push_back({{3}, true, false, 7, 5, 9, true, false, 1.0f, 0.0f, false});            // shared b, trans a
+  cases.push_back({{3}, false, true, 7, 5, 9, false, false, 1.0f, 0.0f, false});           // shared a
+  cases.push_back({{}, false, false, 7, 5, 9, true, true, 0.5f, 0.75f, false});            // alpha, beta
+  cases.push_back({{3}, true, true, 7, 5, 9, false, false, -1.5f, 1.0f, false});           // accumulate
+  cases.push_back({{}, false, false, 7, 5, 9, false, false, 1.0f, 0.0f, true});            // beta 0 over NaN
+  cases.push_back({{}, false, false, 96, 80, 72, false, true, 1.0f, 0.5f, false});         // threaded, row bands
+  cases.push_back({{}, false, false, 40, 200, 64, true, false, 1.0f, 0.0f, false});        // threaded, column bands
+  cases.push_back({{}, false, false, 40, 200, 64, false, true, 1.0f, 0.0f, false});
+  for (const GemmCase& spec : cases) run_gemm_case(*context, spec, DType::kF32, DType::kF32);
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    for (DType c_dtype : {DType::kF32, dtype}) {
+      run_gemm_case(*context, cases[1], dtype, c_dtype);
+      run_gemm_case(*context, cases[5], dtype, c_dtype);
+      run_gemm_case(*context, cases[8], dtype, c_dtype);
+    }
+  }
+}
+
+// ---- Linear ------------------------------------------------------------------------
+
+TEST_F(OpTable, LinearForward) {
+  const Shape x_shape{2, 5, 20};
+  const int64_t rows = 10, in = 20, out = 12;
+  for (DType dtype : kFloatDTypes) {
+    for (bool with_bias : {false, true}) {
+      const Values x = rounded(random_values(rows * in, 11), dtype);
+      const Values weight = rounded(random_values(out * in, 12, 0.3), dtype);
+      const Values bias = rounded(random_values(out, 13), dtype);
+      Tensor y = Tensor::empty_cpu({2, 5, out}, dtype);
+      const Tensor bias_tensor = tensor_of(bias, {out}, dtype);
+      ops::linear_forward(*context, tensor_of(x, x_shape, dtype), tensor_of(weight, {out, in}, dtype),
+                          with_bias ? &bias_tensor : nullptr, y);
+      const Values want = reference::linear(x, weight, with_bias ? &bias : nullptr, rows, in, out);
+      report(str_cat("linear_forward ", dtype_label(dtype), " x[2, 5, 20] w[12, 20]", with_bias ? " +bias" : ""),
+             scaled_error(values_of(y), want), forward_tolerance(dtype));
+    }
+  }
+}
+
+TEST_F(OpTable, LinearBackward) {
+  const int64_t rows = 10, in = 20, out = 12;
+  for (DType dtype : kFloatDTypes) {
+    for (bool accumulate_dx : {false, true}) {
+      const Values x = rounded(random_values(rows * in, 21), dtype);
+      const Values weight = rounded(random_values(out * in, 22, 0.3), dtype);
+      const Values bias = rounded(random_values(out, 23), dtype);
+      const Values projection = rounded(random_values(rows * out, 24), dtype);  // dy
+      // Prior contents: garbage for an overwritten dx, values to keep for accumulated outputs.
+      const Values dx_before = rounded(random_values(rows * in, 25), dtype);
+      const Values dweight_before = random_values(out * in, 26);
+      const Values dbias_before = random_values(out, 27);
+      const DType gradient_dtype = dtype == DType::kF32 ? DType::kF32 : (accumulate_dx ? DType::kF32 : dtype);
+      Tensor dx = tensor_of(accumulate_dx ? dx_before : Values(rows * in, 1e30), {rows, in}, dtype);
+      Tensor dweight = tensor_of(rounded(dweight_before, gradient_dtype), {out, in}, gradient_dtype);
+      Tensor dbias = tensor_of(rounded(dbias_before, gradient_dtype), {out}, gradient_dtype);
+      ops::linear_backward(*context, tensor_of(projection, {rows, out}, dtype), tensor_of(x, {rows, in}, dtype),
+                           tensor_of(weight, {out, in}, dtype), &dx, &dweight, &dbias, accumulate_dx);
+      Values dx_got = values_of(dx);
+      if (accumulate_dx) dx_got = subtract(dx_got, dx_before);
+      const Values dweight_got = subtract(values_of(dweight), rounded(dweight_before, gradient_dtype));
+      const Values dbias_got = subtract(values_of(dbias), rounded(dbias_before, gradient_dtype));
+      const Forward forward = [&](const std::vector<Values>& inputs) {
+        return reference::linear(inputs[0], inputs[1], &inputs[2], rows, in, out);
+      };
+      const std::string label = str_cat("linear_backward ", dtype_label(dtype), " x[10, 20] w[12, 20] dweight ",
+                                        dtype_label(gradient_dtype), accumulate_dx ? " (accumulate dx)" : "");
+      // bf16/f16 rows: the gradient outputs are rounded (dx always, dweight/dbias when stored in that dtype),
+      // and accumulating into a rounded buffer adds that buffer's rounding too.
+      const double dx_tolerance = dtype == DType::kF32 ? kGradientTolerance : forward_tolerance(dtype) * 4;
+      const double weight_tolerance =
+          gradient_dtype == DType::kF32 ? kGradientTolerance : forward_tolerance(dtype) * 8;
+      report(label + " dx", finite_difference_error(forward, {x, weight, bias}, 0, dx_got, projection), dx_tolerance);
+      report(label + " dweight", finite_difference_error(forward, {x, weight, bias}, 1, dweight_got, projection),
+             weight_tolerance);
+      report(label + " dbias", finite_difference_error(forward, {x, weight, bias}, 2, dbias_got, projection),
+             weight_tolerance);
+    }
+  }
+}
+
+TEST_F(OpTable, LinearBackwardSkipsNullOutputs) {
+  // Frozen weight: only dx is requested; nothing else may be touched.
+  const Values x = random_values(6 * 4, 31), weight = random_values(3 * 4, 32), dy = random_values(6 * 3, 33);
+  Tensor dx = Tensor::zeros_cpu({6, 4}, DType::kF32);
+  ops::linear_backward(*context, tensor_of(dy, {6, 3}, DType::kF32), tensor_of(x, {6, 4}, DType::kF32),
+                       tensor_of(weight, {3, 4}, DType::kF32), &dx, nullptr, nullptr);
+  const Forward forward = [&](const std::vector<Values>& inputs) {
+    return reference::linear(inputs[0], inputs[1], nullptr, 6, 4, 3);
+  };
+  report("linear_backward f32 dx only (frozen weight)", finite_difference_error(forward, {x, weight}, 0, values_of(dx), dy),
+         kGradientTolerance);
+}
+
+// ---- Embedding ------------------------------------------------------------------------
+
+TEST_F(OpTable, Embedding) {
+  const int64_t vocab = 9, dim = 6;
+  const std::vector<int32_t> ids{3, 0, 8, 3, 3, 5, 0};  // repeated ids scatter-add in the backward
+  const int64_t count = static_cast<int64_t>(ids.size());
+  for (DType dtype : kFloatDTypes) {
+    const Values table = rounded(random_values(vocab * dim, 41), dtype);
+    Tensor out = Tensor::empty_cpu({count, dim}, dtype);
+    ops::embedding_forward(*context, ints_of(ids, {count}), tensor_of(table, {vocab, dim}, dtype), out);
+    report(str_cat("embedding_forward ", dtype_label(dtype), " ids[7] table[9, 6]"),
+           scaled_error(values_of(out), reference::embedding(ids, table, dim)), 0.0);
+  }
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Values dout = rounded(random_values(count * dim, 42), dtype);
+    const Values dtable_before = rounded(random_values(vocab * dim, 43), dtype);
+    Tensor dtable = tensor_of(dtable_before, {vocab, dim}, dtype);
+    ops::embedding_backward(*context, ints_of(ids, {1, count}), tensor_of(dout, {1, count, dim}, dtype), dtable);
+    const Forward forward = [&](const std::vector<Values>& inputs) { return reference::embedding(ids, inputs[0], dim); };
+    report(str_cat("embedding_backward ", dtype_label(dtype), " ids[1, 7] repeated, dtable accumulated"),
+           finite_difference_error(forward, {Values(vocab * dim, 0.0)}, 0, subtract(values_of(dtable), dtable_before),
+                                   dout),
+           dtype == DType::kF32 ? kGradientTolerance : 2e-2);
+  }
+}
+
+// ---- RMSNorm ---------------------------------------------------------------------------
+
+double round_to(DType dtype, double value) {
+  switch (dtype) {
+    case DType::kBF16: return bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(value)));
+    case DType::kF16: return f16_bits_to_float(float_to_f16_bits(static_cast<float>(value)));
+    default: return value;
+  }
+}
+
+TEST_F(OpTable, RmsNorm) {
+  const int64_t rows = 6, dim = 40;
+  const float eps = 1e-5f;
+  for (DType dtype : kFloatDTypes) {
+    const Values x = rounded(random_values(rows * dim, 51, 2.0), dtype);
+    const Values weight = rounded(random_values(dim, 52), dtype);
+    Tensor y = Tensor::empty_cpu({2, 3, dim}, dtype);
+    Tensor rstd = Tensor::empty_cpu({rows}, DType::kF32);
+    ops::rmsnorm_forward(*context, tensor_of(x, {2, 3, dim}, dtype), tensor_of(weight, {dim}, dtype), eps, y, rstd);
+    const Values want = reference::rmsnorm(x, weight, dim, eps, [dtype](double h) { return round_to(dtype, h); });
+    report(str_cat("rmsnorm_forward ", dtype_label(dtype), " x[2, 3, 40]"), scaled_error(values_of(y), want),
+           forward_tolerance(dtype));
+    Values rstd_want(rows);
+    for (int64_t row = 0; row < rows; ++row) {
+      double mean = 0.0;
+      for (int64_t i = 0; i < dim; ++i) mean += x[row * dim + i] * x[row * dim + i] / dim;
+      rstd_want[row] = 1.0 / std::sqrt(mean + eps);
+    }
+    report(str_cat("rmsnorm_forward ", dtype_label(dtype), " rstd"), scaled_error(values_of(rstd), rstd_want), 1e-6);
+  }
+  const Values x = random_values(rows * dim, 53, 2.0);
+  const Values weight = random_values(dim, 54);
+  const Values dy = random_values(rows * dim, 55);
+  const Values dweight_before = random_values(dim, 56);
+  const Tensor x_tensor = tensor_of(x, {rows, dim}, DType::kF32);
+  const Tensor weight_tensor = tensor_of(weight, {dim}, DType::kF32);
+  Tensor y = Tensor::empty_cpu({rows, dim}, DType::kF32), rstd = Tensor::empty_cpu({rows}, DType::kF32);
+  ops::rmsnorm_forward(*context, x_tensor, weight_tensor, eps, y, rstd);
+  Tensor dx = tensor_of(Values(rows * dim, 1e30), {rows, dim}, DType::kF32);
+  Tensor dweight = tensor_of(dweight_before, {dim}, DType::kF32);
+  ops::rmsnorm_backward(*context, tensor_of(dy, {rows, dim}, DType::kF32), x_tensor, weight_tensor, rstd, dx, &dweight);
+  const Forward forward = [&](const std::vector<Values>& inputs) {
+    return reference::rmsnorm(inputs[0], inputs[1], dim, eps);
+  };
+  report("rmsnorm_backward f32 x[6, 40] dx", finite_difference_error(forward, {x, weight}, 0, values_of(dx), dy),
+         kGradientTolerance);
+  report("rmsnorm_backward f32 x[6, 40] dweight (accumulated)",
+         finite_difference_error(forward, {x, weight}, 1, subtract(values_of(dweight), rounded(dweight_before, DType::kF32)), dy),
+         kGradientTolerance);
+}
+
+// ---- RoPE ------------------------------------------------------------------------------
+
+TEST_F(OpTable, Rope) {
+  const int64_t batch = 2, time = 5, heads = 3, head_dim = 8, half = head_dim / 2;
+  const Shape shape{batch, time, heads, head_dim};
+  // Position offsets (a KV cache or a second packed document) and a large position.
+  const std::vector<int32_t> positions{0, 1, 2, 3, 4, 17, 18, 19, 1000, 4095};
+  // A non-trivial inv_freq: theta 500 with the low frequencies stretched 4x (llama3-style scaling).
+  std::vector<float> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) {
+    inv_freq[i] = static_cast<float>(std::pow(500.0, -2.0 * i / head_dim) / (i >= half / 2 ? 4.0 : 1.0));
+  }
+  const Tensor positions_tensor = ints_of(positions, {batch, time});
+  const Tensor inv_freq_tensor = Tensor::from_floats({half}, inv_freq);
+  const int64_t count = shape_numel(shape);
+  for (DType dtype : kFloatDTypes) {
+    const Values x = rounded(random_values(count, 61), dtype);
+    Tensor y = Tensor::empty_cpu(shape, dtype);
+    ops::rope_forward(*context, tensor_of(x, shape, dtype), positions_tensor, inv_freq_tensor, y);
+    const Values want = reference::rope(x, positions, inv_freq, heads, head_dim);
+    report(str_cat("rope_forward ", dtype_label(dtype), " x[2, 5, 3, 8] positions up to 4095"),
+           scaled_error(values_of(y), want), forward_tolerance(dtype));
+    Tensor in_place = tensor_of(x, shape, dtype);
+    ops::rope_forward(*context, in_place, positions_tensor, inv_freq_tensor, in_place);
+    report(str_cat("rope_forward ", dtype_label(dtype), " in place (y aliases x)"),
+           scaled_error(values_of(in_place), want), forward_tolerance(dtype));
+  }
+  const Values dy = random_values(count, 62);
+  Tensor dx = tensor_of(dy, shape, DType::kF32);
+  ops::rope_backward(*context, dx, positions_tensor, inv_freq_tensor, dx);  // in place (dx aliases dy)
+  const Forward forward = [&](const std::vector<Values>& inputs) {
+    return reference::rope(inputs[0], positions, inv_freq, heads, head_dim);
+  };
+  report("rope_backward f32 x[2, 5, 3, 8] in place",
+         finite_difference_error(forward, {random_values(count, 63)}, 0, values_of(dx), dy), kGradientTolerance);
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------
+
+TEST_F(OpTable, SwiGlu) {
+  const Shape shape{3, 37};
+  const int64_t count = shape_numel(shape);
+  for (DType dtype : kFloatDTypes) {
+    const Values gate = rounded(random_values(count, 71, 3.0), dtype), up = rounded(random_values(count, 72), dtype);
+    Tensor out = Tensor::empty_cpu(shape, dtype);
+    ops::swiglu_forward(*context, tensor_of(gate, shape, dtype), tensor_of(up, shape, dtype), out);
+    report(str_cat("swiglu_forward ", dtype_label(dtype), " [3, 37]"),
+           scaled_error(values_of(out), reference::swiglu(gate, up)), forward_tolerance(dtype));
+  }
+  const Values gate = random_values(count, 73, 3.0), up = random_values(count, 74), dout = random_values(count, 75);
+  const Forward forward = [](const std::vector<Values>& inputs) { return reference::swiglu(inputs[0], inputs[1]); };
+  Tensor dgate = Tensor::empty_cpu(shape, DType::kF32), dup = Tensor::empty_cpu(shape, DType::kF32);
+  ops::swiglu_backward(*context, tensor_of(dout, shape, DType::kF32), tensor_of(gate, shape, DType::kF32),
+                       tensor_of(up, shape, DType::kF32), dgate, dup);
+  report("swiglu_backward f32 [3, 37] dgate", finite_difference_error(forward, {gate, up}, 0, values_of(dgate), dout),
+         kGradientTolerance);
+  report("swiglu_backward f32 [3, 37] dup", finite_difference_error(forward, {gate, up}, 1, values_of(dup), dout),
+         kGradientTolerance);
+  // In place: dgate overwrites gate and dup overwrites up (the model frees them this way).
+  Tensor gate_in_place = tensor_of(gate, shape, DType::kF32), up_in_place = tensor_of(up, shape, DType::kF32);
+  ops::swiglu_backward(*context, tensor_of(dout, shape, DType::kF32), gate_in_place, up_in_place, gate_in_place,
+                       up_in_place);
+  report("swiglu_backward f32 in place (dgate aliases gate, dup aliases up)",
+         std::max(scaled_error(values_of(gate_in_place), values_of(dgate)),
+                  scaled_error(values_of(up_in_place), values_of(dup))),
+         0.0);
+}
+
+// ---- Cross-entropy ---------------------------------------------------------------------------
+
+TEST_F(OpTable, CrossEntropy) {
+  const int64_t rows = 7, vocab = 5000;  // V spans several reduction chunks
+  const std::vector<int32_t> targets{17, -100, 4999, 0, -1, 2500, 1023};
+  const Tensor targets_tensor = ints_of(targets, {rows});
+  for (DType dtype : kFloatDTypes) {
+    const Values logits = rounded(random_values(rows * vocab, 81, 3.0), dtype);
+    Tensor losses = Tensor::empty_cpu({rows}, DType::kF32), lse = Tensor::empty_cpu({rows}, DType::kF32);
+    ops::cross_entropy_forward(*context, tensor_of(logits, {rows, vocab}, dtype), targets_tensor, losses, lse);
+    const reference::CrossEntropyResult want = reference::cross_entropy(logits, targets, vocab);
+    report(str_cat("cross_entropy_forward ", dtype_label(dtype), " logits[7, 5000] 2 ignored rows: losses"),
+           scaled_error(values_of(losses), want.losses), 1e-5);
+    report(str_cat("cross_entropy_forward ", dtype_label(dtype), " lse"), scaled_error(values_of(lse), want.lse), 1e-5);
+    EXPECT_EQ(values_of(losses)[1], 0.0);
+  }
+  const Values logits = random_values(rows * vocab, 82, 3.0);
+  const Values dloss = random_values(rows, 83);
+  const Forward forward = [&](const std::vector<Values>& inputs) {
+    return reference::cross_entropy(inputs[0], targets, vocab).losses;
+  };
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Values stored = rounded(logits, dtype);
+    Tensor logits_tensor = tensor_of(stored, {rows, vocab}, dtype);
+    Tensor losses = Tensor::empty_cpu({rows}, DType::kF32), lse = Tensor::empty_cpu({rows}, DType::kF32);
+    ops::cross_entropy_forward(*context, logits_tensor, targets_tensor, losses, lse);
+    Tensor dlogits = Tensor::empty_cpu({rows, vocab}, DType::kF32);
+    ops::cross_entropy_backward(*context, logits_tensor, targets_tensor, lse, tensor_of(dloss, {rows}, DType::kF32),
+                                dlogits);
+    report(str_cat("cross_entropy_backward ", dtype_label(dtype), " logits[7, 5000] -> f32 dlogits"),
+           finite_difference_error(forward, {stored}, 0, values_of(dlogits), dloss), kGradientTolerance);
+    // The fused in-place form: dlogits overwrites logits.
+    ops::cross_entropy_backward(*context, logits_tensor, targets_tensor, lse, tensor_of(dloss, {rows}, DType::kF32),
+                                logits_tensor);
+    report(str_cat("cross_entropy_backward ", dtype_label(dtype), " in place (dlogits aliases logits)"),
+           scaled_error(values_of(logits_tensor), values_of(dlogits)), forward_tolerance(dtype, 0.0));
+  }
+}
+
+// ---- Elementwise -------------------------------------------------------------------------------
+
+TEST_F(OpTable, Elementwise) {
+  const Shape shape{5, 413};  // not a multiple of the chunk size
+  const int64_t count = shape_numel(shape);
+  for (DType dtype : kFloatDTypes) {
+    const Values a = rounded(random_values(count, 91), dtype), b = rounded(random_values(count, 92), dtype);
+    Values sum(count), scaled(count), axpy(count);
+    for (int64_t i = 0; i < count; ++i) {
+      sum[i] = a[i] + b[i];
+      scaled[i] = a[i] * -0.375;
+      axpy[i] = b[i] + 1.25 * a[i];
+    }
+    Tensor out = Tensor::empty_cpu(shape, dtype);
+    ops::add(*context, tensor_of(a, shape, dtype), tensor_of(b, shape, dtype), out);
+    report(str_cat("add ", dtype_label(dtype), " [5, 413]"), scaled_error(values_of(out), sum), forward_tolerance(dtype));
+    Tensor in_place = tensor_of(a, shape, dtype);
+    ops::add(*context, in_place, tensor_of(b, shape, dtype), in_place);
+    report(str_cat("add ", dtype_label(dtype), " in place (out aliases a)"), scaled_error(values_of(in_place), sum),
+           forward_tolerance(dtype));
+    Tensor y = tensor_of(b, shape, DType::kF32);
+    ops::add_scaled(*context, 1.25f, tensor_of(a, shape, dtype), y);
+    report(str_cat("add_scaled ", dtype_label(dtype), " x into f32 y"), scaled_error(values_of(y), axpy), 1e-6);
+    Tensor y_same = tensor_of(b, shape, dtype);
+    ops::add_scaled(*context, 1.25f, tensor_of(a, shape, DType::kF32), y_same);
+    report(str_cat("add_scaled f32 x into ", dtype_label(dtype), " y"), scaled_error(values_of(y_same), axpy),
+           forward_tolerance(dtype));
+    Tensor x = tensor_of(a, shape, dtype);
+    ops::scale(*context, x, -0.375f);
+    report(str_cat("scale ", dtype_label(dtype)), scaled_error(values_of(x), scaled), forward_tolerance(dtype, 1e-7));
+    ops::fill(*context, x, 0.1f);
+    report(str_cat("fill ", dtype_label(dtype), " 0.1"),
+           scaled_error(values_of(x), Values(count, round_to(dtype, static_cast<double>(0.1f)))), 0.0);
+  }
+  Tensor ids = Tensor::empty_cpu({4}, DType::kI32);
+  ops::fill(*context, ids, 7.0f);
+  EXPECT_EQ(ids.data<int32_t>()[3], 7);
+}
+
+TEST_F(OpTable, LargeElementwiseRunsThreadedChunks) {
+  const int64_t count = 300001;  // above the parallel threshold, ragged last chunk
+  const Values a = random_values(count, 95), b = random_values(count, 96);
+  Values sum(count);
+  for (int64_t i = 0; i < count; ++i) sum[i] = a[i] + b[i];
+  Tensor out = Tensor::empty_cpu({count}, DType::kBF16);
+  ops::add(*context, tensor_of(a, {count}, DType::kF32), tensor_of(b, {count}, DType::kF32), out);
+  report("add f32+f32 -> bf16 [300001]", scaled_error(values_of(out), sum), forward_tolerance(DType::kBF16));
+}
+
+// cast rounds with core/half.h's round-to-nearest-even, bit for bit.
+TEST_F(OpTable, CastMatchesHalfConversionsBitForBit) {
+  std::vector<float> values = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 65519.0f, 65520.0f, 1e6f, -1e6f,
+                               std::ldexp(1.0f, -24), std::ldexp(1.0f, -25), std::ldexp(3.0f, -25), 1e-8f,
+                               bits_float(0x3f808000u), bits_float(0x3f818000u), bits_float(0x3f808001u),
+                               INFINITY, -INFINITY, NAN, 3.14159265f, 1e38f};
+  PhiloxGenerator generator(99);
+  for (int i = 0; i < 5000; ++i) values.push_back(generator.next_normal() * std::ldexp(1.0f, i % 40 - 20));
+  const int64_t count = static_cast<int64_t>(values.size());
+  const Tensor source = Tensor::from_floats({count}, values);
+  Tensor as_bf16 = Tensor::empty_cpu({count}, DType::kBF16), as_f16 = Tensor::empty_cpu({count}, DType::kF16);
+  ops::cast(*context, source, as_bf16);
+  ops::cast(*context, source, as_f16);
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    mismatches += as_bf16.data<bf16>()[i].bits != float_to_bf16_bits(values[i]);
+    mismatches += as_f16.data<f16>()[i].bits != float_to_f16_bits(values[i]);
+  }
+  report("cast f32 -> bf16 and f16 (bit mismatches)", static_cast<double>(mismatches), 0.0);
+  // Widening back is exact.
+  Tensor widened = Tensor::empty_cpu({count}, DType::kF32);
+  ops::cast(*context, as_f16, widened);
+  mismatches = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const float want = f16_bits_to_float(float_to_f16_bits(values[i]));
+    mismatches += !(float_bits(widened.data<float>()[i]) == float_bits(want) || (std::isnan(want) && std::isnan(widened.data<float>()[i])));
+  }
+  report("cast f16 -> f32 (bit mismatches)", static_cast<double>(mismatches), 0.0);
+  Tensor as_bf16_from_f16 = Tensor::empty_cpu({count}, DType::kBF16);
+  ops::cast(*context, as_f16, as_bf16_from_f16);
+  mismatches = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const float via_f16 = f16_bits_to_float(float_to_f16_bits(values[i]));
+    mismatches += as_bf16_from_f16.data<bf16>()[i].bits != float_to_bf16_bits(via_f16);
+  }
+  report("cast f16 -> bf16 (bit mismatches)", static_cast<double>(mismatches), 0.0);
+
+  const std::vector<int32_t> ints{0, -1, 2147483647, -2147483647 - 1, 42};
+  Tensor wide = Tensor::empty_cpu({5}, DType::kI64), narrow = Tensor::empty_cpu({5}, DType::kI32);
+  ops::cast(*context, ints_of(ints, {5}), wide);
+  ops::cast(*context, wide, narrow);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(wide.data<int64_t>()[i], ints[i]);
+    EXPECT_EQ(narrow.data<int32_t>()[i], ints[i]);
+  }
+}
+
+}  // namespace
+}  // namespace llmft
