@@ -1,0 +1,67 @@
+// Linear layer (torch.nn.Linear layout: weight [out, in], optional bias [out])
+// with two extension points designed in from the start:
+//  * adapters (LoRA, bottleneck adapters): each adds its own output to y in
+//    the forward and its input gradient to dx in the backward, so peft/ can
+//    attach them by module name without touching the model;
+//  * tensor-parallel sharding kind (Megatron layout, DESIGN.md): column (q, k,
+//    v, gate, up) or row (o, down). Only kNone is implemented here; the
+//    parallel layer adds the communication around the same local GEMMs.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/context.h"
+#include "model/parameters.h"
+
+namespace llmft {
+
+enum class ShardKind { kNone, kColumn, kRow };
+
+// Something that adds to a Linear's output: y += adapter(x). Implementations
+// own their parameters (and register them with their own registry) and
+// recompute any intermediate they need from x in the backward, so they work
+// unchanged under gradient checkpointing.
+class LinearAdapter {
+ public:
+  virtual ~LinearAdapter() = default;
+  // x: [N, in]; y_accumulate: [N, out] holding the base output; adds to it.
+  virtual void forward(Context& context, const Tensor& x, Tensor& y_accumulate) = 0;
+  // dy: [N, out]; accumulates the adapter's parameter gradients and, when
+  // dx_accumulate is non-null, adds d(adapter(x))/dx to it ([N, in]).
+  virtual void backward(Context& context, const Tensor& dy, const Tensor& x, Tensor* dx_accumulate) = 0;
+};
+
+class Linear {
+ public:
+  // `name` is the module path ("model.layers.0.self_attn.q_proj"); bias may be null.
+  Linear(std::string name, Parameter* weight, Parameter* bias, ShardKind shard_kind = ShardKind::kNone);
+
+  const std::string& name() const { return name_; }
+  int64_t in_features() const { return weight_->value.size(1); }
+  int64_t out_features() const { return weight_->value.size(0); }
+  Parameter& weight() const { return *weight_; }
+  Parameter* bias() const { return bias_; }
+  ShardKind shard_kind() const { return shard_kind_; }
+
+  void add_adapter(std::shared_ptr<LinearAdapter> adapter) { adapters_.push_back(std::move(adapter)); }
+  void clear_adapters() { adapters_.clear(); }
+  const std::vector<std::shared_ptr<LinearAdapter>>& adapters() const { return adapters_; }
+
+  // y[N, out] = x[N, in] @ W^T + b + sum of adapter outputs.
+  void forward(Context& context, const Tensor& x, Tensor& y) const;
+  // dx (null when not needed) overwritten, or accumulated when accumulate_dx;
+  // weight/bias gradients accumulated when those parameters are trainable;
+  // then each adapter's backward.
+  void backward(Context& context, const Tensor& dy, const Tensor& x, Tensor* dx, bool accumulate_dx = false) const;
+
+ private:
+  std::string name_;
+  Parameter* weight_;
+  Parameter* bias_;
+  ShardKind shard_kind_;
+  std::vector<std::shared_ptr<LinearAdapter>> adapters_;
+};
+
+}  // namespace llmft

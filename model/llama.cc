@@ -1,0 +1,507 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/philox.h"
+#include "kernels/ops.h"
+
+namespace llmft {
+namespace {
+
+Tensor* grad_of(Parameter* parameter) {
+  return parameter != nullptr && parameter->trainable && parameter->grad.defined() ? &parameter->grad : nullptr;
+}
+
+std::vector<int32_t> host_ints(const Tensor& tensor) {
+  Tensor host = tensor.device().is_cpu() ? tensor : tensor.to(default_host_allocator());
+  const int32_t* data = host.data<int32_t>();
+  return std::vector<int32_t>(data, data + host.numel());
+}
+
+void check_batch_tensor(const Tensor& tensor, const char* field, const Shape& expected) {
+  if (tensor.dtype() != DType::kI32 || tensor.shape() != expected)
+    throw_bad_input("batch: ", field, ": expected i32", shape_to_string(expected), ", found ", tensor.to_string());
+}
+
+const char* torch_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return "bfloat16";
+    case DType::kF16: return "float16";
+    default: return "float32";
+  }
+}
+
+}  // namespace
+
+struct LlamaModel::Layer {
+  Parameter* input_norm = nullptr;
+  Parameter* post_attention_norm = nullptr;
+  std::unique_ptr<Linear> q, k, v, o, gate, up, down;
+};
+
+// What one forward/backward needs besides the parameters.
+struct LlamaModel::StepState {
+  int64_t batch = 0;
+  int64_t time = 0;       // sequence length incl. prompt-tuning tokens
+  int64_t rows = 0;       // batch * time
+  int64_t num_prefix = 0;  // prefix-tuning K/V positions
+  Tensor positions;       // i32 [rows] on the device
+  Tensor doc_start;       // i32 [rows] or undefined
+  ops::AttentionOptions attention;
+};
+
+// A block's intermediates (HF names in comments). `input` is the block input
+// (the residual stream); with kRecompute only it survives the forward.
+struct LlamaModel::BlockActivations {
+  Tensor input;                           // [N, D]
+  Tensor attention_norm, attention_rstd;  // input_layernorm(input), f32 [N]
+  Tensor q, k, v;                         // [B, T, Hq, Dh] after RoPE; [B, P + T, Hkv, Dh] (k after RoPE)
+  Tensor attention_out, lse;              // [B, T, Hq, Dh], f32 [B, Hq, T]
+  Tensor mid;                             // input + o_proj(attention_out)
+  Tensor mlp_norm, mlp_rstd;              // post_attention_layernorm(mid)
+  Tensor gate, up, act;                   // [N, I]; act = silu(gate) * up
+
+  void release_all_but_input() {
+    attention_norm = attention_rstd = q = k = v = attention_out = lse = mid = mlp_norm = mlp_rstd = gate = up =
+        act = Tensor();
+  }
+};
+
+LlamaModel::LlamaModel(Context& context, const ModelConfig& config, const LlamaOptions& options)
+    : config_(config), options_(options) {
+  LLMFT_CHECK(is_floating(options.compute_dtype) && is_floating(options.grad_dtype), "float dtypes required");
+  const DType dtype = options.compute_dtype;
+  const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
+  const int64_t q_size = config.q_size(), kv_size = config.kv_size();
+
+  embed_tokens_ = &parameters_.add(context, "model.embed_tokens.weight", {config.vocab_size, hidden}, dtype);
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    const std::string prefix = str_cat("model.layers.", i, ".");
+    auto layer = std::make_unique<Layer>();
+    auto linear = [&](const std::string& module, int64_t out, int64_t in, bool bias) {
+      const std::string name = prefix + module;
+      Parameter* weight = &parameters_.add(context, name + ".weight", {out, in}, dtype);
+      Parameter* bias_parameter = bias ? &parameters_.add(context, name + ".bias", {out}, dtype) : nullptr;
+      return std::make_unique<Linear>(name, weight, bias_parameter);
+    };
+    layer->input_norm = &parameters_.add(context, prefix + "input_layernorm.weight", {hidden}, dtype);
+    layer->q = linear("self_attn.q_proj", q_size, hidden, config.qkv_bias);
+    layer->k = linear("self_attn.k_proj", kv_size, hidden, config.qkv_bias);
+    layer->v = linear("self_attn.v_proj", kv_size, hidden, config.qkv_bias);
+    layer->o = linear("self_attn.o_proj", hidden, q_size, config.o_bias);
+    layer->post_attention_norm = &parameters_.add(context, prefix + "post_attention_layernorm.weight", {hidden}, dtype);
+    layer->gate = linear("mlp.gate_proj", inter, hidden, false);
+    layer->up = linear("mlp.up_proj", inter, hidden, false);
+    layer->down = linear("mlp.down_proj", hidden, inter, false);
+    layers_.push_back(std::move(layer));
+  }
+  final_norm_ = &parameters_.add(context, "model.norm.weight", {hidden}, dtype);
+  Parameter* head = config.tie_word_embeddings
+                        ? embed_tokens_
+                        : &parameters_.add(context, "lm_head.weight", {config.vocab_size, hidden}, dtype);
+  lm_head_ = std::make_unique<Linear>("lm_head", head, nullptr);
+  policies_.assign(static_cast<size_t>(config.num_hidden_layers), options.activation_policy);
+
+  std::vector<float> inv_freq = config.rope_inv_freq();
+  inv_freq_ = context.upload(Tensor::from_floats({static_cast<int64_t>(inv_freq.size())}, inv_freq));
+}
+
+LlamaModel::~LlamaModel() = default;
+
+std::unique_ptr<LlamaModel> LlamaModel::load(Context& context, const std::filesystem::path& directory,
+                                             const LlamaOptions& options) {
+  if (!std::filesystem::is_directory(directory))
+    throw_bad_input(directory.string(), ": not a model directory (expected config.json and model.safetensors)");
+  ModelConfig config = ModelConfig::load(directory / "config.json");
+  SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(directory);
+  auto model = std::make_unique<LlamaModel>(context, config, options);
+  model->load_weights(context, checkpoint);
+  return model;
+}
+
+void LlamaModel::init_random(Context& context, uint64_t seed, float stddev) {
+  PhiloxGenerator generator(seed);
+  for (Parameter* parameter : parameters_.all()) {
+    std::vector<float> values(static_cast<size_t>(parameter->value.numel()));
+    const bool is_norm = parameter->name.ends_with("norm.weight");
+    const bool is_bias = parameter->name.ends_with(".bias");
+    for (float& value : values) value = is_norm ? 1.0f : is_bias ? 0.0f : stddev * generator.next_normal();
+    parameter->value.copy_from(Tensor::from_floats(parameter->value.shape(), values, parameter->value.dtype()));
+  }
+}
+
+void LlamaModel::load_weights(Context& context, const SafetensorsCheckpoint& checkpoint) {
+  for (Parameter* parameter : parameters_.all()) {
+    if (!checkpoint.contains(parameter->name))
+      throw_bad_input(checkpoint.directory(), ": missing tensor '", parameter->name, "' (expected shape ",
+                      shape_to_string(parameter->value.shape()), " for ", config_.architecture, ")");
+    const SafetensorsEntry& entry = checkpoint.entry(parameter->name);
+    if (entry.shape != parameter->value.shape())
+      throw_bad_input(checkpoint.file_of(parameter->name).path(), ": tensor '", parameter->name, "': expected shape ",
+                      shape_to_string(parameter->value.shape()), ", found ", shape_to_string(entry.shape));
+  }
+  for (const std::string& name : checkpoint.tensor_names()) {
+    if (parameters_.find(name) != nullptr) continue;
+    // Tolerated as transformers does: stale RoPE buffers of old exports and a
+    // redundant head of tied models.
+    if (name.ends_with("rotary_emb.inv_freq") || (config_.tie_word_embeddings && name == "lm_head.weight")) continue;
+    throw_bad_input(checkpoint.file_of(name).path(), ": unexpected tensor '", name, "' (not a parameter of ",
+                    config_.architecture, " with this config.json)");
+  }
+  for (Parameter* parameter : parameters_.all())
+    parameter->value.copy_from(checkpoint.tensor_as(parameter->name, parameter->value.dtype()));
+  context.synchronize();
+}
+
+std::vector<NamedTensor> LlamaModel::state_dict(std::optional<DType> dtype) const {
+  std::vector<NamedTensor> tensors;
+  for (const Parameter* parameter : parameters_.all()) {
+    Tensor host = parameter->value.device().is_cpu() ? parameter->value : parameter->value.to(default_host_allocator());
+    if (dtype && *dtype != host.dtype()) host = Tensor::from_floats(host.shape(), host.to_floats(), *dtype);
+    tensors.push_back({parameter->name, host});
+  }
+  return tensors;
+}
+
+void LlamaModel::save_pretrained(const std::filesystem::path& directory, std::optional<DType> dtype,
+                                 uint64_t max_shard_bytes) const {
+  std::filesystem::create_directories(directory);
+  ModelConfig saved = config_;
+  saved.torch_dtype = torch_dtype_name(dtype.value_or(options_.compute_dtype));
+  write_safetensors_checkpoint(directory, state_dict(dtype), max_shard_bytes);
+  saved.save(directory / "config.json");
+}
+
+std::vector<Linear*> LlamaModel::linears() {
+  std::vector<Linear*> result;
+  for (auto& layer : layers_)
+    for (Linear* linear : {layer->q.get(), layer->k.get(), layer->v.get(), layer->o.get(), layer->gate.get(),
+                           layer->up.get(), layer->down.get()})
+      result.push_back(linear);
+  result.push_back(lm_head_.get());
+  return result;
+}
+
+Linear* LlamaModel::find_linear(const std::string& module_name) {
+  for (Linear* linear : linears())
+    if (linear->name() == module_name) return linear;
+  return nullptr;
+}
+
+void LlamaModel::set_activation_policy(ActivationPolicy policy) { std::fill(policies_.begin(), policies_.end(), policy); }
+
+void LlamaModel::set_activation_policy(int64_t layer, ActivationPolicy policy) {
+  LLMFT_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "layer ", layer, " out of range");
+  policies_[static_cast<size_t>(layer)] = policy;
+}
+
+StepResult LlamaModel::forward(Context& context, const Batch& batch, Tensor* logits) {
+  return run(context, batch, /*backward=*/false, 1.0f, logits);
+}
+
+StepResult LlamaModel::forward_backward(Context& context, const Batch& batch, float loss_scale) {
+  return run(context, batch, /*backward=*/true, loss_scale, nullptr);
+}
+
+// ---- One decoder block ------------------------------------------------------------
+
+void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_index, BlockActivations& a,
+                               Tensor& output) {
+  const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
+  const DType dtype = options_.compute_dtype;
+  const int64_t n = step.rows, b = step.batch, t = step.time, p = step.num_prefix;
+  const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
+  const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+
+  // Attention half: x + o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x)))).
+  a.attention_norm = context.empty({n, hidden}, dtype);
+  a.attention_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.input, layer.input_norm->value, eps, a.attention_norm, a.attention_rstd);
+
+  Tensor q = context.empty({n, heads * head_dim}, dtype);
+  layer.q->forward(context, a.attention_norm, q);
+  a.q = q.reshape({b, t, heads, head_dim});
+  ops::rope_forward(context, a.q, step.positions, inv_freq_, a.q);
+
+  Tensor k = context.empty({n, kv_heads * head_dim}, dtype);
+  Tensor v = context.empty({n, kv_heads * head_dim}, dtype);
+  layer.k->forward(context, a.attention_norm, k);
+  layer.v->forward(context, a.attention_norm, v);
+  Tensor k4 = k.reshape({b, t, kv_heads, head_dim});
+  ops::rope_forward(context, k4, step.positions, inv_freq_, k4);
+  if (p == 0) {
+    a.k = k4;
+    a.v = v.reshape({b, t, kv_heads, head_dim});
+  } else {
+    // [B, P + T, Hkv, Dh]: each sequence's rows are its P prefix positions
+    // followed by its T own positions.
+    Tensor prefix_k = context.empty({p, kv_heads, head_dim}, dtype);
+    Tensor prefix_v = context.empty({p, kv_heads, head_dim}, dtype);
+    prefix_hook_->forward(context, layer_index, prefix_k, prefix_v);
+    a.k = context.empty({b, p + t, kv_heads, head_dim}, dtype);
+    a.v = context.empty({b, p + t, kv_heads, head_dim}, dtype);
+    Tensor k_rows = a.k.reshape({b * (p + t), kv_heads * head_dim});
+    Tensor v_rows = a.v.reshape({b * (p + t), kv_heads * head_dim});
+    for (int64_t s = 0; s < b; ++s) {
+      const int64_t base = s * (p + t);
+      k_rows.slice_rows(base, base + p).copy_from(prefix_k.reshape({p, kv_heads * head_dim}));
+      v_rows.slice_rows(base, base + p).copy_from(prefix_v.reshape({p, kv_heads * head_dim}));
+      k_rows.slice_rows(base + p, base + p + t).copy_from(k.slice_rows(s * t, (s + 1) * t));
+      v_rows.slice_rows(base + p, base + p + t).copy_from(v.slice_rows(s * t, (s + 1) * t));
+    }
+  }
+  a.attention_out = context.empty({b, t, heads, head_dim}, dtype);
+  a.lse = context.empty({b, heads, t}, DType::kF32);
+  ops::attention_forward(context, a.q, a.k, a.v, step.attention, a.attention_out, a.lse);
+  a.mid = context.empty({n, hidden}, dtype);
+  layer.o->forward(context, a.attention_out.reshape({n, heads * head_dim}), a.mid);
+  ops::add(context, a.mid, a.input, a.mid);
+
+  // MLP half: mid + down(silu(gate(norm(mid))) * up(norm(mid))).
+  const int64_t inter = config_.intermediate_size;
+  a.mlp_norm = context.empty({n, hidden}, dtype);
+  a.mlp_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.mid, layer.post_attention_norm->value, eps, a.mlp_norm, a.mlp_rstd);
+  a.gate = context.empty({n, inter}, dtype);
+  a.up = context.empty({n, inter}, dtype);
+  layer.gate->forward(context, a.mlp_norm, a.gate);
+  layer.up->forward(context, a.mlp_norm, a.up);
+  a.act = context.empty({n, inter}, dtype);
+  ops::swiglu_forward(context, a.gate, a.up, a.act);
+  output = context.empty({n, hidden}, dtype);
+  layer.down->forward(context, a.act, output);
+  ops::add(context, output, a.mid, output);
+}
+
+// In: dresidual = dL/d(block output). Out: dresidual = dL/d(block input). The
+// residual stream's gradient is updated in place; the activations' buffers are
+// reused for their own gradients where they are dead.
+void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer_index, BlockActivations& a,
+                                Tensor& dresidual) {
+  const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
+  const DType dtype = options_.compute_dtype;
+  const int64_t n = step.rows, b = step.batch, t = step.time, p = step.num_prefix;
+  const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
+  const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+
+  // MLP half.
+  Tensor dact = context.empty({n, config_.intermediate_size}, dtype);
+  layer.down->backward(context, dresidual, a.act, &dact);
+  ops::swiglu_backward(context, dact, a.gate, a.up, a.gate, a.up);  // gate/up now hold dgate/dup
+  Tensor dnorm = context.empty({n, hidden}, dtype);
+  layer.gate->backward(context, a.gate, a.mlp_norm, &dnorm);
+  layer.up->backward(context, a.up, a.mlp_norm, &dnorm, /*accumulate_dx=*/true);
+  Tensor dnorm_input = context.empty({n, hidden}, dtype);
+  ops::rmsnorm_backward(context, dnorm, a.mid, layer.post_attention_norm->value, a.mlp_rstd, dnorm_input,
+                        grad_of(layer.post_attention_norm));
+  ops::add(context, dresidual, dnorm_input, dresidual);  // dL/dmid
+
+  // Attention half.
+  Tensor dattention = context.empty({n, heads * head_dim}, dtype);
+  layer.o->backward(context, dresidual, a.attention_out.reshape({n, heads * head_dim}), &dattention);
+  Tensor dq = context.empty(a.q.shape(), dtype);
+  Tensor dk = context.empty(a.k.shape(), dtype);
+  Tensor dv = context.empty(a.v.shape(), dtype);
+  ops::attention_backward(context, dattention.reshape({b, t, heads, head_dim}), a.q, a.k, a.v, a.attention_out, a.lse,
+                          step.attention, dq, dk, dv);
+  Tensor dk_own = dk, dv_own = dv;  // gradients of this block's own K/V positions
+  if (p > 0) {
+    Tensor dprefix_k = context.empty({b, p, kv_heads, head_dim}, dtype);
+    Tensor dprefix_v = context.empty({b, p, kv_heads, head_dim}, dtype);
+    dk_own = context.empty({b, t, kv_heads, head_dim}, dtype);
+    dv_own = context.empty({b, t, kv_heads, head_dim}, dtype);
+    const int64_t width = kv_heads * head_dim;
+    Tensor dk_rows = dk.reshape({b * (p + t), width}), dv_rows = dv.reshape({b * (p + t), width});
+    for (int64_t s = 0; s < b; ++s) {
+      const int64_t base = s * (p + t);
+      dprefix_k.reshape({b * p, width}).slice_rows(s * p, (s + 1) * p).copy_from(dk_rows.slice_rows(base, base + p));
+      dprefix_v.reshape({b * p, width}).slice_rows(s * p, (s + 1) * p).copy_from(dv_rows.slice_rows(base, base + p));
+      dk_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dk_rows.slice_rows(base + p, base + p + t));
+      dv_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dv_rows.slice_rows(base + p, base + p + t));
+    }
+    prefix_hook_->backward(context, layer_index, dprefix_k, dprefix_v);
+  }
+  ops::rope_backward(context, dq, step.positions, inv_freq_, dq);
+  ops::rope_backward(context, dk_own, step.positions, inv_freq_, dk_own);
+  layer.q->backward(context, dq.reshape({n, heads * head_dim}), a.attention_norm, &dnorm);
+  layer.k->backward(context, dk_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
+  layer.v->backward(context, dv_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
+  ops::rmsnorm_backward(context, dnorm, a.input, layer.input_norm->value, a.attention_rstd, dnorm_input,
+                        grad_of(layer.input_norm));
+  ops::add(context, dresidual, dnorm_input, dresidual);  // dL/dinput
+}
+
+// ---- The whole step ---------------------------------------------------------------
+
+StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, float loss_scale, Tensor* logits) {
+  const DType dtype = options_.compute_dtype;
+  if (!batch.input_ids.defined() || batch.input_ids.dim() != 2 || batch.input_ids.dtype() != DType::kI32)
+    throw_bad_input("batch: input_ids: expected i32 [B, T], found ",
+                    batch.input_ids.defined() ? batch.input_ids.to_string() : "nothing");
+  const int64_t b = batch.input_ids.size(0), real_time = batch.input_ids.size(1);
+  const Shape batch_shape = {b, real_time};
+  if (batch.targets.defined()) check_batch_tensor(batch.targets, "targets", batch_shape);
+  if (batch.position_ids.defined()) check_batch_tensor(batch.position_ids, "position_ids", batch_shape);
+  if (batch.doc_start.defined()) check_batch_tensor(batch.doc_start, "doc_start", batch_shape);
+  const int64_t virtual_tokens = prompt_hook_ != nullptr ? prompt_hook_->num_virtual_tokens() : 0;
+  if (virtual_tokens > 0 && (batch.position_ids.defined() || batch.doc_start.defined()))
+    throw_bad_input("batch: prompt tuning cannot be combined with explicit position_ids or doc_start (packing)");
+
+  StepState step;
+  step.batch = b;
+  step.time = real_time + virtual_tokens;
+  step.rows = b * step.time;
+  step.num_prefix = prefix_hook_ != nullptr ? prefix_hook_->num_prefix() : 0;
+  if (config_.sliding_window > 0 && step.time + step.num_prefix > config_.sliding_window)
+    throw_bad_input("batch: sequence length ", step.time + step.num_prefix, " exceeds the model's sliding_window (",
+                    config_.sliding_window, "); llmft attends to the full causal window only");
+  const int64_t n = step.rows, hidden = config_.hidden_size, vocab = config_.vocab_size;
+
+  // Positions and targets, with the prompt-tuning positions (no target) first.
+  std::vector<int32_t> positions(static_cast<size_t>(n)), targets(static_cast<size_t>(n), -100);
+  std::vector<int32_t> given_positions = batch.position_ids.defined() ? host_ints(batch.position_ids)
+                                                                      : std::vector<int32_t>();
+  std::vector<int32_t> given_targets = batch.targets.defined() ? host_ints(batch.targets) : std::vector<int32_t>();
+  int64_t num_targets = 0;
+  for (int64_t s = 0; s < b; ++s) {
+    for (int64_t i = 0; i < step.time; ++i) {
+      const size_t row = static_cast<size_t>(s * step.time + i);
+      const int64_t real = i - virtual_tokens;  // index among the real tokens, negative for virtual ones
+      positions[row] = given_positions.empty() || real < 0
+                           ? static_cast<int32_t>(i)
+                           : given_positions[static_cast<size_t>(s * real_time + real)];
+      if (real >= 0 && !given_targets.empty()) {
+        targets[row] = given_targets[static_cast<size_t>(s * real_time + real)];
+        if (targets[row] >= 0) ++num_targets;
+      }
+    }
+  }
+  step.positions = context.upload(Tensor::from_ints({n}, positions));
+  Tensor targets_device = context.upload(Tensor::from_ints({n}, targets));
+  if (batch.doc_start.defined()) {
+    step.doc_start = context.upload(batch.doc_start).reshape({n});
+    step.attention.doc_start = &step.doc_start;
+  }
+  step.attention.num_prefix = step.num_prefix;
+  if (backward) parameters_.allocate_grads(context, options_.grad_dtype);
+
+  // Embedding (+ prompt-tuning embeddings in front of each sequence).
+  Tensor ids = context.upload(batch.input_ids).reshape({b * real_time});
+  Tensor hidden_states = context.empty({n, hidden}, dtype);
+  if (virtual_tokens == 0) {
+    ops::embedding_forward(context, ids, embed_tokens_->value, hidden_states);
+  } else {
+    Tensor real_embeddings = context.empty({b * real_time, hidden}, dtype);
+    ops::embedding_forward(context, ids, embed_tokens_->value, real_embeddings);
+    Tensor prompt = context.empty({virtual_tokens, hidden}, dtype);
+    prompt_hook_->forward(context, prompt);
+    for (int64_t s = 0; s < b; ++s) {
+      hidden_states.slice_rows(s * step.time, s * step.time + virtual_tokens).copy_from(prompt);
+      hidden_states.slice_rows(s * step.time + virtual_tokens, (s + 1) * step.time)
+          .copy_from(real_embeddings.slice_rows(s * real_time, (s + 1) * real_time));
+    }
+  }
+
+  // Blocks.
+  const size_t num_layers = layers_.size();
+  std::vector<BlockActivations> saved(backward ? num_layers : 1);
+  for (size_t l = 0; l < num_layers; ++l) {
+    BlockActivations& activations = saved[backward ? l : 0];
+    activations.input = hidden_states;
+    Tensor output;
+    block_forward(context, step, static_cast<int64_t>(l), activations, output);
+    if (!backward || policies_[l] == ActivationPolicy::kRecompute) activations.release_all_but_input();
+    hidden_states = output;
+  }
+
+  // Final norm, then LM head + cross-entropy a chunk of rows at a time. With
+  // backward, each chunk's logits turn into dlogits in place and are folded
+  // into dnormed and the head's weight gradient before the next chunk.
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Tensor normed = context.empty({n, hidden}, dtype);
+  Tensor final_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, hidden_states, final_norm_->value, eps, normed, final_rstd);
+
+  const bool compute_loss = batch.targets.defined();
+  const bool do_backward = backward && num_targets > 0;
+  int64_t chunk_rows = options_.lm_head_chunk_rows > 0 ? options_.lm_head_chunk_rows
+                                                       : std::max<int64_t>(1, (int64_t{1} << 22) / vocab);
+  chunk_rows = std::min(chunk_rows, n);
+  Tensor logits_buffer = context.empty({chunk_rows, vocab}, dtype);
+  Tensor losses = context.empty({n}, DType::kF32);
+  Tensor lse = context.empty({n}, DType::kF32);
+  Tensor dloss, dnormed;
+  if (do_backward) {
+    dloss = context.empty({n}, DType::kF32);
+    ops::fill(context, dloss, loss_scale / static_cast<float>(num_targets));  // d(mean loss * scale)/d(row loss)
+    dnormed = context.empty({n, hidden}, dtype);
+  }
+  Tensor logits_rows;
+  if (logits != nullptr) {
+    *logits = context.empty({b, step.time, vocab}, DType::kF32);
+    logits_rows = logits->reshape({n, vocab});
+  }
+  for (int64_t begin = 0; begin < n; begin += chunk_rows) {
+    const int64_t end = std::min(n, begin + chunk_rows);
+    Tensor chunk_logits = logits_buffer.slice_rows(0, end - begin);
+    Tensor chunk_hidden = normed.slice_rows(begin, end);
+    lm_head_->forward(context, chunk_hidden, chunk_logits);
+    if (logits != nullptr) {
+      Tensor destination = logits_rows.slice_rows(begin, end);
+      ops::cast(context, chunk_logits, destination);
+    }
+    if (!compute_loss) continue;
+    Tensor chunk_targets = targets_device.slice_rows(begin, end);
+    Tensor chunk_losses = losses.slice_rows(begin, end), chunk_lse = lse.slice_rows(begin, end);
+    ops::cross_entropy_forward(context, chunk_logits, chunk_targets, chunk_losses, chunk_lse);
+    if (!do_backward) continue;
+    ops::cross_entropy_backward(context, chunk_logits, chunk_targets, chunk_lse, dloss.slice_rows(begin, end),
+                                chunk_logits);
+    Tensor chunk_dhidden = dnormed.slice_rows(begin, end);
+    lm_head_->backward(context, chunk_logits, chunk_hidden, &chunk_dhidden);
+  }
+
+  StepResult result;
+  result.num_target_tokens = num_targets;
+  if (compute_loss && num_targets > 0) {
+    double total = 0.0;
+    for (float loss : losses.to_floats()) total += loss;
+    result.loss = total / static_cast<double>(num_targets);
+  }
+  if (!do_backward) return result;
+
+  // Backward through the final norm, the blocks in reverse, the embedding.
+  Tensor dresidual = context.empty({n, hidden}, dtype);
+  ops::rmsnorm_backward(context, dnormed, hidden_states, final_norm_->value, final_rstd, dresidual,
+                        grad_of(final_norm_));
+  normed = dnormed = Tensor();
+  for (size_t l = num_layers; l-- > 0;) {
+    BlockActivations& activations = saved[l];
+    if (policies_[l] == ActivationPolicy::kRecompute) {
+      Tensor recomputed_output;  // equal to the next block's input, which is kept
+      block_forward(context, step, static_cast<int64_t>(l), activations, recomputed_output);
+    }
+    block_backward(context, step, static_cast<int64_t>(l), activations, dresidual);
+    activations = BlockActivations();
+  }
+  Tensor dembeddings = dresidual;
+  if (virtual_tokens > 0) {
+    dembeddings = context.empty({b * real_time, hidden}, dtype);
+    Tensor dprompt = context.empty({b, virtual_tokens, hidden}, dtype);
+    Tensor dprompt_rows = dprompt.reshape({b * virtual_tokens, hidden});
+    for (int64_t s = 0; s < b; ++s) {
+      dprompt_rows.slice_rows(s * virtual_tokens, (s + 1) * virtual_tokens)
+          .copy_from(dresidual.slice_rows(s * step.time, s * step.time + virtual_tokens));
+      dembeddings.slice_rows(s * real_time, (s + 1) * real_time)
+          .copy_from(dresidual.slice_rows(s * step.time + virtual_tokens, (s + 1) * step.time));
+    }
+    prompt_hook_->backward(context, dprompt);
+  }
+  if (Tensor* dtable = grad_of(embed_tokens_)) ops::embedding_backward(context, ids, dembeddings, *dtable);
+  return result;
+}
+
+}  // namespace llmft

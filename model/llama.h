@@ -1,0 +1,157 @@
+// The Llama-family decoder (Llama, Mistral, Qwen2) with an explicit forward
+// and backward, following transformers' modeling_llama.py:
+//
+//   embedding (+ prompt-tuning embeddings) →
+//   N × [ RMSNorm → q/k/v linears → RoPE (rotate-half) → GQA causal attention
+//         (optional prefix K/V, packed documents) → o linear → residual →
+//         RMSNorm → gate/up linears → SwiGLU → down linear → residual ] →
+//   final RMSNorm → LM head + cross-entropy, chunked over rows so the fp32
+//   logits of the whole batch are never materialised.
+//
+// Parameters live in a ParameterRegistry under their Hugging Face names; the
+// backward accumulates gradients into trainable parameters only. Each block
+// either saves its activations or keeps only its input and recomputes its
+// forward in the backward (gradient checkpointing).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/context.h"
+#include "core/tensor.h"
+#include "model/linear.h"
+#include "model/model_config.h"
+#include "model/parameters.h"
+#include "model/safetensors.h"
+
+namespace llmft {
+
+enum class ActivationPolicy {
+  kSaveAll,    // keep every intermediate of the block for the backward
+  kRecompute,  // keep the block input only; rerun the block forward in the backward
+};
+
+struct LlamaOptions {
+  DType compute_dtype = DType::kF32;  // weights and activations
+  DType grad_dtype = DType::kF32;     // parameter gradients
+  ActivationPolicy activation_policy = ActivationPolicy::kSaveAll;  // every block, unless set per block
+  // Rows of logits computed at once by the LM head + cross-entropy; 0 picks
+  // about 4M logits (16 MB in fp32) per chunk.
+  int64_t lm_head_chunk_rows = 0;
+};
+
+// One batch of token sequences, on the host or the context's device.
+struct Batch {
+  Tensor input_ids;     // i32 [B, T]
+  Tensor targets;       // i32 [B, T]: next-token targets; negative (-100) = no loss. May be undefined (no loss).
+  Tensor position_ids;  // optional i32 [B, T]; default 0..T-1 in every row
+  Tensor doc_start;     // optional i32 [B, T]: for packed sequences, the index (within the row) of the first
+                        // token of each token's document; attention stays inside the document
+};
+
+struct StepResult {
+  double loss = 0.0;               // mean cross-entropy over target tokens (0 when there are none)
+  int64_t num_target_tokens = 0;
+};
+
+// Prompt tuning (Lester et al. 2021): P virtual token embeddings prepended to
+// every sequence. Their positions get no loss; positions run 0..P+T-1.
+class PromptEmbeddingHook {
+ public:
+  virtual ~PromptEmbeddingHook() = default;
+  virtual int64_t num_virtual_tokens() const = 0;
+  // Fills embeddings [P, hidden] (compute dtype), shared by every sequence.
+  virtual void forward(Context& context, Tensor& embeddings) = 0;
+  // dembeddings: [B, P, hidden], one row block per sequence.
+  virtual void backward(Context& context, const Tensor& dembeddings) = 0;
+};
+
+// Prefix tuning (Li & Liang 2021): per-layer key/value prefixes that every
+// query attends to (ops::AttentionOptions::num_prefix). They enter attention
+// as given (no RoPE), like cached keys/values in transformers.
+class AttentionPrefixHook {
+ public:
+  virtual ~AttentionPrefixHook() = default;
+  virtual int64_t num_prefix() const = 0;
+  // Fills keys/values [P, kv_heads, head_dim] of `layer`, shared by every sequence.
+  virtual void forward(Context& context, int64_t layer, Tensor& keys, Tensor& values) = 0;
+  // dkeys/dvalues: [B, P, kv_heads, head_dim].
+  virtual void backward(Context& context, int64_t layer, const Tensor& dkeys, const Tensor& dvalues) = 0;
+};
+
+class LlamaModel {
+ public:
+  // Parameters allocated but not initialised; use init_random or load_weights.
+  LlamaModel(Context& context, const ModelConfig& config, const LlamaOptions& options = {});
+  ~LlamaModel();
+  LlamaModel(const LlamaModel&) = delete;
+  LlamaModel& operator=(const LlamaModel&) = delete;
+
+  // config.json + model.safetensors (or a sharded index) from a HF directory,
+  // converted to options.compute_dtype.
+  static std::unique_ptr<LlamaModel> load(Context& context, const std::filesystem::path& directory,
+                                          const LlamaOptions& options = {});
+  // Normal(0, stddev) weights (transformers' initializer_range is 0.02), unit
+  // norm weights, zero biases; drawn from Philox(seed) in registration order.
+  void init_random(Context& context, uint64_t seed, float stddev = 0.02f);
+  // Every parameter from `checkpoint`; errors name the file, the tensor and the
+  // expected shape for missing, unexpected and mis-shaped tensors.
+  void load_weights(Context& context, const SafetensorsCheckpoint& checkpoint);
+  // Writes config.json and the weights (in `dtype`, default the compute
+  // dtype) as a transformers-loadable directory, sharded above max_shard_bytes.
+  void save_pretrained(const std::filesystem::path& directory, std::optional<DType> dtype = std::nullopt,
+                       uint64_t max_shard_bytes = kDefaultMaxShardBytes) const;
+  // Parameters by HF name (host copies converted to `dtype` when given).
+  std::vector<NamedTensor> state_dict(std::optional<DType> dtype = std::nullopt) const;
+
+  const ModelConfig& config() const { return config_; }
+  const LlamaOptions& options() const { return options_; }
+  ParameterRegistry& parameters() { return parameters_; }
+  const ParameterRegistry& parameters() const { return parameters_; }
+  // Every linear layer (q, k, v, o, gate, up, down of each layer, then
+  // lm_head), for adapters to attach to by name.
+  std::vector<Linear*> linears();
+  Linear* find_linear(const std::string& module_name);
+
+  void set_activation_policy(ActivationPolicy policy);
+  void set_activation_policy(int64_t layer, ActivationPolicy policy);
+  void set_prompt_embedding_hook(PromptEmbeddingHook* hook) { prompt_hook_ = hook; }
+  void set_attention_prefix_hook(AttentionPrefixHook* hook) { prefix_hook_ = hook; }
+
+  // Loss (and optionally logits f32 [B, P+T, V] on the context's device,
+  // where P is the number of prompt-tuning tokens) without gradients.
+  StepResult forward(Context& context, const Batch& batch, Tensor* logits = nullptr);
+  // Forward and backward: d(loss * loss_scale)/dparameter is ADDED to the
+  // gradient of every trainable parameter (allocated on first use, of
+  // options.grad_dtype), so gradient accumulation is a loop of calls.
+  StepResult forward_backward(Context& context, const Batch& batch, float loss_scale = 1.0f);
+
+ private:
+  struct Layer;
+  struct StepState;
+  struct BlockActivations;
+
+  StepResult run(Context& context, const Batch& batch, bool backward, float loss_scale, Tensor* logits);
+  void block_forward(Context& context, StepState& step, int64_t layer, BlockActivations& activations,
+                     Tensor& output);
+  void block_backward(Context& context, StepState& step, int64_t layer, BlockActivations& activations,
+                      Tensor& dresidual);
+
+  ModelConfig config_;
+  LlamaOptions options_;
+  ParameterRegistry parameters_;
+  Parameter* embed_tokens_ = nullptr;
+  Parameter* final_norm_ = nullptr;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::unique_ptr<Linear> lm_head_;  // weight = embed_tokens when tied
+  std::vector<ActivationPolicy> policies_;
+  Tensor inv_freq_;  // f32 [head_dim / 2] on the device
+  PromptEmbeddingHook* prompt_hook_ = nullptr;
+  AttentionPrefixHook* prefix_hook_ = nullptr;
+};
+
+}  // namespace llmft
