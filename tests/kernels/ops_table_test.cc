@@ -453,6 +453,108 @@ TEST_F(OpTable, CrossEntropy) {
   }
 }
 
+// ---- Attention ------------------------------------------------------------------------------
+
+struct AttentionCase {
+  int64_t batch, time, query_heads, kv_heads, head_dim, prefix;
+  bool two_documents;  // pack two documents per sequence (doc_start)
+  float softmax_scale;  // 0: 1/sqrt(head_dim)
+};
+
+std::string attention_label(const AttentionCase& spec) {
+  return str_cat("B", spec.batch, " T", spec.time, " Hq", spec.query_heads, " Hkv", spec.kv_heads, " D", spec.head_dim,
+                 " P", spec.prefix, spec.two_documents ? " 2 docs" : "",
+                 spec.softmax_scale != 0.0f ? str_cat(" scale ", spec.softmax_scale) : std::string());
+}
+
+// Document boundaries differ per sequence so a row-major indexing slip shows.
+std::vector<int32_t> document_starts(const AttentionCase& spec) {
+  if (!spec.two_documents) return {};
+  std::vector<int32_t> starts;
+  for (int64_t b = 0; b < spec.batch; ++b) {
+    const int64_t cut = spec.time / 2 + b;
+    for (int64_t t = 0; t < spec.time; ++t) starts.push_back(static_cast<int32_t>(t < cut ? 0 : cut));
+  }
+  return starts;
+}
+
+const std::vector<AttentionCase> kAttentionCases = {
+    {2, 13, 4, 2, 8, 0, false, 0.0f},  // GQA, causal only
+    {2, 13, 3, 3, 8, 3, false, 0.0f},  // Hq == Hkv with prefix keys
+    {2, 13, 4, 2, 8, 2, true, 0.2f},   // GQA, prefix, packed documents, explicit scale
+    {1, 70, 2, 1, 4, 0, true, 0.0f},   // T above the CPU query block and not a multiple of it
+    {1, 70, 2, 2, 4, 5, false, 0.0f},
+};
+
+TEST_F(OpTable, AttentionForward) {
+  for (size_t index = 0; index < kAttentionCases.size(); ++index) {
+    const AttentionCase& spec = kAttentionCases[index];
+    const int64_t keys = spec.prefix + spec.time;
+    const Shape q_shape{spec.batch, spec.time, spec.query_heads, spec.head_dim};
+    const Shape kv_shape{spec.batch, keys, spec.kv_heads, spec.head_dim};
+    const std::vector<int32_t> starts = document_starts(spec);
+    const Tensor starts_tensor = starts.empty() ? Tensor() : ints_of(starts, {spec.batch * spec.time});
+    ops::AttentionOptions options;
+    options.softmax_scale = spec.softmax_scale;
+    options.num_prefix = spec.prefix;
+    options.doc_start = starts.empty() ? nullptr : &starts_tensor;
+    const double scale = spec.softmax_scale != 0.0f ? spec.softmax_scale : 1.0 / std::sqrt(double(spec.head_dim));
+    for (DType dtype : kFloatDTypes) {
+      if (dtype != DType::kF32 && index != 2 && index != 3) continue;
+      const Values q = rounded(random_values(shape_numel(q_shape), 101, 1.5), dtype);
+      const Values k = rounded(random_values(shape_numel(kv_shape), 102, 1.5), dtype);
+      const Values v = rounded(random_values(shape_numel(kv_shape), 103), dtype);
+      Tensor out = Tensor::empty_cpu(q_shape, dtype);
+      Tensor lse = Tensor::empty_cpu({spec.batch, spec.query_heads, spec.time}, DType::kF32);
+      ops::attention_forward(*context, tensor_of(q, q_shape, dtype), tensor_of(k, kv_shape, dtype),
+                             tensor_of(v, kv_shape, dtype), options, out, lse);
+      const reference::AttentionResult want =
+          reference::attention(q, k, v, spec.batch, spec.time, spec.query_heads, spec.kv_heads, spec.head_dim,
+                               spec.prefix, starts, scale);
+      const std::string label = str_cat("attention_forward ", dtype_label(dtype), " ", attention_label(spec));
+      report(label + " out", scaled_error(values_of(out), want.out), forward_tolerance(dtype));
+      report(label + " lse", scaled_error(values_of(lse), want.lse), 1e-5);
+    }
+  }
+}
+
+TEST_F(OpTable, AttentionBackward) {
+  for (const AttentionCase& spec : kAttentionCases) {
+    const int64_t keys = spec.prefix + spec.time;
+    const Shape q_shape{spec.batch, spec.time, spec.query_heads, spec.head_dim};
+    const Shape kv_shape{spec.batch, keys, spec.kv_heads, spec.head_dim};
+    const std::vector<int32_t> starts = document_starts(spec);
+    const Tensor starts_tensor = starts.empty() ? Tensor() : ints_of(starts, {spec.batch * spec.time});
+    ops::AttentionOptions options;
+    options.softmax_scale = spec.softmax_scale;
+    options.num_prefix = spec.prefix;
+    options.doc_start = starts.empty() ? nullptr : &starts_tensor;
+    const double scale = spec.softmax_scale != 0.0f ? spec.softmax_scale : 1.0 / std::sqrt(double(spec.head_dim));
+    const Values q = random_values(shape_numel(q_shape), 111, 1.5), k = random_values(shape_numel(kv_shape), 112, 1.5);
+    const Values v = random_values(shape_numel(kv_shape), 113), dout = random_values(shape_numel(q_shape), 114);
+    const Tensor q_tensor = tensor_of(q, q_shape, DType::kF32), k_tensor = tensor_of(k, kv_shape, DType::kF32);
+    const Tensor v_tensor = tensor_of(v, kv_shape, DType::kF32);
+    Tensor out = Tensor::empty_cpu(q_shape, DType::kF32);
+    Tensor lse = Tensor::empty_cpu({spec.batch, spec.query_heads, spec.time}, DType::kF32);
+    ops::attention_forward(*context, q_tensor, k_tensor, v_tensor, options, out, lse);
+    // Overwritten outputs start as garbage.
+    Tensor dq = tensor_of(Values(q.size(), 1e30), q_shape, DType::kF32);
+    Tensor dk = tensor_of(Values(k.size(), 1e30), kv_shape, DType::kF32);
+    Tensor dv = tensor_of(Values(v.size(), 1e30), kv_shape, DType::kF32);
+    ops::attention_backward(*context, tensor_of(dout, q_shape, DType::kF32), q_tensor, k_tensor, v_tensor, out, lse,
+                            options, dq, dk, dv);
+    const Forward forward = [&](const std::vector<Values>& inputs) {
+      return reference::attention(inputs[0], inputs[1], inputs[2], spec.batch, spec.time, spec.query_heads,
+                                  spec.kv_heads, spec.head_dim, spec.prefix, starts, scale)
+          .out;
+    };
+    const std::string label = str_cat("attention_backward f32 ", attention_label(spec));
+    report(label + " dq", finite_difference_error(forward, {q, k, v}, 0, values_of(dq), dout), kGradientTolerance);
+    report(label + " dk", finite_difference_error(forward, {q, k, v}, 1, values_of(dk), dout), kGradientTolerance);
+    report(label + " dv", finite_difference_error(forward, {q, k, v}, 2, values_of(dv), dout), kGradientTolerance);
+  }
+}
+
 // ---- Elementwise -------------------------------------------------------------------------------
 
 TEST_F(OpTable, Elementwise) {
