@@ -1,0 +1,645 @@
+#include "data/loader.h"
+
+#include <algorithm>
+#include <climits>
+#include <limits>
+#include <map>
+#include <regex>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/philox.h"
+
+namespace llmft::data {
+
+// ------------------------------------------------------------ shard sets ---
+
+namespace {
+
+struct ShardName {
+  std::string prefix;  // everything before "-NNNNN-of-MMMMM"
+  std::string suffix;  // everything after it (extension)
+  uint64_t index = 0;
+  uint64_t total = 0;
+  int index_digits = 5;
+  int total_digits = 5;
+};
+
+std::optional<ShardName> parse_shard_name(const std::string& path) {
+  static const std::regex kShard(R"(^(.*)-([0-9]{5,})-of-([0-9]{5,})([^/]*)$)");
+  std::smatch match;
+  if (!std::regex_match(path, match, kShard)) return std::nullopt;
+  ShardName name;
+  name.prefix = match[1];
+  name.index = std::stoull(match[2]);
+  name.total = std::stoull(match[3]);
+  name.index_digits = static_cast<int>(match[2].length());
+  name.total_digits = static_cast<int>(match[3].length());
+  name.suffix = match[4];
+  return name;
+}
+
+std::string shard_path(const ShardName& like, uint64_t index) {
+  char digits[32], total[32];
+  std::snprintf(digits, sizeof(digits), "%0*llu", like.index_digits, static_cast<unsigned long long>(index));
+  std::snprintf(total, sizeof(total), "%0*llu", like.total_digits, static_cast<unsigned long long>(like.total));
+  return str_cat(like.prefix, "-", digits, "-of-", total, like.suffix);
+}
+
+}  // namespace
+
+std::vector<std::string> validate_shard_set(std::vector<std::string> files) {
+  if (files.empty()) throw_bad_input("data: no input files given");
+  std::vector<std::optional<ShardName>> names;
+  for (const auto& file : files) names.push_back(parse_shard_name(file));
+  auto first_named = std::find_if(names.begin(), names.end(), [](const auto& name) { return name.has_value(); });
+  if (first_named == names.end()) {
+    std::sort(files.begin(), files.end());
+    for (size_t i = 1; i < files.size(); ++i)
+      if (files[i] == files[i - 1]) throw_bad_input(files[i], ": listed twice in the data files");
+    return files;
+  }
+  const ShardName& reference = **first_named;
+  const std::string reference_path = files[static_cast<size_t>(first_named - names.begin())];
+  std::vector<std::string> by_index(reference.total);
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (!names[i])
+      throw_bad_input(files[i], ": not part of the shard set ", shard_path(reference, 0), " ... (every file must be "
+                      "named <prefix>-NNNNN-of-", reference.total, reference.suffix, ")");
+    const ShardName& name = *names[i];
+    if (name.prefix != reference.prefix || name.suffix != reference.suffix)
+      throw_bad_input(files[i], ": belongs to another shard set than ", reference_path);
+    if (name.total != reference.total)
+      throw_bad_input(files[i], ": mixed shard totals: this file says ", name.total, " shards, ", reference_path,
+                      " says ", reference.total);
+    if (name.index >= name.total)
+      throw_bad_input(files[i], ": extra shard: index ", name.index, " is not below the total of ", name.total,
+                      " (shards are numbered from 0)");
+    if (!by_index[name.index].empty())
+      throw_bad_input(files[i], ": shard ", name.index, " appears twice (also ", by_index[name.index], ")");
+    by_index[name.index] = files[i];
+  }
+  for (uint64_t index = 0; index < reference.total; ++index)
+    if (by_index[index].empty())
+      throw_bad_input("missing shard ", shard_path(reference, index), " (found ", files.size(), " of ",
+                      reference.total, " shards of ", shard_path(reference, 0), ")");
+  return by_index;
+}
+
+std::vector<std::string> expand_shard_pattern(const std::string& pattern, FileSystem& file_system) {
+  std::vector<std::string> files = file_system.glob(pattern);
+  if (files.empty()) throw_bad_input(pattern, ": no files match this data pattern");
+  return validate_shard_set(std::move(files));
+}
+
+// -------------------------------------------------------------- pipeline ---
+
+namespace {
+
+// SplitMix64 (Steele, Lea, Flood, "Fast Splittable Pseudorandom Number
+// Generators", 2014): turns (seed, epoch, rank, stream) into unrelated Philox
+// keys, so each epoch and rank has its own reproducible stream.
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+uint64_t stream_seed(uint64_t seed, uint64_t epoch, uint64_t rank, uint64_t stream) {
+  return splitmix64(splitmix64(splitmix64(splitmix64(seed) ^ epoch) ^ rank) ^ stream);
+}
+constexpr uint64_t kShardOrderStream = 1;
+constexpr uint64_t kShuffleStream = 2;
+
+struct Document {
+  RecordRef ref;
+  std::vector<int32_t> tokens;  // input ids, EOS appended when configured
+  std::vector<int32_t> labels;  // label of each token (see loader.h), -100 = no loss
+};
+
+}  // namespace
+
+class LoaderPipeline {
+ public:
+  LoaderPipeline(LoaderOptions options, FileSystem& file_system)
+      : options_(std::move(options)), file_system_(file_system) {
+    validate_options();
+    files_ = options_.pattern.empty() ? validate_shard_set(options_.files)
+                                      : expand_shard_pattern(options_.pattern, file_system_);
+    decode_options_.names = options_.names;
+    decode_options_.vocab_size = options_.vocab_size;
+    build_index();
+    start_epoch(0);
+  }
+
+  const LoaderOptions& options() const { return options_; }
+  const std::vector<std::string>& files() const { return files_; }
+  uint64_t corrupt_records_skipped() const { return corrupt_records_skipped_; }
+
+  int64_t steps_per_epoch(int64_t epoch) const {
+    const std::vector<uint32_t> order = shard_order(epoch);
+    const uint64_t ranks = static_cast<uint64_t>(options_.dp_size);
+    std::vector<uint64_t> share(ranks, 0);  // tokens (packed) or documents (padded) per rank
+    uint64_t dealt = 0;
+    for (uint32_t shard : order)
+      for (int32_t tokens : index_[shard]) {
+        if (tokens < 0) continue;
+        share[dealt++ % ranks] += options_.mode == BatchMode::kPacked ? static_cast<uint64_t>(tokens) : 1;
+      }
+    uint64_t steps = std::numeric_limits<uint64_t>::max();
+    for (uint64_t rank_share : share) {
+      uint64_t rows = options_.mode == BatchMode::kPacked ? rank_share / static_cast<uint64_t>(options_.seq_len)
+                                                          : rank_share;
+      steps = std::min(steps, rows / static_cast<uint64_t>(options_.batch_size));
+    }
+    return static_cast<int64_t>(steps);
+  }
+
+  // The next batch, or nullopt after the last epoch.
+  std::optional<Batch> produce() {
+    while (step_ >= epoch_steps_) {
+      if (options_.num_epochs > 0 && epoch_ + 1 >= options_.num_epochs) return std::nullopt;
+      start_epoch(epoch_ + 1);
+    }
+    const int64_t rows = options_.batch_size, columns = options_.seq_len;
+    Batch batch;
+    batch.input_ids = Tensor::empty_cpu({rows, columns}, DType::kI32);
+    batch.targets = Tensor::empty_cpu({rows, columns}, DType::kI32);
+    batch.position_ids = Tensor::empty_cpu({rows, columns}, DType::kI32);
+    batch.doc_start = Tensor::empty_cpu({rows, columns}, DType::kI32);
+    batch.epoch = epoch_;
+    batch.step_in_epoch = step_;
+    for (int64_t row = 0; row < rows; ++row) {
+      Row out{batch.input_ids.data<int32_t>() + row * columns, batch.targets.data<int32_t>() + row * columns,
+              batch.position_ids.data<int32_t>() + row * columns, batch.doc_start.data<int32_t>() + row * columns};
+      if (options_.mode == BatchMode::kPacked)
+        fill_packed_row(out);
+      else
+        fill_padded_row(out);
+    }
+    ++step_;
+    return batch;
+  }
+
+  LoaderState snapshot() const {
+    LoaderState state;
+    state.epoch = epoch_;
+    state.step_in_epoch = step_;
+    state.shard_cursor = shard_cursor_;
+    state.reader_position = reader_ ? reader_->position() : reader_position_;
+    state.records_dealt = records_dealt_;
+    for (const Document& document : buffer_) state.shuffle_buffer.push_back(document.ref);
+    state.shuffle_rng_position = shuffle_rng_.position();
+    if (current_ && current_token_ < current_->tokens.size()) {
+      state.current_document = current_->ref;
+      state.current_token = current_token_;
+    }
+    return state;
+  }
+
+  void restore(const LoaderState& state) {
+    if (state.epoch < 0 || (options_.num_epochs > 0 && state.epoch >= options_.num_epochs))
+      throw_bad_input("loader state: epoch ", state.epoch, " is outside the configured ", options_.num_epochs,
+                      " epochs");
+    start_epoch(state.epoch);
+    if (state.step_in_epoch < 0 || state.step_in_epoch > epoch_steps_)
+      throw_bad_input("loader state: step ", state.step_in_epoch, " is outside epoch ", state.epoch, " of ",
+                      epoch_steps_, " steps");
+    if (state.shard_cursor > order_.size())
+      throw_bad_input("loader state: shard cursor ", state.shard_cursor, " exceeds the ", order_.size(), " shards");
+    step_ = state.step_in_epoch;
+    shard_cursor_ = state.shard_cursor;
+    reader_position_ = state.reader_position;
+    records_dealt_ = state.records_dealt;
+    shuffle_rng_ = PhiloxGenerator(shuffle_rng_.seed(), state.shuffle_rng_position);
+    // Re-read the buffered documents, one reader per shard.
+    std::map<uint32_t, std::unique_ptr<RecordReader>> readers;
+    auto reload = [&](const RecordRef& ref) {
+      if (ref.shard >= files_.size())
+        throw_bad_input("loader state: record reference to shard ", ref.shard, " of ", files_.size());
+      auto& reader = readers[ref.shard];
+      if (!reader) reader = std::make_unique<RecordReader>(files_[ref.shard], options_.reader, file_system_);
+      reader->seek({ref.offset, ref.record_index});
+      std::string_view bytes;
+      if (!reader->read(bytes) || reader->last_record_position() != RecordPosition{ref.offset, ref.record_index})
+        throw_bad_input(files_[ref.shard], ": record ", ref.record_index, " at byte ", ref.offset,
+                        ": the loader state refers to this record, but it is not there (were the shards rewritten?)");
+      return make_document(ref, bytes);
+    };
+    for (const RecordRef& ref : state.shuffle_buffer) buffer_.push_back(reload(ref));
+    if (state.current_document) {
+      current_ = reload(*state.current_document);
+      current_token_ = state.current_token;
+      if (current_token_ > current_->tokens.size())
+        throw_bad_input("loader state: token ", current_token_, " is beyond the document's ", current_->tokens.size());
+    }
+  }
+
+ private:
+  struct Row {
+    int32_t* input_ids;
+    int32_t* targets;
+    int32_t* position_ids;
+    int32_t* doc_start;
+  };
+
+  void validate_options() const {
+    const LoaderOptions& o = options_;
+    if (o.batch_size <= 0) throw_bad_input("data.batch_size must be > 0, got ", o.batch_size);
+    if (o.seq_len <= 0 || o.seq_len > INT32_MAX) throw_bad_input("data.seq_len must be in [1, 2^31), got ", o.seq_len);
+    if (o.dp_size < 1) throw_bad_input("data-parallel size must be >= 1, got ", o.dp_size);
+    if (o.dp_rank < 0 || o.dp_rank >= o.dp_size)
+      throw_bad_input("data-parallel rank ", o.dp_rank, " is outside [0, ", o.dp_size, ")");
+    auto check_id = [&](const char* field, int64_t id) {
+      if (id < 0 || id > INT32_MAX || (o.vocab_size > 0 && id >= o.vocab_size))
+        throw_bad_input("data.", field, " = ", id, " is not a token id in [0, ",
+                        o.vocab_size > 0 ? o.vocab_size : int64_t{INT32_MAX} + 1, ")");
+    };
+    if (o.append_eos) check_id("eos_id", o.eos_id);
+    if (o.mode == BatchMode::kPadded) check_id("pad_id", o.pad_id);
+  }
+
+  std::vector<uint32_t> shard_order(int64_t epoch) const {
+    std::vector<uint32_t> order(files_.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<uint32_t>(i);
+    if (options_.shuffle_shards) {
+      // Fisher-Yates; the same permutation on every rank.
+      PhiloxGenerator random(stream_seed(options_.seed, static_cast<uint64_t>(epoch), 0, kShardOrderStream));
+      for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[random.next_below(i)]);
+    }
+    return order;
+  }
+
+  void build_index() {
+    index_.resize(files_.size());
+    for (size_t shard = 0; shard < files_.size(); ++shard) {
+      RecordReader reader(files_[shard], options_.reader, file_system_);
+      std::vector<int32_t>& counts = index_[shard];
+      std::string_view bytes;
+      while (reader.read(bytes)) {
+        RecordPosition at = reader.last_record_position();
+        counts.resize(at.record_index + 1, -1);  // records the reader skipped stay -1
+        try {
+          Document document = make_document({static_cast<uint32_t>(shard), at.offset, at.record_index}, bytes);
+          counts[at.record_index] = static_cast<int32_t>(document.tokens.size());
+        } catch (const Error& error) {
+          if (!options_.reader.skip_corrupt_records || error.kind() != ErrorKind::kBadInput) throw;
+          ++corrupt_records_skipped_;
+        }
+      }
+      corrupt_records_skipped_ += reader.corrupt_records_skipped();
+    }
+  }
+
+  Document make_document(const RecordRef& ref, std::string_view bytes) const {
+    RecordContext context{files_[ref.shard], ref.record_index, ref.offset};
+    TokenExample example = decode_example(bytes, decode_options_, context);
+    const size_t count = example.input_ids.size();
+    const bool masked = !example.labels.empty() || !example.loss_mask.empty();
+    if (count > static_cast<size_t>(INT32_MAX) - 1)
+      throw_bad_input(context.file, ": record ", ref.record_index, " at byte ", ref.offset, ": ", count,
+                      " tokens in one document");
+    Document document;
+    document.ref = ref;
+    const size_t total = count + (options_.append_eos ? 1 : 0);
+    document.tokens.resize(total);
+    document.labels.resize(total);
+    for (size_t k = 0; k < count; ++k) {
+      int64_t id = example.input_ids[k];
+      if (id < 0 || id > INT32_MAX)
+        throw_bad_input(context.file, ": record ", ref.record_index, " at byte ", ref.offset, ": feature '",
+                        options_.names.input_ids, "' position ", k, ": token id ", id, " is not in [0, 2^31)");
+      int64_t label = !example.labels.empty() ? example.labels[k]
+                      : !example.loss_mask.empty() ? (example.loss_mask[k] ? id : kIgnoreIndex)
+                                                   : id;
+      if (label != kIgnoreIndex && (label < 0 || label > INT32_MAX))
+        throw_bad_input(context.file, ": record ", ref.record_index, " at byte ", ref.offset, ": feature '",
+                        options_.names.labels, "' position ", k, ": label ", label, " is not -100 or in [0, 2^31)");
+      document.tokens[k] = static_cast<int32_t>(id);
+      document.labels[k] = static_cast<int32_t>(label);
+    }
+    if (options_.append_eos) {
+      document.tokens[count] = static_cast<int32_t>(options_.eos_id);
+      bool last_unlabelled = masked && count > 0 && document.labels[count - 1] == kIgnoreIndex;
+      document.labels[count] = last_unlabelled ? static_cast<int32_t>(kIgnoreIndex)
+                                               : static_cast<int32_t>(options_.eos_id);
+    }
+    return document;
+  }
+
+  void start_epoch(int64_t epoch) {
+    epoch_ = epoch;
+    step_ = 0;
+    order_ = shard_order(epoch);
+    epoch_steps_ = steps_per_epoch(epoch);
+    if (epoch_steps_ == 0)
+      throw_bad_input("data: the ", files_.size(), " shard(s) (", files_.front(), " ...) do not hold one step of ",
+                      options_.batch_size, " rows of ", options_.seq_len, " tokens for each of ", options_.dp_size,
+                      " data-parallel ranks in epoch ", epoch, " (", corrupt_records_skipped_,
+                      " corrupt records skipped)");
+    shard_cursor_ = 0;
+    reader_.reset();
+    reader_position_ = {};
+    records_dealt_ = 0;
+    buffer_.clear();
+    shuffle_rng_ = PhiloxGenerator(
+        stream_seed(options_.seed, static_cast<uint64_t>(epoch), static_cast<uint64_t>(options_.dp_rank), kShuffleStream));
+    current_.reset();
+    current_token_ = 0;
+  }
+
+  // This rank's next record of the epoch in dealt order, or nullopt when the
+  // epoch's input is exhausted.
+  std::optional<Document> next_dealt() {
+    const uint64_t ranks = static_cast<uint64_t>(options_.dp_size);
+    const uint64_t rank = static_cast<uint64_t>(options_.dp_rank);
+    while (shard_cursor_ < order_.size()) {
+      const uint32_t shard = order_[shard_cursor_];
+      if (!reader_) {
+        reader_ = std::make_unique<RecordReader>(files_[shard], options_.reader, file_system_);
+        if (reader_position_ != RecordPosition{}) reader_->seek(reader_position_);
+      }
+      std::string_view bytes;
+      if (!reader_->read(bytes)) {
+        ++shard_cursor_;
+        reader_.reset();
+        reader_position_ = {};
+        continue;
+      }
+      const RecordPosition at = reader_->last_record_position();
+      const std::vector<int32_t>& counts = index_[shard];
+      if (at.record_index >= counts.size() || counts[at.record_index] < 0) continue;  // left out by the index
+      if (records_dealt_++ % ranks != rank) continue;  // another rank's record
+      return make_document({shard, at.offset, at.record_index}, bytes);
+    }
+    return std::nullopt;
+  }
+
+  std::optional<Document> next_shuffled() {
+    const size_t capacity = std::max<size_t>(options_.shuffle_buffer, 1);
+    while (buffer_.size() < capacity) {
+      std::optional<Document> document = next_dealt();
+      if (!document) break;
+      buffer_.push_back(std::move(*document));
+    }
+    if (buffer_.empty()) return std::nullopt;
+    uint64_t pick = shuffle_rng_.next_below(buffer_.size());
+    std::swap(buffer_[pick], buffer_.back());
+    Document document = std::move(buffer_.back());
+    buffer_.pop_back();
+    return document;
+  }
+
+  Document next_document_or_throw() {
+    std::optional<Document> document = next_shuffled();
+    if (!document)
+      throw_bad_input("data: epoch ", epoch_, " ran out of records at step ", step_, " of ", epoch_steps_,
+                      " on rank ", options_.dp_rank, "; were the shards (", files_.front(),
+                      " ...) changed while training?");
+    return std::move(*document);
+  }
+
+  void fill_packed_row(Row out) {
+    const int64_t columns = options_.seq_len;
+    int64_t column = 0;
+    while (column < columns) {
+      if (!current_ || current_token_ >= current_->tokens.size()) {
+        current_ = next_document_or_throw();
+        current_token_ = 0;
+        continue;  // an empty document contributes nothing
+      }
+      const Document& document = *current_;
+      const size_t size = document.tokens.size();
+      const int64_t take = std::min<int64_t>(columns - column, static_cast<int64_t>(size - current_token_));
+      const int32_t segment_start = static_cast<int32_t>(column);
+      for (int64_t j = 0; j < take; ++j) {
+        const size_t k = current_token_ + static_cast<size_t>(j);
+        out.input_ids[column + j] = document.tokens[k];
+        out.targets[column + j] = k + 1 < size ? document.labels[k + 1] : static_cast<int32_t>(kIgnoreIndex);
+        out.position_ids[column + j] = static_cast<int32_t>(j);
+        out.doc_start[column + j] = segment_start;
+      }
+      column += take;
+      current_token_ += static_cast<size_t>(take);
+    }
+  }
+
+  void fill_padded_row(Row out) {
+    const Document document = next_document_or_throw();
+    const int64_t columns = options_.seq_len;
+    const size_t size = document.tokens.size();
+    const int64_t used = std::min<int64_t>(columns, static_cast<int64_t>(size));
+    for (int64_t t = 0; t < columns; ++t) {
+      if (t < used) {
+        const size_t k = static_cast<size_t>(t);
+        out.input_ids[t] = document.tokens[k];
+        out.targets[t] = k + 1 < size ? document.labels[k + 1] : static_cast<int32_t>(kIgnoreIndex);
+        out.position_ids[t] = static_cast<int32_t>(t);
+        out.doc_start[t] = 0;
+      } else {
+        out.input_ids[t] = static_cast<int32_t>(options_.pad_id);
+        out.targets[t] = static_cast<int32_t>(kIgnoreIndex);
+        out.position_ids[t] = 0;
+        out.doc_start[t] = static_cast<int32_t>(t);
+      }
+    }
+  }
+
+  LoaderOptions options_;
+  FileSystem& file_system_;
+  std::vector<std::string> files_;
+  DecodeOptions decode_options_;
+  std::vector<std::vector<int32_t>> index_;  // per shard, per record: tokens incl. EOS (documents), -1 = left out
+  uint64_t corrupt_records_skipped_ = 0;
+
+  int64_t epoch_ = 0;
+  int64_t step_ = 0;
+  int64_t epoch_steps_ = 0;
+  std::vector<uint32_t> order_;
+  uint64_t shard_cursor_ = 0;
+  std::unique_ptr<RecordReader> reader_;  // open on order_[shard_cursor_] once reading started
+  RecordPosition reader_position_;        // where reader_ starts when opened
+  uint64_t records_dealt_ = 0;
+  std::vector<Document> buffer_;
+  PhiloxGenerator shuffle_rng_;
+  std::optional<Document> current_;
+  size_t current_token_ = 0;
+};
+
+// ------------------------------------------------------- state as JSON ---
+
+namespace {
+
+constexpr const char* kStateFormat = "llmft.data.LoaderState/1";
+
+nlohmann::json ref_to_json(const RecordRef& ref) { return {ref.shard, ref.offset, ref.record_index}; }
+RecordRef ref_from_json(const nlohmann::json& value) {
+  return {value.at(0).get<uint32_t>(), value.at(1).get<uint64_t>(), value.at(2).get<uint64_t>()};
+}
+
+std::string state_to_json(const LoaderState& state, const LoaderPipeline& pipeline) {
+  const LoaderOptions& options = pipeline.options();
+  nlohmann::json json;
+  json["format"] = kStateFormat;
+  // Identity of the data order: a state only applies to a loader with these.
+  json["files"] = pipeline.files();
+  json["dp_rank"] = options.dp_rank;
+  json["dp_size"] = options.dp_size;
+  json["seed"] = options.seed;
+  json["batch_size"] = options.batch_size;
+  json["seq_len"] = options.seq_len;
+  json["mode"] = options.mode == BatchMode::kPacked ? "packed" : "padded";
+  json["shuffle_buffer"] = options.shuffle_buffer;
+  json["shuffle_shards"] = options.shuffle_shards;
+  // Position.
+  json["epoch"] = state.epoch;
+  json["step_in_epoch"] = state.step_in_epoch;
+  json["shard_cursor"] = state.shard_cursor;
+  json["reader_offset"] = state.reader_position.offset;
+  json["reader_record_index"] = state.reader_position.record_index;
+  json["records_dealt"] = state.records_dealt;
+  json["shuffle_rng_position"] = state.shuffle_rng_position;
+  nlohmann::json buffer = nlohmann::json::array();
+  for (const RecordRef& ref : state.shuffle_buffer) buffer.push_back(ref_to_json(ref));
+  json["shuffle_buffer_records"] = std::move(buffer);
+  json["current_document"] = state.current_document ? ref_to_json(*state.current_document) : nlohmann::json();
+  json["current_token"] = state.current_token;
+  return json.dump();
+}
+
+LoaderState state_from_json(const std::string& text, const LoaderPipeline& pipeline) {
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(text);
+  } catch (const std::exception& error) {
+    throw_bad_input("loader state: not valid JSON: ", error.what());
+  }
+  try {
+    if (json.value("format", "") != kStateFormat)
+      throw_bad_input("loader state: format is '", json.value("format", ""), "', expected '", kStateFormat, "'");
+    const LoaderOptions& options = pipeline.options();
+    auto expect = [&](const char* field, const nlohmann::json& configured) {
+      if (json.at(field) != configured)
+        throw_bad_input("loader state: ", field, " is ", json.at(field).dump(), " but this loader has ",
+                        configured.dump(), "; resume with the options of the run that saved the state");
+    };
+    expect("files", pipeline.files());
+    expect("dp_rank", options.dp_rank);
+    expect("dp_size", options.dp_size);
+    expect("seed", options.seed);
+    expect("batch_size", options.batch_size);
+    expect("seq_len", options.seq_len);
+    expect("mode", options.mode == BatchMode::kPacked ? "packed" : "padded");
+    expect("shuffle_buffer", options.shuffle_buffer);
+    expect("shuffle_shards", options.shuffle_shards);
+    LoaderState state;
+    state.epoch = json.at("epoch").get<int64_t>();
+    state.step_in_epoch = json.at("step_in_epoch").get<int64_t>();
+    state.shard_cursor = json.at("shard_cursor").get<uint64_t>();
+    state.reader_position = {json.at("reader_offset").get<uint64_t>(), json.at("reader_record_index").get<uint64_t>()};
+    state.records_dealt = json.at("records_dealt").get<uint64_t>();
+    state.shuffle_rng_position = json.at("shuffle_rng_position").get<uint64_t>();
+    for (const auto& ref : json.at("shuffle_buffer_records")) state.shuffle_buffer.push_back(ref_from_json(ref));
+    if (!json.at("current_document").is_null()) state.current_document = ref_from_json(json.at("current_document"));
+    state.current_token = json.at("current_token").get<uint64_t>();
+    return state;
+  } catch (const nlohmann::json::exception& error) {
+    throw_bad_input("loader state: missing or mistyped field: ", error.what());
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- Loader ---
+
+Loader::Loader(LoaderOptions options, FileSystem& file_system)
+    : pipeline_(std::make_unique<LoaderPipeline>(std::move(options), file_system)) {
+  consumer_state_ = pipeline_->snapshot();
+  start_worker();
+}
+
+Loader::Loader(LoaderOptions options, const std::string& state, FileSystem& file_system)
+    : pipeline_(std::make_unique<LoaderPipeline>(std::move(options), file_system)) {
+  pipeline_->restore(state_from_json(state, *pipeline_));
+  consumer_state_ = pipeline_->snapshot();
+  start_worker();
+}
+
+Loader::~Loader() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  queue_changed_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void Loader::start_worker() {
+  queue_capacity_ = pipeline_->options().prefetch_batches;
+  if (queue_capacity_ > 0) worker_ = std::thread([this] { run_worker(); });
+}
+
+void Loader::run_worker() {
+  while (true) {
+    Item item;
+    try {
+      item.batch = pipeline_->produce();
+      item.state = pipeline_->snapshot();
+    } catch (...) {
+      item.error = std::current_exception();
+    }
+    const bool last = !item.batch.has_value();  // the end, or an error
+    std::unique_lock<std::mutex> lock(mutex_);
+    queue_changed_.wait(lock, [&] { return stopping_ || queue_.size() < queue_capacity_; });
+    if (stopping_) return;
+    queue_.push_back(std::move(item));
+    lock.unlock();
+    queue_changed_.notify_all();
+    if (last) return;
+  }
+}
+
+std::optional<Batch> Loader::next() {
+  if (finished_) return std::nullopt;
+  Item item;
+  if (!worker_.joinable()) {
+    try {
+      item.batch = pipeline_->produce();
+      item.state = pipeline_->snapshot();
+    } catch (...) {
+      finished_ = true;
+      throw;
+    }
+  } else {
+    std::unique_lock<std::mutex> lock(mutex_);
+    queue_changed_.wait(lock, [&] { return !queue_.empty(); });
+    item = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    queue_changed_.notify_all();
+  }
+  if (item.error) {
+    finished_ = true;
+    std::rethrow_exception(item.error);
+  }
+  if (!item.batch) {
+    finished_ = true;
+    return std::nullopt;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  consumer_state_ = std::move(item.state);
+  return std::move(item.batch);
+}
+
+std::string Loader::state() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_to_json(consumer_state_, *pipeline_);
+}
+
+int64_t Loader::steps_per_epoch(int64_t epoch) const { return pipeline_->steps_per_epoch(epoch); }
+uint64_t Loader::corrupt_records_skipped() const { return pipeline_->corrupt_records_skipped(); }
+const std::vector<std::string>& Loader::files() const { return pipeline_->files(); }
+
+}  // namespace llmft::data

@@ -1,0 +1,541 @@
+// The sharded loader: shard-set validation, rank disjointness and equal step
+// counts, packing and padding against hand-computed rows, prefetch error
+// propagation, and exact resume under two data-parallel ranks.
+#include "data/loader.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "data/example.h"
+#include "data/tfrecord.h"
+#include "tests/data/test_util.h"
+
+namespace llmft::data {
+namespace {
+
+using testing::read_bytes;
+using testing::TempDir;
+using testing::write_bytes;
+
+template <typename Body>
+std::string bad_input_message(Body body) {
+  try {
+    body();
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
+    return error.what();
+  }
+  ADD_FAILURE() << "expected llmft::Error";
+  return "";
+}
+
+void touch(const std::string& path) { write_bytes(path, ""); }
+
+// Writes shards `<dir>/train-0000i-of-0000n.tfrecord`; document d of the
+// whole set has length lengths[d] and tokens 1000 * (d + 1) + k, so every
+// token names its document and position.
+std::string write_documents(const TempDir& dir, const std::vector<std::vector<int>>& lengths_per_shard,
+                            const std::string& extension = ".tfrecord") {
+  int document = 0;
+  const size_t shards = lengths_per_shard.size();
+  for (size_t shard = 0; shard < shards; ++shard) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "train-%05zu-of-%05zu", shard, shards);
+    RecordWriter writer(dir.file(name + extension));
+    for (int length : lengths_per_shard[shard]) {
+      TokenExample example;
+      for (int k = 0; k < length; ++k) example.input_ids.push_back(1000 * (document + 1) + k);
+      writer.write(encode_example(example));
+      ++document;
+    }
+    writer.close();
+  }
+  return dir.file("train-*-of-" + std::string(5 - std::to_string(shards).size(), '0') + std::to_string(shards) +
+                  extension);
+}
+
+std::vector<int32_t> row_of(const Tensor& tensor, int64_t row) {
+  const int64_t columns = tensor.size(1);
+  const int32_t* data = tensor.data<int32_t>() + row * columns;
+  return std::vector<int32_t>(data, data + columns);
+}
+
+std::vector<std::vector<int32_t>> flatten(const Batch& batch) {
+  std::vector<std::vector<int32_t>> rows;
+  for (const Tensor* tensor : {&batch.input_ids, &batch.targets, &batch.position_ids, &batch.doc_start})
+    for (int64_t row = 0; row < tensor->size(0); ++row) rows.push_back(row_of(*tensor, row));
+  return rows;
+}
+
+// ---------------------------------------------------------- shard sets ---
+
+TEST(ShardSet, AcceptsACompleteSetInShardOrder) {
+  TempDir dir;
+  for (int i : {2, 0, 1}) touch(dir.file("train-0000" + std::to_string(i) + "-of-00003.tfrecord"));
+  auto files = expand_shard_pattern(dir.file("train-*-of-00003.tfrecord"), local_file_system());
+  ASSERT_EQ(files.size(), 3u);
+  EXPECT_EQ(files[0], dir.file("train-00000-of-00003.tfrecord"));
+  EXPECT_EQ(files[2], dir.file("train-00002-of-00003.tfrecord"));
+}
+
+TEST(ShardSet, NamesTheMissingShard) {
+  TempDir dir;
+  for (int i : {0, 1, 3}) touch(dir.file("train-0000" + std::to_string(i) + "-of-00004.tfrecord"));
+  EXPECT_EQ(bad_input_message([&] { expand_shard_pattern(dir.file("train-*.tfrecord"), local_file_system()); }),
+            "missing shard " + dir.file("train-00002-of-00004.tfrecord") + " (found 3 of 4 shards of " +
+                dir.file("train-00000-of-00004.tfrecord") + ")");
+}
+
+TEST(ShardSet, RejectsAnExtraShard) {
+  TempDir dir;
+  for (int i : {0, 1, 2}) touch(dir.file("train-0000" + std::to_string(i) + "-of-00002.tfrecord"));
+  EXPECT_EQ(bad_input_message([&] { expand_shard_pattern(dir.file("train-*.tfrecord"), local_file_system()); }),
+            dir.file("train-00002-of-00002.tfrecord") +
+                ": extra shard: index 2 is not below the total of 2 (shards are numbered from 0)");
+}
+
+TEST(ShardSet, RejectsMixedTotals) {
+  TempDir dir;
+  touch(dir.file("train-00000-of-00002.tfrecord"));
+  touch(dir.file("train-00001-of-00002.tfrecord"));
+  touch(dir.file("train-00000-of-00003.tfrecord"));
+  std::string message = bad_input_message([&] { expand_shard_pattern(dir.file("train-*"), local_file_system()); });
+  EXPECT_NE(message.find("mixed shard totals"), std::string::npos) << message;
+}
+
+TEST(ShardSet, RejectsAStrayFileAndAnEmptyPattern) {
+  TempDir dir;
+  touch(dir.file("train-00000-of-00001.tfrecord"));
+  touch(dir.file("train-extra.tfrecord"));
+  std::string message =
+      bad_input_message([&] { expand_shard_pattern(dir.file("train-*.tfrecord"), local_file_system()); });
+  EXPECT_NE(message.find(dir.file("train-extra.tfrecord") + ": not part of the shard set"), std::string::npos)
+      << message;
+  EXPECT_EQ(bad_input_message([&] { expand_shard_pattern(dir.file("nothing-*"), local_file_system()); }),
+            dir.file("nothing-*") + ": no files match this data pattern");
+}
+
+TEST(ShardSet, AcceptsAPlainListSortedAndRejectsDuplicates) {
+  EXPECT_EQ(validate_shard_set({"b.tfrecord", "a.tfrecord"}), (std::vector<std::string>{"a.tfrecord", "b.tfrecord"}));
+  EXPECT_EQ(bad_input_message([] { validate_shard_set({"a.tfrecord", "a.tfrecord"}); }),
+            "a.tfrecord: listed twice in the data files");
+}
+
+// ------------------------------------------------------------- packing ---
+
+// Hand-computed: eos 7, seq_len 6, batch 2, no shuffling, one rank.
+// Document A: prompt 11 12 | completion 13 (loss_mask 0 0 1)
+// Document B: 21 22 23 24 25 (no mask: loss everywhere)
+// Stream: 11 12 13 7 | 21 22 23 24 25 7
+// Row 0: inputs 11 12 13 7 21 22; labels of the stream: A = -100 -100 13 7,
+//        B = 21 22 23 24 25 7. Targets = label of the next token when it is in
+//        the same document: 12→-100, 13 (is 13's label), 7, then EOS→-100
+//        (next token starts B), 21→22, 22→23 (next row, same document).
+// Row 1: 23 24 25 7 | then the stream ends... so a 2-row batch needs more:
+//        Document C: 31 32 (labels feature: -100 32) follows.
+TEST(LoaderPacking, MatchesAHandComputedBatch) {
+  TempDir dir;
+  {
+    RecordWriter writer(dir.file("train-00000-of-00001.tfrecord"));
+    TokenExample a;
+    a.input_ids = {11, 12, 13};
+    a.loss_mask = {0, 0, 1};
+    writer.write(encode_example(a));
+    TokenExample b;
+    b.input_ids = {21, 22, 23, 24, 25};
+    writer.write(encode_example(b));
+    TokenExample c;
+    c.input_ids = {31, 32};
+    c.labels = {-100, 32};
+    writer.write(encode_example(c));
+  }
+  LoaderOptions options;
+  options.files = {dir.file("train-00000-of-00001.tfrecord")};
+  options.batch_size = 2;
+  options.seq_len = 6;
+  options.eos_id = 7;
+  options.shuffle_buffer = 0;
+  options.shuffle_shards = false;
+  options.num_epochs = 1;
+  Loader loader(options);
+  // 3 + 1 + 5 + 1 + 2 + 1 = 13 tokens: 2 rows of 6, one batch.
+  EXPECT_EQ(loader.steps_per_epoch(0), 1);
+  std::optional<Batch> batch = loader.next();
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->input_ids.shape(), (Shape{2, 6}));
+  EXPECT_EQ(batch->input_ids.dtype(), DType::kI32);
+  EXPECT_EQ(row_of(batch->input_ids, 0), (std::vector<int32_t>{11, 12, 13, 7, 21, 22}));
+  EXPECT_EQ(row_of(batch->targets, 0), (std::vector<int32_t>{-100, 13, 7, -100, 22, 23}));
+  EXPECT_EQ(row_of(batch->position_ids, 0), (std::vector<int32_t>{0, 1, 2, 3, 0, 1}));
+  EXPECT_EQ(row_of(batch->doc_start, 0), (std::vector<int32_t>{0, 0, 0, 0, 4, 4}));
+  // Row 1: B continues as a new segment (positions restart), then C + EOS.
+  // C's labels are -100 32, so the target of 31 is 32 and of 32 is EOS's
+  // label, 7 (its last token is labelled); EOS's target is -100.
+  EXPECT_EQ(row_of(batch->input_ids, 1), (std::vector<int32_t>{23, 24, 25, 7, 31, 32}));
+  EXPECT_EQ(row_of(batch->targets, 1), (std::vector<int32_t>{24, 25, 7, -100, 32, 7}));
+  EXPECT_EQ(row_of(batch->position_ids, 1), (std::vector<int32_t>{0, 1, 2, 3, 0, 1}));
+  EXPECT_EQ(row_of(batch->doc_start, 1), (std::vector<int32_t>{0, 0, 0, 0, 4, 4}));
+  EXPECT_FALSE(loader.next());  // the remaining EOS does not fill a row
+  EXPECT_FALSE(loader.next());
+}
+
+TEST(LoaderPacking, PromptOnlyDocumentHasNoLossAndNoTrainedEos) {
+  TempDir dir;
+  {
+    RecordWriter writer(dir.file("train-00000-of-00001.tfrecord"));
+    TokenExample prompt_only;
+    prompt_only.input_ids = {11, 12, 13};
+    prompt_only.loss_mask = {0, 0, 0};
+    writer.write(encode_example(prompt_only));
+  }
+  LoaderOptions options;
+  options.files = {dir.file("train-00000-of-00001.tfrecord")};
+  options.batch_size = 1;
+  options.seq_len = 4;
+  options.eos_id = 7;
+  options.prefetch_batches = 0;
+  Loader loader(options);
+  auto batch = loader.next();
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(row_of(batch->input_ids, 0), (std::vector<int32_t>{11, 12, 13, 7}));
+  EXPECT_EQ(row_of(batch->targets, 0), (std::vector<int32_t>{-100, -100, -100, -100}));
+}
+
+TEST(LoaderPadding, OneDocumentPerRowPaddedAndTruncated) {
+  TempDir dir;
+  {
+    RecordWriter writer(dir.file("train-00000-of-00001.tfrecord"));
+    TokenExample a;
+    a.input_ids = {11, 12};
+    a.loss_mask = {0, 1};
+    writer.write(encode_example(a));
+    TokenExample b;
+    b.input_ids = {21, 22, 23, 24, 25, 26};
+    writer.write(encode_example(b));
+  }
+  LoaderOptions options;
+  options.files = {dir.file("train-00000-of-00001.tfrecord")};
+  options.mode = BatchMode::kPadded;
+  options.batch_size = 2;
+  options.seq_len = 5;
+  options.eos_id = 7;
+  options.pad_id = 0;
+  options.shuffle_buffer = 0;
+  Loader loader(options);
+  auto batch = loader.next();
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(row_of(batch->input_ids, 0), (std::vector<int32_t>{11, 12, 7, 0, 0}));
+  EXPECT_EQ(row_of(batch->targets, 0), (std::vector<int32_t>{12, 7, -100, -100, -100}));
+  EXPECT_EQ(row_of(batch->position_ids, 0), (std::vector<int32_t>{0, 1, 2, 0, 0}));
+  EXPECT_EQ(row_of(batch->doc_start, 0), (std::vector<int32_t>{0, 0, 0, 3, 4}));
+  // Truncated to 5 tokens; the last target is still the document's next token.
+  EXPECT_EQ(row_of(batch->input_ids, 1), (std::vector<int32_t>{21, 22, 23, 24, 25}));
+  EXPECT_EQ(row_of(batch->targets, 1), (std::vector<int32_t>{22, 23, 24, 25, 26}));
+  EXPECT_EQ(row_of(batch->position_ids, 1), (std::vector<int32_t>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(row_of(batch->doc_start, 1), (std::vector<int32_t>{0, 0, 0, 0, 0}));
+}
+
+// --------------------------------------------------- data parallelism ---
+
+// Every token tells its document (token / 1000 - 1); collects which
+// documents each rank saw in epoch 0 and how many steps it yielded.
+struct RankView {
+  std::set<int> documents;
+  int64_t steps = 0;
+};
+
+RankView run_epoch(LoaderOptions options, int rank) {
+  options.dp_rank = rank;
+  options.num_epochs = 1;
+  Loader loader(options);
+  RankView view;
+  while (auto batch = loader.next()) {
+    ++view.steps;
+    const int32_t* ids = batch->input_ids.data<int32_t>();
+    for (int64_t i = 0; i < batch->input_ids.numel(); ++i)
+      if (ids[i] >= 1000) view.documents.insert(ids[i] / 1000 - 1);
+  }
+  EXPECT_EQ(view.steps, loader.steps_per_epoch(0));
+  return view;
+}
+
+class LoaderRanks : public ::testing::TestWithParam<std::tuple<int, BatchMode>> {};
+
+TEST_P(LoaderRanks, RanksSeeDisjointRecordsAndEqualStepCounts) {
+  const auto [ranks, mode] = GetParam();
+  TempDir dir;
+  // Uneven shards: 7, 2, 11 and 1 documents of assorted lengths (21 total).
+  std::vector<std::vector<int>> lengths = {{3, 9, 4, 12, 5, 7, 2}, {15, 1}, {6, 6, 8, 3, 10, 4, 2, 9, 5, 7, 1}, {13}};
+  LoaderOptions options;
+  options.pattern = write_documents(dir, lengths);
+  options.dp_size = ranks;
+  options.batch_size = 2;
+  options.seq_len = 8;
+  options.eos_id = 1;
+  options.mode = mode;
+  options.shuffle_buffer = 4;
+  options.seed = 11;
+  std::vector<RankView> views;
+  for (int rank = 0; rank < ranks; ++rank) views.push_back(run_epoch(options, rank));
+  for (int a = 0; a < ranks; ++a) {
+    EXPECT_GT(views[a].steps, 0);
+    EXPECT_EQ(views[a].steps, views[0].steps) << "rank " << a;
+    for (int b = a + 1; b < ranks; ++b)
+      for (int document : views[a].documents)
+        EXPECT_EQ(views[b].documents.count(document), 0u) << "document " << document << " on ranks " << a << ", " << b;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, LoaderRanks,
+                         ::testing::Combine(::testing::Values(2, 3),
+                                            ::testing::Values(BatchMode::kPacked, BatchMode::kPadded)));
+
+// With one rank and no shuffling, packing sees every token of every document
+// in order (the dropped tail aside).
+TEST(LoaderPacking, OneRankUnshuffledReadsTheStreamInOrder) {
+  TempDir dir;
+  LoaderOptions options;
+  options.pattern = write_documents(dir, {{3, 4}, {5}});
+  options.batch_size = 1;
+  options.seq_len = 5;
+  options.eos_id = 1;
+  options.shuffle_buffer = 0;
+  options.shuffle_shards = false;
+  options.num_epochs = 1;
+  Loader loader(options);
+  std::vector<int32_t> stream;
+  while (auto batch = loader.next()) {
+    auto row = row_of(batch->input_ids, 0);
+    stream.insert(stream.end(), row.begin(), row.end());
+  }
+  // 3+1 + 4+1 + 5+1 = 15 tokens: three rows of 5.
+  EXPECT_EQ(stream, (std::vector<int32_t>{1000, 1001, 1002, 1, 2000, 2001, 2002, 2003, 1, 3000, 3001, 3002, 3003,
+                                          3004, 1}));
+}
+
+// ---------------------------------------------------------------- errors ---
+
+TEST(LoaderErrors, CorruptRecordIsReportedWithItsFileAtConstruction) {
+  TempDir dir;
+  std::string pattern = write_documents(dir, {{3, 4, 5}});
+  std::string path = dir.file("train-00000-of-00001.tfrecord");
+  std::string bytes = read_bytes(path);
+  bytes[bytes.size() - 1] ^= 0x01;  // last record's data CRC
+  write_bytes(path, bytes);
+  LoaderOptions options;
+  options.pattern = pattern;
+  options.eos_id = 1;
+  options.seq_len = 2;
+  options.batch_size = 1;
+  std::string message = bad_input_message([&] { Loader loader(options); });
+  EXPECT_NE(message.find(path + ": record 2 at byte "), std::string::npos) << message;
+  EXPECT_NE(message.find("data CRC mismatch"), std::string::npos) << message;
+  // Skipping: the loader counts it and reads the rest.
+  options.reader.skip_corrupt_records = true;
+  Loader loader(options);
+  EXPECT_EQ(loader.corrupt_records_skipped(), 1u);
+  EXPECT_TRUE(loader.next());
+}
+
+TEST(LoaderErrors, TokenIdOutsideTheVocabularyNamesRecordAndPosition) {
+  TempDir dir;
+  std::string pattern = write_documents(dir, {{3, 4}});
+  LoaderOptions options;
+  options.pattern = pattern;
+  options.eos_id = 1;
+  options.vocab_size = 2002;
+  options.seq_len = 2;
+  options.batch_size = 1;
+  std::string message = bad_input_message([&] { Loader loader(options); });
+  // Record 0 (ids 1000..1002, two varint bytes each) is a 27-byte Example,
+  // framed in 43 bytes; record 1 holds 2000..2003.
+  EXPECT_NE(message.find(dir.file("train-00000-of-00001.tfrecord") + ": record 1 at byte 43: feature 'input_ids' "
+                                                                     "position 2: token id 2002 is outside the "
+                                                                     "vocabulary [0, 2002)"),
+            std::string::npos)
+      << message;
+  options.reader.skip_corrupt_records = true;
+  Loader skipping(options);
+  EXPECT_EQ(skipping.corrupt_records_skipped(), 1u);
+}
+
+TEST(LoaderErrors, MissingFeatureAndBadOptionsAreReported) {
+  TempDir dir;
+  {
+    RecordWriter writer(dir.file("train-00000-of-00001.tfrecord"));
+    writer.write(encode_int64_features({{"tokens", {1, 2, 3}}}));
+  }
+  LoaderOptions options;
+  options.files = {dir.file("train-00000-of-00001.tfrecord")};
+  options.eos_id = 1;
+  std::string message = bad_input_message([&] { Loader loader(options); });
+  EXPECT_NE(message.find(": record 0 at byte 0: missing feature 'input_ids'"), std::string::npos) << message;
+  options.names.input_ids = "tokens";
+  options.batch_size = 0;
+  EXPECT_EQ(bad_input_message([&] { Loader loader(options); }), "data.batch_size must be > 0, got 0");
+  options.batch_size = 1;
+  options.eos_id = -1;
+  EXPECT_NE(bad_input_message([&] { Loader loader(options); }).find("data.eos_id = -1 is not a token id"),
+            std::string::npos);
+  options.eos_id = 1;
+  options.seq_len = 100;
+  EXPECT_NE(bad_input_message([&] { Loader loader(options); }).find("do not hold one step of 1 rows of 100 tokens"),
+            std::string::npos);
+}
+
+// A fault injected in the middle of an epoch surfaces from next() on the
+// consumer's thread with the file's name.
+TEST(LoaderErrors, WorkerErrorsAreRethrownToTheConsumer) {
+  TempDir dir;
+  std::string pattern = write_documents(dir, {{30, 30, 30, 30, 30, 30, 30, 30}});
+  testing::FaultyFileSystem faulty;
+  faulty.max_chunk = 1 << 20;
+  LoaderOptions options;
+  options.pattern = pattern;
+  options.eos_id = 1;
+  options.seq_len = 31;
+  options.batch_size = 1;
+  options.shuffle_buffer = 0;
+  options.reader.buffer_bytes = 64;
+  options.prefetch_batches = 2;
+  // The index pass reads the shard once (~1.1 KB); fail in the epoch pass.
+  faulty.fail_after = UINT64_MAX;
+  Loader loader(options, faulty);
+  faulty.fail_after = 0;  // every later read of a newly opened file fails at once
+  try {
+    while (loader.next()) {
+    }
+    FAIL() << "expected the injected failure";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kRuntime);
+    EXPECT_NE(std::string(error.what()).find("train-00000-of-00001.tfrecord: injected read failure"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
+TEST(LoaderErrors, StateOfAnotherConfigurationIsRejected) {
+  TempDir dir;
+  LoaderOptions options;
+  options.pattern = write_documents(dir, {{5, 5, 5, 5}});
+  options.eos_id = 1;
+  options.seq_len = 4;
+  options.batch_size = 1;
+  options.dp_size = 2;
+  std::string state;
+  {
+    Loader loader(options);
+    loader.next();
+    state = loader.state();
+  }
+  options.dp_rank = 1;
+  EXPECT_EQ(bad_input_message([&] { Loader loader(options, state); }),
+            "loader state: dp_rank is 0 but this loader has 1; resume with the options of the run that saved the "
+            "state");
+  options.dp_rank = 0;
+  EXPECT_NE(bad_input_message([&] { Loader loader(options, "{not json"); }).find("loader state: not valid JSON"),
+            std::string::npos);
+}
+
+// ---------------------------------------------------------------- resume ---
+
+// Stops each rank of a 2-rank setup mid-epoch (mid-shard, with documents in
+// the shuffle buffer and a partly packed document), restores a new loader
+// from its state, and compares every later batch, across an epoch boundary,
+// with an uninterrupted loader.
+class LoaderResume : public ::testing::TestWithParam<std::tuple<std::string, size_t>> {};
+
+TEST_P(LoaderResume, RestoredLoaderYieldsExactlyTheRemainingBatches) {
+  const auto [extension, prefetch] = GetParam();
+  TempDir dir;
+  std::vector<std::vector<int>> lengths;
+  for (int shard = 0; shard < 3; ++shard) {
+    std::vector<int> shard_lengths;
+    for (int d = 0; d < 12 + 3 * shard; ++d) shard_lengths.push_back(3 + (d * 7 + shard * 5) % 17);
+    lengths.push_back(shard_lengths);
+  }
+  LoaderOptions options;
+  options.pattern = write_documents(dir, lengths, extension);
+  options.dp_size = 2;
+  options.batch_size = 2;
+  options.seq_len = 10;
+  options.eos_id = 1;
+  options.shuffle_buffer = 5;
+  options.seed = 1234;
+  options.num_epochs = 3;
+  options.prefetch_batches = prefetch;
+  options.reader.buffer_bytes = 128;  // many refills, so positions fall mid-buffer
+
+  for (int rank = 0; rank < 2; ++rank) {
+    options.dp_rank = rank;
+    std::vector<std::vector<std::vector<int32_t>>> uninterrupted;
+    {
+      Loader loader(options);
+      while (auto batch = loader.next()) uninterrupted.push_back(flatten(*batch));
+    }
+    const int64_t steps = static_cast<int64_t>(uninterrupted.size());
+    ASSERT_GT(steps, 6) << "rank " << rank;
+    for (int64_t stop : {int64_t{1}, int64_t{3}, steps / 2, steps - 1}) {
+      Loader first(options);
+      for (int64_t i = 0; i < stop; ++i) ASSERT_TRUE(first.next());
+      const std::string state = first.state();
+      nlohmann::json json = nlohmann::json::parse(state);
+      if (stop == 3) {
+        // Mid-epoch, mid-shard, with a non-empty shuffle buffer and a partly packed document.
+        EXPECT_EQ(json["epoch"], 0);
+        EXPECT_GT(json["reader_record_index"].get<uint64_t>(), 0u) << state;
+        EXPECT_FALSE(json["shuffle_buffer_records"].empty()) << state;
+        EXPECT_FALSE(json["current_document"].is_null()) << state;
+      }
+      Loader resumed(options, state);
+      EXPECT_EQ(resumed.state(), state);
+      for (int64_t i = stop; i < steps; ++i) {
+        auto batch = resumed.next();
+        ASSERT_TRUE(batch) << "rank " << rank << " stop " << stop << " step " << i;
+        ASSERT_EQ(flatten(*batch), uninterrupted[static_cast<size_t>(i)])
+            << "rank " << rank << " stop " << stop << " step " << i;
+      }
+      EXPECT_FALSE(resumed.next());
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(PlainGzipPrefetch, LoaderResume,
+                         ::testing::Values(std::make_tuple(std::string(".tfrecord"), size_t{0}),
+                                           std::make_tuple(std::string(".tfrecord"), size_t{3}),
+                                           std::make_tuple(std::string(".tfrecord.gz"), size_t{2})));
+
+TEST(LoaderShuffle, EpochsDifferAndSeedsReproduce) {
+  TempDir dir;
+  LoaderOptions options;
+  options.pattern = write_documents(dir, {{4, 4, 4, 4, 4, 4}, {4, 4, 4, 4, 4, 4}});
+  options.batch_size = 1;
+  options.seq_len = 5;
+  options.eos_id = 1;
+  options.shuffle_buffer = 4;
+  options.seed = 5;
+  options.num_epochs = 2;
+  auto first_tokens = [&](uint64_t seed) {
+    options.seed = seed;
+    Loader loader(options);
+    std::vector<int32_t> firsts;
+    while (auto batch = loader.next()) firsts.push_back(batch->input_ids.data<int32_t>()[0]);
+    return firsts;
+  };
+  auto run = first_tokens(5);
+  ASSERT_EQ(run.size(), 24u);
+  EXPECT_EQ(first_tokens(5), run);
+  EXPECT_NE(first_tokens(6), run);
+  EXPECT_NE(std::vector<int32_t>(run.begin(), run.begin() + 12), std::vector<int32_t>(run.begin() + 12, run.end()));
+  std::vector<int32_t> epoch0(run.begin(), run.begin() + 12);
+  std::sort(epoch0.begin(), epoch0.end());
+  for (int d = 0; d < 12; ++d) EXPECT_EQ(epoch0[d], 1000 * (d + 1)) << "each document once per epoch";
+}
+
+}  // namespace
+}  // namespace llmft::data
