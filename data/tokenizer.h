@@ -1,0 +1,61 @@
+// Text <-> token ids. Two implementations behind one interface: Hugging Face
+// tokenizer.json byte-level BPE (data/bpe_tokenizer.h) and sentencepiece
+// .model files (data/sentencepiece_tokenizer.h). load_tokenizer() picks one
+// from a file or a model directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmft {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Ids of `text` without the ids the tokenizer adds around a sequence (BOS/EOS).
+  // Special tokens written in the text (e.g. "<|im_end|>") become their ids, as
+  // Hugging Face tokenizers does. Throws kBadInput for text that is not UTF-8.
+  virtual std::vector<int32_t> encode(std::string_view text) const = 0;
+
+  // The ids put before and after every encoded sequence (e.g. [BOS] and []), as
+  // the tokenizer's config says; see each implementation for where that is read.
+  const std::vector<int32_t>& prefix_ids() const { return prefix_ids_; }
+  const std::vector<int32_t>& suffix_ids() const { return suffix_ids_; }
+
+  // prefix_ids() + encode(text) + suffix_ids(): HF's add_special_tokens=True.
+  std::vector<int32_t> encode_with_special_tokens(std::string_view text) const;
+
+  // Text of `ids`; bytes that do not form valid UTF-8 become U+FFFD. Throws
+  // kBadInput for an id outside [0, vocab_size()).
+  virtual std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const = 0;
+
+  // One past the largest id (vocabulary plus added tokens).
+  virtual int32_t vocab_size() const = 0;
+  virtual std::string id_to_piece(int32_t id) const = 0;
+  std::optional<int32_t> bos_id() const { return bos_id_; }
+  std::optional<int32_t> eos_id() const { return eos_id_; }
+
+  // Where it came from, for messages: "models/smollm2/tokenizer.json (BPE, 49152 ids)".
+  virtual std::string description() const = 0;
+
+ protected:
+  std::vector<int32_t> prefix_ids_;
+  std::vector<int32_t> suffix_ids_;
+  std::optional<int32_t> bos_id_;
+  std::optional<int32_t> eos_id_;
+};
+
+// Loads `path`: a tokenizer.json (with tokenizer_config.json from the same
+// directory when present), a sentencepiece .model, or a directory holding
+// tokenizer.json (preferred) or tokenizer.model. Throws kBadInput naming the
+// file and field for anything malformed or unsupported.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
+
+}  // namespace llmft
