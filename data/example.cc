@@ -42,6 +42,11 @@ const google::protobuf::RepeatedField<int64_t>* find_int64(const tensorflow::Exa
     throw_bad_input(where(context), ": missing feature '", name, "' (int64_list of token ids); features present: ",
                     present.empty() ? "none" : present);
   }
+  if (found->second.kind_case() == tensorflow::Feature::KIND_NOT_SET) {
+    // A Feature with no list set holds no values (how some writers store an empty list).
+    static const google::protobuf::RepeatedField<int64_t> kNoValues;
+    return &kNoValues;
+  }
   if (found->second.kind_case() != tensorflow::Feature::kInt64List)
     throw_bad_input(where(context), ": feature '", name, "' is a ", kind_name(found->second),
                     ", expected an int64_list");
