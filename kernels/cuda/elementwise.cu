@@ -26,7 +26,9 @@ __global__ void add_kernel(const A* a, const B* b, O* out, int64_t n) {
 
 template <typename X, typename Y>
 __global__ void add_scaled_kernel(float alpha, const X* x, Y* y, int64_t n) {
-  LLMFT_GRID_STRIDE_LOOP(i, n) y[i] = from_float<Y>(to_float(y[i]) + alpha * to_float(x[i]));
+  // Explicit round-to-nearest multiply and add: nvcc would otherwise contract
+  // them into one FMA (one rounding), while the CPU build rounds twice.
+  LLMFT_GRID_STRIDE_LOOP(i, n) y[i] = from_float<Y>(__fadd_rn(to_float(y[i]), __fmul_rn(alpha, to_float(x[i]))));
 }
 
 template <typename T>
