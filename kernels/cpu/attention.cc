@@ -13,7 +13,6 @@
 // summing dK/dV over the query heads that share a KV head (GQA).
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -155,7 +154,6 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
   FloatReader q_reader(q), k_reader(k), v_reader(v);
   FloatWriter out_writer(out);
   float* lse_data = lse.data<float>();
-  constexpr float kNegativeInfinity = -std::numeric_limits<float>::infinity();
 
 #pragma omp parallel if (tasks > 1 && tasks * kQueryBlock * S * D > kParallelWork)
   {
@@ -181,12 +179,9 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
         const int64_t t = t_begin + row;
         float* s = scores.data() + row * columns;
         const int64_t doc_begin = tile.doc_begin(shape, row_starts[t]), doc_end = tile.doc_end(shape, t);
-        float row_max = kNegativeInfinity;
-        for (int64_t j = 0; j < tile.prefix_end; ++j) row_max = std::max(row_max, s[j]);
-        for (int64_t j = doc_begin; j < doc_end; ++j) row_max = std::max(row_max, s[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < tile.prefix_end; ++j) sum += (s[j] = fast_exp(s[j] - row_max));
-        for (int64_t j = doc_begin; j < doc_end; ++j) sum += (s[j] = fast_exp(s[j] - row_max));
+        const float row_max = std::max(max_value(s, tile.prefix_end), max_value(s + doc_begin, doc_end - doc_begin));
+        const float sum = exp_shifted(s, tile.prefix_end, row_max, s) +
+                          exp_shifted(s + doc_begin, doc_end - doc_begin, row_max, s + doc_begin);
         std::fill(s + tile.prefix_end, s + doc_begin, 0.0f);
         std::fill(s + doc_end, s + columns, 0.0f);
         const float inverse_sum = 1.0f / sum;
@@ -265,8 +260,8 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
             float* p_row = p + row * columns;
             const float row_lse = lse_data[(b * Hq + h) * T + t];
             const int64_t doc_begin = tile.doc_begin(shape, row_starts[t]), doc_end = tile.doc_end(shape, t);
-            for (int64_t j = 0; j < tile.prefix_end; ++j) p_row[j] = fast_exp(p_row[j] - row_lse);
-            for (int64_t j = doc_begin; j < doc_end; ++j) p_row[j] = fast_exp(p_row[j] - row_lse);
+            exp_shifted(p_row, tile.prefix_end, row_lse, p_row);
+            exp_shifted(p_row + doc_begin, doc_end - doc_begin, row_lse, p_row + doc_begin);
             std::fill(p_row + tile.prefix_end, p_row + doc_begin, 0.0f);
             std::fill(p_row + doc_end, p_row + columns, 0.0f);
             double dot = 0.0;

@@ -48,7 +48,37 @@ void require_last_dim(std::string_view op, std::string_view arg, const Tensor& t
   }
 }
 
-void load_floats(const void* data, DType dtype, int64_t begin, int64_t count, float* out) {
+LLMFT_CPU_MULTIVERSION float max_value(const float* x, int64_t n) {
+  float result = -__builtin_inff();
+#pragma omp simd reduction(max : result)
+  for (int64_t i = 0; i < n; ++i) result = x[i] > result ? x[i] : result;
+  return result;
+}
+
+LLMFT_CPU_MULTIVERSION float exp_shifted(const float* x, int64_t n, float shift, float* out) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float value = fast_exp(x[i] - shift);
+    out[i] = value;
+    sum += value;
+  }
+  return sum;
+}
+
+LLMFT_CPU_MULTIVERSION float sum_exp_shifted(const float* x, int64_t n, float shift) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += fast_exp(x[i] - shift);
+  return sum;
+}
+
+LLMFT_CPU_MULTIVERSION void scaled_exp_shifted(const float* x, int64_t n, float shift, float scale, float* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = scale * fast_exp(x[i] - shift);
+}
+
+LLMFT_CPU_MULTIVERSION void load_floats(const void* data, DType dtype, int64_t begin, int64_t count, float* out) {
   switch (dtype) {
     case DType::kF32: std::memcpy(out, static_cast<const float*>(data) + begin, count * sizeof(float)); return;
     case DType::kBF16: {
@@ -65,7 +95,7 @@ void load_floats(const void* data, DType dtype, int64_t begin, int64_t count, fl
   }
 }
 
-void store_floats(const float* values, int64_t count, void* data, DType dtype, int64_t begin) {
+LLMFT_CPU_MULTIVERSION void store_floats(const float* values, int64_t count, void* data, DType dtype, int64_t begin) {
   switch (dtype) {
     case DType::kF32: std::memcpy(static_cast<float*>(data) + begin, values, count * sizeof(float)); return;
     case DType::kBF16: {
@@ -131,7 +161,7 @@ void sgemm_one_thread(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
 }
 
 // Below this many multiply-adds a GEMM runs on the calling thread.
-constexpr double kParallelGemmWork = 1 << 18;
+constexpr double kParallelGemmWork = 1 << 20;
 
 }  // namespace
 
@@ -166,14 +196,16 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
     sgemm_one_thread(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
-  // Split C into `threads` row bands (or column bands when C is wide), each an
-  // independent GEMM on a sub-block of A (or B); bands are multiples of 16 so
-  // the kernels' register tiles stay whole.
+  // Split C into row bands (or column bands when C is wide), each an
+  // independent GEMM on a sub-block of A (or B). A few bands per thread, taken
+  // dynamically, keep both cores busy when one of them is briefly taken by
+  // another process; bands are multiples of 16 so the kernels' register tiles
+  // stay whole and at least 64 wide so re-packing the shared operand stays cheap.
   const bool split_rows = m >= n;
   const int64_t extent = split_rows ? m : n;
-  const int64_t band = std::max<int64_t>(16, ceil_div(ceil_div(extent, threads), 16) * 16);
+  const int64_t band = std::max<int64_t>(64, ceil_div(ceil_div(extent, 4 * threads), 16) * 16);
   const int64_t bands = ceil_div(extent, band);
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int64_t index = 0; index < bands; ++index) {
     const int64_t begin = index * band, size = std::min(band, extent - begin);
     if (split_rows) {

@@ -14,6 +14,13 @@
 
 namespace llmft::cpu {
 
+// Function multiversioning for the hot elementwise loops (see max_value below).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LLMFT_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LLMFT_CPU_MULTIVERSION
+#endif
+
 // ---- Argument checks ---------------------------------------------------------
 // Wrong shapes or dtypes at an op boundary are programming errors inside llmft
 // (kRuntime); values that come from the user's data (token ids, targets) are
@@ -133,6 +140,14 @@ inline float fast_exp(float x) {
   return result;
 }
 
+// Loops over fast_exp, compiled for AVX-512, AVX2 and baseline x86-64 and
+// picked at load time (GCC target_clones), since the library is built for
+// baseline x86-64. out may equal x.
+float max_value(const float* x, int64_t n);                               // -inf when n == 0
+float exp_shifted(const float* x, int64_t n, float shift, float* out);    // out = exp(x - shift); returns the sum
+float sum_exp_shifted(const float* x, int64_t n, float shift);            // sum of exp(x - shift)
+void scaled_exp_shifted(const float* x, int64_t n, float shift, float scale, float* out);  // out = scale exp(x - shift)
+
 // ---- GEMM -----------------------------------------------------------------------
 // Row-major C[M, N] = alpha * op(A) @ op(B) + beta * C on f32 pointers with
 // leading dimensions; beta == 0 never reads C (OpenBLAS's beta kernel zeroes it).
@@ -147,7 +162,7 @@ void pin_blas_to_one_thread();
 // ---- Parallel loops ----------------------------------------------------------------
 // Below this much work (elements touched) a loop stays on the calling thread:
 // waking the OpenMP team costs more than it saves.
-inline constexpr int64_t kParallelWork = 1 << 15;
+inline constexpr int64_t kParallelWork = 1 << 16;
 // Elementwise loops walk the data in chunks that fit a stack scratch buffer.
 inline constexpr int64_t kChunk = 1024;
 

@@ -51,14 +51,12 @@ void cross_entropy_forward(Context& context, const Tensor& logits, const Tensor&
     for (int64_t begin = 0; begin < vocab_size; begin += kChunk) {
       const int64_t count = std::min(kChunk, vocab_size - begin);
       const float* values = reader.read(row * vocab_size + begin, count, scratch);
-      float chunk_max = values[0];
-      for (int64_t i = 1; i < count; ++i) chunk_max = values[i] > chunk_max ? values[i] : chunk_max;
+      const float chunk_max = max_value(values, count);
       if (chunk_max > running_max) {
         running_sum *= fast_exp(running_max - chunk_max);
         running_max = chunk_max;
       }
-      float chunk_sum = 0.0f;
-      for (int64_t i = 0; i < count; ++i) chunk_sum += fast_exp(values[i] - running_max);
+      const float chunk_sum = sum_exp_shifted(values, count, running_max);
       running_sum += chunk_sum;
     }
     const float row_lse = running_max + std::log(running_sum);
@@ -97,7 +95,7 @@ void cross_entropy_backward(Context& context, const Tensor& logits, const Tensor
       if (target < 0) {
         std::fill_n(gradient, count, 0.0f);
       } else {
-        for (int64_t i = 0; i < count; ++i) gradient[i] = row_dloss * fast_exp(values[i] - row_lse);
+        scaled_exp_shifted(values, count, row_lse, row_dloss, gradient);
         if (target >= begin && target < begin + count) gradient[target - begin] -= row_dloss;
       }
       writer.commit(row * vocab_size + begin, count, gradient);

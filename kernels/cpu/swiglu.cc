@@ -8,7 +8,25 @@
 namespace llmft::cpu {
 namespace {
 
-inline float sigmoid(float value) { return 1.0f / (1.0f + std::exp(-value)); }
+inline float sigmoid(float value) { return 1.0f / (1.0f + fast_exp(-value)); }
+
+LLMFT_CPU_MULTIVERSION void swiglu_span(const float* gate, const float* up, int64_t n, float* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
+// d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g). Inputs of element i are
+// read before its outputs are written, so dgate/dup may be gate/up.
+LLMFT_CPU_MULTIVERSION void swiglu_backward_span(const float* dout, const float* gate, const float* up, int64_t n,
+                                                 float* dgate, float* dup) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float gate_value = gate[i], up_value = up[i], gradient = dout[i];
+    const float s = sigmoid(gate_value);
+    dgate[i] = gradient * up_value * s * (1.0f + gate_value * (1.0f - s));
+    dup[i] = gradient * gate_value * s;
+  }
+}
 
 }  // namespace
 
@@ -26,12 +44,11 @@ void swiglu_forward(Context& context, const Tensor& gate, const Tensor& up, Tens
     const float* g = gate_reader.read(begin, count, gate_scratch);
     const float* u = up_reader.read(begin, count, up_scratch);
     float* result = out_writer.open(begin, count, out_scratch);
-    for (int64_t i = 0; i < count; ++i) result[i] = g[i] * sigmoid(g[i]) * u[i];
+    swiglu_span(g, u, count, result);
     out_writer.commit(begin, count, result);
   });
 }
 
-// d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g).
 void swiglu_backward(Context& context, const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
                      Tensor& dup) {
   constexpr std::string_view op = "swiglu_backward";
@@ -55,12 +72,7 @@ void swiglu_backward(Context& context, const Tensor& dout, const Tensor& gate, c
     const float* u = up_reader.read(begin, count, up_scratch);
     float* dg = dgate_writer.open(begin, count, dgate_scratch);
     float* du = dup_writer.open(begin, count, dup_scratch);
-    for (int64_t i = 0; i < count; ++i) {
-      const float gate_value = g[i], up_value = u[i], gradient = d[i];
-      const float s = sigmoid(gate_value);
-      dg[i] = gradient * up_value * s * (1.0f + gate_value * (1.0f - s));
-      du[i] = gradient * gate_value * s;
-    }
+    swiglu_backward_span(d, g, u, count, dg, du);
     dgate_writer.commit(begin, count, dg);
     dup_writer.commit(begin, count, du);
   });

@@ -181,9 +181,9 @@ TEST_F(OpTable, Gemm) {
   cases.push_back({{}, false, false, 7, 5, 9, true, true, 0.5f, 0.75f, false});            // alpha, beta
   cases.push_back({{3}, true, true, 7, 5, 9, false, false, -1.5f, 1.0f, false});           // accumulate
   cases.push_back({{}, false, false, 7, 5, 9, false, false, 1.0f, 0.0f, true});            // beta 0 over NaN
-  cases.push_back({{}, false, false, 96, 80, 72, false, true, 1.0f, 0.5f, false});         // threaded, row bands
-  cases.push_back({{}, false, false, 40, 200, 64, true, false, 1.0f, 0.0f, false});        // threaded, column bands
-  cases.push_back({{}, false, false, 40, 200, 64, false, true, 1.0f, 0.0f, false});
+  cases.push_back({{}, false, false, 200, 120, 64, false, true, 1.0f, 0.5f, false});        // threaded, row bands
+  cases.push_back({{}, false, false, 40, 300, 100, true, false, 1.0f, 0.0f, false});       // threaded, column bands
+  cases.push_back({{}, false, false, 40, 300, 100, false, true, 1.0f, 0.0f, false});
   for (const GemmCase& spec : cases) run_gemm_case(*context, spec, DType::kF32, DType::kF32);
   for (DType dtype : {DType::kBF16, DType::kF16}) {
     for (DType c_dtype : {DType::kF32, dtype}) {
