@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/philox.h"
+#include "kernels/ops.h"
 #include "model/llama.h"
 
 namespace llmft {
@@ -251,6 +252,113 @@ TEST(LlamaGradients, PrefixKeyValueGradientsMatchFiniteDifferences) {
         EXPECT_NEAR(grad[index], (plus - minus) / (2 * step), 3e-4) << "layer " << layer << " " << which << " " << index;
       }
     }
+  }
+}
+
+// A full-rank "adapter" y += x @ delta^T. With it attached, the model must
+// behave exactly like the model whose weight is W + delta (merged), and the
+// adapter's gradient must equal the merged weight's gradient.
+class DenseDeltaAdapter : public LinearAdapter {
+ public:
+  explicit DenseDeltaAdapter(Tensor delta) : delta(delta), grad(Tensor::zeros_cpu(delta.shape(), DType::kF32)) {}
+  void forward(Context& context, const Tensor& x, Tensor& y) override {
+    Tensor extra = context.empty(y.shape(), y.dtype());
+    ops::linear_forward(context, x, delta, nullptr, extra);
+    ops::add(context, y, extra, y);
+  }
+  void backward(Context& context, const Tensor& dy, const Tensor& x, Tensor* dx) override {
+    ops::linear_backward(context, dy, x, delta, dx, &grad, nullptr, /*accumulate_dx=*/true);
+  }
+  Tensor delta, grad;
+};
+
+TEST(LlamaAdapters, AdapterActsLikeAMergedWeight) {
+  auto context = Context::cpu(0, 2);
+  const ModelConfig config = tiny_config("LlamaForCausalLM", false);
+  const std::string target = "model.layers.1.self_attn.v_proj";
+  LlamaModel with_adapter(*context, config, {});
+  LlamaModel merged(*context, config, {});
+  randomize(*context, with_adapter, 21);
+  randomize(*context, merged, 21);
+
+  Parameter& weight = merged.parameters().get(target + ".weight");
+  PhiloxGenerator generator(4);
+  std::vector<float> delta_values(static_cast<size_t>(weight.value.numel()));
+  for (float& value : delta_values) value = 0.3f * generator.next_normal();
+  auto adapter = std::make_shared<DenseDeltaAdapter>(Tensor::from_floats(weight.value.shape(), delta_values));
+  with_adapter.find_linear(target)->add_adapter(adapter);
+  std::vector<float> merged_values = weight.value.to_floats();
+  for (size_t i = 0; i < merged_values.size(); ++i) merged_values[i] += delta_values[i];
+  weight.value.copy_from(Tensor::from_floats(weight.value.shape(), merged_values));
+  ASSERT_EQ(with_adapter.find_linear("model.layers.9.mlp.up_proj"), nullptr);
+
+  // Base frozen, adapter trained (LoRA's setting).
+  with_adapter.parameters().set_trainable([](const std::string&) { return false; });
+  StepResult adapted = with_adapter.forward_backward(*context, plain_batch());
+  StepResult reference = merged.forward_backward(*context, plain_batch());
+  EXPECT_NEAR(adapted.loss, reference.loss, 1e-5);
+  std::vector<float> adapter_grad = adapter->grad.to_floats(), merged_grad = weight.grad.to_floats();
+  for (size_t i = 0; i < merged_grad.size(); ++i) ASSERT_NEAR(adapter_grad[i], merged_grad[i], 1e-5f) << i;
+  EXPECT_FALSE(with_adapter.parameters().get(target + ".weight").grad.defined());
+}
+
+// Prompt tuning: learnable virtual-token embeddings; their gradient from the
+// hook's backward against finite differences.
+class LearnedPrompt : public PromptEmbeddingHook {
+ public:
+  LearnedPrompt(int64_t tokens, int64_t hidden) : grad(static_cast<size_t>(tokens * hidden)) {
+    PhiloxGenerator generator(8);
+    std::vector<float> values(grad.size());
+    for (float& value : values) value = generator.next_normal();
+    embeddings = Tensor::from_floats({tokens, hidden}, values);
+  }
+  int64_t num_virtual_tokens() const override { return embeddings.size(0); }
+  void forward(Context&, Tensor& out) override { out.copy_from(embeddings); }
+  void backward(Context&, const Tensor& d) override {
+    std::vector<float> values = d.to_floats();
+    for (size_t i = 0; i < values.size(); ++i) grad[i % grad.size()] += values[i];  // sum over the batch
+  }
+  Tensor embeddings;
+  std::vector<double> grad;
+};
+
+TEST(LlamaGradients, PromptEmbeddingGradientsMatchFiniteDifferences) {
+  auto context = Context::cpu(0, 2);
+  ModelConfig config = tiny_config("LlamaForCausalLM", true);
+  LlamaModel model(*context, config, {});
+  randomize(*context, model, 13);
+  LearnedPrompt prompt(2, config.hidden_size);
+  model.set_prompt_embedding_hook(&prompt);
+  Batch batch = plain_batch();
+  StepResult result = model.forward_backward(*context, batch);
+  EXPECT_EQ(result.num_target_tokens, 8);  // virtual positions carry no loss
+  const float step = 1e-2f;
+  float* data = prompt.embeddings.data<float>();
+  for (size_t index : {size_t{0}, size_t{7}, size_t{20}, prompt.grad.size() - 1}) {
+    const float original = data[index];
+    data[index] = original + step;
+    double plus = model.forward(*context, batch).loss;
+    data[index] = original - step;
+    double minus = model.forward(*context, batch).loss;
+    data[index] = original;
+    EXPECT_NEAR(prompt.grad[index], (plus - minus) / (2 * step), 3e-4) << index;
+  }
+  // The embedding table (tied head) still gets its gradient.
+  EXPECT_TRUE(model.parameters().get("model.embed_tokens.weight").grad.defined());
+}
+
+TEST(LlamaModel, SlidingWindowShorterThanTheSequenceIsRefused) {
+  auto context = Context::cpu(0, 2);
+  ModelConfig config = tiny_config("MistralForCausalLM", false);
+  config.sliding_window = 4;
+  LlamaModel model(*context, config, {});
+  model.init_random(*context, 1);
+  try {
+    model.forward(*context, plain_batch());
+    FAIL();
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(error.what()).find("exceeds the model's sliding_window (4)"), std::string::npos);
   }
 }
 

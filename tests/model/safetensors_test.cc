@@ -207,6 +207,14 @@ TEST_F(SafetensorsTest, RoundTripAllDtypesAndConversion) {
   for (size_t i = 0; i < values.size(); ++i) EXPECT_EQ(rounded.data<bf16>()[i].bits, bf16(values[i]).bits);
   EXPECT_EQ(file.tensor_as("i32", DType::kI64).data<int64_t>()[2], 1 << 30);
   EXPECT_THROW(file.tensor_as("i32", DType::kF32), Error);
+
+  // A view keeps the mapping alive after the file object is gone.
+  Tensor view;
+  {
+    SafetensorsFile scoped = SafetensorsFile::open(path);
+    view = scoped.tensor("f32");
+  }
+  EXPECT_EQ(view.to_floats(), values);
 }
 
 TEST_F(SafetensorsTest, WriterRejectsDuplicateNames) {
