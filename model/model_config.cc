@@ -173,18 +173,31 @@ ModelConfig ModelConfig::from_json(const json& object, const std::string& source
 
   const json* architectures = reader.find("architectures");
   std::string known = "a list holding one of LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
-  if (architectures == nullptr) reader.fail("architectures", known, "nothing (field missing)");
-  if (!architectures->is_array() || architectures->empty() || !(*architectures)[0].is_string())
-    reader.fail("architectures", known, describe(*architectures));
-  config.architecture = (*architectures)[0].get<std::string>();
   bool found_architecture = false;
-  for (const ArchitectureInfo& info : kArchitectures) {
-    if (config.architecture == info.architecture) {
-      config.model_type = info.model_type;
-      found_architecture = true;
+  if (architectures == nullptr) {
+    // Some configs carry only model_type; AutoModelForCausalLM maps it the same way.
+    std::string model_type = reader.string("model_type", "");
+    for (const ArchitectureInfo& info : kArchitectures) {
+      if (model_type == info.model_type) {
+        config.architecture = info.architecture;
+        config.model_type = info.model_type;
+        found_architecture = true;
+      }
     }
+    if (!found_architecture)
+      reader.fail("architectures", known + " (or model_type llama, mistral or qwen2)", "nothing (field missing)");
+  } else {
+    if (!architectures->is_array() || architectures->empty() || !(*architectures)[0].is_string())
+      reader.fail("architectures", known, describe(*architectures));
+    config.architecture = (*architectures)[0].get<std::string>();
+    for (const ArchitectureInfo& info : kArchitectures) {
+      if (config.architecture == info.architecture) {
+        config.model_type = info.model_type;
+        found_architecture = true;
+      }
+    }
+    if (!found_architecture) reader.fail("architectures", known, describe(*architectures));
   }
-  if (!found_architecture) reader.fail("architectures", known, describe(*architectures));
 
   config.hidden_size = reader.positive_int("hidden_size", true);
   config.intermediate_size = reader.positive_int("intermediate_size", true);

@@ -123,6 +123,16 @@ TEST(ModelConfig, RejectsEachBadField) {
   EXPECT_NE(error_of(config).find("field 'eos_token_id': expected a non-negative integer or a list of them"),
             std::string::npos);
 
+  config = tiny_llama();
+  config.erase("architectures");
+  config.erase("model_type");
+  EXPECT_EQ(error_of(config),
+            "dir/config.json: field 'architectures': expected a list holding one of LlamaForCausalLM, "
+            "MistralForCausalLM, Qwen2ForCausalLM (or model_type llama, mistral or qwen2), found nothing (field "
+            "missing)");
+  config["model_type"] = "mistral";  // model_type alone is enough
+  EXPECT_EQ(ModelConfig::from_json(config, "c").architecture, "MistralForCausalLM");
+
   EXPECT_EQ(error_of(json::array()), "dir/config.json: expected a JSON object, found array []");
 }
 
