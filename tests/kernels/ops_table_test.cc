@@ -519,7 +519,8 @@ TEST_F(OpTable, AttentionForward) {
 }
 
 TEST_F(OpTable, AttentionBackward) {
-  for (const AttentionCase& spec : kAttentionCases) {
+  for (size_t index = 0; index < kAttentionCases.size(); ++index) {
+    const AttentionCase& spec = kAttentionCases[index];
     const int64_t keys = spec.prefix + spec.time;
     const Shape q_shape{spec.batch, spec.time, spec.query_heads, spec.head_dim};
     const Shape kv_shape{spec.batch, keys, spec.kv_heads, spec.head_dim};
@@ -530,28 +531,35 @@ TEST_F(OpTable, AttentionBackward) {
     options.num_prefix = spec.prefix;
     options.doc_start = starts.empty() ? nullptr : &starts_tensor;
     const double scale = spec.softmax_scale != 0.0f ? spec.softmax_scale : 1.0 / std::sqrt(double(spec.head_dim));
-    const Values q = random_values(shape_numel(q_shape), 111, 1.5), k = random_values(shape_numel(kv_shape), 112, 1.5);
-    const Values v = random_values(shape_numel(kv_shape), 113), dout = random_values(shape_numel(q_shape), 114);
-    const Tensor q_tensor = tensor_of(q, q_shape, DType::kF32), k_tensor = tensor_of(k, kv_shape, DType::kF32);
-    const Tensor v_tensor = tensor_of(v, kv_shape, DType::kF32);
-    Tensor out = Tensor::empty_cpu(q_shape, DType::kF32);
-    Tensor lse = Tensor::empty_cpu({spec.batch, spec.query_heads, spec.time}, DType::kF32);
-    ops::attention_forward(*context, q_tensor, k_tensor, v_tensor, options, out, lse);
-    // Overwritten outputs start as garbage.
-    Tensor dq = tensor_of(Values(q.size(), 1e30), q_shape, DType::kF32);
-    Tensor dk = tensor_of(Values(k.size(), 1e30), kv_shape, DType::kF32);
-    Tensor dv = tensor_of(Values(v.size(), 1e30), kv_shape, DType::kF32);
-    ops::attention_backward(*context, tensor_of(dout, q_shape, DType::kF32), q_tensor, k_tensor, v_tensor, out, lse,
-                            options, dq, dk, dv);
-    const Forward forward = [&](const std::vector<Values>& inputs) {
-      return reference::attention(inputs[0], inputs[1], inputs[2], spec.batch, spec.time, spec.query_heads,
-                                  spec.kv_heads, spec.head_dim, spec.prefix, starts, scale)
-          .out;
-    };
-    const std::string label = str_cat("attention_backward f32 ", attention_label(spec));
-    report(label + " dq", finite_difference_error(forward, {q, k, v}, 0, values_of(dq), dout), kGradientTolerance);
-    report(label + " dk", finite_difference_error(forward, {q, k, v}, 1, values_of(dk), dout), kGradientTolerance);
-    report(label + " dv", finite_difference_error(forward, {q, k, v}, 2, values_of(dv), dout), kGradientTolerance);
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      if (dtype != DType::kF32 && index != 2) continue;
+      const Values q = rounded(random_values(shape_numel(q_shape), 111, 1.5), dtype);
+      const Values k = rounded(random_values(shape_numel(kv_shape), 112, 1.5), dtype);
+      const Values v = rounded(random_values(shape_numel(kv_shape), 113), dtype);
+      const Values dout = rounded(random_values(shape_numel(q_shape), 114), dtype);
+      const Tensor q_tensor = tensor_of(q, q_shape, dtype), k_tensor = tensor_of(k, kv_shape, dtype);
+      const Tensor v_tensor = tensor_of(v, kv_shape, dtype);
+      Tensor out = Tensor::empty_cpu(q_shape, dtype);
+      Tensor lse = Tensor::empty_cpu({spec.batch, spec.query_heads, spec.time}, DType::kF32);
+      ops::attention_forward(*context, q_tensor, k_tensor, v_tensor, options, out, lse);
+      // Overwritten outputs start as garbage.
+      Tensor dq = tensor_of(Values(q.size(), 1e30), q_shape, dtype);
+      Tensor dk = tensor_of(Values(k.size(), 1e30), kv_shape, dtype);
+      Tensor dv = tensor_of(Values(v.size(), 1e30), kv_shape, dtype);
+      ops::attention_backward(*context, tensor_of(dout, q_shape, dtype), q_tensor, k_tensor, v_tensor, out, lse,
+                              options, dq, dk, dv);
+      const Forward forward = [&](const std::vector<Values>& inputs) {
+        return reference::attention(inputs[0], inputs[1], inputs[2], spec.batch, spec.time, spec.query_heads,
+                                    spec.kv_heads, spec.head_dim, spec.prefix, starts, scale)
+            .out;
+      };
+      // bf16: the saved output is rounded (it enters rowsum(dO o O)) and so are the gradients.
+      const double tolerance = dtype == DType::kF32 ? kGradientTolerance : 1.5e-2;
+      const std::string label = str_cat("attention_backward ", dtype_label(dtype), " ", attention_label(spec));
+      report(label + " dq", finite_difference_error(forward, {q, k, v}, 0, values_of(dq), dout), tolerance);
+      report(label + " dk", finite_difference_error(forward, {q, k, v}, 1, values_of(dk), dout), tolerance);
+      report(label + " dv", finite_difference_error(forward, {q, k, v}, 2, values_of(dv), dout), tolerance);
+    }
   }
 }
 
