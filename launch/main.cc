@@ -21,6 +21,8 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"inspect", "inspect MODEL_DIR: architecture, parameters by dtype and module, training memory",
      llmft::launch::run_inspect},
+    {"convert", "convert --gguf FILE --out DIR [--dtype f32|bf16]: a llama.cpp GGUF model as a Hugging Face directory",
+     llmft::launch::run_convert},
 };
 
 void print_usage(FILE* out) {
