@@ -1,5 +1,6 @@
 // sentencepiece .model files (Llama-2, Mistral, T5 style), through
-// libsentencepiece. BOS/EOS: add_bos_token / add_eos_token from a
+// libsentencepiece, which runs inside libllmft_sentencepiece_shim.so loaded on
+// first use (data/sentencepiece_shim.h says why). BOS/EOS: add_bos_token / add_eos_token from a
 // tokenizer_config.json next to the model when present; otherwise BOS is added
 // and EOS is not, the default of transformers' LlamaTokenizer.
 // Text such as "<s>" inside the input is encoded as text: sentencepiece does not
@@ -11,9 +12,7 @@
 
 #include "data/tokenizer.h"
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
+struct LlmftSentencePieceApi;
 
 namespace llmft {
 
@@ -21,6 +20,8 @@ class SentencePieceTokenizer : public Tokenizer {
  public:
   explicit SentencePieceTokenizer(const std::filesystem::path& model_path);
   ~SentencePieceTokenizer() override;
+  SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
+  SentencePieceTokenizer& operator=(const SentencePieceTokenizer&) = delete;
 
   std::vector<int32_t> encode(std::string_view text) const override;
   // Control symbols (BOS/EOS) decode to nothing, whatever skip_special_tokens says.
@@ -31,7 +32,8 @@ class SentencePieceTokenizer : public Tokenizer {
 
  private:
   std::string source_;
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  const LlmftSentencePieceApi* api_;
+  void* processor_ = nullptr;  // owned; released with api_->destroy
 };
 
 std::unique_ptr<SentencePieceTokenizer> load_sentencepiece_tokenizer(const std::filesystem::path& model_path);

@@ -23,6 +23,8 @@ constexpr Subcommand kSubcommands[] = {
      llmft::launch::run_inspect},
     {"convert", "convert --gguf FILE --out DIR [--dtype f32|bf16]: a llama.cpp GGUF model as a Hugging Face directory",
      llmft::launch::run_convert},
+    {"data", "data build --input X.jsonl --tokenizer T --output P --shards N | data inspect FILE: token shards",
+     llmft::launch::run_data},
 };
 
 void print_usage(FILE* out) {

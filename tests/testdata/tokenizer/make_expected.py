@@ -21,7 +21,8 @@ GPT-2 ByteLevel with and without add_prefix_space) are exercised by swapping
 the pre-tokenizer on the same vocabulary; the swapped pre-tokenizer JSON is
 stored next to its expected ids so the C++ test applies exactly the same one.
 
-Also made here: a tiny byte-fallback BPE with a TemplateProcessing post-processor
+Also made here: build_expected.json, the records `llmft data build` must write
+for build_input.jsonl (input_ids, loss_mask, decoded text); a tiny byte-fallback BPE with a TemplateProcessing post-processor
 (`byte_fallback/tokenizer.json`), and a tiny sentencepiece model trained on
 `sp_corpus.txt` with the `sentencepiece` PyPI package (`sp/tiny.model`), each
 with expected ids from its own Python library.
@@ -286,9 +287,42 @@ def make_sentencepiece():
         f.write("\n")
 
 
+def make_build_expected():
+    """What `llmft data build` must write for build_input.jsonl with the SmolLM2 tokenizer
+    (tokenizer_config.json: add_bos_token false, eos <|im_end|>): text records are
+    encode(text) with loss on all; prompt/completion records are encode(prompt) with
+    loss 0, then encode(completion) + [eos] with loss 1."""
+    tokenizer = Tokenizer.from_file(os.path.join(HERE, "smollm2", "tokenizer.json"))
+    with open(os.path.join(HERE, "smollm2", "tokenizer_config.json")) as f:
+        eos_id = tokenizer.token_to_id(json.load(f)["eos_token"])
+    records = []
+    with open(os.path.join(HERE, "build_input.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "text" in record:
+                ids = tokenizer.encode(record["text"], add_special_tokens=True).ids
+                mask = [1] * len(ids)
+                entry = {"input_ids": ids, "loss_mask": mask}
+            else:
+                prompt = tokenizer.encode(record["prompt"], add_special_tokens=False).ids
+                completion = tokenizer.encode(record["completion"], add_special_tokens=False).ids + [eos_id]
+                entry = {"input_ids": prompt + completion, "loss_mask": [0] * len(prompt) + [1] * len(completion),
+                         "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+                         "completion": tokenizer.decode(completion, skip_special_tokens=False)}
+            entry["text"] = tokenizer.decode(entry["input_ids"], skip_special_tokens=False)
+            records.append(entry)
+    with open(os.path.join(HERE, "build_expected.json"), "w") as f:
+        json.dump({"source": "tests/testdata/tokenizer/make_expected.py; ids: Hugging Face tokenizers " + tokenizers.__version__,
+                   "records": records}, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     make_smollm2(sys.argv[1])
     make_byte_fallback()
     make_sentencepiece()
+    make_build_expected()

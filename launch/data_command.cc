@@ -1,0 +1,257 @@
+// `llmft data build ...` and `llmft data inspect FILE ...`: JSONL to tokenized
+// TFRecord shards (data/dataset_builder.h), and records back to text.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+#include "data/dataset_builder.h"
+#include "data/example.h"
+#include "data/tfrecord.h"
+#include "data/tokenizer.h"
+#include "launch/commands.h"
+
+namespace llmft::launch {
+namespace {
+
+constexpr const char* kUsage =
+    "usage:\n"
+    "  llmft data build --input train.jsonl --tokenizer DIR_OR_FILE --output data/train --shards N\n"
+    "                   [--seq-len N] [--val-fraction F] [--seed S] [--skip-bad-records]\n"
+    "      JSONL lines {\"text\": ...} or {\"prompt\": ..., \"completion\": ...} -> tf.Example records\n"
+    "      (input_ids, loss_mask) in <output>-NNNNN-of-MMMMM.tfrecord and, with --val-fraction,\n"
+    "      <output>-val-00000-of-00001.tfrecord. Records longer than --seq-len keep their first\n"
+    "      seq-len tokens.\n"
+    "  llmft data inspect FILE [--limit N] [--tokenizer DIR_OR_FILE]\n"
+    "      prints records (ids, loss mask, and text when a tokenizer is given); --limit 0 prints all\n"
+    "      (default 10).\n";
+
+// "--name value" and "--name=value" options after the positional arguments' verb.
+class Arguments {
+ public:
+  Arguments(std::span<char*> args, std::vector<std::string_view> flags) : flags_(std::move(flags)) {
+    for (size_t i = 0; i < args.size(); ++i) {
+      std::string_view arg = args[i];
+      if (arg == "--help" || arg == "-h") {
+        help_ = true;
+        continue;
+      }
+      if (!arg.starts_with("--")) {
+        positional_.emplace_back(arg);
+        continue;
+      }
+      std::string name(arg.substr(2));
+      if (std::find(flags_.begin(), flags_.end(), name) != flags_.end()) {
+        values_.emplace_back(name, "true");
+        continue;
+      }
+      if (size_t equals = name.find('='); equals != std::string::npos) {
+        values_.emplace_back(name.substr(0, equals), name.substr(equals + 1));
+        continue;
+      }
+      if (i + 1 >= args.size()) throw_bad_input("--", name, ": missing value\n", kUsage);
+      values_.emplace_back(name, args[++i]);
+    }
+  }
+
+  bool help() const { return help_; }
+  const std::vector<std::string>& positional() const { return positional_; }
+
+  // Rejects options outside `known`.
+  void check_known(std::initializer_list<std::string_view> known) const {
+    for (const auto& [name, value] : values_)
+      if (std::find(known.begin(), known.end(), name) == known.end())
+        throw_bad_input("unknown option --", name, "\n", kUsage);
+  }
+  std::optional<std::string> get(std::string_view name) const {
+    std::optional<std::string> found;
+    for (const auto& [key, value] : values_)
+      if (key == name) found = value;
+    return found;
+  }
+  std::string required(std::string_view name) const {
+    auto value = get(name);
+    if (!value) throw_bad_input("--", name, " is required\n", kUsage);
+    return *value;
+  }
+  int64_t integer(std::string_view name, int64_t fallback) const {
+    auto value = get(name);
+    if (!value) return fallback;
+    char* end = nullptr;
+    long long parsed = std::strtoll(value->c_str(), &end, 10);
+    if (value->empty() || *end != '\0') throw_bad_input("--", name, ": expected an integer, found \"", *value, "\"");
+    return parsed;
+  }
+  double number(std::string_view name, double fallback) const {
+    auto value = get(name);
+    if (!value) return fallback;
+    char* end = nullptr;
+    double parsed = std::strtod(value->c_str(), &end);
+    if (value->empty() || *end != '\0') throw_bad_input("--", name, ": expected a number, found \"", *value, "\"");
+    return parsed;
+  }
+
+ private:
+  std::vector<std::string_view> flags_;
+  std::vector<std::string> positional_;
+  std::vector<std::pair<std::string, std::string>> values_;
+  bool help_ = false;
+};
+
+std::string human_count(uint64_t count) {
+  if (count >= 10'000'000) return str_cat(count / 1'000'000, "M");
+  if (count >= 10'000) return str_cat(count / 1'000, "k");
+  return std::to_string(count);
+}
+
+int run_build(std::span<char*> args) {
+  Arguments arguments(args, {"skip-bad-records"});
+  if (arguments.help()) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  arguments.check_known({"input", "tokenizer", "output", "shards", "seq-len", "val-fraction", "seed", "skip-bad-records"});
+  if (!arguments.positional().empty())
+    throw_bad_input("data build: unexpected argument \"", arguments.positional()[0], "\"\n", kUsage);
+  data::DatasetBuildOptions options;
+  options.input_path = arguments.required("input");
+  std::string tokenizer_path = arguments.required("tokenizer");
+  options.output_prefix = arguments.required("output");
+  options.shards = arguments.integer("shards", 1);
+  options.seq_len = arguments.integer("seq-len", 0);
+  options.val_fraction = arguments.number("val-fraction", 0.0);
+  options.seed = static_cast<uint64_t>(arguments.integer("seed", 0));
+  options.skip_bad_records = arguments.get("skip-bad-records").has_value();
+
+  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_path);
+  std::fprintf(stderr, "tokenizer: %s\n", tokenizer->description().c_str());
+  auto progress = [](const data::DatasetBuildProgress& state) {
+    double mb_per_second = state.seconds > 0 ? static_cast<double>(state.input_bytes) / 1e6 / state.seconds : 0.0;
+    std::fprintf(stderr, "\rrecords read %llu/%llu  written %llu  tokens %s  %.1f MB/s  %.0f s   ",
+                 static_cast<unsigned long long>(state.records_read), static_cast<unsigned long long>(state.total_records),
+                 static_cast<unsigned long long>(state.records_written), human_count(state.tokens).c_str(),
+                 mb_per_second, state.seconds);
+    std::fflush(stderr);
+  };
+  data::DatasetBuildSummary summary = data::build_dataset(*tokenizer, options, progress);
+  std::fprintf(stderr, "\n");
+
+  size_t width = 5;
+  for (const auto& shard : summary.train_shards) width = std::max(width, shard.path.size());
+  if (summary.validation) width = std::max(width, summary.validation->path.size());
+  auto row = [&](const std::string& name, uint64_t records, uint64_t tokens, uint64_t loss_tokens) {
+    std::printf("%-*s  %10llu  %12llu  %12llu\n", static_cast<int>(width), name.c_str(),
+                static_cast<unsigned long long>(records), static_cast<unsigned long long>(tokens),
+                static_cast<unsigned long long>(loss_tokens));
+  };
+  std::printf("%-*s  %10s  %12s  %12s\n", static_cast<int>(width), "shard", "records", "tokens", "loss tokens");
+  uint64_t records = 0, tokens = 0, loss_tokens = 0;
+  for (const auto& shard : summary.train_shards) {
+    row(shard.path, shard.records, shard.tokens, shard.loss_tokens);
+    records += shard.records;
+    tokens += shard.tokens;
+    loss_tokens += shard.loss_tokens;
+  }
+  row("train total", records, tokens, loss_tokens);
+  if (summary.validation) row(summary.validation->path, summary.validation->records, summary.validation->tokens,
+                              summary.validation->loss_tokens);
+  std::printf("lines read %llu, records written %llu\n", static_cast<unsigned long long>(summary.lines),
+              static_cast<unsigned long long>(summary.records_written));
+  if (options.seq_len > 0)
+    std::printf("truncated to --seq-len %lld (first tokens kept): %llu records; dropped with no completion tokens "
+                "left: %llu\n",
+                static_cast<long long>(options.seq_len), static_cast<unsigned long long>(summary.truncated_records),
+                static_cast<unsigned long long>(summary.dropped_no_loss));
+  if (summary.bad_records_skipped > 0) {
+    std::printf("bad records skipped: %llu\n", static_cast<unsigned long long>(summary.bad_records_skipped));
+    for (const std::string& message : summary.first_bad_records) std::printf("  %s\n", message.c_str());
+  }
+  for (const auto& shard : summary.train_shards)
+    if (shard.records == 0) std::fprintf(stderr, "warning: %s has no records (more shards than records)\n", shard.path.c_str());
+  return 0;
+}
+
+std::string quoted(const std::string& text) {
+  return nlohmann::json(text).dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string id_list(const std::vector<int64_t>& values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + "]";
+}
+
+int run_inspect_records(std::span<char*> args) {
+  Arguments arguments(args, {});
+  if (arguments.help()) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  arguments.check_known({"limit", "tokenizer"});
+  if (arguments.positional().size() != 1) throw_bad_input("data inspect: expected one FILE\n", kUsage);
+  const std::string& path = arguments.positional()[0];
+  int64_t limit = arguments.integer("limit", 10);
+  if (limit < 0) throw_bad_input("--limit: expected >= 0, found ", limit);
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (auto tokenizer_path = arguments.get("tokenizer")) tokenizer = load_tokenizer(*tokenizer_path);
+
+  data::RecordReader reader(path);
+  data::DecodeOptions decode_options;
+  if (tokenizer) decode_options.vocab_size = tokenizer->vocab_size();
+  std::string_view bytes;
+  int64_t shown = 0;
+  while (reader.read(bytes)) {
+    if (limit > 0 && shown == limit) {
+      std::printf("(more records follow; --limit 0 prints all)\n");
+      break;
+    }
+    data::RecordPosition position = reader.last_record_position();
+    data::TokenExample example =
+        data::decode_example(bytes, decode_options, {path, position.record_index, position.offset});
+    uint64_t loss_tokens = 0;
+    for (int64_t mask : example.loss_mask) loss_tokens += static_cast<uint64_t>(mask);
+    std::printf("record %llu (byte %llu): %zu tokens", static_cast<unsigned long long>(position.record_index),
+                static_cast<unsigned long long>(position.offset), example.input_ids.size());
+    if (!example.loss_mask.empty()) std::printf(", loss on %llu", static_cast<unsigned long long>(loss_tokens));
+    std::printf("\n  input_ids: %s\n", id_list(example.input_ids).c_str());
+    if (!example.loss_mask.empty()) std::printf("  loss_mask: %s\n", id_list(example.loss_mask).c_str());
+    if (!example.labels.empty()) std::printf("  labels: %s\n", id_list(example.labels).c_str());
+    if (tokenizer) {
+      std::vector<int32_t> ids(example.input_ids.begin(), example.input_ids.end());
+      std::printf("  text: %s\n", quoted(tokenizer->decode(ids)).c_str());
+      // A prompt/completion record: zeros then ones.
+      auto first_loss = std::find(example.loss_mask.begin(), example.loss_mask.end(), 1);
+      size_t boundary = static_cast<size_t>(first_loss - example.loss_mask.begin());
+      if (boundary > 0 && boundary < ids.size() &&
+          std::find(first_loss, example.loss_mask.end(), 0) == example.loss_mask.end()) {
+        std::span<const int32_t> all(ids);
+        std::printf("  prompt: %s\n", quoted(tokenizer->decode(all.first(boundary))).c_str());
+        std::printf("  completion: %s\n", quoted(tokenizer->decode(all.subspan(boundary))).c_str());
+      }
+    }
+    ++shown;
+  }
+  std::printf("%lld records shown from %s\n", static_cast<long long>(shown), path.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int run_data(std::span<char*> args) {
+  if (args.empty()) throw_bad_input("data: expected build or inspect\n", kUsage);
+  std::string_view verb = args[0];
+  if (verb == "build") return run_build(args.subspan(1));
+  if (verb == "inspect") return run_inspect_records(args.subspan(1));
+  if (verb == "--help" || verb == "-h") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  throw_bad_input("data: unknown verb \"", verb, "\" (expected build or inspect)\n", kUsage);
+}
+
+}  // namespace llmft::launch

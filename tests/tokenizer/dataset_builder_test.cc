@@ -1,0 +1,108 @@
+// The dataset builder's handling of each JSONL record form and of bad records,
+// in a process that also holds libprotobuf (tf.Example) next to sentencepiece.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "data/dataset_builder.h"
+#include "data/example.h"
+#include "data/tfrecord.h"
+
+namespace llmft::data {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kTestData = fs::path(LLMFT_SOURCE_DIR) / "tests/testdata/tokenizer";
+
+class DatasetBuilder : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("llmft_dataset_builder_test_" + std::to_string(getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  DatasetBuildOptions options_for(const std::string& jsonl) {
+    fs::path input = dir_ / "input.jsonl";
+    std::ofstream(input, std::ios::binary) << jsonl;
+    DatasetBuildOptions options;
+    options.input_path = input.string();
+    options.output_prefix = (dir_ / "out/train").string();
+    return options;
+  }
+  std::string error_for(const Tokenizer& tokenizer, const std::string& jsonl) {
+    try {
+      build_dataset(tokenizer, options_for(jsonl));
+    } catch (const Error& error) {
+      EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+      return error.what();
+    }
+    ADD_FAILURE() << "no error for " << jsonl;
+    return "";
+  }
+  std::vector<TokenExample> read_all(const std::string& path) {
+    std::vector<TokenExample> records;
+    RecordReader reader(path);
+    std::string_view bytes;
+    while (reader.read(bytes)) records.push_back(decode_example(bytes, {}, {path, 0, 0}));
+    return records;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(DatasetBuilder, EachBadRecordNamesFileAndLine) {
+  auto tokenizer = load_tokenizer(kTestData / "smollm2");
+  std::string input = (dir_ / "input.jsonl").string();
+  const std::string good = "{\"text\": \"ok\"}\n";
+  EXPECT_EQ(error_for(*tokenizer, good + "{\"text\": \"a\", \"id\": 3}\n"),
+            input + ":2: unexpected key \"id\" (expected {\"text\"} or {\"prompt\", \"completion\"})");
+  EXPECT_EQ(error_for(*tokenizer, good + good + "{\"text\": \"a\", \"prompt\": \"b\", \"completion\": \"c\"}\n"),
+            input + ":3: mixes \"text\" with \"prompt\"/\"completion\" (expected {\"text\"} or {\"prompt\", \"completion\"})");
+  EXPECT_EQ(error_for(*tokenizer, "{\"completion\": \"c\"}\n"),
+            input + ":1: missing \"prompt\" (expected {\"text\"} or {\"prompt\", \"completion\"})");
+  EXPECT_EQ(error_for(*tokenizer, "{\"text\": 5}\n"), input + ":1: \"text\": expected a string, found number");
+  EXPECT_EQ(error_for(*tokenizer, "[1, 2]\n"), input + ":1: expected a JSON object, found array");
+  EXPECT_NE(error_for(*tokenizer, good + "\n{\"text\": \"\xC3\"}\n").find(input + ":3: not valid JSON"),
+            std::string::npos);
+  EXPECT_EQ(error_for(*tokenizer, "{\"text\": \"\"}\n"), input + ":1: no tokens (empty text and no BOS/EOS)");
+  EXPECT_EQ(error_for(*tokenizer, "\n\n"), input + ": no records (the file is empty)");
+}
+
+TEST_F(DatasetBuilder, RejectsBadOptions) {
+  auto tokenizer = load_tokenizer(kTestData / "smollm2");
+  DatasetBuildOptions options = options_for("{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n");
+  options.val_fraction = 1.0;
+  EXPECT_THROW(build_dataset(*tokenizer, options), Error);
+  options.val_fraction = 0.0;
+  options.seq_len = -1;
+  EXPECT_THROW(build_dataset(*tokenizer, options), Error);
+}
+
+TEST_F(DatasetBuilder, SentencepieceRecordsGetBosAndCompletionEos) {
+  // tiny.model: BOS 1 added (no tokenizer_config.json), EOS 2 after the completion.
+  auto tokenizer = load_tokenizer(kTestData / "sp/tiny.model");
+  std::vector<int32_t> hello = tokenizer->encode("Hello world."), answer = tokenizer->encode("yes");
+  DatasetBuildSummary summary =
+      build_dataset(*tokenizer, options_for("{\"text\": \"Hello world.\"}\n{\"prompt\": \"Hello world.\", \"completion\": \"yes\"}\n"));
+  ASSERT_EQ(summary.records_written, 2u);
+  std::vector<TokenExample> records = read_all(shard_file_name((dir_ / "out/train").string(), 0, 1));
+  ASSERT_EQ(records.size(), 2u);
+  std::vector<int64_t> text_ids = {1};
+  text_ids.insert(text_ids.end(), hello.begin(), hello.end());
+  EXPECT_EQ(records[0].input_ids, text_ids);
+  EXPECT_EQ(records[0].loss_mask, std::vector<int64_t>(text_ids.size(), 1));
+  std::vector<int64_t> chat_ids = text_ids;
+  chat_ids.insert(chat_ids.end(), answer.begin(), answer.end());
+  chat_ids.push_back(2);
+  std::vector<int64_t> chat_mask(text_ids.size(), 0);
+  chat_mask.resize(chat_ids.size(), 1);
+  EXPECT_EQ(records[1].input_ids, chat_ids);
+  EXPECT_EQ(records[1].loss_mask, chat_mask);
+}
+
+}  // namespace
+}  // namespace llmft::data
