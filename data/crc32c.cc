@@ -5,7 +5,7 @@
 #include <cstring>
 
 #if defined(__x86_64__)
-#include <nmmintrin.h>
+#include <immintrin.h>
 #define LLMFT_CRC32C_X86 1
 #endif
 
@@ -144,6 +144,126 @@ __attribute__((target("sse4.2"))) uint32_t update_hardware(uint32_t state, const
   }
   return static_cast<uint32_t>(crc);
 }
+
+// Folding with carry-less multiplication (Gopal et al., Intel, "Fast CRC
+// Computation for Generic Polynomials Using PCLMULQDQ Instruction", 2009).
+// A 128-bit lane x (low qword = earlier bytes) moved D bits further along the
+// message keeps its remainder when replaced by x.lo * k(D + 32) ^ x.hi * k(D - 32),
+// with k(n) = reflect32(x^n mod P) << 1 for the reflected bit order (the
+// formula reproduces zlib's published CRC-32 constants, e.g. k(544) =
+// 0x154442bd4). The folded 16 bytes have the same remainder as everything
+// they replaced, so two CRC32 instructions finish the job (no Barrett step).
+constexpr uint64_t kNormalPolynomial = 0x11EDC6F41ull;  // x^32 + ... (Castagnoli), normal bit order
+
+constexpr uint64_t fold_constant(unsigned exponent) {
+  uint64_t remainder = 1;  // x^exponent mod P, normal bit order
+  for (unsigned i = 0; i < exponent; ++i) {
+    remainder <<= 1;
+    if (remainder & (1ull << 32)) remainder ^= kNormalPolynomial;
+  }
+  uint64_t reflected = 0;
+  for (int bit = 0; bit < 32; ++bit)
+    if (remainder & (1ull << bit)) reflected |= 1ull << (31 - bit);
+  return reflected << 1;
+}
+// (high qword, low qword) multiply (x.lo, x.hi): see fold128/fold512 below.
+constexpr uint64_t kFold128High = fold_constant(128 + 32), kFold128Low = fold_constant(128 - 32);
+constexpr uint64_t kFold512High = fold_constant(512 + 32), kFold512Low = fold_constant(512 - 32);
+constexpr uint64_t kFold2048High = fold_constant(2048 + 32), kFold2048Low = fold_constant(2048 - 32);
+
+__attribute__((target("sse4.2,pclmul"))) inline __m128i fold128(__m128i x, __m128i constants) {
+  return _mm_xor_si128(_mm_clmulepi64_si128(x, constants, 0x01), _mm_clmulepi64_si128(x, constants, 0x10));
+}
+
+// Folds the last lanes down, reduces, and finishes the tail (< 16 bytes).
+__attribute__((target("sse4.2,pclmul"))) uint32_t finish_folded(__m128i x, const uint8_t* bytes, size_t size) {
+  const __m128i fold_by_128 = _mm_set_epi64x(static_cast<int64_t>(kFold128High), static_cast<int64_t>(kFold128Low));
+  while (size >= 16) {
+    x = _mm_xor_si128(fold128(x, fold_by_128), _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+    bytes += 16;
+    size -= 16;
+  }
+  uint64_t crc = _mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(x)));
+  crc = _mm_crc32_u64(crc, static_cast<uint64_t>(_mm_extract_epi64(x, 1)));
+  while (size >= 8) {
+    crc = _mm_crc32_u64(crc, load_le64(bytes));
+    bytes += 8;
+    size -= 8;
+  }
+  while (size > 0) {
+    crc = _mm_crc32_u8(static_cast<uint32_t>(crc), *bytes++);
+    --size;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+// Four 128-bit lanes, 64 bytes per round. Needs size >= 64.
+__attribute__((target("sse4.2,pclmul"))) uint32_t update_pclmul(uint32_t state, const uint8_t* bytes, size_t size) {
+  const __m128i* in = reinterpret_cast<const __m128i*>(bytes);
+  __m128i x0 = _mm_xor_si128(_mm_loadu_si128(in), _mm_cvtsi32_si128(static_cast<int>(state)));
+  __m128i x1 = _mm_loadu_si128(in + 1), x2 = _mm_loadu_si128(in + 2), x3 = _mm_loadu_si128(in + 3);
+  bytes += 64;
+  size -= 64;
+  const __m128i fold_by_512 = _mm_set_epi64x(static_cast<int64_t>(kFold512High), static_cast<int64_t>(kFold512Low));
+  while (size >= 64) {
+    in = reinterpret_cast<const __m128i*>(bytes);
+    x0 = _mm_xor_si128(fold128(x0, fold_by_512), _mm_loadu_si128(in));
+    x1 = _mm_xor_si128(fold128(x1, fold_by_512), _mm_loadu_si128(in + 1));
+    x2 = _mm_xor_si128(fold128(x2, fold_by_512), _mm_loadu_si128(in + 2));
+    x3 = _mm_xor_si128(fold128(x3, fold_by_512), _mm_loadu_si128(in + 3));
+    bytes += 64;
+    size -= 64;
+  }
+  const __m128i fold_by_128 = _mm_set_epi64x(static_cast<int64_t>(kFold128High), static_cast<int64_t>(kFold128Low));
+  __m128i x = _mm_xor_si128(fold128(x0, fold_by_128), x1);
+  x = _mm_xor_si128(fold128(x, fold_by_128), x2);
+  x = _mm_xor_si128(fold128(x, fold_by_128), x3);
+  return finish_folded(x, bytes, size);
+}
+
+#define LLMFT_AVX512_CLMUL "sse4.2,pclmul,avx512f,avx512vl,avx512bw,vpclmulqdq"
+
+__attribute__((target(LLMFT_AVX512_CLMUL))) inline __m512i fold512(__m512i x, __m512i constants, __m512i next) {
+  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x, constants, 0x01),
+                                   _mm512_clmulepi64_epi128(x, constants, 0x10), next, 0x96);  // a ^ b ^ c
+}
+
+// Four 512-bit registers of four lanes each, 256 bytes per round. Needs size >= 256.
+__attribute__((target(LLMFT_AVX512_CLMUL))) uint32_t update_avx512(uint32_t state, const uint8_t* bytes,
+                                                                   size_t size) {
+  __m512i z0 = _mm512_xor_si512(_mm512_loadu_si512(bytes), _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(state))));
+  __m512i z1 = _mm512_loadu_si512(bytes + 64), z2 = _mm512_loadu_si512(bytes + 128), z3 = _mm512_loadu_si512(bytes + 192);
+  bytes += 256;
+  size -= 256;
+  const __m512i fold_by_2048 = _mm512_set4_epi64(static_cast<int64_t>(kFold2048High), static_cast<int64_t>(kFold2048Low),
+                                                 static_cast<int64_t>(kFold2048High), static_cast<int64_t>(kFold2048Low));
+  while (size >= 256) {
+    z0 = fold512(z0, fold_by_2048, _mm512_loadu_si512(bytes));
+    z1 = fold512(z1, fold_by_2048, _mm512_loadu_si512(bytes + 64));
+    z2 = fold512(z2, fold_by_2048, _mm512_loadu_si512(bytes + 128));
+    z3 = fold512(z3, fold_by_2048, _mm512_loadu_si512(bytes + 192));
+    bytes += 256;
+    size -= 256;
+  }
+  const __m512i fold_by_512 = _mm512_set4_epi64(static_cast<int64_t>(kFold512High), static_cast<int64_t>(kFold512Low),
+                                                static_cast<int64_t>(kFold512High), static_cast<int64_t>(kFold512Low));
+  __m512i z = fold512(z0, fold_by_512, z1);
+  z = fold512(z, fold_by_512, z2);
+  z = fold512(z, fold_by_512, z3);
+  while (size >= 64) {
+    z = fold512(z, fold_by_512, _mm512_loadu_si512(bytes));
+    bytes += 64;
+    size -= 64;
+  }
+  const __m128i fold_by_128 = _mm_set_epi64x(static_cast<int64_t>(kFold128High), static_cast<int64_t>(kFold128Low));
+  alignas(64) __m128i lanes[4];
+  _mm512_store_si512(lanes, z);
+  __m128i x = lanes[0];
+  x = _mm_xor_si128(fold128(x, fold_by_128), lanes[1]);
+  x = _mm_xor_si128(fold128(x, fold_by_128), lanes[2]);
+  x = _mm_xor_si128(fold128(x, fold_by_128), lanes[3]);
+  return finish_folded(x, bytes, size);
+}
 #endif
 
 }  // namespace
@@ -152,25 +272,68 @@ uint32_t extend_portable(uint32_t crc, const void* data, size_t size) {
   return ~update_portable(~crc, static_cast<const uint8_t*>(data), size);
 }
 
-bool hardware_available() {
+bool path_available(Path path) {
 #if LLMFT_CRC32C_X86
-  static const bool available = __builtin_cpu_supports("sse4.2");
-  return available;
-#else
+  static const bool sse42 = __builtin_cpu_supports("sse4.2");
+  static const bool pclmul = sse42 && __builtin_cpu_supports("pclmul");
+  static const bool avx512 = pclmul && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("vpclmulqdq");
+  switch (path) {
+    case Path::kPortable: return true;
+    case Path::kSse42: return sse42;
+    case Path::kPclmul: return pclmul;
+    case Path::kAvx512: return avx512;
+  }
   return false;
+#else
+  return path == Path::kPortable;
 #endif
 }
+
+Path best_path() {
+  static const Path best = path_available(Path::kAvx512)   ? Path::kAvx512
+                           : path_available(Path::kPclmul) ? Path::kPclmul
+                           : path_available(Path::kSse42)  ? Path::kSse42
+                                                           : Path::kPortable;
+  return best;
+}
+
+const char* path_name(Path path) {
+  switch (path) {
+    case Path::kPortable: return "portable slicing-by-8";
+    case Path::kSse42: return "SSE4.2 crc32, 3 streams";
+    case Path::kPclmul: return "PCLMULQDQ folding, 4x128 bit";
+    case Path::kAvx512: return "VPCLMULQDQ folding, 16x128 bit";
+  }
+  return "?";
+}
+
+uint32_t extend_with(Path path, uint32_t crc, const void* data, size_t size) {
+  const auto* bytes = static_cast<const uint8_t*>(data);
+#if LLMFT_CRC32C_X86
+  switch (path) {
+    case Path::kAvx512:
+      if (size >= 256) return ~update_avx512(~crc, bytes, size);
+      [[fallthrough]];
+    case Path::kPclmul:
+      if (size >= 64) return ~update_pclmul(~crc, bytes, size);
+      [[fallthrough]];
+    case Path::kSse42:
+      return ~update_hardware(~crc, bytes, size);
+    case Path::kPortable:
+      break;
+  }
+#endif
+  (void)path;
+  return ~update_portable(~crc, bytes, size);
+}
+
+bool hardware_available() { return path_available(Path::kSse42); }
 
 uint32_t extend_hardware(uint32_t crc, const void* data, size_t size) {
-#if LLMFT_CRC32C_X86
-  return ~update_hardware(~crc, static_cast<const uint8_t*>(data), size);
-#else
-  return extend_portable(crc, data, size);
-#endif
+  return extend_with(Path::kSse42, crc, data, size);
 }
 
-uint32_t extend(uint32_t crc, const void* data, size_t size) {
-  return hardware_available() ? extend_hardware(crc, data, size) : extend_portable(crc, data, size);
-}
+uint32_t extend(uint32_t crc, const void* data, size_t size) { return extend_with(best_path(), crc, data, size); }
 
 }  // namespace llmft::data::crc32c

@@ -1,13 +1,16 @@
 // CRC32C (Castagnoli, reflected polynomial 0x82F63B78) as used by TFRecord
 // framing, with TensorFlow's masking (tensorflow/tsl/lib/hash/crc32c.h).
 //
-// Two implementations compute the same function and are compared in
-// tests/data/crc32c_test.cc: a portable slicing-by-8 table path and an SSE4.2
-// path (the CRC32 instruction on three interleaved streams, recombined with
-// precomputed "shift by L zero bytes" tables, after Intel's white paper
-// "Fast CRC Computation for iSCSI Polynomial Using CRC32 Instruction", 2011).
-// extend() picks the hardware path at run time, so the binary still runs on
-// CPUs without SSE4.2.
+// Several implementations compute the same function and are compared in
+// tests/data/crc32c_test.cc: a portable slicing-by-8 table path; the SSE4.2
+// CRC32 instruction on three interleaved streams, recombined with
+// precomputed "shift by L zero bytes" tables (Intel, "Fast CRC Computation
+// for iSCSI Polynomial Using CRC32 Instruction", 2011); and carry-less
+// multiplication folding with PCLMULQDQ (128-bit) or VPCLMULQDQ (512-bit,
+// AVX-512), which is what makes CRC checks cheap next to reading the bytes.
+// extend() picks the fastest path the CPU has at run time; each path is
+// compiled with a target attribute, so the binary still runs on CPUs without
+// them.
 #pragma once
 
 #include <cstddef>
@@ -20,11 +23,18 @@ namespace llmft::data::crc32c {
 uint32_t extend(uint32_t crc, const void* data, size_t size);
 inline uint32_t value(const void* data, size_t size) { return extend(0, data, size); }
 
-// The two paths, for tests and benchmarks. extend_hardware requires
-// hardware_available().
+// The individual paths, for tests and benchmarks. A path other than
+// kPortable requires path_available(path); inputs too short for a folding
+// path fall through to the next simpler one.
+enum class Path { kPortable, kSse42, kPclmul, kAvx512 };
+bool path_available(Path path);
+Path best_path();
+const char* path_name(Path path);
+uint32_t extend_with(Path path, uint32_t crc, const void* data, size_t size);
+
 uint32_t extend_portable(uint32_t crc, const void* data, size_t size);
-uint32_t extend_hardware(uint32_t crc, const void* data, size_t size);
-bool hardware_available();
+uint32_t extend_hardware(uint32_t crc, const void* data, size_t size);  // kSse42
+bool hardware_available();                                              // kSse42 present
 
 // TFRecord stores masked CRCs: a CRC of data that itself contains CRCs is
 // weak, so the stored value is rotated right by 15 bits and offset by a

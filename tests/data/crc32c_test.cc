@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -22,10 +23,18 @@ uint32_t bitwise_crc32c(const std::string& bytes) {
   return ~crc;
 }
 
+const crc32c::Path kAllPaths[] = {crc32c::Path::kPortable, crc32c::Path::kSse42, crc32c::Path::kPclmul,
+                                   crc32c::Path::kAvx512};
+
 TEST(Crc32c, HardwarePathIsAvailableOnThisX86Machine) {
 #if defined(__x86_64__)
   EXPECT_TRUE(crc32c::hardware_available()) << "every x86-64 CPU since 2008 has SSE4.2";
+  EXPECT_TRUE(crc32c::path_available(crc32c::Path::kPclmul)) << "every x86-64 CPU since 2010 has PCLMULQDQ";
 #endif
+  std::printf("CRC32C paths on this CPU:");
+  for (crc32c::Path path : kAllPaths)
+    if (crc32c::path_available(path)) std::printf(" [%s]", crc32c::path_name(path));
+  std::printf("; extend() uses %s\n", crc32c::path_name(crc32c::best_path()));
 }
 
 TEST(Crc32c, StandardCheckValue) {
@@ -43,11 +52,12 @@ TEST(Crc32c, Rfc3720Vectors) {
     ascending[i] = static_cast<char>(i);
     descending[i] = static_cast<char>(31 - i);
   }
-  for (auto extend : {crc32c::extend_portable, crc32c::extend_hardware}) {
-    EXPECT_EQ(extend(0, zeros.data(), 32), 0x8a9136aau);
-    EXPECT_EQ(extend(0, ones.data(), 32), 0x62a8ab43u);
-    EXPECT_EQ(extend(0, ascending.data(), 32), 0x46dd794eu);
-    EXPECT_EQ(extend(0, descending.data(), 32), 0x113fdb5cu);
+  for (crc32c::Path path : kAllPaths) {
+    if (!crc32c::path_available(path)) continue;
+    EXPECT_EQ(crc32c::extend_with(path, 0, zeros.data(), 32), 0x8a9136aau) << crc32c::path_name(path);
+    EXPECT_EQ(crc32c::extend_with(path, 0, ones.data(), 32), 0x62a8ab43u) << crc32c::path_name(path);
+    EXPECT_EQ(crc32c::extend_with(path, 0, ascending.data(), 32), 0x46dd794eu) << crc32c::path_name(path);
+    EXPECT_EQ(crc32c::extend_with(path, 0, descending.data(), 32), 0x113fdb5cu) << crc32c::path_name(path);
   }
 }
 
@@ -65,8 +75,10 @@ TEST(Crc32c, BothPathsAgreeWithBitwiseReferenceOnRandomData) {
   PhiloxGenerator random(7);
   std::string buffer(40000, '\0');
   for (char& byte : buffer) byte = static_cast<char>(random.next_u32());
-  std::vector<size_t> lengths = {0, 1, 7, 8, 9, 63, 255, 767, 768, 769, 1535, 1536, 4095, 12287, 12288, 12289,
-                                 24576 + 768 + 13, 39990};
+  std::vector<size_t> lengths = {0,    1,    7,    8,     9,     15,    16,    17,    63,   64,
+                                 65,   79,   80,   127,   128,   255,   256,   257,   319,  320,
+                                 511,  512,  767,  768,   769,   1023,  1535,  1536,  4095, 6000,
+                                 12287, 12288, 12289, 24576 + 768 + 13, 39990};
   for (size_t length : lengths)
     for (size_t alignment = 0; alignment < 8; ++alignment) {
       std::string piece = buffer.substr(alignment, length);
@@ -74,6 +86,14 @@ TEST(Crc32c, BothPathsAgreeWithBitwiseReferenceOnRandomData) {
       EXPECT_EQ(crc32c::extend_portable(0, piece.data(), piece.size()), expected) << "length " << length;
       EXPECT_EQ(crc32c::extend_hardware(0, buffer.data() + alignment, length), expected)
           << "length " << length << " alignment " << alignment;
+      for (crc32c::Path path : kAllPaths) {
+        if (!crc32c::path_available(path)) continue;
+        // A non-zero starting CRC exercises how each path folds it in.
+        uint32_t prefix = bitwise_crc32c("prefix");
+        EXPECT_EQ(crc32c::extend_with(path, prefix, buffer.data() + alignment, length),
+                  bitwise_crc32c("prefix" + piece))
+            << crc32c::path_name(path) << ", length " << length << " alignment " << alignment;
+      }
     }
 }
 
