@@ -303,7 +303,7 @@ void add_rope_cases(std::vector<OpCase>& table) {
               ops::rope_forward(context, x, positions, inv_freq, y);
             }
             // The same rotation in place (y may alias x).
-            Tensor in_place = x.clone();
+            Tensor in_place = place(context, in[0]);
             if (backward) {
               ops::rope_backward(context, in_place, positions, inv_freq, in_place);
             } else {
@@ -644,10 +644,10 @@ TEST(CudaAllocatorTest, ReusesAFreedBlockOfTheSameSizeClass) {
   std::unique_ptr<Context> context = Context::cuda(0);
   void* first = nullptr;
   {
-    Tensor tensor = context->empty({1 << 18}, DType::kF32);  // 1 MiB
+    Tensor tensor = context->empty({3 << 18}, DType::kF32);  // 3 MiB: the 4 MiB class (2 MiB granules)
     first = tensor.raw_data();
   }
-  Tensor again = context->empty({(1 << 18) - 5}, DType::kF32);  // rounds to the same class
+  Tensor again = context->empty({(3 << 18) - 5}, DType::kF32);  // rounds to the same 4 MiB class
   EXPECT_EQ(again.raw_data(), first);
   // The reused block works: fill it and read it back.
   ops::fill(*context, again, 2.5f);
