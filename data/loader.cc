@@ -63,7 +63,7 @@ std::vector<std::string> validate_shard_set(std::vector<std::string> files) {
   }
   const ShardName& reference = **first_named;
   const std::string reference_path = files[static_cast<size_t>(first_named - names.begin())];
-  std::vector<std::string> by_index(reference.total);
+  std::map<uint64_t, std::string> by_index;  // a map: the total comes from a file name and may be huge
   for (size_t i = 0; i < files.size(); ++i) {
     if (!names[i])
       throw_bad_input(files[i], ": not part of the shard set ", shard_path(reference, 0), " ... (every file must be "
@@ -77,15 +77,22 @@ std::vector<std::string> validate_shard_set(std::vector<std::string> files) {
     if (name.index >= name.total)
       throw_bad_input(files[i], ": extra shard: index ", name.index, " is not below the total of ", name.total,
                       " (shards are numbered from 0)");
-    if (!by_index[name.index].empty())
+    if (by_index.count(name.index))
       throw_bad_input(files[i], ": shard ", name.index, " appears twice (also ", by_index[name.index], ")");
     by_index[name.index] = files[i];
   }
-  for (uint64_t index = 0; index < reference.total; ++index)
-    if (by_index[index].empty())
-      throw_bad_input("missing shard ", shard_path(reference, index), " (found ", files.size(), " of ",
-                      reference.total, " shards of ", shard_path(reference, 0), ")");
-  return by_index;
+  // Every index below the total is present once, so the map is 0 .. total-1 when complete.
+  uint64_t expected_index = 0;
+  for (const auto& [index, file] : by_index) {
+    if (index != expected_index) break;
+    ++expected_index;
+  }
+  if (expected_index != reference.total)
+    throw_bad_input("missing shard ", shard_path(reference, expected_index), " (found ", files.size(), " of ",
+                    reference.total, " shards of ", shard_path(reference, 0), ")");
+  std::vector<std::string> in_order;
+  for (auto& [index, file] : by_index) in_order.push_back(std::move(file));
+  return in_order;
 }
 
 std::vector<std::string> expand_shard_pattern(const std::string& pattern, FileSystem& file_system) {

@@ -91,6 +91,14 @@ TEST(ShardSet, NamesTheMissingShard) {
                 dir.file("train-00000-of-00004.tfrecord") + ")");
 }
 
+TEST(ShardSet, AHugeTotalIsAMissingShardNotAnAllocation) {
+  TempDir dir;
+  touch(dir.file("train-00000-of-99999999.tfrecord"));
+  EXPECT_EQ(bad_input_message([&] { expand_shard_pattern(dir.file("train-*.tfrecord"), local_file_system()); }),
+            "missing shard " + dir.file("train-00001-of-99999999.tfrecord") + " (found 1 of 99999999 shards of " +
+                dir.file("train-00000-of-99999999.tfrecord") + ")");
+}
+
 TEST(ShardSet, RejectsAnExtraShard) {
   TempDir dir;
   for (int i : {0, 1, 2}) touch(dir.file("train-0000" + std::to_string(i) + "-of-00002.tfrecord"));
