@@ -266,6 +266,19 @@ void RecordReader::corrupt(const std::string& what, uint64_t offset, uint64_t re
 }
 
 bool RecordReader::read(std::string_view& record) {
+  if (!options_.skip_corrupt_records) return read_record(record);
+  try {
+    return read_record(record);
+  } catch (const Error& error) {
+    // Corrupt compressed data: like a corrupt length, nothing after it can be trusted.
+    if (error.kind() != ErrorKind::kBadInput) throw;
+    ++corrupt_records_skipped_;
+    stopped_at_corruption_ = true;
+    return false;
+  }
+}
+
+bool RecordReader::read_record(std::string_view& record) {
   while (true) {
     if (stopped_at_corruption_) return false;
     const uint64_t offset = next_offset_;

@@ -92,7 +92,8 @@ struct RecordReaderOptions {
   // skips just that record. A corrupt or absurd length, or a truncated tail,
   // cannot be resynchronised reliably (the next header's position is
   // unknown), so the reader stops reading the file there, counts one corrupt
-  // record, and reports end of file.
+  // record, and reports end of file. Corrupt gzip/zlib data is handled the
+  // same way.
   bool skip_corrupt_records = false;
   // Lengths above this are "absurd" (corrupt), whatever the length CRC says.
   uint64_t max_record_bytes = uint64_t{1} << 30;
@@ -134,6 +135,7 @@ class RecordReader {
   // Makes at least `bytes` bytes available at window_begin_ (fewer only at
   // end of stream); returns how many are available.
   size_t fill(size_t bytes);
+  bool read_record(std::string_view& record);
   size_t read_source(char* out, size_t bytes);  // raw or inflated bytes
   void restart_stream();
   std::string where(uint64_t offset, uint64_t record_index) const;

@@ -239,6 +239,13 @@ TEST_F(CorruptionTest, RejectsCorruptGzipData) {
   write_bytes(gz_path, bytes);
   std::string message = bad_input_message([&] { read_all(gz_path); });
   expect_contains(message, gz_path + ": corrupt gzip data near compressed byte");
+  RecordReaderOptions skipping;
+  skipping.skip_corrupt_records = true;
+  RecordReader reader(gz_path, skipping);
+  std::string_view record;
+  EXPECT_FALSE(reader.read(record));
+  EXPECT_EQ(reader.corrupt_records_skipped(), 1u);
+  EXPECT_TRUE(reader.stopped_at_corruption());
 }
 
 TEST_F(CorruptionTest, RejectsALengthCrcMismatch) {
