@@ -81,6 +81,18 @@ TEST_STRINGS = [
     "\u00a0non-breaking\u3000ideographic space\u2028line separator",
     "tabs\t\t\nand\t \n mixed   \n\n  ",
     "'s's 'S 'Ll ''' \"quoted\"",
+    # Regex corners: newlines inside whitespace runs (Llama-3's \s*[\r\n]+), punctuation
+    # before letters ([^\r\n\p{L}\p{N}]?\p{L}+), non-ASCII spaces, upper-case contractions,
+    # scripts without spaces between them, combining marks after letters, long runs.
+    "a\n\n\n  b\r\n\r\n  c   \n",
+    "!!!\n\n???  \t\n....\n",
+    "(hello) [world] {x}\t(y) \"q\"z",
+    "x\u00a0\u00a0y \u3000\u3000z \u2003w",
+    "I'D WE'VE THEY'RE it'S o'clock",
+    "abcПриветabc123日本def",
+    "e\u0301\u0302x \u0301start",
+    " " * 40 + "x" + "\t" * 10 + "y" + "\n" * 5,
+    "12345678901234567890",
     # Decomposed forms, which only the NFC variant composes: e + U+0301, A + ring,
     # the Angstrom sign, conjoining Hangul jamo, marks out of canonical order.
     "cafe\u0301 A\u030a \u212b \u1100\u1161\u11a8 a\u0301\u0327 q\u0307\u0323",
