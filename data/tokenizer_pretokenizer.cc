@@ -81,9 +81,13 @@ class Matcher {
   // 's 't 're 've 'm 'll 'd, or 0 when none matches at i.
   size_t match_contraction(size_t i, bool ignore_case) const {
     if (cp(i) != '\'') return 0;
+    // (?i) uses Unicode simple case folding: besides A-Z, U+017F (long s) folds
+    // to 's'; no other character folds to a letter of these contractions.
     auto lower = [&](size_t k) -> char32_t {
       char32_t c = cp(k);
-      return (ignore_case && c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+      if (!ignore_case) return c;
+      if (c >= 'A' && c <= 'Z') return c + ('a' - 'A');
+      return c == 0x17F ? U's' : c;
     };
     char32_t first = lower(i + 1), second = lower(i + 2);
     if (first == 's' || first == 't' || first == 'm' || first == 'd') return i + 2;

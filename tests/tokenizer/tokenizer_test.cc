@@ -132,6 +132,28 @@ TEST(Smollm2Tokenizer, EveryPreTokenizerVariantMatchesTokenizers) {
   }
 }
 
+TEST(Smollm2Tokenizer, RandomStringsMatchTokenizersForEveryRegex) {
+  // 400 seeded random strings over an alphabet chosen to hit every branch of the
+  // hand-written regex matchers (smollm2_random_expected.json).
+  json expected = read_json(kTestData / "smollm2_random_expected.json");
+  const json& strings = expected["strings"];
+  for (const json& variant : expected["variants"]) {
+    std::string name = variant["name"];
+    json tokenizer_json = smollm2_json();
+    if (!variant["pre_tokenizer"].is_null()) tokenizer_json["pre_tokenizer"] = variant["pre_tokenizer"];
+    if (!variant["normalizer"].is_null()) tokenizer_json["normalizer"] = variant["normalizer"];
+    BpeTokenizer tokenizer(tokenizer_json, smollm2_config(), name);
+    size_t mismatches = 0;
+    for (size_t i = 0; i < strings.size(); ++i) {
+      std::string text = strings[i];
+      std::vector<int32_t> ids = tokenizer.encode(text);
+      if (ids != ids_of(variant["ids"][i]) && ++mismatches <= 5)
+        ADD_FAILURE() << name << ": string " << i << ": " << json(text).dump();
+    }
+    EXPECT_EQ(mismatches, 0u) << name;
+  }
+}
+
 TEST(Smollm2Tokenizer, CutUtf8DecodesToReplacementCharactersLikeTokenizers) {
   for (const json& entry : smollm2_expected()["partial_decode"]) {
     std::vector<int32_t> ids = ids_of(entry["ids"]);

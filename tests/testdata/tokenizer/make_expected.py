@@ -37,6 +37,7 @@ Regenerate (from the repository root; network needed for the downloads):
 """
 import json
 import os
+import random
 import sys
 import unicodedata
 
@@ -88,7 +89,7 @@ TEST_STRINGS = [
     "!!!\n\n???  \t\n....\n",
     "(hello) [world] {x}\t(y) \"q\"z",
     "x\u00a0\u00a0y \u3000\u3000z \u2003w",
-    "I'D WE'VE THEY'RE it'S o'clock",
+    "I'D WE'VE THEY'RE it'S o'clock x'\u017fx x'\u212ax",
     "abcПриветabc123日本def",
     "e\u0301\u0302x \u0301start",
     " " * 40 + "x" + "\t" * 10 + "y" + "\n" * 5,
@@ -149,6 +150,32 @@ def variant(base_json, pre_tokenizer, normalizer=None):
         tokenizer.normalizer = normalizer
     saved = json.loads(tokenizer.to_str())
     return tokenizer, saved["pre_tokenizer"], saved["normalizer"]
+
+
+# Characters random strings are drawn from: every class the regexes distinguish,
+# the characters they name (' s t r e v m l d \r \n space), and tricky neighbours.
+RANDOM_ALPHABET = (list("abcdefstrvmlASTREVMLD0123456789") + ["'"] * 4 + [" "] * 8 + ["\n", "\r", "\t"] * 2 +
+                   list("!?.,;:()[]{}<>|-_=+*/\\\"#$%&@^~`") +
+                   ["\u00a0", "\u3000", "\u2003", "\u0085", "\u001c", "é", "ß", "Ж", "ж", "日", "本", "ا", "ل",
+                    "\u0301", "\u0308", "٣", "²", "Ⅻ", "😀", "👍", "\u200d", "\u00ad", "ſ", "K"] +
+                   ["<|im_end|>", "<|endoftext|>", "<|im_start|>"])
+
+
+def write_random_expected(variants):
+    """Random strings (seeded) through the variants that exercise the hand-written regexes."""
+    rng = random.Random(20261125)
+    strings = ["".join(rng.choice(RANDOM_ALPHABET) for _ in range(rng.randint(0, 40))) for _ in range(400)]
+    out = {"source": "tests/testdata/tokenizer/make_expected.py (random strings, seed 20261125); ids: Hugging Face tokenizers "
+                     + tokenizers.__version__,
+           "strings": strings, "variants": []}
+    for name, tokenizer_variant, pre_json, normalizer_json in variants:
+        if name not in ("as_saved", "nfc_normalizer", "gpt2_bytelevel_prefix_space", "llama3_split", "qwen2_split"):
+            continue
+        out["variants"].append({"name": name, "pre_tokenizer": pre_json, "normalizer": normalizer_json,
+                                "ids": [tokenizer_variant.encode(text).ids for text in strings]})
+    with open(os.path.join(HERE, "smollm2_random_expected.json"), "w") as f:
+        json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
 
 
 def make_smollm2(gguf_path):
@@ -228,6 +255,7 @@ def make_smollm2(gguf_path):
             pre = tokenizer_variant.pre_tokenizer
             entry["pieces"].append([piece for piece, _ in pre.pre_tokenize_str(text)] if pre else [])
         expected["variants"].append(entry)
+    write_random_expected(variants)
     expected["nfc"] = [{"text": text, "nfc": unicodedata.normalize("NFC", text)} for text in TEST_STRINGS]
     expected["partial_decode"] = []
     for text in PARTIAL_DECODE_STRINGS:
