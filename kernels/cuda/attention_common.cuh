@@ -51,6 +51,13 @@ __device__ __forceinline__ int64_t lse_index(const Shape& shape, int64_t b, int6
 }
 
 // Checks q/k/v/out/lse/doc_start as ops.h documents them and returns the shape.
+// Two deliberate differences from the CPU backend: q, k, v and out must share
+// one dtype (the kernels are instantiated per storage type, not per mix), and
+// doc_start values are not range-checked here — checking 0 <= doc_start[t] <= t
+// would cost a device-to-host copy and a stream sync per layer and step. The
+// data loader produces them (and the CPU backend rejects bad ones); on the GPU
+// a query whose visible set is empty gets out = 0 and lse = -inf, never NaN.
+
 inline Shape check_attention_arguments(Context& context, std::string_view op, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const ops::AttentionOptions& options, const Tensor& out,
                                        const Tensor& lse) {

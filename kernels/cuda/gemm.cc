@@ -167,7 +167,9 @@ void empty_product(Context& context, Tensor& c, float beta) {
   }
 }
 
-int64_t rows_of(const Tensor& tensor) { return tensor.dim() == 0 || tensor.size(-1) == 0 ? 0 : tensor.numel() / tensor.size(-1); }
+int64_t rows_of(const Tensor& tensor) {
+  return tensor.dim() == 0 || tensor.size(-1) == 0 ? 0 : tensor.numel() / tensor.size(-1);
+}
 
 }  // namespace
 
