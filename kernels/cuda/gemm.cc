@@ -111,9 +111,8 @@ void run_product(Context& context, const RowMajorProduct& product) {
         cublasLtMatmulDescSetAttribute(raw_desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
     LLMFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(raw_desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &product.bias,
                                                       sizeof product.bias));
-    const int32_t bias_type = output_type;
-    LLMFT_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(raw_desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
+    // CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE stays at its default, D's type:
+    // callers pass a bias of the output dtype only.
   }
 
   // Column-major shapes as stored: cuBLASLt A = our b, B = our a, D = c^T.
