@@ -127,6 +127,7 @@ void add_gemm_cases(std::vector<OpCase>& table) {
       {"batched_shared_b_nt", {2, 3, 5, 16}, {7, 16}, {2, 3, 5, 7}, false, true, 1.0f, 0.0f, false},
       {"batched_shared_a", {5, 16}, {4, 16, 7}, {4, 5, 7}, false, false, 1.0f, 0.5f, false},
       {"batched_ta_shared_b", {3, 16, 5}, {16, 7}, {3, 5, 7}, true, false, 1.0f, 0.0f, false},
+      {"empty_k_beta_half", {4, 0}, {0, 5}, {4, 5}, false, false, 1.0f, 0.5f, false},
   };
   for (DType dtype : kFloatDTypes) {
     for (const Gemm& gemm : gemms) {
@@ -134,8 +135,10 @@ void add_gemm_cases(std::vector<OpCase>& table) {
       table.push_back(OpCase{
           "gemm/" + label(dtype) + "/" + gemm.variant, tolerance_for(c_dtype),
           [=] {
-            return Inputs{random_tensor(gemm.a, dtype, 1), random_tensor(gemm.b, dtype, 2),
-                          random_tensor(gemm.c, c_dtype, 3)};
+            // With beta == 0, c starts as NaN: ops.h says its contents are ignored.
+            const std::vector<float> nans(static_cast<size_t>(shape_numel(gemm.c)), NAN);
+            Tensor c = gemm.beta == 0.0f ? Tensor::from_floats(gemm.c, nans, c_dtype) : random_tensor(gemm.c, c_dtype, 3);
+            return Inputs{random_tensor(gemm.a, dtype, 1), random_tensor(gemm.b, dtype, 2), c};
           },
           [=](Context& context, const Inputs& in) {
             Tensor a = place(context, in[0]), b = place(context, in[1]), c = place(context, in[2]);
