@@ -112,7 +112,6 @@ int main(int argc, char** argv) {
   raw_read(files);  // warm the page cache
   const double mb = static_cast<double>(written) / 1e6;
 
-  const double raw_seconds = best_of(repeats, [&] { raw_read(files); });
   auto read_records = [&](bool verify_crc) {
     RecordReaderOptions options;
     options.verify_crc = verify_crc;
@@ -125,8 +124,26 @@ int main(int argc, char** argv) {
     }
     if (count != records) std::abort();
   };
-  const double crc_on_seconds = best_of(repeats, [&] { read_records(true); });
-  const double crc_off_seconds = best_of(repeats, [&] { read_records(false); });
+  // Raw, CRC on and CRC off are timed back to back in each repeat and the
+  // ratio is taken within a repeat, so load from other processes on a shared
+  // machine shifts both sides of a ratio alike; the median ratio is reported.
+  double raw_seconds = 1e30, crc_on_seconds = 1e30, crc_off_seconds = 1e30;
+  std::vector<double> on_ratios, off_ratios;
+  for (int repeat = 0; repeat < repeats; ++repeat) {
+    double raw = best_of(1, [&] { raw_read(files); });
+    double on = best_of(1, [&] { read_records(true); });
+    double off = best_of(1, [&] { read_records(false); });
+    raw_seconds = std::min(raw_seconds, raw);
+    crc_on_seconds = std::min(crc_on_seconds, on);
+    crc_off_seconds = std::min(crc_off_seconds, off);
+    on_ratios.push_back(raw / on);
+    off_ratios.push_back(raw / off);
+  }
+  auto median = [](std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    return values[values.size() / 2];
+  };
+  const double on_ratio = median(on_ratios), off_ratio = median(off_ratios);
 
   std::vector<char> block(4 << 20);  // the reader's buffer size: CRC runs on cache-warm bytes
   for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>(i * 131);
@@ -167,14 +184,14 @@ int main(int argc, char** argv) {
               shards, static_cast<unsigned long long>(records), mb * 1e3 / static_cast<double>(records),
               static_cast<unsigned long long>(total_tokens));
   std::printf("reader buffer %zu KiB\n", buffer_kb);
-  std::printf("%-34s %12s %12s %10s\n", "", "MB/s", "records/s", "vs raw");
-  auto row = [&](const char* what, double seconds, double bytes_mb, double count) {
-    std::printf("%-34s %12.0f %12.0f %9.1f%%\n", what, bytes_mb / seconds, count / seconds,
-                100.0 * (bytes_mb / seconds) / (mb / raw_seconds));
+  std::printf("%-34s %12s %12s %16s\n", "(best of repeats)", "MB/s", "records/s", "vs raw (median)");
+  auto row = [&](const char* what, double seconds, double ratio) {
+    std::printf("%-34s %12.0f %12.0f %15.1f%%\n", what, mb / seconds, static_cast<double>(records) / seconds,
+                100.0 * ratio);
   };
-  row("raw read() 4 MiB chunks (ceiling)", raw_seconds, mb, static_cast<double>(records));
-  row("RecordReader, CRC on", crc_on_seconds, mb, static_cast<double>(records));
-  row("RecordReader, CRC off", crc_off_seconds, mb, static_cast<double>(records));
+  row("raw read() 4 MiB chunks (ceiling)", raw_seconds, 1.0);
+  row("RecordReader, CRC on", crc_on_seconds, on_ratio);
+  row("RecordReader, CRC off", crc_off_seconds, off_ratio);
   for (const auto& [path, speed] : crc_speeds)
     std::printf("crc32c %-27s %12.0f %s\n", crc32c::path_name(path), speed,
                 path == crc32c::best_path() ? "  (used by the reader)" : "");
@@ -184,8 +201,8 @@ int main(int argc, char** argv) {
               static_cast<double>(records) / stream_sync);
   std::printf("loader stream, prefetch 4:  %.2f s, %.2f M tokens/s\n", stream_prefetch,
               batch_tokens / stream_prefetch / 1e6);
-  std::printf("target: RecordReader with CRC on >= 80%% of raw read: %s (%.1f%%)\n",
-              crc_on_seconds <= raw_seconds / 0.8 ? "met" : "NOT met", 100.0 * raw_seconds / crc_on_seconds);
+  std::printf("target: RecordReader with CRC on >= 80%% of raw read: %s (median %.1f%%)\n",
+              on_ratio >= 0.8 ? "met" : "NOT met", 100.0 * on_ratio);
   std::filesystem::remove_all(dir);
   return 0;
 }
