@@ -101,6 +101,7 @@ BpeTokenizer::BpeTokenizer(const json& tokenizer_json, const json& tokenizer_con
   parse_model(root.at("model").node());
   if (root.has("added_tokens")) parse_added_tokens(root.at("added_tokens").node());
   if (root.has("normalizer")) parse_normalizer(root.at("normalizer").node(), "normalizer");
+  normalize_added_tokens();
   if (root.has("pre_tokenizer")) parse_pre_tokenizer(root.at("pre_tokenizer").node(), "pre_tokenizer");
   if (root.has("post_processor")) parse_post_processor(root.at("post_processor").node(), "post_processor");
   if (root.has("decoder") && !tokenizer_json["decoder"].is_null()) {
@@ -222,26 +223,70 @@ void BpeTokenizer::parse_normalizer(const json& node, const std::string& path) {
   Field field(node, path, source_);
   std::string type = field.type();
   if (type == "NFC") {
-    nfc_ = true;
-    // Normalized added tokens are matched in NFC text: normalize them the same way.
-    for (auto& bucket : normalized_added_tokens_.by_first_byte)
-      for (AddedToken& token : bucket) token.content = unicode::nfc(token.content);
-    AddedTokenIndex renormalized;
-    for (auto& bucket : normalized_added_tokens_.by_first_byte)
-      for (AddedToken& token : bucket) {
-        renormalized.by_first_byte[static_cast<unsigned char>(token.content[0])].push_back(token);
-        renormalized.empty = false;
-      }
-    for (auto& bucket : renormalized.by_first_byte)
-      std::stable_sort(bucket.begin(), bucket.end(),
-                       [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
-    normalized_added_tokens_ = std::move(renormalized);
+    normalizer_.push_back({NormalizerStep::Kind::kNfc, "", ""});
+  } else if (type == "Prepend") {
+    normalizer_.push_back({NormalizerStep::Kind::kPrepend, "", field.at("prepend").string()});
+  } else if (type == "Replace") {
+    Field pattern = field.at("pattern");
+    if (!pattern.has("String")) pattern.fail("only {\"String\": ...} patterns are supported, found ", node["pattern"].dump());
+    std::string from = pattern.at("String").string();
+    if (from.empty()) pattern.at("String").fail("empty");
+    normalizer_.push_back({NormalizerStep::Kind::kReplace, from, field.at("content").string()});
   } else if (type == "Sequence") {
     Field steps = field.at("normalizers");
     for (size_t i = 0; i < steps.array().size(); ++i) parse_normalizer(steps.at(i).node(), steps.at(i).path());
   } else {
-    field.at("type").fail("\"", type, "\" is not supported (supported: NFC, Sequence, or null)");
+    field.at("type").fail("\"", type, "\" is not supported (supported: NFC, Prepend, Replace, Sequence, or null)");
   }
+}
+
+// Metaspace's "prepend_scheme", or in older files "add_prefix_space" (true: always).
+BpeTokenizer::PrependScheme BpeTokenizer::parse_prepend_scheme(const json& node, const std::string& path) const {
+  Field field(node, path, source_);
+  if (field.has("prepend_scheme")) {
+    std::string scheme = field.at("prepend_scheme").string();
+    if (scheme == "always") return PrependScheme::kAlways;
+    if (scheme == "first") return PrependScheme::kFirst;
+    if (scheme == "never") return PrependScheme::kNever;
+    field.at("prepend_scheme").fail(""", scheme, "" is not one of always, first, never");
+  }
+  return field.boolean_or("add_prefix_space", true) ? PrependScheme::kAlways : PrependScheme::kNever;
+}
+
+// Normalized added tokens are matched in normalized text, so their contents are
+// normalized the same way (tokenizers' AddedVocabulary does this too).
+void BpeTokenizer::normalize_added_tokens() {
+  if (normalizer_.empty() || normalized_added_tokens_.empty) return;
+  AddedTokenIndex renormalized;
+  for (auto& bucket : normalized_added_tokens_.by_first_byte) {
+    for (AddedToken token : bucket) {
+      token.content = normalize(token.content);
+      renormalized.by_first_byte[static_cast<unsigned char>(token.content[0])].push_back(token);
+      renormalized.empty = false;
+    }
+  }
+  for (auto& bucket : renormalized.by_first_byte)
+    std::stable_sort(bucket.begin(), bucket.end(),
+                     [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+  normalized_added_tokens_ = std::move(renormalized);
+}
+
+std::string BpeTokenizer::normalize(std::string_view text) const {
+  std::string out(text);
+  for (const NormalizerStep& step : normalizer_) {
+    switch (step.kind) {
+      case NormalizerStep::Kind::kNfc:
+        out = unicode::nfc(out);
+        break;
+      case NormalizerStep::Kind::kPrepend:
+        if (!out.empty()) out.insert(0, step.content);
+        break;
+      case NormalizerStep::Kind::kReplace:
+        out = replace_all(std::move(out), step.pattern, step.content);
+        break;
+    }
+  }
+  return out;
 }
 
 void BpeTokenizer::parse_pre_tokenizer(const json& node, const std::string& path) {
@@ -273,8 +318,14 @@ void BpeTokenizer::parse_pre_tokenizer(const json& node, const std::string& path
   } else if (type == "Digits") {
     step.kind = PreTokenizerStep::Kind::kDigits;
     step.individual_digits = field.boolean_or("individual_digits", false);
+  } else if (type == "Metaspace") {
+    step.kind = PreTokenizerStep::Kind::kMetaspace;
+    step.replacement = field.at("replacement").string();
+    if (step.replacement.empty()) field.at("replacement").fail("empty");
+    step.prepend_scheme = parse_prepend_scheme(node, path);
+    step.split = field.boolean_or("split", true);
   } else {
-    field.at("type").fail("\"", type, "\" is not supported (supported: ByteLevel, Split, Digits, Sequence)");
+    field.at("type").fail("\"", type, "\" is not supported (supported: ByteLevel, Split, Digits, Metaspace, Sequence)");
   }
   pre_tokenizer_.push_back(step);
 }
@@ -344,9 +395,14 @@ void BpeTokenizer::parse_decoder(const json& node, const std::string& path) {
     if (!pattern.has("String")) pattern.fail("only {\"String\": ...} patterns are supported");
     step.pattern = pattern.at("String").string();
     step.content = field.at("content").string();
+  } else if (type == "Metaspace") {
+    step.kind = DecoderStep::Kind::kMetaspace;
+    step.pattern = field.at("replacement").string();
+    if (step.pattern.empty()) field.at("replacement").fail("empty");
+    step.prepend_scheme = parse_prepend_scheme(node, path);
   } else {
-    field.at("type").fail("\"", type,
-                          "\" is not supported (supported: ByteLevel, ByteFallback, Fuse, Strip, Replace, Sequence)");
+    field.at("type").fail("\"", type, "\" is not supported (supported: ByteLevel, ByteFallback, Fuse, Strip, Replace, "
+                          "Metaspace, Sequence)");
   }
   decoder_.push_back(step);
 }
@@ -401,7 +457,7 @@ std::string BpeTokenizer::description() const {
 template <typename Emit>
 void BpeTokenizer::split_added_tokens(std::string_view text, const AddedTokenIndex& index, Emit&& emit) const {
   if (index.empty) {
-    if (!text.empty()) emit(text, -1);
+    if (!text.empty()) emit(text, -1, size_t{0});
     return;
   }
   size_t segment_start = 0;
@@ -418,76 +474,102 @@ void BpeTokenizer::split_added_tokens(std::string_view text, const AddedTokenInd
       ++position;
       continue;
     }
-    if (position > segment_start) emit(text.substr(segment_start, position - segment_start), -1);
-    emit(text.substr(position, match->content.size()), match->id);
+    if (position > segment_start) emit(text.substr(segment_start, position - segment_start), -1, segment_start);
+    emit(text.substr(position, match->content.size()), match->id, position);
     position += match->content.size();
     segment_start = position;
   }
-  if (segment_start < text.size()) emit(text.substr(segment_start), -1);
+  if (segment_start < text.size()) emit(text.substr(segment_start), -1, segment_start);
 }
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
   if (auto bad = unicode::find_invalid_utf8(text)) throw_bad_input("text is not valid UTF-8 at byte ", *bad);
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
-  split_added_tokens(text, raw_added_tokens_, [&](std::string_view segment, int32_t added_id) {
+  split_added_tokens(text, raw_added_tokens_, [&](std::string_view segment, int32_t added_id, size_t offset) {
     if (added_id >= 0) {
       ids.push_back(added_id);
       return;
     }
-    if (!nfc_) {
-      split_added_tokens(segment, normalized_added_tokens_, [&](std::string_view part, int32_t id) {
-        if (id >= 0) ids.push_back(id);
-        else encode_segment(part, &ids);
-      });
-      return;
-    }
-    std::string normalized = unicode::nfc(segment);
-    split_added_tokens(normalized, normalized_added_tokens_, [&](std::string_view part, int32_t id) {
+    auto encode_part = [&](std::string_view part, int32_t id, size_t part_offset) {
       if (id >= 0) ids.push_back(id);
-      else encode_segment(part, &ids);
-    });
+      else encode_segment(part, offset == 0 && part_offset == 0, &ids);
+    };
+    if (normalizer_.empty()) {
+      split_added_tokens(segment, normalized_added_tokens_, encode_part);
+    } else {
+      std::string normalized = normalize(segment);
+      split_added_tokens(normalized, normalized_added_tokens_, encode_part);
+    }
   });
   return ids;
 }
 
 std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const {
-  std::vector<std::string> pieces;
-  if (!text.empty()) pieces.emplace_back(text);
-  std::vector<std::string> next;
+  std::vector<std::string> out;
+  for (Piece& piece : pre_tokenize_pieces(text, /*at_text_start=*/true)) out.push_back(std::move(piece.text));
+  return out;
+}
+
+std::vector<BpeTokenizer::Piece> BpeTokenizer::pre_tokenize_pieces(std::string_view text, bool at_text_start) const {
+  std::vector<Piece> pieces;
+  if (!text.empty()) pieces.push_back({std::string(text), at_text_start});
+  std::vector<Piece> next;
   std::vector<std::string> split;
   for (const PreTokenizerStep& step : pre_tokenizer_) {
     next.clear();
-    for (std::string& piece : pieces) {
+    for (Piece& piece : pieces) {
+      split.clear();
       switch (step.kind) {
         case PreTokenizerStep::Kind::kSplit:
-          split_with_regex(step.regex, piece, &next);
+          split_with_regex(step.regex, piece.text, &split);
           break;
         case PreTokenizerStep::Kind::kDigits:
-          split_digits(step.individual_digits, piece, &next);
+          split_digits(step.individual_digits, piece.text, &split);
           break;
         case PreTokenizerStep::Kind::kByteLevel: {
           // tokenizers adds the prefix space to every piece it is given, not only the first.
-          if (step.add_prefix_space && !piece.starts_with(' ')) {
-            std::string prefixed(1, ' ');  // not piece.insert(0, ...): GCC 12 warns falsely (-Wrestrict)
-            prefixed += piece;
-            piece.swap(prefixed);
+          if (step.add_prefix_space && !piece.text.starts_with(' ')) {
+            std::string prefixed(1, ' ');  // not insert(0, ...): GCC 12 warns falsely (-Wrestrict)
+            prefixed += piece.text;
+            piece.text.swap(prefixed);
           }
-          split.clear();
-          if (step.use_regex) split_with_regex(SplitRegex::kGpt2, piece, &split);
-          else split.push_back(std::move(piece));
-          for (const std::string& part : split) next.push_back(byte_level_encode(part));
+          std::vector<std::string> parts;
+          if (step.use_regex) split_with_regex(SplitRegex::kGpt2, piece.text, &parts);
+          else parts.push_back(std::move(piece.text));
+          for (const std::string& part : parts) split.push_back(byte_level_encode(part));
+          break;
+        }
+        case PreTokenizerStep::Kind::kMetaspace: {
+          std::string replaced = replace_all(std::move(piece.text), " ", step.replacement);
+          bool prepend = step.prepend_scheme == PrependScheme::kAlways ||
+                         (step.prepend_scheme == PrependScheme::kFirst && piece.at_text_start);
+          if (prepend && !replaced.starts_with(step.replacement)) replaced.insert(0, step.replacement);
+          if (!step.split) {
+            split.push_back(std::move(replaced));
+            break;
+          }
+          // Split before every replacement, which starts the next piece (MergedWithNext).
+          size_t start = 0;
+          for (size_t at = replaced.find(step.replacement, 1); at != std::string::npos;
+               at = replaced.find(step.replacement, at + step.replacement.size())) {
+            split.push_back(replaced.substr(start, at - start));
+            start = at;
+          }
+          split.push_back(replaced.substr(start));
           break;
         }
       }
+      for (size_t i = 0; i < split.size(); ++i)
+        if (!split[i].empty()) next.push_back({std::move(split[i]), piece.at_text_start && i == 0});
     }
     pieces.swap(next);
   }
   return pieces;
 }
 
-void BpeTokenizer::encode_segment(std::string_view text, std::vector<int32_t>* ids) const {
-  for (const std::string& piece : pre_tokenize(text)) encode_piece(piece, ids);
+void BpeTokenizer::encode_segment(std::string_view text, bool at_text_start, std::vector<int32_t>* ids) const {
+  for (const Piece& piece : pre_tokenize_pieces(text, at_text_start)) encode_piece(piece.text, ids);
 }
 
 void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>* ids) const {
@@ -651,6 +733,14 @@ std::string BpeTokenizer::decode(std::span<const int32_t> ids, bool skip_special
         break;
       case DecoderStep::Kind::kReplace:
         for (const std::string& token : tokens) next.push_back(replace_all(token, step.pattern, step.content));
+        break;
+      case DecoderStep::Kind::kMetaspace:
+        // The replacement becomes a space, except in the first token, where the
+        // pre-tokenizer put it (unless prepend_scheme is never) and it is dropped.
+        for (size_t i = 0; i < tokens.size(); ++i) {
+          bool drop = i == 0 && step.prepend_scheme != PrependScheme::kNever;
+          next.push_back(replace_all(tokens[i], step.pattern, drop ? "" : " "));
+        }
         break;
     }
     tokens.swap(next);

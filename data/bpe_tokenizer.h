@@ -4,15 +4,16 @@
 //   1. added tokens are cut out of the text first, leftmost-longest
 //      (AddedVocabulary: non-normalized tokens on the raw text, normalized
 //      ones after the normalizer);
-//   2. normalizer: none or NFC;
+//   2. normalizer: NFC, Prepend, Replace (string patterns), Sequence;
 //   3. pre-tokenizer: ByteLevel (add_prefix_space, use_regex), Split with the
-//      GPT-2 / Llama-3 / Qwen2 regex (behavior Isolated), Digits, Sequence;
+//      GPT-2 / Llama-3 / Qwen2 regex (behavior Isolated), Digits, Metaspace
+//      (the sentencepiece-style files of Llama-2 / Mistral), Sequence;
 //   4. BPE: ranked merges applied lowest rank first, leftmost on ties
 //      (models/bpe/word.rs merge_all), ignore_merges, byte_fallback, unk;
 //   5. post-processor: ByteLevel (no ids), TemplateProcessing, Sequence — or
 //      add_bos_token / add_eos_token of tokenizer_config.json, which win when
 //      present, as in transformers;
-//   decoder: ByteLevel, ByteFallback, Fuse, Strip, Replace, Sequence.
+//   decoder: ByteLevel, ByteFallback, Fuse, Strip, Replace, Metaspace, Sequence.
 // Anything else in the file is rejected at load time naming the file and field,
 // rather than tokenizing differently from the reference.
 #pragma once
@@ -52,17 +53,34 @@ class BpeTokenizer : public Tokenizer {
   };
   using TokenMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
+  // Metaspace's prepend_scheme: put the replacement ("▁") in front of every
+  // piece, only of the piece at the start of the text, or never.
+  enum class PrependScheme { kAlways, kFirst, kNever };
+  struct NormalizerStep {
+    enum class Kind { kNfc, kPrepend, kReplace } kind;
+    std::string pattern, content;  // Replace: pattern -> content; Prepend: content
+  };
   struct PreTokenizerStep {
-    enum class Kind { kByteLevel, kSplit, kDigits } kind;
+    enum class Kind { kByteLevel, kSplit, kDigits, kMetaspace } kind;
     bool add_prefix_space = false;   // ByteLevel
     bool use_regex = false;          // ByteLevel: split with the GPT-2 regex first
     SplitRegex regex = SplitRegex::kGpt2;  // Split
     bool individual_digits = false;  // Digits
+    std::string replacement;         // Metaspace
+    PrependScheme prepend_scheme = PrependScheme::kAlways;  // Metaspace
+    bool split = false;              // Metaspace: split before each replacement
   };
   struct DecoderStep {
-    enum class Kind { kByteLevel, kByteFallback, kFuse, kStrip, kReplace } kind;
-    std::string pattern, content;   // Replace; Strip uses content
+    enum class Kind { kByteLevel, kByteFallback, kFuse, kStrip, kReplace, kMetaspace } kind;
+    std::string pattern, content;   // Replace; Strip uses content; Metaspace: pattern is the replacement
     size_t strip_start = 0, strip_stop = 0;
+    PrependScheme prepend_scheme = PrependScheme::kAlways;  // Metaspace
+  };
+  // A piece of text during pre-tokenization; `at_text_start` when it begins at
+  // offset 0 of the encoded text (Metaspace's prepend_scheme "first").
+  struct Piece {
+    std::string text;
+    bool at_text_start;
   };
   struct AddedToken {
     std::string content;
@@ -86,15 +104,20 @@ class BpeTokenizer : public Tokenizer {
   void parse_decoder(const nlohmann::json& node, const std::string& path);
   void apply_tokenizer_config(const nlohmann::json& config);
 
-  // Calls emit(segment, added_id) for the text between added tokens (added_id -1) and for each added token.
+  // Calls emit(segment, added_id, offset) for the text between added tokens
+  // (added_id -1) and for each added token; offset is the segment's in `text`.
   template <typename Emit>
   void split_added_tokens(std::string_view text, const AddedTokenIndex& index, Emit&& emit) const;
-  void encode_segment(std::string_view text, std::vector<int32_t>* ids) const;
+  std::string normalize(std::string_view text) const;
+  void normalize_added_tokens();
+  PrependScheme parse_prepend_scheme(const nlohmann::json& node, const std::string& path) const;
+  std::vector<Piece> pre_tokenize_pieces(std::string_view text, bool at_text_start) const;
+  void encode_segment(std::string_view text, bool at_text_start, std::vector<int32_t>* ids) const;
   void encode_piece(const std::string& piece, std::vector<int32_t>* ids) const;
   std::vector<int32_t> merge_piece(std::string_view piece) const;
 
   std::string source_;
-  bool nfc_ = false;
+  std::vector<NormalizerStep> normalizer_;
   std::vector<PreTokenizerStep> pre_tokenizer_;
   std::vector<DecoderStep> decoder_;
   bool has_decoder_ = false;

@@ -185,6 +185,30 @@ TEST(ByteFallbackTokenizer, MatchesTokenizersIdsTemplateAndDecoder) {
   }
 }
 
+TEST(MetaspaceTokenizer, LlamaTwoStyleFilesMatchTokenizers) {
+  // The tiny sentencepiece model as tokenizer.json (Metaspace, byte fallback,
+  // Replace/ByteFallback/Fuse/Strip decoder), plus the older Prepend/Replace
+  // normalizer layout and other Metaspace settings.
+  json base = read_json(kTestData / "metaspace/tokenizer.json");
+  json expected = read_json(kTestData / "metaspace_expected.json");
+  const json& strings = expected["strings"];
+  for (const json& variant : expected["variants"]) {
+    std::string name = variant["name"];
+    json tokenizer_json = base;
+    for (const char* key : {"normalizer", "pre_tokenizer", "decoder"}) tokenizer_json[key] = variant[key];
+    BpeTokenizer tokenizer(tokenizer_json, json(), name);
+    for (size_t i = 0; i < strings.size(); ++i) {
+      std::string text = strings[i];
+      std::vector<int32_t> ids = tokenizer.encode_with_special_tokens(text);
+      EXPECT_EQ(ids, ids_of(variant["ids"][i])) << name << ": " << json(text).dump();
+      EXPECT_EQ(tokenizer.decode(ids_of(variant["ids"][i])), variant["decoded"][i].get<std::string>())
+          << name << ": " << json(text).dump();
+      EXPECT_EQ(tokenizer.decode(tokenizer.encode(text)), variant["decoded_without_bos"][i].get<std::string>())
+          << name << ": " << json(text).dump();
+    }
+  }
+}
+
 TEST(SentencePieceTokenizer, MatchesSentencepieceLibraryIds) {
   json expected = read_json(kTestData / "sp_expected.json");
   auto tokenizer = load_tokenizer(kTestData / "sp/tiny.model");
@@ -248,7 +272,7 @@ TEST_F(MalformedTokenizerJson, UnsupportedPreTokenizerType) {
   broken["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Whitespace"}};
   EXPECT_EQ(load_error(broken),
             "bad/tokenizer.json: pre_tokenizer.pretokenizers[0].type: \"Whitespace\" is not supported "
-            "(supported: ByteLevel, Split, Digits, Sequence)");
+            "(supported: ByteLevel, Split, Digits, Metaspace, Sequence)");
 }
 
 TEST_F(MalformedTokenizerJson, UnsupportedSplitRegexAndNormalizerAndModel) {
@@ -259,7 +283,8 @@ TEST_F(MalformedTokenizerJson, UnsupportedSplitRegexAndNormalizerAndModel) {
   broken = smollm2_json();
   broken["normalizer"] = {{"type", "NFKC"}};
   EXPECT_EQ(load_error(broken),
-            "bad/tokenizer.json: normalizer.type: \"NFKC\" is not supported (supported: NFC, Sequence, or null)");
+            "bad/tokenizer.json: normalizer.type: \"NFKC\" is not supported (supported: NFC, Prepend, Replace, Sequence, or "
+            "null)");
   broken = smollm2_json();
   broken["model"]["type"] = "WordPiece";
   EXPECT_EQ(load_error(broken), "bad/tokenizer.json: model.type: \"WordPiece\" is not supported (supported: BPE)");

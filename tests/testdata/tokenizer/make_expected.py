@@ -23,7 +23,8 @@ stored next to its expected ids so the C++ test applies exactly the same one.
 
 Also made here: build_expected.json, the records `llmft data build` must write
 for build_input.jsonl (input_ids, loss_mask, decoded text); a tiny byte-fallback BPE with a TemplateProcessing post-processor
-(`byte_fallback/tokenizer.json`), and a tiny sentencepiece model trained on
+(`byte_fallback/tokenizer.json`), the same model in the Llama-2/Mistral tokenizer.json
+shape (Metaspace, `metaspace/tokenizer.json`), and a tiny sentencepiece model trained on
 `sp_corpus.txt` with the `sentencepiece` PyPI package (`sp/tiny.model`), each
 with expected ids from its own Python library.
 
@@ -327,6 +328,70 @@ def make_sentencepiece():
         f.write("\n")
 
 
+METASPACE_STRINGS = SP_STRINGS + [
+    " leading space", "trailing  ", "a  b   c", "<s>hi</s> there", "text <s> mid", "▁literal▁bar",
+    "line\nbreak\ttab", "ünïcödé", "</s>", "\u00a0nbsp",
+]
+
+
+def make_metaspace():
+    """sentencepiece-style BPE in tokenizer.json (Llama-2 / Mistral shape): the tiny
+    sentencepiece model rebuilt by transformers' own builder (the one its GGUF loader
+    uses), byte fallback, Metaspace; plus the older Llama-2 layout (Prepend/Replace
+    normalizers) and other Metaspace settings as variants with their own expected ids."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import sentencepiece_tokenizer
+    processor = spm.SentencePieceProcessor(model_file=os.path.join(HERE, "sp", "tiny.model"))
+    count = processor.get_piece_size()
+    tokenizer = sentencepiece_tokenizer({"tokens": [processor.id_to_piece(i) for i in range(count)],
+                                         "scores": [processor.get_score(i) for i in range(count)],
+                                         "tokenizer_type": "llama"}).backend_tokenizer
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                             special_tokens=[("<s>", 1)])
+    out_dir = os.path.join(HERE, "metaspace")
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer.save(os.path.join(out_dir, "tokenizer.json"), pretty=True)
+    base_json = Tokenizer.from_file(os.path.join(out_dir, "tokenizer.json")).to_str()
+
+    llama2_decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(content=" ", left=1, right=0)])
+    settings = [
+        ("as_saved", None, None, None),
+        ("llama2_legacy_normalizer", normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]),
+         "null", llama2_decoder),
+        ("metaspace_always_split", None, pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+         decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)),
+        ("metaspace_never", None, pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False),
+         decoders.Metaspace(replacement="▁", prepend_scheme="never", split=False)),
+        ("metaspace_first_decoder", None, None, decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)),
+    ]
+    out = {"source": "tests/testdata/tokenizer/make_expected.py; ids: Hugging Face tokenizers " + tokenizers.__version__,
+           "strings": METASPACE_STRINGS, "variants": []}
+    for name, normalizer, pre, decoder in settings:
+        variant_tokenizer = Tokenizer.from_str(base_json)
+        if normalizer is not None:
+            variant_tokenizer.normalizer = normalizer
+        if pre == "null":
+            variant_tokenizer.pre_tokenizer = None
+        elif pre is not None:
+            variant_tokenizer.pre_tokenizer = pre
+        if decoder is not None:
+            variant_tokenizer.decoder = decoder
+        saved = json.loads(variant_tokenizer.to_str())
+        entry = {"name": name, "normalizer": saved["normalizer"], "pre_tokenizer": saved["pre_tokenizer"],
+                 "decoder": saved["decoder"], "ids": [], "decoded": [], "decoded_without_bos": []}
+        for text in METASPACE_STRINGS:
+            ids = variant_tokenizer.encode(text, add_special_tokens=True).ids
+            entry["ids"].append(ids)
+            entry["decoded"].append(variant_tokenizer.decode(ids, skip_special_tokens=False))
+            # Without <s> in front, the decoders' first-token rules (Metaspace, Strip) apply to text.
+            plain = variant_tokenizer.encode(text, add_special_tokens=False).ids
+            entry["decoded_without_bos"].append(variant_tokenizer.decode(plain, skip_special_tokens=False))
+        out["variants"].append(entry)
+    with open(os.path.join(HERE, "metaspace_expected.json"), "w") as f:
+        json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+
+
 def make_build_expected():
     """What `llmft data build` must write for build_input.jsonl with the SmolLM2 tokenizer
     (tokenizer_config.json: add_bos_token false, eos <|im_end|>): text records are
@@ -366,3 +431,4 @@ if __name__ == "__main__":
     make_byte_fallback()
     make_sentencepiece()
     make_build_expected()
+    make_metaspace()
