@@ -64,11 +64,12 @@ json byte_level_pre_tokenizer(bool use_regex) {
 
 // The pre-tokenizer for `pre` (tokenizer.ggml.pre), and a note when it is not known.
 json pre_tokenizer_for(const std::string& pre, std::vector<std::string>& notes) {
-  // llama.cpp's SMOLLM pre-type (src/llama-vocab.cpp) splits on \p{N} before the
-  // GPT-2 regex: SmolLM's published tokenizer.json says the same with
-  // Digits(individual_digits) + ByteLevel. transformers maps no regex for it
-  // and falls back to ByteLevel alone; the ids agree because the vocabulary has
-  // no merges between digits, and this form is the model's own.
+  // llama.cpp's SMOLLM pre-type (src/llama-vocab.cpp) isolates every \p{N}
+  // character before the GPT-2 regex; SmolLM2's published tokenizer.json says
+  // the same with Digits(individual_digits) + ByteLevel, which is how the model
+  // was trained. transformers maps no split for "smollm" and uses ByteLevel
+  // alone: its ids differ from these on numerals outside ASCII (x², ½), and
+  // agree elsewhere since this vocabulary has no merges between ASCII digits.
   if (pre == "smollm")
     return json{{"type", "Sequence"},
                 {"pretokenizers",
