@@ -515,7 +515,7 @@ std::vector<BpeTokenizer::Piece> BpeTokenizer::pre_tokenize_pieces(std::string_v
   std::vector<Piece> pieces;
   if (!text.empty()) pieces.push_back({std::string(text), at_text_start});
   std::vector<Piece> next;
-  std::vector<std::string> split;
+  std::vector<std::string> split, parts;
   for (const PreTokenizerStep& step : pre_tokenizer_) {
     next.clear();
     for (Piece& piece : pieces) {
@@ -534,7 +534,7 @@ std::vector<BpeTokenizer::Piece> BpeTokenizer::pre_tokenize_pieces(std::string_v
             prefixed += piece.text;
             piece.text.swap(prefixed);
           }
-          std::vector<std::string> parts;
+          parts.clear();
           if (step.use_regex) split_with_regex(SplitRegex::kGpt2, piece.text, &parts);
           else parts.push_back(std::move(piece.text));
           for (const std::string& part : parts) split.push_back(byte_level_encode(part));

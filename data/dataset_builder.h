@@ -27,6 +27,8 @@
 // sampling), so a given input, seed and shard count always gives the same
 // files. Files are written as *.partial and renamed when all succeeded; on an
 // error no shard set is left behind.
+// With one shard, the glob <output>-*-of-00001.tfrecord also matches the
+// validation file; point the loader at <output>-[0-9]*-of-00001.tfrecord.
 #pragma once
 
 #include <cstdint>
