@@ -122,6 +122,17 @@ int main(int argc, char** argv) {
                             12.0 * layers * static_cast<double>(seq_len) * q * static_cast<double>(tokens);
 
   const int threads = omp_get_max_threads();
+  // Forward alone (loss, no gradients): a third of the FLOPs.
+  const double forward_flops = step_flops / 3.0;
+  model.forward(*context, batch);
+  std::vector<double> forward_times;
+  for (int step = 0; step < steps; ++step) {
+    Clock::time_point start = Clock::now();
+    model.forward(*context, batch);
+    forward_times.push_back(seconds_since(start));
+  }
+  std::sort(forward_times.begin(), forward_times.end());
+
   const double sgemm_1024 = sgemm_gflops(1024, threads);
   const double sgemm_512 = sgemm_gflops(512, threads);
   StepTiming saved = time_steps(*context, model, batch, steps);
@@ -149,6 +160,12 @@ int main(int argc, char** argv) {
               best_1024 / ceiling);
   std::printf("%-34s %12s %12s %12s %10.1f %12.2f\n", "OpenBLAS SGEMM 512^3", "-", "-", "-", best_512,
               best_512 / ceiling);
+  {
+    const double gflops = forward_flops / forward_times.front() / 1e9;
+    std::printf("%-34s %12.3f %12.3f %12.0f %10.1f %12.2f\n", "llmft forward only (loss)", forward_times.front(),
+                forward_times[forward_times.size() / 2], static_cast<double>(tokens) / forward_times.front(), gflops,
+                gflops / ceiling);
+  }
   for (const auto& [name, timing] : {std::pair<const char*, StepTiming>{"llmft train step, save activations", saved},
                                      {"llmft train step, recompute blocks", recomputed}}) {
     const double gflops = step_flops / timing.best_seconds / 1e9;

@@ -151,6 +151,10 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& file_path) {
     ::close(fd);
     throw_bad_input(path, ": cannot stat: ", errno_text());
   }
+  if (!S_ISREG(status.st_mode)) {
+    ::close(fd);
+    throw_bad_input(path, ": not a regular file");
+  }
   const uint64_t file_bytes = static_cast<uint64_t>(status.st_size);
   if (file_bytes < 8) {
     ::close(fd);

@@ -74,6 +74,12 @@ TEST_F(SafetensorsTest, RejectsFileShorterThanHeaderSize) {
   EXPECT_CONTAINS(open_error(path), path.string() + ": file is 3 bytes, too short for the 8-byte header size");
 }
 
+TEST_F(SafetensorsTest, RejectsMissingFileAndDirectory) {
+  EXPECT_CONTAINS(open_error(directory_ / "absent.safetensors"), "absent.safetensors: cannot open safetensors file");
+  fs::create_directories(directory_ / "dir.safetensors");
+  EXPECT_CONTAINS(open_error(directory_ / "dir.safetensors"), "dir.safetensors: not a regular file");
+}
+
 TEST_F(SafetensorsTest, RejectsBadJson) {
   fs::path path = write_raw(R"({"w": {"dtype": "F32", )", 0);
   EXPECT_CONTAINS(open_error(path), path.string() + ": header is not valid JSON");
