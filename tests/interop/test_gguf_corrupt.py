@@ -39,6 +39,11 @@ class CorruptGgufTest(unittest.TestCase):
         cls.reader = gguf.GGUFReader(cls.source)
         cls.copy = WORK_DIR / "mutated.gguf"
 
+    @classmethod
+    def tearDownClass(cls):
+        cls.copy.unlink(missing_ok=True)  # 98 MB
+        shutil.rmtree(WORK_DIR / "out", ignore_errors=True)
+
     def convert(self, data: bytes) -> subprocess.CompletedProcess:
         self.copy.write_bytes(data)
         out = WORK_DIR / "out"
