@@ -55,22 +55,21 @@ constexpr size_t backward_shared_bytes() {
 // d = t%4 + 4k) and, for the score step, of query row i = t / 4 with score
 // columns j = t%4 + 4c; for dQ it owns query row i and columns d = t%4 + 4k.
 template <typename T, int kHeadDimPad>
-__global__ void __launch_bounds__(kThreads) attention_backward_kernel(Shape shape, const T* q, const T* k,
-                                                                      const T* v, const T* dout, const float* lse,
-                                                                      const float* row_dot, const int32_t* doc_start,
-                                                                      float* dq_accumulator, T* dk, T* dv) {
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_kernel(Shape shape, const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                              const float* row_dot, const int32_t* doc_start, float* dq_accumulator, T* dk, T* dv) {
   constexpr int stride = kHeadDimPad + 1;
   constexpr int kOutPerThread = kHeadDimPad / kThreadsPerRow;
   constexpr int p_stride = kBlockK + 1;
   extern __shared__ float shared[];
-  float* k_tile = shared;                         // [kBlockK][stride]
-  float* v_tile = k_tile + kBlockK * stride;      // [kBlockK][stride]
-  float* q_tile = v_tile + kBlockK * stride;      // [kBlockQ][stride]
-  float* do_tile = q_tile + kBlockQ * stride;     // [kBlockQ][stride]
-  float* p_tile = do_tile + kBlockQ * stride;     // [kBlockQ][p_stride]
-  float* ds_tile = p_tile + kBlockQ * p_stride;   // [kBlockQ][p_stride]
-  float* lse_tile = ds_tile + kBlockQ * p_stride; // [kBlockQ]
-  float* dot_tile = lse_tile + kBlockQ;           // [kBlockQ]
+  float* k_tile = shared;                                            // [kBlockK][stride]
+  float* v_tile = k_tile + kBlockK * stride;                         // [kBlockK][stride]
+  float* q_tile = v_tile + kBlockK * stride;                         // [kBlockQ][stride]
+  float* do_tile = q_tile + kBlockQ * stride;                        // [kBlockQ][stride]
+  float* p_tile = do_tile + kBlockQ * stride;                        // [kBlockQ][p_stride]
+  float* ds_tile = p_tile + kBlockQ * p_stride;                      // [kBlockQ][p_stride]
+  float* lse_tile = ds_tile + kBlockQ * p_stride;                    // [kBlockQ]
+  float* dot_tile = lse_tile + kBlockQ;                              // [kBlockQ]
   int* doc_start_tile = reinterpret_cast<int*>(dot_tile + kBlockQ);  // [kBlockQ]
 
   const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kBlockK;
@@ -222,8 +221,8 @@ void launch_backward(Context& context, const Shape& shape, const Tensor& dout, c
   LLMFT_CUDA_CHECK_LAUNCH();
 
   const int64_t n = dq.numel();
-  round_accumulator_kernel<T><<<grid_for(context, n, 256), 256, 0, stream>>>(dq_accumulator.data<float>(),
-                                                                             static_cast<T*>(dq.raw_data()), n);
+  round_accumulator_kernel<T>
+      <<<grid_for(context, n, 256), 256, 0, stream>>>(dq_accumulator.data<float>(), static_cast<T*>(dq.raw_data()), n);
   LLMFT_CUDA_CHECK_LAUNCH();
 }
 

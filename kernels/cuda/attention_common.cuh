@@ -17,7 +17,7 @@ namespace llmft::cuda::attention {
 constexpr int kBlockQ = 32;
 constexpr int kBlockK = 32;
 constexpr int kThreads = 128;
-constexpr int kThreadsPerRow = kThreads / kBlockQ;  // 4
+constexpr int kThreadsPerRow = kThreads / kBlockQ;           // 4
 constexpr int kColumnsPerThread = kBlockK / kThreadsPerRow;  // 8
 static_assert(kThreads % kBlockQ == 0 && kThreads / kBlockK == kThreadsPerRow, "tile/thread mapping");
 constexpr int64_t kMaxHeadDim = 128;
@@ -102,8 +102,8 @@ inline Shape check_attention_arguments(Context& context, std::string_view op, co
   }
   LLMFT_CHECK(shape.batch <= 65535 && shape.q_heads <= 65535, op, ": grid limits exceeded: B=", shape.batch,
               " Hq=", shape.q_heads);
-  shape.scale = options.softmax_scale != 0.0f ? options.softmax_scale
-                                              : 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  shape.scale =
+      options.softmax_scale != 0.0f ? options.softmax_scale : 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
   return shape;
 }
 

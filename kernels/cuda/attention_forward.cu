@@ -32,16 +32,15 @@ constexpr size_t forward_shared_bytes() {
 // (c < 8) and output columns d = t%4 + 4k (k < kHeadDimPad/4). The four
 // threads of a row are consecutive lanes and combine with __shfl_xor 1, 2.
 template <typename T, int kHeadDimPad>
-__global__ void __launch_bounds__(kThreads) attention_forward_kernel(Shape shape, const T* q, const T* k,
-                                                                     const T* v, const int32_t* doc_start, T* out,
-                                                                     float* lse) {
+__global__ void __launch_bounds__(kThreads) attention_forward_kernel(Shape shape, const T* q, const T* k, const T* v,
+                                                                     const int32_t* doc_start, T* out, float* lse) {
   constexpr int stride = kHeadDimPad + 1;
   constexpr int kOutPerThread = kHeadDimPad / kThreadsPerRow;
   extern __shared__ float shared[];
-  float* q_tile = shared;                        // [kBlockQ][stride]
-  float* k_tile = q_tile + kBlockQ * stride;     // [kBlockK][stride]
-  float* v_tile = k_tile + kBlockK * stride;     // [kBlockK][stride]
-  float* p_tile = v_tile + kBlockK * stride;     // [kBlockQ][kBlockK + 1]
+  float* q_tile = shared;                                                         // [kBlockQ][stride]
+  float* k_tile = q_tile + kBlockQ * stride;                                      // [kBlockK][stride]
+  float* v_tile = k_tile + kBlockK * stride;                                      // [kBlockK][stride]
+  float* p_tile = v_tile + kBlockK * stride;                                      // [kBlockQ][kBlockK + 1]
   int* row_doc_start = reinterpret_cast<int*>(p_tile + kBlockQ * (kBlockK + 1));  // [kBlockQ]
 
   const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kBlockQ;

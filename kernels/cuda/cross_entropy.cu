@@ -34,8 +34,8 @@ struct OnlineSoftmax {
 __device__ __forceinline__ OnlineSoftmax merge(OnlineSoftmax a, OnlineSoftmax b) {
   const float max = fmaxf(a.max, b.max);
   if (max == -INFINITY) return OnlineSoftmax{-INFINITY, 0.0f};
-  const float sum = (a.max == -INFINITY ? 0.0f : a.sum * expf(a.max - max)) +
-                    (b.max == -INFINITY ? 0.0f : b.sum * expf(b.max - max));
+  const float sum =
+      (a.max == -INFINITY ? 0.0f : a.sum * expf(a.max - max)) + (b.max == -INFINITY ? 0.0f : b.sum * expf(b.max - max));
   return OnlineSoftmax{max, sum};
 }
 
@@ -69,8 +69,8 @@ __global__ void cross_entropy_forward_kernel(const void* logits, DType logits_dt
     const float row_lse = total.max + logf(total.sum);
     lse[row] = row_lse;
     const int32_t target = targets[row];
-    losses[row] = target < 0 || target >= vocab_size ? 0.0f
-                                                     : row_lse - load_as_float(logits, logits_dtype, base + target);
+    losses[row] =
+        target < 0 || target >= vocab_size ? 0.0f : row_lse - load_as_float(logits, logits_dtype, base + target);
   }
 }
 
@@ -93,8 +93,7 @@ __global__ void cross_entropy_backward_kernel(const void* logits, DType logits_d
   }
 }
 
-void check_cross_entropy_arguments(Context& context, std::string_view op, const Tensor& logits,
-                                   const Tensor& targets) {
+void check_cross_entropy_arguments(Context& context, std::string_view op, const Tensor& logits, const Tensor& targets) {
   require_on_context(op, "logits", logits, context);
   require_on_context(op, "targets", targets, context);
   require_float(op, "logits", logits);
@@ -107,8 +106,7 @@ void check_cross_entropy_arguments(Context& context, std::string_view op, const 
 
 }  // namespace
 
-void cross_entropy_forward(Context& context, const Tensor& logits, const Tensor& targets, Tensor& losses,
-                           Tensor& lse) {
+void cross_entropy_forward(Context& context, const Tensor& logits, const Tensor& targets, Tensor& losses, Tensor& lse) {
   constexpr std::string_view op = "cross_entropy_forward";
   check_cross_entropy_arguments(context, op, logits, targets);
   const int64_t rows = logits.size(0), vocab_size = logits.size(1);

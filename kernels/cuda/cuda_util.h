@@ -88,8 +88,8 @@ std::vector<T> download_small(const Context& context, const Tensor& tensor) {
   std::vector<T> host(static_cast<size_t>(tensor.numel()));
   cudaStream_t stream = stream_of(context);
   if (!host.empty()) {
-    LLMFT_CUDA_CHECK(cudaMemcpyAsync(host.data(), tensor.raw_data(), host.size() * sizeof(T),
-                                     cudaMemcpyDeviceToHost, stream));
+    LLMFT_CUDA_CHECK(
+        cudaMemcpyAsync(host.data(), tensor.raw_data(), host.size() * sizeof(T), cudaMemcpyDeviceToHost, stream));
   }
   LLMFT_CUDA_CHECK(cudaStreamSynchronize(stream));
   return host;

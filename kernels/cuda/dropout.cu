@@ -25,8 +25,7 @@ constexpr int kThreads = 256;
 // 4 * block .. 4 * block + 3, of which those inside [offset, offset + n) map to
 // tensor elements element - offset.
 template <typename X, typename Y>
-__global__ void dropout_kernel(const X* x, Y* y, int64_t n, float p, float keep_scale, uint64_t seed,
-                               uint64_t offset) {
+__global__ void dropout_kernel(const X* x, Y* y, int64_t n, float p, float keep_scale, uint64_t seed, uint64_t offset) {
   const uint64_t first_block = offset >> 2;
   const uint64_t last_block = (offset + static_cast<uint64_t>(n) - 1) >> 2;
   const uint64_t blocks = last_block - first_block + 1;
@@ -56,7 +55,8 @@ void apply_dropout(Context& context, std::string_view op, const Tensor& x, float
   const int64_t n = x.numel();
   if (n == 0) return;
   const float keep_scale = 1.0f / (1.0f - p);
-  const int64_t philox_blocks = static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> 2) - (offset >> 2) + 1);
+  const int64_t philox_blocks =
+      static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> 2) - (offset >> 2) + 1);
   const unsigned blocks = grid_for(context, philox_blocks, kThreads);
   dispatch_float(x.dtype(), op, [&](auto x_tag) {
     using X = typename decltype(x_tag)::type;

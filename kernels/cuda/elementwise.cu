@@ -14,8 +14,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-#define LLMFT_GRID_STRIDE_LOOP(index, n)                                                              \
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < (n);  \
+#define LLMFT_GRID_STRIDE_LOOP(index, n)                                                         \
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < (n); \
        index += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // out may alias a or b: each element is read before it is written by the same thread.
@@ -85,9 +85,9 @@ void add(Context& context, const Tensor& a, const Tensor& b, Tensor& out) {
       using B = typename decltype(b_tag)::type;
       dispatch_float(out.dtype(), op, [&](auto out_tag) {
         using O = typename decltype(out_tag)::type;
-        add_kernel<A, B, O><<<blocks, kThreads, 0, stream_of(context)>>>(
-            static_cast<const A*>(a.raw_data()), static_cast<const B*>(b.raw_data()), static_cast<O*>(out.raw_data()),
-            n);
+        add_kernel<A, B, O><<<blocks, kThreads, 0, stream_of(context)>>>(static_cast<const A*>(a.raw_data()),
+                                                                         static_cast<const B*>(b.raw_data()),
+                                                                         static_cast<O*>(out.raw_data()), n);
         LLMFT_CUDA_CHECK_LAUNCH();
       });
     });
@@ -108,8 +108,8 @@ void add_scaled(Context& context, float alpha, const Tensor& x, Tensor& y) {
     using X = typename decltype(x_tag)::type;
     dispatch_float(y.dtype(), op, [&](auto y_tag) {
       using Y = typename decltype(y_tag)::type;
-      add_scaled_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(
-          alpha, static_cast<const X*>(x.raw_data()), static_cast<Y*>(y.raw_data()), n);
+      add_scaled_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(alpha, static_cast<const X*>(x.raw_data()),
+                                                                           static_cast<Y*>(y.raw_data()), n);
       LLMFT_CUDA_CHECK_LAUNCH();
     });
   });
@@ -138,13 +138,13 @@ void fill(Context& context, Tensor& x, float value) {
   cudaStream_t stream = stream_of(context);
   switch (x.dtype()) {
     case DType::kI32:
-      fill_kernel<int32_t><<<blocks, kThreads, 0, stream>>>(static_cast<int32_t*>(x.raw_data()),
-                                                            static_cast<int32_t>(value), n);
+      fill_kernel<int32_t>
+          <<<blocks, kThreads, 0, stream>>>(static_cast<int32_t*>(x.raw_data()), static_cast<int32_t>(value), n);
       LLMFT_CUDA_CHECK_LAUNCH();
       return;
     case DType::kI64:
-      fill_kernel<int64_t><<<blocks, kThreads, 0, stream>>>(static_cast<int64_t*>(x.raw_data()),
-                                                            static_cast<int64_t>(value), n);
+      fill_kernel<int64_t>
+          <<<blocks, kThreads, 0, stream>>>(static_cast<int64_t*>(x.raw_data()), static_cast<int64_t>(value), n);
       LLMFT_CUDA_CHECK_LAUNCH();
       return;
     case DType::kF32:
@@ -209,8 +209,8 @@ void cast(Context& context, const Tensor& src, Tensor& dst) {
     using S = typename decltype(src_tag)::type;
     dispatch_float(dst.dtype(), op, [&](auto dst_tag) {
       using D = typename decltype(dst_tag)::type;
-      cast_float_kernel<S, D><<<blocks, kThreads, 0, stream>>>(static_cast<const S*>(src.raw_data()),
-                                                               static_cast<D*>(dst.raw_data()), n);
+      cast_float_kernel<S, D>
+          <<<blocks, kThreads, 0, stream>>>(static_cast<const S*>(src.raw_data()), static_cast<D*>(dst.raw_data()), n);
       LLMFT_CUDA_CHECK_LAUNCH();
     });
   });

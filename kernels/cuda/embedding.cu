@@ -37,8 +37,8 @@ __global__ void embedding_forward_kernel(const int32_t* ids, const void* table, 
   }
 }
 
-__global__ void embedding_backward_atomic_kernel(const int32_t* ids, const void* dout, DType dout_dtype,
-                                                 float* dtable, int64_t count, int64_t dim) {
+__global__ void embedding_backward_atomic_kernel(const int32_t* ids, const void* dout, DType dout_dtype, float* dtable,
+                                                 int64_t count, int64_t dim) {
   const int64_t total = count * dim;
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -138,8 +138,7 @@ void embedding_backward(Context& context, const Tensor& ids, const Tensor& dout,
   LLMFT_CHECK(count <= INT32_MAX, op, ": too many positions: ", count);
   std::vector<int32_t> positions(static_cast<size_t>(count));
   std::iota(positions.begin(), positions.end(), 0);
-  std::stable_sort(positions.begin(), positions.end(),
-                   [&](int32_t a, int32_t b) { return host_ids[a] < host_ids[b]; });
+  std::stable_sort(positions.begin(), positions.end(), [&](int32_t a, int32_t b) { return host_ids[a] < host_ids[b]; });
   std::vector<int32_t> segment_begin, segment_id;
   for (int32_t k = 0; k < static_cast<int32_t>(count); ++k) {
     const int32_t id = host_ids[positions[k]];

@@ -60,14 +60,13 @@ using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, PreferenceD
 Layout make_layout(cudaDataType_t type, int64_t rows, int64_t columns, int64_t leading_dimension, int batch,
                    int64_t batch_stride) {
   cublasLtMatrixLayout_t raw = nullptr;
-  LLMFT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&raw, type, static_cast<uint64_t>(rows),
-                                                static_cast<uint64_t>(columns), leading_dimension));
+  LLMFT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&raw, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(columns),
+                                                leading_dimension));
   Layout layout(raw);
   if (batch > 1) {
-    LLMFT_CUBLAS_CHECK(
-        cublasLtMatrixLayoutSetAttribute(raw, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
-    LLMFT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(raw, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                                                        &batch_stride, sizeof batch_stride));
+    LLMFT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(raw, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+    LLMFT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(raw, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &batch_stride,
+                                                        sizeof batch_stride));
   }
   return layout;
 }
@@ -152,9 +151,8 @@ void run_product(Context& context, const RowMajorProduct& product) {
                   product.bias ? " with bias epilogue" : "");
   }
   LLMFT_CUBLAS_CHECK(cublasLtMatmul(resources.blaslt, raw_desc, &product.alpha, product.b, layout_a.get(), product.a,
-                                    layout_b.get(), &product.beta, product.c, layout_c.get(), product.c,
-                                    layout_c.get(), &heuristic.algo, resources.blaslt_workspace, workspace_bytes,
-                                    resources.stream));
+                                    layout_b.get(), &product.beta, product.c, layout_c.get(), product.c, layout_c.get(),
+                                    &heuristic.algo, resources.blaslt_workspace, workspace_bytes, resources.stream));
 }
 
 // The K == 0 product: c = beta * c (alpha * empty sum), beta == 0 clears c.

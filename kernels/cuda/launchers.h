@@ -16,7 +16,6 @@ void launch_add_bias_rows(Context& context, Tensor& y, const Tensor& bias, int64
 
 // dbias[c] += sum over r of dy[r, c], f32 accumulation in a fixed order
 // (deterministic), one rounding into dbias.
-void launch_accumulate_column_sums(Context& context, const Tensor& dy, Tensor& dbias, int64_t rows,
-                                   int64_t columns);
+void launch_accumulate_column_sums(Context& context, const Tensor& dy, Tensor& dbias, int64_t rows, int64_t columns);
 
 }  // namespace llmft::cuda

@@ -56,8 +56,7 @@ void launch_add_bias_rows(Context& context, Tensor& y, const Tensor& bias, int64
   });
 }
 
-void launch_accumulate_column_sums(Context& context, const Tensor& dy, Tensor& dbias, int64_t rows,
-                                   int64_t columns) {
+void launch_accumulate_column_sums(Context& context, const Tensor& dy, Tensor& dbias, int64_t rows, int64_t columns) {
   const dim3 threads(kColumnTile, kRowLanes);
   const unsigned blocks = static_cast<unsigned>(ceil_div(columns, kColumnTile));
   dispatch_float(dy.dtype(), "linear_backward", [&](auto dy_tag) {

@@ -68,8 +68,9 @@ __global__ void rmsnorm_backward_kernel(RmsnormArguments args, const void* dy, D
       if (partial_dweight != nullptr) {
         partial_dweight[blockIdx.x * args.dim + i] += gradient * round_to_dtype(normalized, args.x_dtype);
       }
-      store_from_float(dx, dx_dtype, base + i,
-                       row_rstd * (gradient * load_as_float(args.weight, args.weight_dtype, i) - normalized * mean_dot));
+      store_from_float(
+          dx, dx_dtype, base + i,
+          row_rstd * (gradient * load_as_float(args.weight, args.weight_dtype, i) - normalized * mean_dot));
     }
   }
 }
@@ -133,9 +134,8 @@ void rmsnorm_backward(Context& context, const Tensor& dy, const Tensor& x, const
   }
   if (args.rows == 0 || args.dim == 0) return;
   cudaStream_t stream = stream_of(context);
-  const int64_t sm_count = context.cuda_resources()->multiprocessor_count > 0
-                               ? context.cuda_resources()->multiprocessor_count
-                               : 132;
+  const int64_t sm_count =
+      context.cuda_resources()->multiprocessor_count > 0 ? context.cuda_resources()->multiprocessor_count : 132;
   const int64_t blocks = std::min<int64_t>(args.rows, sm_count * 4);
   Tensor partial;
   if (dweight != nullptr) {

@@ -12,6 +12,8 @@
 // Also here: the CUDA caching allocator's accounting and reuse, and the data
 // errors (bad token ids, bad targets) the CUDA ops must report like the CPU.
 // Without the CUDA backend or a GPU every test skips, saying why.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -21,8 +23,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "core/context.h"
 #include "core/error.h"
@@ -40,11 +40,11 @@ std::string no_cuda_reason() {
   return "";
 }
 
-#define SKIP_WITHOUT_CUDA()                                                                    \
-  do {                                                                                         \
-    if (!cuda_backend_built() || cuda_device_count() == 0) {                                   \
-      GTEST_SKIP() << "no CUDA device: " << no_cuda_reason();                                  \
-    }                                                                                          \
+#define SKIP_WITHOUT_CUDA()                                   \
+  do {                                                        \
+    if (!cuda_backend_built() || cuda_device_count() == 0) {  \
+      GTEST_SKIP() << "no CUDA device: " << no_cuda_reason(); \
+    }                                                         \
   } while (0)
 
 // One CUDA context for the whole binary: creating one allocates the cuBLASLt
@@ -81,8 +81,8 @@ using Inputs = std::vector<Tensor>;
 using Outputs = std::vector<std::pair<std::string, Tensor>>;
 
 struct OpCase {
-  std::string name;   // "<op>/<dtype>/<shape or variant>", also the test name
-  double tolerance;   // on max |cuda - cpu| / max |cpu|
+  std::string name;  // "<op>/<dtype>/<shape or variant>", also the test name
+  double tolerance;  // on max |cuda - cpu| / max |cpu|
   std::function<Inputs()> make_inputs;
   // Places the inputs on `context`, runs the op(s) there, returns the outputs.
   std::function<Outputs(Context&, const Inputs&)> run;
@@ -132,19 +132,19 @@ void add_gemm_cases(std::vector<OpCase>& table) {
   for (DType dtype : kFloatDTypes) {
     for (const Gemm& gemm : gemms) {
       const DType c_dtype = gemm.c_f32 ? DType::kF32 : dtype;
-      table.push_back(OpCase{
-          "gemm/" + label(dtype) + "/" + gemm.variant, tolerance_for(c_dtype),
-          [=] {
-            // With beta == 0, c starts as NaN: ops.h says its contents are ignored.
-            const std::vector<float> nans(static_cast<size_t>(shape_numel(gemm.c)), NAN);
-            Tensor c = gemm.beta == 0.0f ? Tensor::from_floats(gemm.c, nans, c_dtype) : random_tensor(gemm.c, c_dtype, 3);
-            return Inputs{random_tensor(gemm.a, dtype, 1), random_tensor(gemm.b, dtype, 2), c};
-          },
-          [=](Context& context, const Inputs& in) {
-            Tensor a = place(context, in[0]), b = place(context, in[1]), c = place(context, in[2]);
-            ops::gemm(context, a, b, c, gemm.trans_a, gemm.trans_b, gemm.alpha, gemm.beta);
-            return Outputs{{"c", c}};
-          }});
+      table.push_back(OpCase{"gemm/" + label(dtype) + "/" + gemm.variant, tolerance_for(c_dtype),
+                             [=] {
+                               // With beta == 0, c starts as NaN: ops.h says its contents are ignored.
+                               const std::vector<float> nans(static_cast<size_t>(shape_numel(gemm.c)), NAN);
+                               Tensor c = gemm.beta == 0.0f ? Tensor::from_floats(gemm.c, nans, c_dtype)
+                                                            : random_tensor(gemm.c, c_dtype, 3);
+                               return Inputs{random_tensor(gemm.a, dtype, 1), random_tensor(gemm.b, dtype, 2), c};
+                             },
+                             [=](Context& context, const Inputs& in) {
+                               Tensor a = place(context, in[0]), b = place(context, in[1]), c = place(context, in[2]);
+                               ops::gemm(context, a, b, c, gemm.trans_a, gemm.trans_b, gemm.alpha, gemm.beta);
+                               return Outputs{{"c", c}};
+                             }});
     }
   }
 }
@@ -153,53 +153,57 @@ void add_linear_cases(std::vector<OpCase>& table) {
   const int64_t rows = 37, in_features = 48, out_features = 20;
   for (DType dtype : kFloatDTypes) {
     for (bool with_bias : {false, true}) {
-      table.push_back(OpCase{
-          "linear_forward/" + label(dtype) + (with_bias ? "/bias" : "/no_bias"), tolerance_for(dtype),
-          [=] {
-            return Inputs{random_tensor({rows, in_features}, dtype, 11), random_tensor({out_features, in_features}, dtype, 12),
-                          random_tensor({out_features}, dtype, 13)};
-          },
-          [=](Context& context, const Inputs& in) {
-            Tensor x = place(context, in[0]), weight = place(context, in[1]), bias = place(context, in[2]);
-            Tensor y = context.empty({rows, out_features}, dtype);
-            ops::linear_forward(context, x, weight, with_bias ? &bias : nullptr, y);
-            return Outputs{{"y", y}};
-          }});
+      table.push_back(
+          OpCase{"linear_forward/" + label(dtype) + (with_bias ? "/bias" : "/no_bias"), tolerance_for(dtype),
+                 [=] {
+                   return Inputs{random_tensor({rows, in_features}, dtype, 11),
+                                 random_tensor({out_features, in_features}, dtype, 12),
+                                 random_tensor({out_features}, dtype, 13)};
+                 },
+                 [=](Context& context, const Inputs& in) {
+                   Tensor x = place(context, in[0]), weight = place(context, in[1]), bias = place(context, in[2]);
+                   Tensor y = context.empty({rows, out_features}, dtype);
+                   ops::linear_forward(context, x, weight, with_bias ? &bias : nullptr, y);
+                   return Outputs{{"y", y}};
+                 }});
     }
     // bf16/f16 input with an f32 y: the bias goes through the add-bias kernel.
     if (dtype != DType::kF32) {
-      table.push_back(OpCase{
-          "linear_forward/" + label(dtype) + "/f32_output_bias", tolerance_for(DType::kF32, 1e-5),
-          [=] {
-            return Inputs{random_tensor({rows, in_features}, dtype, 11), random_tensor({out_features, in_features}, dtype, 12),
-                          random_tensor({out_features}, dtype, 13)};
-          },
-          [=](Context& context, const Inputs& in) {
-            Tensor x = place(context, in[0]), weight = place(context, in[1]), bias = place(context, in[2]);
-            Tensor y = context.empty({rows, out_features}, DType::kF32);
-            ops::linear_forward(context, x, weight, &bias, y);
-            return Outputs{{"y", y}};
-          }});
+      table.push_back(OpCase{"linear_forward/" + label(dtype) + "/f32_output_bias", tolerance_for(DType::kF32, 1e-5),
+                             [=] {
+                               return Inputs{random_tensor({rows, in_features}, dtype, 11),
+                                             random_tensor({out_features, in_features}, dtype, 12),
+                                             random_tensor({out_features}, dtype, 13)};
+                             },
+                             [=](Context& context, const Inputs& in) {
+                               Tensor x = place(context, in[0]), weight = place(context, in[1]),
+                                      bias = place(context, in[2]);
+                               Tensor y = context.empty({rows, out_features}, DType::kF32);
+                               ops::linear_forward(context, x, weight, &bias, y);
+                               return Outputs{{"y", y}};
+                             }});
     }
     for (bool accumulate_dx : {false, true}) {
       for (DType grad_dtype : gradient_dtypes(dtype)) {
-        table.push_back(OpCase{
-            "linear_backward/" + label(dtype) + (accumulate_dx ? "/accumulate_dx" : "/overwrite_dx") + "/grads_" +
-                label(grad_dtype),
-            std::max(tolerance_for(dtype), tolerance_for(grad_dtype)),
-            [=] {
-              return Inputs{random_tensor({rows, out_features}, dtype, 21), random_tensor({rows, in_features}, dtype, 22),
-                            random_tensor({out_features, in_features}, dtype, 23),
-                            random_tensor({rows, in_features}, dtype, 24),
-                            random_tensor({out_features, in_features}, grad_dtype, 25),
-                            random_tensor({out_features}, grad_dtype, 26)};
-            },
-            [=](Context& context, const Inputs& in) {
-              Tensor dy = place(context, in[0]), x = place(context, in[1]), weight = place(context, in[2]);
-              Tensor dx = place(context, in[3]), dweight = place(context, in[4]), dbias = place(context, in[5]);
-              ops::linear_backward(context, dy, x, weight, &dx, &dweight, &dbias, accumulate_dx);
-              return Outputs{{"dx", dx}, {"dweight", dweight}, {"dbias", dbias}};
-            }});
+        table.push_back(OpCase{"linear_backward/" + label(dtype) +
+                                   (accumulate_dx ? "/accumulate_dx" : "/overwrite_dx") + "/grads_" + label(grad_dtype),
+                               std::max(tolerance_for(dtype), tolerance_for(grad_dtype)),
+                               [=] {
+                                 return Inputs{random_tensor({rows, out_features}, dtype, 21),
+                                               random_tensor({rows, in_features}, dtype, 22),
+                                               random_tensor({out_features, in_features}, dtype, 23),
+                                               random_tensor({rows, in_features}, dtype, 24),
+                                               random_tensor({out_features, in_features}, grad_dtype, 25),
+                                               random_tensor({out_features}, grad_dtype, 26)};
+                               },
+                               [=](Context& context, const Inputs& in) {
+                                 Tensor dy = place(context, in[0]), x = place(context, in[1]),
+                                        weight = place(context, in[2]);
+                                 Tensor dx = place(context, in[3]), dweight = place(context, in[4]),
+                                        dbias = place(context, in[5]);
+                                 ops::linear_backward(context, dy, x, weight, &dx, &dweight, &dbias, accumulate_dx);
+                                 return Outputs{{"dx", dx}, {"dweight", dweight}, {"dbias", dbias}};
+                               }});
       }
     }
   }
@@ -210,7 +214,9 @@ void add_embedding_cases(std::vector<OpCase>& table) {
   for (DType dtype : kFloatDTypes) {
     table.push_back(OpCase{
         "embedding_forward/" + label(dtype) + "/40_ids_V50", 0.0,
-        [=] { return Inputs{int_tensor({count}, random_ints(count, vocab, 31)), random_tensor({vocab, dim}, dtype, 32)}; },
+        [=] {
+          return Inputs{int_tensor({count}, random_ints(count, vocab, 31)), random_tensor({vocab, dim}, dtype, 32)};
+        },
         [=](Context& context, const Inputs& in) {
           Tensor ids = place(context, in[0]), table_tensor = place(context, in[1]);
           Tensor out = context.empty({count, dim}, dtype);
@@ -218,19 +224,19 @@ void add_embedding_cases(std::vector<OpCase>& table) {
           return Outputs{{"out", out}};
         }});
     // Only 7 distinct ids among 40 positions: repeated ids must accumulate.
-    table.push_back(OpCase{
-        "embedding_backward/" + label(dtype) + "/repeated_ids", tolerance_for(dtype),
-        [=] {
-          std::vector<int32_t> ids = random_ints(count, 7, 33);
-          for (int32_t& id : ids) id *= 7;
-          return Inputs{int_tensor({count}, ids), random_tensor({count, dim}, dtype, 34),
-                        random_tensor({vocab, dim}, dtype, 35)};
-        },
-        [=](Context& context, const Inputs& in) {
-          Tensor ids = place(context, in[0]), dout = place(context, in[1]), dtable = place(context, in[2]);
-          ops::embedding_backward(context, ids, dout, dtable);
-          return Outputs{{"dtable", dtable}};
-        }});
+    table.push_back(OpCase{"embedding_backward/" + label(dtype) + "/repeated_ids", tolerance_for(dtype),
+                           [=] {
+                             std::vector<int32_t> ids = random_ints(count, 7, 33);
+                             for (int32_t& id : ids) id *= 7;
+                             return Inputs{int_tensor({count}, ids), random_tensor({count, dim}, dtype, 34),
+                                           random_tensor({vocab, dim}, dtype, 35)};
+                           },
+                           [=](Context& context, const Inputs& in) {
+                             Tensor ids = place(context, in[0]), dout = place(context, in[1]),
+                                    dtable = place(context, in[2]);
+                             ops::embedding_backward(context, ids, dout, dtable);
+                             return Outputs{{"dtable", dtable}};
+                           }});
   }
 }
 
@@ -244,35 +250,36 @@ void add_rmsnorm_cases(std::vector<OpCase>& table) {
         if (axis > 0) name += 'x';
         name += std::to_string(shape[axis]);
       }
-      table.push_back(OpCase{
-          "rmsnorm_forward/" + name, tolerance_for(dtype),
-          [=] { return Inputs{random_tensor(shape, dtype, 41, 2.0f), random_tensor({dim}, dtype, 42)}; },
-          [=](Context& context, const Inputs& in) {
-            Tensor x = place(context, in[0]), weight = place(context, in[1]);
-            Tensor y = context.empty(shape, dtype);
-            Tensor rstd = context.empty({shape_numel(shape) / dim}, DType::kF32);
-            ops::rmsnorm_forward(context, x, weight, 1e-5f, y, rstd);
-            return Outputs{{"y", y}, {"rstd", rstd}};
-          }});
+      table.push_back(OpCase{"rmsnorm_forward/" + name, tolerance_for(dtype),
+                             [=] {
+                               return Inputs{random_tensor(shape, dtype, 41, 2.0f), random_tensor({dim}, dtype, 42)};
+                             },
+                             [=](Context& context, const Inputs& in) {
+                               Tensor x = place(context, in[0]), weight = place(context, in[1]);
+                               Tensor y = context.empty(shape, dtype);
+                               Tensor rstd = context.empty({shape_numel(shape) / dim}, DType::kF32);
+                               ops::rmsnorm_forward(context, x, weight, 1e-5f, y, rstd);
+                               return Outputs{{"y", y}, {"rstd", rstd}};
+                             }});
       for (DType dweight_dtype : gradient_dtypes(dtype)) {
-        table.push_back(OpCase{
-            "rmsnorm_backward/" + name + "/dweight_" + label(dweight_dtype),
-            std::max(tolerance_for(dtype, 1e-4), tolerance_for(dweight_dtype, 1e-4)),
-            [=] {
-              return Inputs{random_tensor(shape, dtype, 43), random_tensor(shape, dtype, 44, 2.0f),
-                            random_tensor({dim}, dtype, 45), random_tensor({dim}, dweight_dtype, 46)};
-            },
-            [=](Context& context, const Inputs& in) {
-              Tensor dy = place(context, in[0]), x = place(context, in[1]), weight = place(context, in[2]);
-              Tensor dweight = place(context, in[3]);
-              // rstd from this backend's own forward, as in training.
-              Tensor y = context.empty(shape, dtype);
-              Tensor rstd = context.empty({shape_numel(shape) / dim}, DType::kF32);
-              ops::rmsnorm_forward(context, x, weight, 1e-5f, y, rstd);
-              Tensor dx = context.empty(shape, dtype);
-              ops::rmsnorm_backward(context, dy, x, weight, rstd, dx, &dweight);
-              return Outputs{{"dx", dx}, {"dweight", dweight}};
-            }});
+        table.push_back(
+            OpCase{"rmsnorm_backward/" + name + "/dweight_" + label(dweight_dtype),
+                   std::max(tolerance_for(dtype, 1e-4), tolerance_for(dweight_dtype, 1e-4)),
+                   [=] {
+                     return Inputs{random_tensor(shape, dtype, 43), random_tensor(shape, dtype, 44, 2.0f),
+                                   random_tensor({dim}, dtype, 45), random_tensor({dim}, dweight_dtype, 46)};
+                   },
+                   [=](Context& context, const Inputs& in) {
+                     Tensor dy = place(context, in[0]), x = place(context, in[1]), weight = place(context, in[2]);
+                     Tensor dweight = place(context, in[3]);
+                     // rstd from this backend's own forward, as in training.
+                     Tensor y = context.empty(shape, dtype);
+                     Tensor rstd = context.empty({shape_numel(shape) / dim}, DType::kF32);
+                     ops::rmsnorm_forward(context, x, weight, 1e-5f, y, rstd);
+                     Tensor dx = context.empty(shape, dtype);
+                     ops::rmsnorm_backward(context, dy, x, weight, rstd, dx, &dweight);
+                     return Outputs{{"dx", dx}, {"dweight", dweight}};
+                   }});
       }
     }
   }
@@ -321,27 +328,28 @@ void add_rope_cases(std::vector<OpCase>& table) {
 void add_swiglu_cases(std::vector<OpCase>& table) {
   const Shape shape = {37, 45};
   for (DType dtype : kFloatDTypes) {
-    table.push_back(OpCase{
-        "swiglu_forward/" + label(dtype) + "/37x45", tolerance_for(dtype, 1e-5),
-        [=] { return Inputs{random_tensor(shape, dtype, 61, 3.0f), random_tensor(shape, dtype, 62)}; },
-        [=](Context& context, const Inputs& in) {
-          Tensor gate = place(context, in[0]), up = place(context, in[1]);
-          Tensor out = context.empty(shape, dtype);
-          ops::swiglu_forward(context, gate, up, out);
-          return Outputs{{"out", out}};
-        }});
-    table.push_back(OpCase{
-        "swiglu_backward/" + label(dtype) + "/37x45_in_place", tolerance_for(dtype, 1e-5),
-        [=] {
-          return Inputs{random_tensor(shape, dtype, 63), random_tensor(shape, dtype, 61, 3.0f),
-                        random_tensor(shape, dtype, 62)};
-        },
-        [=](Context& context, const Inputs& in) {
-          Tensor dout = place(context, in[0]), gate = place(context, in[1]), up = place(context, in[2]);
-          // dgate/dup overwrite gate/up, the aliasing ops.h allows.
-          ops::swiglu_backward(context, dout, gate, up, gate, up);
-          return Outputs{{"dgate", gate}, {"dup", up}};
-        }});
+    table.push_back(OpCase{"swiglu_forward/" + label(dtype) + "/37x45", tolerance_for(dtype, 1e-5),
+                           [=] {
+                             return Inputs{random_tensor(shape, dtype, 61, 3.0f), random_tensor(shape, dtype, 62)};
+                           },
+                           [=](Context& context, const Inputs& in) {
+                             Tensor gate = place(context, in[0]), up = place(context, in[1]);
+                             Tensor out = context.empty(shape, dtype);
+                             ops::swiglu_forward(context, gate, up, out);
+                             return Outputs{{"out", out}};
+                           }});
+    table.push_back(OpCase{"swiglu_backward/" + label(dtype) + "/37x45_in_place", tolerance_for(dtype, 1e-5),
+                           [=] {
+                             return Inputs{random_tensor(shape, dtype, 63), random_tensor(shape, dtype, 61, 3.0f),
+                                           random_tensor(shape, dtype, 62)};
+                           },
+                           [=](Context& context, const Inputs& in) {
+                             Tensor dout = place(context, in[0]), gate = place(context, in[1]),
+                                    up = place(context, in[2]);
+                             // dgate/dup overwrite gate/up, the aliasing ops.h allows.
+                             ops::swiglu_backward(context, dout, gate, up, gate, up);
+                             return Outputs{{"dgate", gate}, {"dup", up}};
+                           }});
   }
 }
 
@@ -455,7 +463,9 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
   for (DType dtype : kFloatDTypes) {
     const std::string name = label(dtype) + "/3x1001";
     table.push_back(OpCase{"add/" + name + "/into_a", 0.0,
-                           [=] { return Inputs{random_tensor(shape, dtype, 91), random_tensor(shape, dtype, 92)}; },
+                           [=] {
+                             return Inputs{random_tensor(shape, dtype, 91), random_tensor(shape, dtype, 92)};
+                           },
                            [=](Context& context, const Inputs& in) {
                              Tensor a = place(context, in[0]), b = place(context, in[1]);
                              ops::add(context, a, b, a);
@@ -463,7 +473,9 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
                            }});
     for (DType x_dtype : kFloatDTypes) {
       table.push_back(OpCase{"add_scaled/" + name + "/x_" + label(x_dtype), 0.0,
-                             [=] { return Inputs{random_tensor(shape, x_dtype, 93), random_tensor(shape, dtype, 94)}; },
+                             [=] {
+                               return Inputs{random_tensor(shape, x_dtype, 93), random_tensor(shape, dtype, 94)};
+                             },
                              [=](Context& context, const Inputs& in) {
                                Tensor x = place(context, in[0]), y = place(context, in[1]);
                                ops::add_scaled(context, -0.37f, x, y);
@@ -509,7 +521,9 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
     }
   }
   table.push_back(OpCase{"cast/i32_to_i64/7", 0.0,
-                         [] { return Inputs{int_tensor({7}, {0, 1, -1, 1 << 20, -(1 << 20), 7, 100000})}; },
+                         [] {
+                           return Inputs{int_tensor({7}, {0, 1, -1, 1 << 20, -(1 << 20), 7, 100000})};
+                         },
                          [](Context& context, const Inputs& in) {
                            Tensor src = place(context, in[0]);
                            Tensor wide = context.empty({7}, DType::kI64);
@@ -520,26 +534,23 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
                          }});
   // Sum of squares and finiteness over several tensors of mixed dtypes,
   // returned as a [3] f32 tensor {sum of squares, all finite, all finite with an inf added}.
-  table.push_back(OpCase{"gradient_stats/mixed/3_tensors", 1e-6,
-                         [] {
-                           std::vector<float> with_inf(100, 1.0f);
-                           with_inf[37] = INFINITY;
-                           return Inputs{random_tensor({3, 1001}, DType::kF32, 101),
-                                         random_tensor({77}, DType::kBF16, 102),
-                                         random_tensor({5000}, DType::kF16, 103),
-                                         Tensor::from_floats({100}, with_inf, DType::kBF16)};
-                         },
-                         [](Context& context, const Inputs& in) {
-                           std::vector<Tensor> finite = {place(context, in[0]), place(context, in[1]),
-                                                         place(context, in[2])};
-                           const ops::GradientStats stats = ops::gradient_stats(context, finite);
-                           finite.push_back(place(context, in[3]));
-                           const ops::GradientStats with_inf = ops::gradient_stats(context, finite);
-                           const std::vector<float> values = {static_cast<float>(stats.sum_of_squares),
-                                                              stats.all_finite ? 1.0f : 0.0f,
-                                                              with_inf.all_finite ? 1.0f : 0.0f};
-                           return Outputs{{"stats", Tensor::from_floats({3}, values)}};
-                         }});
+  table.push_back(OpCase{
+      "gradient_stats/mixed/3_tensors", 1e-6,
+      [] {
+        std::vector<float> with_inf(100, 1.0f);
+        with_inf[37] = INFINITY;
+        return Inputs{random_tensor({3, 1001}, DType::kF32, 101), random_tensor({77}, DType::kBF16, 102),
+                      random_tensor({5000}, DType::kF16, 103), Tensor::from_floats({100}, with_inf, DType::kBF16)};
+      },
+      [](Context& context, const Inputs& in) {
+        std::vector<Tensor> finite = {place(context, in[0]), place(context, in[1]), place(context, in[2])};
+        const ops::GradientStats stats = ops::gradient_stats(context, finite);
+        finite.push_back(place(context, in[3]));
+        const ops::GradientStats with_inf = ops::gradient_stats(context, finite);
+        const std::vector<float> values = {static_cast<float>(stats.sum_of_squares), stats.all_finite ? 1.0f : 0.0f,
+                                           with_inf.all_finite ? 1.0f : 0.0f};
+        return Outputs{{"stats", Tensor::from_floats({3}, values)}};
+      }});
 }
 
 const std::vector<OpCase>& op_table() {
@@ -630,7 +641,7 @@ TEST(CudaAllocatorTest, CountsBytesInUseAndPeak) {
   const size_t before = allocator.bytes_in_use();
   size_t with_both = 0;
   {
-    Tensor a = context->empty({1000}, DType::kF32);  // 4000 bytes, a 512-byte size class
+    Tensor a = context->empty({1000}, DType::kF32);      // 4000 bytes, a 512-byte size class
     Tensor b = context->empty({3 << 20}, DType::kBF16);  // 6 MiB, 2 MiB granules
     with_both = allocator.bytes_in_use();
     EXPECT_GE(with_both - before, 4000u + (6u << 20));

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-LAUNCH = re.compile(r'([A-Za-z_][\w:]*(?:<[^<>;]*>)?)<<<(.*?)>>>\((.*?)\);', re.S)
+LAUNCH = re.compile(r'([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\((.*?)\);', re.S)
 
 
 def split_top_level(text):
