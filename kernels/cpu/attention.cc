@@ -137,6 +137,12 @@ void store_head_rows(const FloatWriter& writer, const float* values, int64_t fir
   }
 }
 
+// dS = P o (dP - row_dot), in place over dP.
+LLMFT_CPU_MULTIVERSION void softmax_gradient_row(const float* p, int64_t n, float row_dot, float* dp) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - row_dot);
+}
+
 }  // namespace
 
 void attention_forward(Context& context, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -158,7 +164,7 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
 #pragma omp parallel if (tasks > 1 && tasks * kQueryBlock * S * D > kParallelWork)
   {
     std::vector<float> scores(static_cast<size_t>(kQueryBlock * S)), q_scratch(kQueryBlock * D),
-        k_scratch(S * D), v_scratch(S * D), out_scratch(kQueryBlock * D);
+        k_scratch(S * D), v_scratch(S * D), out_scratch(kQueryBlock * D), inverse_sums(kQueryBlock);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t block = task % blocks, h = (task / blocks) % Hq, b = task / (blocks * Hq);
@@ -184,12 +190,17 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
                           exp_shifted(s + doc_begin, doc_end - doc_begin, row_max, s + doc_begin);
         std::fill(s + tile.prefix_end, s + doc_begin, 0.0f);
         std::fill(s + doc_end, s + columns, 0.0f);
-        const float inverse_sum = 1.0f / sum;
-        for (int64_t j = 0; j < columns; ++j) s[j] *= inverse_sum;
+        inverse_sums[row] = 1.0f / sum;
         lse_data[(b * Hq + h) * T + t] = row_max + std::log(sum);
       }
+      // O = (unnormalised P) V, then each row divided by its sum: D instead of
+      // `columns` multiplies per row.
       float* out_rows = open_head_rows(out, b * T + t_begin, Hq, h, D, out_scratch.data(), ldo);
       sgemm(false, false, rows, D, columns, 1.0f, scores.data(), columns, v_rows, ldv, 0.0f, out_rows, ldo);
+      for (int64_t row = 0; row < rows; ++row) {
+        float* out_row = out_rows + row * ldo;
+        for (int64_t d = 0; d < D; ++d) out_row[d] *= inverse_sums[row];
+      }
       store_head_rows(out_writer, out_rows, b * T + t_begin, rows, Hq, h, D);
     }
   }
@@ -277,9 +288,7 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
           float* ds = dprobabilities.data();
           sgemm(false, true, rows, columns, D, 1.0f, dout_rows, lddo, v_rows, ldv, 0.0f, ds, columns);
           for (int64_t row = 0; row < rows; ++row) {
-            float* ds_row = ds + row * columns;
-            const float* p_row = p + row * columns;
-            for (int64_t j = 0; j < columns; ++j) ds_row[j] = p_row[j] * (ds_row[j] - row_dot[row]);
+            softmax_gradient_row(p + row * columns, columns, row_dot[row], ds + row * columns);
           }
           // dQ = scale * dS K ; dK += scale * dS^T Q
           float* dq_rows = open_head_rows(dq, b * T + t_begin, Hq, h, D, dq_scratch.data(), lddq);
