@@ -48,9 +48,11 @@ std::string no_cuda_reason() {
   } while (0)
 
 // One CUDA context for the whole binary: creating one allocates the cuBLASLt
-// workspace, which would dominate a table of small rows.
+// workspace, which would dominate a table of small rows. Deliberately never
+// destroyed: a static destructor would run after the CUDA runtime may have
+// begun tearing down at exit.
 Context& cuda_context() {
-  static std::unique_ptr<Context> context = Context::cuda(0, /*seed=*/0);
+  static Context* const context = Context::cuda(0, /*seed=*/0).release();
   return *context;
 }
 
