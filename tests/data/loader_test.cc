@@ -411,10 +411,11 @@ TEST(LoaderErrors, WorkerErrorsAreRethrownToTheConsumer) {
   options.shuffle_buffer = 0;
   options.reader.buffer_bytes = 64;
   options.prefetch_batches = 2;
-  // The index pass reads the shard once (~1.1 KB); fail in the epoch pass.
-  faulty.fail_after = UINT64_MAX;
+  // The index pass opens the shard once and reads it whole; the epoch pass
+  // opens it again, and that file fails after its first 100 bytes.
+  faulty.healthy_opens = 1;
+  faulty.fail_after = 100;
   Loader loader(options, faulty);
-  faulty.fail_after = 0;  // every later read of a newly opened file fails at once
   try {
     while (loader.next()) {
     }

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -41,15 +42,19 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
 }
 
 // Serves at most `max_chunk` bytes per read() and throws once `fail_after`
-// bytes have been read (when set), to prove callers handle short reads and
-// propagate I/O errors with the file name.
+// bytes have been read from a file (for files opened after the first
+// `healthy_opens` opens), to prove callers handle short reads and propagate
+// I/O errors with the file name. Set the fields before handing it out.
 class FaultyFileSystem : public FileSystem {
  public:
   size_t max_chunk = 1;
   uint64_t fail_after = UINT64_MAX;
+  int healthy_opens = 0;
 
   std::unique_ptr<ReadableFile> open_read(const std::string& path) override {
-    return std::make_unique<FaultyFile>(local_file_system().open_read(path), *this);
+    bool faulty = opens_.fetch_add(1) >= healthy_opens;
+    return std::make_unique<FaultyFile>(local_file_system().open_read(path), max_chunk,
+                                        faulty ? fail_after : UINT64_MAX);
   }
   std::unique_ptr<WritableFile> open_write(const std::string& path) override {
     return local_file_system().open_write(path);
@@ -59,11 +64,11 @@ class FaultyFileSystem : public FileSystem {
  private:
   class FaultyFile : public ReadableFile {
    public:
-    FaultyFile(std::unique_ptr<ReadableFile> inner, FaultyFileSystem& owner)
-        : inner_(std::move(inner)), owner_(owner) {}
+    FaultyFile(std::unique_ptr<ReadableFile> inner, size_t max_chunk, uint64_t fail_after)
+        : inner_(std::move(inner)), max_chunk_(max_chunk), fail_after_(fail_after) {}
     size_t read(void* buffer, size_t bytes) override {
-      if (total_ >= owner_.fail_after) throw_runtime(path(), ": injected read failure at byte ", total_);
-      size_t got = inner_->read(buffer, std::min(bytes, owner_.max_chunk));
+      if (total_ >= fail_after_) throw_runtime(path(), ": injected read failure at byte ", total_);
+      size_t got = inner_->read(buffer, std::min(bytes, max_chunk_));
       total_ += got;
       return got;
     }
@@ -73,9 +78,11 @@ class FaultyFileSystem : public FileSystem {
 
    private:
     std::unique_ptr<ReadableFile> inner_;
-    FaultyFileSystem& owner_;
+    size_t max_chunk_;
+    uint64_t fail_after_;
     uint64_t total_ = 0;
   };
+  std::atomic<int> opens_{0};
 };
 
 }  // namespace llmft::data::testing
