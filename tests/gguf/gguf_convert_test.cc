@@ -14,9 +14,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/context.h"
 #include "core/error.h"
 #include "model/gguf_convert.h"
 #include "model/gguf_reader.h"
+#include "model/llama.h"
+#include "model/model_config.h"
 #include "model/safetensors.h"
 #include "tests/gguf/gguf_test_writer.h"
 
@@ -353,6 +356,30 @@ TEST(GgufConvert, RejectsAShapeThatContradictsTheMetadata) {
               std::string::npos)
         << error.what();
   }
+}
+
+TEST(GgufConvert, LlmftLoadsTheDirectory) {
+  // The model layer reads what the converter writes: config fields and every weight.
+  ScratchDir scratch;
+  TinySpec spec;
+  spec.untied = true;
+  HfModel model = convert_gguf(open_tiny(scratch, spec));
+  write_hf_directory(model, scratch.path() / "hf");
+  const ModelConfig config = ModelConfig::load(scratch.path() / "hf");
+  EXPECT_EQ(config.hidden_size, kHidden);
+  EXPECT_EQ(config.num_attention_heads, kHeads);
+  EXPECT_EQ(config.num_key_value_heads, kKvHeads);
+  EXPECT_EQ(config.head_dim, kHeadDim);
+  EXPECT_EQ(config.intermediate_size, kFfn);
+  EXPECT_EQ(config.vocab_size, kVocab);
+  EXPECT_EQ(config.rope_theta, 100000.0);
+  EXPECT_FALSE(config.tie_word_embeddings);
+  std::unique_ptr<Context> context = Context::cpu();
+  std::unique_ptr<LlamaModel> loaded = LlamaModel::load(*context, scratch.path() / "hf");
+  std::vector<NamedTensor> state = loaded->state_dict(DType::kF32);
+  ASSERT_EQ(state.size(), model.tensors.size());
+  for (const NamedTensor& tensor : state)
+    EXPECT_EQ(tensor.tensor.to_floats(), find(model, tensor.name).tensor.to_floats()) << tensor.name;
 }
 
 }  // namespace
