@@ -282,8 +282,9 @@ void GgufFile::parse() {
 
   // Tensor data: each tensor aligned, inside the file, and exactly where the
   // previous one ends (padded to the alignment), which is how llama.cpp's and
-  // gguf-py's writers lay it out and what llama.cpp's gguf_init checks. A type
-  // or shape that does not match the stored bytes breaks this chain.
+  // gguf-py's writers lay it out and what llama.cpp's gguf_init_from_reader
+  // checks ("tensor '%s' has offset %, expected %"). A type or shape that does
+  // not match the stored bytes breaks this chain.
   uint64_t expected_offset = 0;
   const TensorInfo* previous = nullptr;
   for (const TensorInfo& tensor : tensors_) {
@@ -305,6 +306,9 @@ void GgufFile::parse() {
     expected_offset = pad_to(tensor.offset + tensor.byte_size, alignment_);
     previous = &tensor;
   }
+  // Stricter than gguf_init (which ignores what follows the data): writers pad
+  // after every tensor, the last one too, so bytes beyond that padding mean the
+  // last tensor's type or shape understates its data.
   if (previous != nullptr && bytes_.size() > data_offset_ + expected_offset)
     throw_bad_input(path_, ": ", bytes_.size() - data_offset_ - expected_offset, " bytes after the last tensor '",
                     previous->name, "' (", ggml_type_name(static_cast<uint32_t>(previous->type)), " ", shape_string(previous->ne),
