@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -206,13 +207,17 @@ void GgufFile::parse() {
     std::string shown;
     for (int index = 0; index < 4; ++index) {
       const char c = static_cast<char>(bytes_[index]);
-      shown += (c >= 0x20 && c < 0x7f) ? std::string(1, c) : str_cat("\\x", std::hex, +static_cast<uint8_t>(c));
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", static_cast<unsigned>(static_cast<uint8_t>(c)));
+      shown += (c >= 0x20 && c < 0x7f) ? std::string(1, c) : std::string(escaped);
     }
-    throw_bad_input(path_, ": not a GGUF file: magic is '", shown, "', expected 'GGUF'");
+    throw_bad_input(path_, ": not a GGUF file: magic is '", shown, "', expected 'GGUF'",
+                    shown == "FUGG" ? " (a big-endian GGUF file, not supported)" : "");
   }
   version_ = cursor.read<uint32_t>("version");
   if (version_ != 2 && version_ != 3)
-    throw_bad_input(path_, ": GGUF version ", version_, " is not supported (expected 2 or 3)");
+    throw_bad_input(path_, ": GGUF version ", version_, " is not supported (expected 2 or 3)",
+                    version_ == 0x02000000u || version_ == 0x03000000u ? "; a big-endian file?" : "");
   const uint64_t tensor_count = cursor.read<uint64_t>("tensor count");
   const uint64_t kv_count = cursor.read<uint64_t>("metadata count");
   if (kv_count > cursor.remaining() / kMinKvBytes)

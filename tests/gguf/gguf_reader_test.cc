@@ -171,6 +171,10 @@ TEST(GgufReaderRejects, BadMagic) {
   GgufImage image = two_tensor_file().build();
   std::memcpy(image.bytes.data(), "GGML", 4);
   expect_rejected(image.bytes, "not a GGUF file: magic is 'GGML', expected 'GGUF'");
+  std::memcpy(image.bytes.data(), "FUGG", 4);
+  expect_rejected(image.bytes, "magic is 'FUGG', expected 'GGUF' (a big-endian GGUF file, not supported)");
+  std::memcpy(image.bytes.data(), "\x00\x01GG", 4);
+  expect_rejected(image.bytes, "magic is '\\x00\\x01GG'");
 }
 
 TEST(GgufReaderRejects, UnsupportedVersion) {
@@ -179,6 +183,8 @@ TEST(GgufReaderRejects, UnsupportedVersion) {
   expect_rejected(image.bytes, "GGUF version 7 is not supported (expected 2 or 3)");
   image.poke<uint32_t>("version", 1);
   expect_rejected(image.bytes, "GGUF version 1 is not supported");
+  image.poke<uint32_t>("version", 0x03000000);  // version 3 written big-endian
+  expect_rejected(image.bytes, "GGUF version 50331648 is not supported (expected 2 or 3); a big-endian file?");
 }
 
 TEST(GgufReaderRejects, TensorCountTooLarge) {
