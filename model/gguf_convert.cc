@@ -503,6 +503,11 @@ void write_hf_directory(const HfModel& model, const std::filesystem::path& direc
   std::error_code error;
   std::filesystem::create_directories(directory, error);
   if (error) throw_bad_input(directory.string(), ": cannot create the output directory: ", error.message());
+  // A sharded checkpoint's index left there would win over the new
+  // model.safetensors in every loader (transformers' and llmft's).
+  if (std::filesystem::exists(directory / "model.safetensors.index.json"))
+    throw_bad_input((directory / "model.safetensors.index.json").string(),
+                    ": the output directory holds a sharded checkpoint; convert into an empty directory");
   auto write_json = [&](const char* name, const json& value) {
     std::string text;
     try {

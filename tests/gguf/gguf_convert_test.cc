@@ -305,6 +305,23 @@ TEST(GgufConvert, WritesADirectoryThatReadsBack) {
             weights_for("model.layers.1.self_attn.k_proj.weight", kKvHeads * kHeadDim * kHidden));
 }
 
+TEST(GgufConvert, RefusesToWriteBesideAShardedCheckpoint) {
+  ScratchDir scratch;
+  HfModel model = convert_gguf(open_tiny(scratch));
+  const auto out = scratch.path() / "old";
+  std::filesystem::create_directories(out);
+  scratch.write("old/model.safetensors.index.json", std::vector<uint8_t>{'{', '}'});
+  try {
+    write_hf_directory(model, out);
+    FAIL() << "wrote model.safetensors next to a shard index";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(error.what()).find("holds a sharded checkpoint; convert into an empty directory"),
+              std::string::npos);
+  }
+  EXPECT_FALSE(std::filesystem::exists(out / "model.safetensors"));
+}
+
 TEST(GgufConvert, RejectsWhatItCannotConvert) {
   TinySpec qwen;
   qwen.architecture = "qwen2";
