@@ -347,6 +347,40 @@ TEST(LlamaGradients, PromptEmbeddingGradientsMatchFiniteDifferences) {
   EXPECT_TRUE(model.parameters().get("model.embed_tokens.weight").grad.defined());
 }
 
+// 16-bit compute (bf16 and f16 weights and activations, f32 gradients): the
+// gradients must point the same way as the f32 ones (cosine > 0.999 per
+// tensor) and the loss agree to about the 16-bit rounding.
+TEST(LlamaGradients, SixteenBitComputeTracksF32) {
+  auto context = Context::cpu(0, 2);
+  const ModelConfig config = tiny_config("Qwen2ForCausalLM", false);
+  LlamaModel reference(*context, config, {});
+  randomize(*context, reference, 17);
+  StepResult reference_result = reference.forward_backward(*context, plain_batch());
+  auto reference_gradients = gradients(reference);
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    LlamaOptions options;
+    options.compute_dtype = dtype;
+    LlamaModel model(*context, config, options);
+    for (Parameter* parameter : model.parameters().all())
+      parameter->value.copy_from(Tensor::from_floats(
+          parameter->value.shape(), reference.parameters().get(parameter->name).value.to_floats(), dtype));
+    StepResult result = model.forward_backward(*context, plain_batch());
+    EXPECT_NEAR(result.loss, reference_result.loss, 3e-2 * reference_result.loss) << dtype_name(dtype);
+    for (const auto& [name, expected] : reference_gradients) {
+      const Parameter& parameter = model.parameters().get(name);
+      ASSERT_EQ(parameter.grad.dtype(), DType::kF32);
+      std::vector<float> actual = parameter.grad.to_floats();
+      double dot = 0.0, norm_a = 0.0, norm_e = 0.0;
+      for (size_t i = 0; i < actual.size(); ++i) {
+        dot += static_cast<double>(actual[i]) * expected[i];
+        norm_a += static_cast<double>(actual[i]) * actual[i];
+        norm_e += static_cast<double>(expected[i]) * expected[i];
+      }
+      EXPECT_GT(dot / std::sqrt(norm_a * norm_e + 1e-30), 0.999) << dtype_name(dtype) << " " << name;
+    }
+  }
+}
+
 TEST(LlamaModel, SlidingWindowShorterThanTheSequenceIsRefused) {
   auto context = Context::cpu(0, 2);
   ModelConfig config = tiny_config("MistralForCausalLM", false);
