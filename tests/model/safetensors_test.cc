@@ -8,7 +8,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <nlohmann/json.hpp>
 
@@ -221,6 +224,38 @@ TEST_F(SafetensorsTest, RoundTripAllDtypesAndConversion) {
     view = scoped.tensor("f32");
   }
   EXPECT_EQ(view.to_floats(), values);
+}
+
+TEST_F(SafetensorsTest, FailedWriteLeavesThePreviousFileIntact) {
+  // Fault injection: a file-size limit makes write() fail with EFBIG halfway
+  // through the new file. The old file must survive untouched and no
+  // temporary file may be left behind.
+  fs::path path = directory_ / "model.safetensors";
+  std::vector<NamedTensor> small = {{"w", Tensor::from_floats({2}, std::vector<float>{1.0f, 2.0f})}};
+  write_safetensors(path, small);
+  std::vector<NamedTensor> large = {{"w", Tensor::zeros_cpu({4096}, DType::kF32)}};
+
+  struct rlimit saved_limit {};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved_limit), 0);
+  auto saved_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the default kill
+  struct rlimit limit = saved_limit;
+  limit.rlim_cur = 4096;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limit), 0);
+  bool threw = false;
+  try {
+    write_safetensors(path, large);
+  } catch (const Error& error) {
+    threw = true;
+    EXPECT_CONTAINS(error.what(), "write failed");
+  }
+  ::setrlimit(RLIMIT_FSIZE, &saved_limit);
+  std::signal(SIGXFSZ, saved_handler);
+
+  EXPECT_TRUE(threw);
+  EXPECT_EQ(SafetensorsFile::open(path).tensor("w").to_floats(), (std::vector<float>{1.0f, 2.0f}));
+  int files = 0;
+  for (const auto& entry : fs::directory_iterator(directory_)) files += entry.is_regular_file();
+  EXPECT_EQ(files, 1);
 }
 
 TEST_F(SafetensorsTest, WriterRejectsDuplicateNames) {
