@@ -4,14 +4,13 @@
 #include "model/safetensors.h"
 
 #include <gtest/gtest.h>
-
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
