@@ -22,7 +22,10 @@ enum class ShardKind { kNone, kColumn, kRow };
 // Something that adds to a Linear's output: y += adapter(x). Implementations
 // own their parameters (and register them with their own registry) and
 // recompute any intermediate they need from x in the backward, so they work
-// unchanged under gradient checkpointing.
+// unchanged under gradient checkpointing. With checkpointing, forward runs
+// twice per step for the same x: any randomness (LoRA dropout) must be a pure
+// function of the step, e.g. Philox keyed by (seed, step, layer), as
+// ops::dropout_forward is.
 class LinearAdapter {
  public:
   virtual ~LinearAdapter() = default;

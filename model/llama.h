@@ -77,7 +77,9 @@ class AttentionPrefixHook {
  public:
   virtual ~AttentionPrefixHook() = default;
   virtual int64_t num_prefix() const = 0;
-  // Fills keys/values [P, kv_heads, head_dim] of `layer`, shared by every sequence.
+  // Fills keys/values [P, kv_heads, head_dim] of `layer`, shared by every
+  // sequence. Called again for a block recomputed by gradient checkpointing,
+  // so it must give the same values both times.
   virtual void forward(Context& context, int64_t layer, Tensor& keys, Tensor& values) = 0;
   // dkeys/dvalues: [B, P, kv_heads, head_dim].
   virtual void backward(Context& context, int64_t layer, const Tensor& dkeys, const Tensor& dvalues) = 0;
