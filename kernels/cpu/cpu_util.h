@@ -117,13 +117,13 @@ class F32Output {
 // ---- Math -----------------------------------------------------------------------
 // exp(x) for float, written so the compiler can vectorise loops over it (libm's
 // expf is a call per element): Cody-Waite reduction x = n ln2 + r and Cephes'
-// expf polynomial on |r| <= ln2/2 (relative error about 2 ulp). Arguments below
-// -87.3 (including -inf) give 0, above 88.7 give +inf.
+// expf polynomial on |r| <= ln2/2 (relative error below 2 ulp). Arguments below
+// -87.3 (including -inf) give 0 (no subnormal results), above ln(FLT_MAX) +inf.
 inline float fast_exp(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2High = 0.693359375f, kLn2Low = -2.12194440e-4f;
   constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float clamped = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  const float clamped = x < -87.3f ? -87.3f : (x > 88.7228f ? 88.7228f : x);
   const float n = (clamped * kLog2e + kRoundMagic) - kRoundMagic;
   const float r = (clamped - n * kLn2High) - n * kLn2Low;
   float p = 1.9875691500e-4f;
@@ -133,10 +133,15 @@ inline float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const float power = bits_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  // exp(x) for x in (88.38, 88.7] is finite but needs n = 128, whose 2^n is not
+  // a float: take one factor 2 into p instead.
+  const bool top = n > 127.0f;
+  p = top ? p * 2.0f : p;
+  const float exponent = top ? 127.0f : n;
+  const float power = bits_float(static_cast<uint32_t>(static_cast<int32_t>(exponent) + 127) << 23);
   float result = p * power;
   if (x < -87.3f) result = 0.0f;
-  if (x > 88.7f) result = __builtin_inff();
+  if (x > 88.7228f) result = __builtin_inff();
   return result;
 }
 

@@ -1,6 +1,7 @@
 // Contracts of kernels/ops.h beyond numeric accuracy: dropout's Philox-keyed
 // mask, gradient statistics, and the errors that name the op, the argument and
 // the offending value.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "core/tensor.h"
+#include "kernels/cpu/cpu_util.h"
 #include "kernels/ops.h"
 
 namespace llmft {
@@ -135,6 +137,42 @@ TEST_F(OpContract, GradientStatsFlagsOneInfOrNaN) {
   // A huge but finite gradient (its fp32 square overflows) is still finite.
   std::vector<Tensor> huge{Tensor::from_floats({2}, std::vector<float>{3e38f, 1.0f})};
   EXPECT_TRUE(ops::gradient_stats(*context, huge).all_finite);
+}
+
+// ---- The CPU backend's vectorisable exp ------------------------------------------------
+
+// Every softmax, log-sum-exp and sigmoid of the CPU kernels goes through fast_exp.
+TEST_F(OpContract, FastExpIsWithinTwoUlpOfExpOverTheFloatRange) {
+  double worst = 0.0;
+  float worst_at = 0.0f;
+  for (double x = -87.0; x <= 88.72; x += 3e-4) {
+    const float argument = static_cast<float>(x);
+    const double want = std::exp(static_cast<double>(argument));
+    const double relative = std::fabs(cpu::fast_exp(argument) - want) / want;
+    if (relative > worst) {
+      worst = relative;
+      worst_at = argument;
+    }
+  }
+  EXPECT_LT(worst, 2.0 * 5.96e-8) << "at x = " << worst_at;  // 2 ulp of 1.0f
+  EXPECT_EQ(cpu::fast_exp(0.0f), 1.0f);
+  EXPECT_EQ(cpu::fast_exp(-INFINITY), 0.0f);  // masked scores
+  EXPECT_EQ(cpu::fast_exp(-200.0f), 0.0f);
+  EXPECT_TRUE(std::isinf(cpu::fast_exp(89.0f)));
+  EXPECT_TRUE(std::isnan(cpu::fast_exp(NAN)));
+  // The vector loops (AVX2/AVX-512 clones, which contract to FMA) agree with the scalar function.
+  std::vector<float> values = random_floats(1000, 30);
+  std::vector<float> exps(values.size());
+  const float sum = cpu::exp_shifted(values.data(), static_cast<int64_t>(values.size()), 0.5f, exps.data());
+  double want_sum = 0.0;
+  for (size_t i = 0; i < values.size(); ++i) {
+    const float scalar = cpu::fast_exp(values[i] - 0.5f);
+    ASSERT_NEAR(exps[i], scalar, 2.4e-7 * scalar) << i;
+    want_sum += exps[i];
+  }
+  EXPECT_NEAR(sum, want_sum, 1e-5 * want_sum);
+  EXPECT_EQ(cpu::max_value(values.data(), static_cast<int64_t>(values.size())),
+            *std::max_element(values.begin(), values.end()));
 }
 
 // ---- Errors --------------------------------------------------------------------------------
