@@ -13,6 +13,7 @@
 // summing dK/dV over the query heads that share a KV head (GQA).
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -226,84 +227,104 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
   const std::vector<int32_t> starts = document_starts(op, options, shape);
   const int64_t T = shape.time, D = shape.head_dim, S = shape.keys, Hq = shape.query_heads, Hkv = shape.kv_heads;
   const int64_t blocks = ceil_div(T, kQueryBlock);
-  // One task per (batch, KV head): it owns that head's dK/dV rows, so the sums
-  // over its query heads and query blocks need no synchronisation.
-  const int64_t tasks = shape.batch * Hkv;
+  // One task per (batch, query head). Its dK/dV contributions go to a private
+  // [S, D] slice of partial_dk / partial_dv (2 x B x Hq x S x D floats, the
+  // size of q's gradient when there is no prefix); the slices of the query
+  // heads that share a KV head are summed afterwards in head order. So GQA
+  // needs no locks, the result does not depend on scheduling, and B * Hq tasks
+  // (not B * Hkv) keep the threads busy.
+  const int64_t tasks = shape.batch * Hq;
+  const int64_t slice = S * D;
+  std::unique_ptr<float[]> partial_dk = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(tasks * slice));
+  std::unique_ptr<float[]> partial_dv = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(tasks * slice));
   FloatReader q_reader(q), k_reader(k), v_reader(v), out_reader(out), dout_reader(dout);
   FloatWriter dq_writer(dq), dk_writer(dk), dv_writer(dv);
   const float* lse_data = lse.data<float>();
+  const bool parallel = tasks > 1 && tasks * T * S * D > kParallelWork;
 
-#pragma omp parallel if (tasks > 1 && tasks * shape.heads_per_group * T * S * D > kParallelWork)
+#pragma omp parallel if (parallel)
   {
     std::vector<float> probabilities(static_cast<size_t>(kQueryBlock * S)), dprobabilities(kQueryBlock * S),
         q_scratch(kQueryBlock * D), out_scratch(kQueryBlock * D), dout_scratch(kQueryBlock * D),
-        dq_scratch(kQueryBlock * D), k_scratch(S * D), v_scratch(S * D), dk_sum(S * D), dv_sum(S * D),
-        row_dot(kQueryBlock);
+        dq_scratch(kQueryBlock * D), k_scratch(S * D), v_scratch(S * D), row_dot(kQueryBlock);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t g = task % Hkv, b = task / Hkv;
+      const int64_t h = task % Hq, b = task / Hq;
+      const int64_t g = h / shape.heads_per_group;
       const int32_t* row_starts = starts.data() + b * T;
-      std::fill(dk_sum.begin(), dk_sum.end(), 0.0f);
-      std::fill(dv_sum.begin(), dv_sum.end(), 0.0f);
-      // K and V of this head, whole, once per task.
+      float* dk_sum = partial_dk.get() + task * slice;
+      float* dv_sum = partial_dv.get() + task * slice;
+      std::fill(dk_sum, dk_sum + slice, 0.0f);
+      std::fill(dv_sum, dv_sum + slice, 0.0f);
       int64_t ldk, ldv;
       const float* k_all = head_rows(k_reader, b * S, S, Hkv, g, D, k_scratch.data(), ldk);
       const float* v_all = head_rows(v_reader, b * S, S, Hkv, g, D, v_scratch.data(), ldv);
-      for (int64_t h = g * shape.heads_per_group; h < (g + 1) * shape.heads_per_group; ++h) {
-        for (int64_t block = 0; block < blocks; ++block) {
-          const int64_t t_begin = block * kQueryBlock, t_end = std::min(T, t_begin + kQueryBlock);
-          const int64_t rows = t_end - t_begin;
-          const KeyTile tile = key_tile(shape, row_starts, t_begin, t_end);
-          const int64_t columns = tile.count();
-          const float* k_rows = k_all + tile.key_begin * ldk;
-          const float* v_rows = v_all + tile.key_begin * ldv;
-          int64_t ldq, ldo, lddo, lddq;
-          const float* q_rows = head_rows(q_reader, b * T + t_begin, rows, Hq, h, D, q_scratch.data(), ldq);
-          const float* out_rows = head_rows(out_reader, b * T + t_begin, rows, Hq, h, D, out_scratch.data(), ldo);
-          const float* dout_rows =
-              head_rows(dout_reader, b * T + t_begin, rows, Hq, h, D, dout_scratch.data(), lddo);
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t t_begin = block * kQueryBlock, t_end = std::min(T, t_begin + kQueryBlock);
+        const int64_t rows = t_end - t_begin;
+        const KeyTile tile = key_tile(shape, row_starts, t_begin, t_end);
+        const int64_t columns = tile.count();
+        const float* k_rows = k_all + tile.key_begin * ldk;
+        const float* v_rows = v_all + tile.key_begin * ldv;
+        int64_t ldq, ldo, lddo, lddq;
+        const float* q_rows = head_rows(q_reader, b * T + t_begin, rows, Hq, h, D, q_scratch.data(), ldq);
+        const float* out_rows = head_rows(out_reader, b * T + t_begin, rows, Hq, h, D, out_scratch.data(), ldo);
+        const float* dout_rows = head_rows(dout_reader, b * T + t_begin, rows, Hq, h, D, dout_scratch.data(), lddo);
 
-          // P = exp(scale * q.k - lse) on the allowed columns, 0 elsewhere.
-          float* p = probabilities.data();
-          sgemm(false, true, rows, columns, D, shape.scale, q_rows, ldq, k_rows, ldk, 0.0f, p, columns);
-          for (int64_t row = 0; row < rows; ++row) {
-            const int64_t t = t_begin + row;
-            float* p_row = p + row * columns;
-            const float row_lse = lse_data[(b * Hq + h) * T + t];
-            const int64_t doc_begin = tile.doc_begin(shape, row_starts[t]), doc_end = tile.doc_end(shape, t);
-            exp_shifted(p_row, tile.prefix_end, row_lse, p_row);
-            exp_shifted(p_row + doc_begin, doc_end - doc_begin, row_lse, p_row + doc_begin);
-            std::fill(p_row + tile.prefix_end, p_row + doc_begin, 0.0f);
-            std::fill(p_row + doc_end, p_row + columns, 0.0f);
-            double dot = 0.0;
-            const float* out_row = out_rows + row * ldo;
-            const float* dout_row = dout_rows + row * lddo;
-            for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(out_row[d]) * dout_row[d];
-            row_dot[row] = static_cast<float>(dot);
-          }
-          // dV += P^T dO
-          sgemm(true, false, columns, D, rows, 1.0f, p, columns, dout_rows, lddo, 1.0f,
-                dv_sum.data() + tile.key_begin * D, D);
-          // dS = P o (dO V^T - rowsum(dO o O)); masked columns have P = 0.
-          float* ds = dprobabilities.data();
-          sgemm(false, true, rows, columns, D, 1.0f, dout_rows, lddo, v_rows, ldv, 0.0f, ds, columns);
-          for (int64_t row = 0; row < rows; ++row) {
-            softmax_gradient_row(p + row * columns, columns, row_dot[row], ds + row * columns);
-          }
-          // dQ = scale * dS K ; dK += scale * dS^T Q
-          float* dq_rows = open_head_rows(dq, b * T + t_begin, Hq, h, D, dq_scratch.data(), lddq);
-          sgemm(false, false, rows, D, columns, shape.scale, ds, columns, k_rows, ldk, 0.0f, dq_rows, lddq);
-          store_head_rows(dq_writer, dq_rows, b * T + t_begin, rows, Hq, h, D);
-          sgemm(true, false, columns, D, rows, shape.scale, ds, columns, q_rows, ldq, 1.0f,
-                dk_sum.data() + tile.key_begin * D, D);
+        // P = exp(scale * q.k - lse) on the allowed columns, 0 elsewhere.
+        float* p = probabilities.data();
+        sgemm(false, true, rows, columns, D, shape.scale, q_rows, ldq, k_rows, ldk, 0.0f, p, columns);
+        for (int64_t row = 0; row < rows; ++row) {
+          const int64_t t = t_begin + row;
+          float* p_row = p + row * columns;
+          const float row_lse = lse_data[(b * Hq + h) * T + t];
+          const int64_t doc_begin = tile.doc_begin(shape, row_starts[t]), doc_end = tile.doc_end(shape, t);
+          exp_shifted(p_row, tile.prefix_end, row_lse, p_row);
+          exp_shifted(p_row + doc_begin, doc_end - doc_begin, row_lse, p_row + doc_begin);
+          std::fill(p_row + tile.prefix_end, p_row + doc_begin, 0.0f);
+          std::fill(p_row + doc_end, p_row + columns, 0.0f);
+          double dot = 0.0;
+          const float* out_row = out_rows + row * ldo;
+          const float* dout_row = dout_rows + row * lddo;
+          for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(out_row[d]) * dout_row[d];
+          row_dot[row] = static_cast<float>(dot);
         }
-      }
-      for (int64_t key = 0; key < S; ++key) {
-        const int64_t first = ((b * S + key) * Hkv + g) * D;
-        dk_writer.write(first, D, dk_sum.data() + key * D);
-        dv_writer.write(first, D, dv_sum.data() + key * D);
+        // dV += P^T dO
+        sgemm(true, false, columns, D, rows, 1.0f, p, columns, dout_rows, lddo, 1.0f, dv_sum + tile.key_begin * D, D);
+        // dS = P o (dO V^T - rowsum(dO o O)); masked columns have P = 0.
+        float* ds = dprobabilities.data();
+        sgemm(false, true, rows, columns, D, 1.0f, dout_rows, lddo, v_rows, ldv, 0.0f, ds, columns);
+        for (int64_t row = 0; row < rows; ++row) {
+          softmax_gradient_row(p + row * columns, columns, row_dot[row], ds + row * columns);
+        }
+        // dQ = scale * dS K ; dK += scale * dS^T Q
+        float* dq_rows = open_head_rows(dq, b * T + t_begin, Hq, h, D, dq_scratch.data(), lddq);
+        sgemm(false, false, rows, D, columns, shape.scale, ds, columns, k_rows, ldk, 0.0f, dq_rows, lddq);
+        store_head_rows(dq_writer, dq_rows, b * T + t_begin, rows, Hq, h, D);
+        sgemm(true, false, columns, D, rows, shape.scale, ds, columns, q_rows, ldq, 1.0f, dk_sum + tile.key_begin * D,
+              D);
       }
     }
+  }
+
+  // dK/dV rows: the sum over each group's query heads, into the first head's slice, then stored.
+  const int64_t kv_rows = shape.batch * S * Hkv;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t index = 0; index < kv_rows; ++index) {
+    const int64_t g = index % Hkv, key = (index / Hkv) % S, b = index / (Hkv * S);
+    const int64_t first_task = b * Hq + g * shape.heads_per_group;
+    float* dk_row = partial_dk.get() + first_task * slice + key * D;
+    float* dv_row = partial_dv.get() + first_task * slice + key * D;
+    for (int64_t other = 1; other < shape.heads_per_group; ++other) {
+      const float* dk_other = dk_row + other * slice;
+      const float* dv_other = dv_row + other * slice;
+      for (int64_t d = 0; d < D; ++d) {
+        dk_row[d] += dk_other[d];
+        dv_row[d] += dv_other[d];
+      }
+    }
+    dk_writer.write(index * D, D, dk_row);
+    dv_writer.write(index * D, D, dv_row);
   }
 }
 
