@@ -181,6 +181,8 @@ TEST_F(OpTable, Gemm) {
   cases.push_back({{}, false, false, 7, 5, 9, true, true, 0.5f, 0.75f, false});            // alpha, beta
   cases.push_back({{3}, true, true, 7, 5, 9, false, false, -1.5f, 1.0f, false});           // accumulate
   cases.push_back({{}, false, false, 7, 5, 9, false, false, 1.0f, 0.0f, true});            // beta 0 over NaN
+  cases.push_back({{}, false, false, 4, 3, 0, false, false, 1.0f, 0.5f, false});            // K == 0: c = beta c
+  cases.push_back({{}, false, false, 4, 3, 0, true, true, 1.0f, 0.0f, true});              // K == 0 over NaN
   cases.push_back({{}, false, false, 200, 120, 64, false, true, 1.0f, 0.5f, false});        // threaded, row bands
   cases.push_back({{}, false, false, 40, 300, 100, true, false, 1.0f, 0.0f, false});       // threaded, column bands
   cases.push_back({{}, false, false, 40, 300, 100, false, true, 1.0f, 0.0f, false});
