@@ -6,7 +6,8 @@
 // `--repeats`):
 //   raw read        read() of every file in 4 MiB chunks: the ceiling
 //   crc32c          the CRC alone over an in-memory buffer (hardware, portable)
-//   record reader   RecordReader with CRC checks on (and off): framing + CRC
+//   record reader   RecordReader with CRC checks on (with and without its
+//                   read-ahead thread) and off: framing + CRC
 //   loader          the whole pipeline (decode, shuffle, pack into [B, T]
 //                   int32 batches), without and with the prefetch thread
 // Target: record reader with CRC on >= 80% of raw read. Reading and CRC run
@@ -112,9 +113,10 @@ int main(int argc, char** argv) {
   raw_read(files);  // warm the page cache
   const double mb = static_cast<double>(written) / 1e6;
 
-  auto read_records = [&](bool verify_crc) {
+  auto read_records = [&](bool verify_crc, size_t read_ahead_chunks = RecordReaderOptions{}.read_ahead_chunks) {
     RecordReaderOptions options;
     options.verify_crc = verify_crc;
+    options.read_ahead_chunks = read_ahead_chunks;
     options.buffer_bytes = buffer_kb << 10;
     uint64_t count = 0;
     for (const auto& path : files) {
@@ -127,16 +129,19 @@ int main(int argc, char** argv) {
   // Raw, CRC on and CRC off are timed back to back in each repeat and the
   // ratio is taken within a repeat, so load from other processes on a shared
   // machine shifts both sides of a ratio alike; the median ratio is reported.
-  double raw_seconds = 1e30, crc_on_seconds = 1e30, crc_off_seconds = 1e30;
-  std::vector<double> on_ratios, off_ratios;
+  double raw_seconds = 1e30, crc_on_seconds = 1e30, crc_off_seconds = 1e30, single_thread_seconds = 1e30;
+  std::vector<double> on_ratios, off_ratios, single_thread_ratios;
   for (int repeat = 0; repeat < repeats; ++repeat) {
     double raw = best_of(1, [&] { raw_read(files); });
     double on = best_of(1, [&] { read_records(true); });
+    double single_thread = best_of(1, [&] { read_records(true, 0); });
     double off = best_of(1, [&] { read_records(false); });
     raw_seconds = std::min(raw_seconds, raw);
     crc_on_seconds = std::min(crc_on_seconds, on);
+    single_thread_seconds = std::min(single_thread_seconds, single_thread);
     crc_off_seconds = std::min(crc_off_seconds, off);
     on_ratios.push_back(raw / on);
+    single_thread_ratios.push_back(raw / single_thread);
     off_ratios.push_back(raw / off);
   }
   auto median = [](std::vector<double> values) {
@@ -144,6 +149,7 @@ int main(int argc, char** argv) {
     return values[values.size() / 2];
   };
   const double on_ratio = median(on_ratios), off_ratio = median(off_ratios);
+  const double single_thread_ratio = median(single_thread_ratios);
 
   std::vector<char> block(4 << 20);  // the reader's buffer size: CRC runs on cache-warm bytes
   for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>(i * 131);
@@ -190,7 +196,8 @@ int main(int argc, char** argv) {
                 100.0 * ratio);
   };
   row("raw read() 4 MiB chunks (ceiling)", raw_seconds, 1.0);
-  row("RecordReader, CRC on", crc_on_seconds, on_ratio);
+  row("RecordReader, CRC on (default)", crc_on_seconds, on_ratio);
+  row("RecordReader, CRC on, no read-ahead", single_thread_seconds, single_thread_ratio);
   row("RecordReader, CRC off", crc_off_seconds, off_ratio);
   for (const auto& [path, speed] : crc_speeds)
     std::printf("crc32c %-27s %12.0f %s\n", crc32c::path_name(path), speed,

@@ -7,7 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include "core/error.h"
 
@@ -122,7 +127,143 @@ class PosixFileSystem : public FileSystem {
   }
 };
 
+class ReadAheadFile : public ReadableFile {
+ public:
+  ReadAheadFile(std::unique_ptr<ReadableFile> inner, size_t chunk_bytes, size_t chunks)
+      : inner_(std::move(inner)), chunk_bytes_(std::max<size_t>(chunk_bytes, 1)), depth_(std::max<size_t>(chunks, 1)) {}
+  ~ReadAheadFile() override { stop(); }
+
+  size_t read(void* buffer, size_t bytes) override {
+    auto* out = static_cast<char*>(buffer);
+    size_t done = 0;
+    while (done < bytes) {
+      if (current_used_ == current_.size) {
+        if (at_end_) break;
+        next_chunk();
+        if (current_.error) {
+          std::exception_ptr error = current_.error;
+          current_ = Chunk{};
+          at_end_ = true;
+          if (done > 0) {
+            pending_error_ = error;  // deliver the bytes first, the error on the next call
+            break;
+          }
+          std::rethrow_exception(error);
+        }
+        if (current_.size == 0) {
+          at_end_ = true;
+          break;
+        }
+      }
+      size_t take = std::min(bytes - done, current_.size - current_used_);
+      std::memcpy(out + done, current_.data.data() + current_used_, take);
+      current_used_ += take;
+      done += take;
+    }
+    if (done == 0 && pending_error_) {
+      std::exception_ptr error = pending_error_;
+      pending_error_ = nullptr;
+      std::rethrow_exception(error);
+    }
+    return done;
+  }
+
+  void seek(uint64_t offset) override {
+    stop();
+    inner_->seek(offset);
+    at_end_ = false;
+    pending_error_ = nullptr;
+  }
+  uint64_t size() const override { return inner_->size(); }
+  const std::string& path() const override { return inner_->path(); }
+
+ private:
+  struct Chunk {
+    std::vector<char> data;
+    size_t size = 0;
+    std::exception_ptr error;
+  };
+
+  void next_chunk() {
+    if (!worker_.joinable()) {
+      stopping_ = false;
+      worker_ = std::thread([this] { run(); });
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!current_.data.empty()) spare_.push_back(std::move(current_.data));
+    changed_.wait(lock, [&] { return !ready_.empty(); });
+    current_ = std::move(ready_.front());
+    ready_.pop_front();
+    current_used_ = 0;
+    lock.unlock();
+    changed_.notify_all();
+  }
+
+  void run() {
+    while (true) {
+      Chunk chunk;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!spare_.empty()) {
+          chunk.data = std::move(spare_.back());
+          spare_.pop_back();
+        }
+      }
+      chunk.data.resize(chunk_bytes_);
+      try {
+        chunk.size = inner_->read(chunk.data.data(), chunk_bytes_);
+      } catch (...) {
+        chunk.error = std::current_exception();
+      }
+      const bool last = chunk.size == 0 || chunk.error;
+      std::unique_lock<std::mutex> lock(mutex_);
+      changed_.wait(lock, [&] { return stopping_ || ready_.size() < depth_; });
+      if (stopping_) return;
+      ready_.push_back(std::move(chunk));
+      lock.unlock();
+      changed_.notify_all();
+      if (last) return;
+    }
+  }
+
+  // Joins the thread and forgets what it read ahead (the inner file's position is then past it).
+  void stop() {
+    if (worker_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+      }
+      changed_.notify_all();
+      worker_.join();
+    }
+    for (Chunk& chunk : ready_)
+      if (!chunk.data.empty()) spare_.push_back(std::move(chunk.data));
+    ready_.clear();
+    if (!current_.data.empty()) spare_.push_back(std::move(current_.data));
+    current_ = Chunk{};
+    current_used_ = 0;
+  }
+
+  std::unique_ptr<ReadableFile> inner_;
+  const size_t chunk_bytes_;
+  const size_t depth_;
+  std::thread worker_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<Chunk> ready_;             // read ahead, in file order
+  std::vector<std::vector<char>> spare_;  // buffers to reuse
+  bool stopping_ = false;
+  Chunk current_;                        // being handed out by read()
+  size_t current_used_ = 0;
+  bool at_end_ = false;
+  std::exception_ptr pending_error_;
+};
+
 }  // namespace
+
+std::unique_ptr<ReadableFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes, size_t chunks) {
+  return std::make_unique<ReadAheadFile>(std::move(file), chunk_bytes, chunks);
+}
 
 FileSystem& local_file_system() {
   static PosixFileSystem file_system;

@@ -48,4 +48,13 @@ class FileSystem {
 // The POSIX file system (open/read/pread/glob). Stateless: one instance is shared.
 FileSystem& local_file_system();
 
+// Wraps `file` so that a background thread reads the next `chunks` chunks of
+// `chunk_bytes` while the caller works on the current ones: reading a file
+// from the page cache (a memcpy in the kernel) then overlaps with checking
+// and parsing it on another core. Reads return the same bytes as `file`
+// would; an error of the thread is rethrown by read() after the bytes before
+// it; seek() drains the thread and restarts it lazily at the new offset.
+std::unique_ptr<ReadableFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes = 1 << 20,
+                                         size_t chunks = 4);
+
 }  // namespace llmft::data

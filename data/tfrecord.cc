@@ -166,6 +166,7 @@ RecordReader::RecordReader(const std::string& path, RecordReaderOptions options,
   buffer_.resize(std::max<size_t>(options_.buffer_bytes, 64));
   if (compression_ != Compression::kNone) compressed_.resize(std::max<size_t>(options_.buffer_bytes / 4, 4096));
   file_ = file_system_.open_read(path_);
+  if (options_.read_ahead_chunks > 0) file_ = read_ahead(std::move(file_), 1 << 20, options_.read_ahead_chunks);
   restart_stream();
 }
 

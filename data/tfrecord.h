@@ -98,6 +98,10 @@ struct RecordReaderOptions {
   // Lengths above this are "absurd" (corrupt), whatever the length CRC says.
   uint64_t max_record_bytes = uint64_t{1} << 30;
   size_t buffer_bytes = 4 << 20;
+  // Read the file on a background thread, `read_ahead_chunks` chunks of
+  // 1 MiB ahead of the parser (read_ahead() in data/file_system.h), so that
+  // reading and CRC checks run on two cores. 0 reads on the caller's thread.
+  size_t read_ahead_chunks = 4;
 };
 
 class RecordReader {

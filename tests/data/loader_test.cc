@@ -402,9 +402,10 @@ TEST(LoaderErrors, WorkerErrorsAreRethrownToTheConsumer) {
   TempDir dir;
   std::string pattern = write_documents(dir, {{30, 30, 30, 30, 30, 30, 30, 30}});
   testing::FaultyFileSystem faulty;
-  faulty.max_chunk = 1 << 20;
+  faulty.max_chunk = 64;
   LoaderOptions options;
   options.pattern = pattern;
+  options.num_epochs = 1;
   options.eos_id = 1;
   options.seq_len = 31;
   options.batch_size = 1;
@@ -412,7 +413,7 @@ TEST(LoaderErrors, WorkerErrorsAreRethrownToTheConsumer) {
   options.reader.buffer_bytes = 64;
   options.prefetch_batches = 2;
   // The index pass opens the shard once and reads it whole; the epoch pass
-  // opens it again, and that file fails after its first 100 bytes.
+  // opens it again, and that file fails after its first 128 bytes (two reads).
   faulty.healthy_opens = 1;
   faulty.fail_after = 100;
   Loader loader(options, faulty);
