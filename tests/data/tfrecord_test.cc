@@ -24,7 +24,7 @@ using testing::write_bytes;
 std::vector<std::string> sample_records() {
   PhiloxGenerator random(3);
   std::vector<std::string> records = {"", "abc", std::string(1, '\0')};
-  for (size_t length : {5u, 100u, 4095u, 70000u, 12u}) {
+  for (size_t length : {5u, 100u, 4095u, 70000u, 12u, 700000u, 9u}) {
     std::string record(length, '\0');
     for (char& byte : record) byte = static_cast<char>(random.next_u32());
     records.push_back(record);
