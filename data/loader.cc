@@ -221,20 +221,37 @@ class LoaderPipeline {
     reader_position_ = state.reader_position;
     records_dealt_ = state.records_dealt;
     shuffle_rng_ = PhiloxGenerator(shuffle_rng_.seed(), state.shuffle_rng_position);
-    // Re-read the buffered documents, one reader per shard.
-    std::map<uint32_t, std::unique_ptr<RecordReader>> readers;
-    auto reload = [&](const RecordRef& ref) {
+    // Re-read the referenced documents shard by shard, in file order, with
+    // one small reader open at a time (a buffer may reference many shards).
+    std::vector<RecordRef> wanted = state.shuffle_buffer;
+    if (state.current_document) wanted.push_back(*state.current_document);
+    for (const RecordRef& ref : wanted)
       if (ref.shard >= files_.size())
         throw_bad_input("loader state: record reference to shard ", ref.shard, " of ", files_.size());
-      auto& reader = readers[ref.shard];
-      if (!reader) reader = std::make_unique<RecordReader>(files_[ref.shard], options_.reader, file_system_);
+    std::sort(wanted.begin(), wanted.end(), [](const RecordRef& a, const RecordRef& b) {
+      return a.shard != b.shard ? a.shard < b.shard : a.offset < b.offset;
+    });
+    RecordReaderOptions small = options_.reader;
+    small.buffer_bytes = 64 << 10;
+    small.read_ahead_chunks = 0;
+    std::map<std::pair<uint32_t, uint64_t>, Document> loaded;  // (shard, offset) -> document
+    std::unique_ptr<RecordReader> reader;
+    uint32_t reader_shard = UINT32_MAX;
+    for (const RecordRef& ref : wanted) {
+      if (loaded.count({ref.shard, ref.offset})) continue;
+      if (reader_shard != ref.shard) {
+        reader = std::make_unique<RecordReader>(files_[ref.shard], small, file_system_);
+        reader_shard = ref.shard;
+      }
       reader->seek({ref.offset, ref.record_index});
       std::string_view bytes;
       if (!reader->read(bytes) || reader->last_record_position() != RecordPosition{ref.offset, ref.record_index})
         throw_bad_input(files_[ref.shard], ": record ", ref.record_index, " at byte ", ref.offset,
                         ": the loader state refers to this record, but it is not there (were the shards rewritten?)");
-      return make_document(ref, bytes);
-    };
+      loaded.emplace(std::make_pair(ref.shard, ref.offset), make_document(ref, bytes));
+    }
+    reader.reset();
+    auto reload = [&](const RecordRef& ref) { return loaded.at({ref.shard, ref.offset}); };
     for (const RecordRef& ref : state.shuffle_buffer) buffer_.push_back(reload(ref));
     if (state.current_document) {
       current_ = reload(*state.current_document);
