@@ -490,7 +490,9 @@ TEST_P(LoaderResume, RestoredLoaderYieldsExactlyTheRemainingBatches) {
     }
     const int64_t steps = static_cast<int64_t>(uninterrupted.size());
     ASSERT_GT(steps, 6) << "rank " << rank;
-    for (int64_t stop : {int64_t{1}, int64_t{3}, steps / 2, steps - 1}) {
+    const int64_t first_epoch = Loader(options).steps_per_epoch(0);
+    // Mid-epoch stops, and one exactly at the end of epoch 0.
+    for (int64_t stop : {int64_t{1}, int64_t{3}, steps / 2, first_epoch, steps - 1}) {
       Loader first(options);
       for (int64_t i = 0; i < stop; ++i) ASSERT_TRUE(first.next());
       const std::string state = first.state();
