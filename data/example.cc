@@ -1,5 +1,8 @@
 #include "data/example.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
 #include <algorithm>
 
 #include "core/error.h"
@@ -102,6 +105,18 @@ void parse_and_validate(std::string_view bytes, const DecodeOptions& options, co
   }
 }
 
+// Serialises with map entries sorted by key: the default protobuf map order
+// varies between runs, and shards must be byte-identical for a given seed.
+std::string serialize_deterministically(const tensorflow::Example& proto) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  proto.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return bytes;
+}
+
 }  // namespace
 
 std::string encode_example(const TokenExample& example, const ExampleFeatureNames& names) {
@@ -110,13 +125,13 @@ std::string encode_example(const TokenExample& example, const ExampleFeatureName
   add_int64_feature(*features, names.input_ids, example.input_ids);
   if (!example.labels.empty()) add_int64_feature(*features, names.labels, example.labels);
   if (!example.loss_mask.empty()) add_int64_feature(*features, names.loss_mask, example.loss_mask);
-  return proto.SerializeAsString();
+  return serialize_deterministically(proto);
 }
 
 std::string encode_int64_features(const std::vector<std::pair<std::string, std::vector<int64_t>>>& features) {
   tensorflow::Example proto;
   for (const auto& [name, values] : features) add_int64_feature(*proto.mutable_features(), name, values);
-  return proto.SerializeAsString();
+  return serialize_deterministically(proto);
 }
 
 TokenExample decode_example(std::string_view bytes, const DecodeOptions& options, const RecordContext& context) {

@@ -43,6 +43,17 @@ TEST(Example, EncodesTheOfficialWireFormat) {
   EXPECT_EQ(encode_example(example), kHandEncoded);
 }
 
+TEST(Example, EncodesFeaturesInKeyOrderWhateverTheInsertionOrder) {
+  // Shards built twice from the same input must be byte-identical, so the
+  // feature map is written sorted by key ("input_ids" < "loss_mask" < "zeta").
+  std::string forward = encode_int64_features({{"input_ids", {1}}, {"loss_mask", {1}}, {"zeta", {2}}});
+  std::string backward = encode_int64_features({{"zeta", {2}}, {"loss_mask", {1}}, {"input_ids", {1}}});
+  EXPECT_EQ(forward, backward);
+  size_t input_ids = forward.find("input_ids"), loss_mask = forward.find("loss_mask"), zeta = forward.find("zeta");
+  EXPECT_LT(input_ids, loss_mask);
+  EXPECT_LT(loss_mask, zeta);
+}
+
 TEST(Example, DecodesTheOfficialWireFormat) {
   TokenExample decoded = decode_example(kHandEncoded, {}, kContext);
   EXPECT_EQ(decoded.input_ids, (std::vector<int64_t>{1, 2, 300}));
