@@ -50,6 +50,9 @@ struct LlamaModel::StepState {
   Tensor positions;       // i32 [rows] on the device
   Tensor doc_start;       // i32 [rows] or undefined
   ops::AttentionOptions attention;
+  // Supplies the num_prefix leading K/V of each layer: the model's prefix
+  // hook, or the KV cache during incremental decoding.
+  AttentionPrefixHook* prefix_hook = nullptr;
 };
 
 // A block's intermediates (HF names in comments). `input` is the block input
@@ -240,7 +243,7 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
     // followed by its T own positions.
     Tensor prefix_k = context.empty({p, kv_heads, head_dim}, dtype);
     Tensor prefix_v = context.empty({p, kv_heads, head_dim}, dtype);
-    prefix_hook_->forward(context, layer_index, prefix_k, prefix_v);
+    step.prefix_hook->forward(context, layer_index, prefix_k, prefix_v);
     a.k = context.empty({b, p + t, kv_heads, head_dim}, dtype);
     a.v = context.empty({b, p + t, kv_heads, head_dim}, dtype);
     Tensor k_rows = a.k.reshape({b * (p + t), kv_heads * head_dim});
@@ -322,7 +325,7 @@ void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer
       dk_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dk_rows.slice_rows(base + p, base + p + t));
       dv_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dv_rows.slice_rows(base + p, base + p + t));
     }
-    prefix_hook_->backward(context, layer_index, dprefix_k, dprefix_v);
+    step.prefix_hook->backward(context, layer_index, dprefix_k, dprefix_v);
   }
   ops::rope_backward(context, dq, step.positions, inv_freq_, dq);
   ops::rope_backward(context, dk_own, step.positions, inv_freq_, dk_own);
@@ -355,6 +358,7 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
   step.time = real_time + virtual_tokens;
   step.rows = b * step.time;
   step.num_prefix = prefix_hook_ != nullptr ? prefix_hook_->num_prefix() : 0;
+  step.prefix_hook = prefix_hook_;
   if (config_.sliding_window > 0 && step.time + step.num_prefix > config_.sliding_window)
     throw_bad_input("batch: sequence length ", step.time + step.num_prefix, " exceeds the model's sliding_window (",
                     config_.sliding_window, "); llmft attends to the full causal window only");
@@ -502,6 +506,92 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
   }
   if (Tensor* dtable = grad_of(embed_tokens_)) ops::embedding_backward(context, ids, dembeddings, *dtable);
   return result;
+}
+
+// ---- Incremental decoding -----------------------------------------------------------
+
+namespace {
+
+// Hands the cached keys/values of each layer to block_forward as its prefix:
+// the same path prefix tuning takes, so cached decoding runs exactly the
+// attention kernel of the full forward. Never trained through.
+class KvCachePrefix final : public AttentionPrefixHook {
+ public:
+  explicit KvCachePrefix(const KvCache& cache) : cache_(cache) {}
+  int64_t num_prefix() const override { return cache_.keys.empty() ? 0 : cache_.keys.front().size(1); }
+  void forward(Context&, int64_t layer, Tensor& keys, Tensor& values) override {
+    keys.copy_from(cache_.keys[static_cast<size_t>(layer)].reshape(keys.shape()));
+    values.copy_from(cache_.values[static_cast<size_t>(layer)].reshape(values.shape()));
+  }
+  void backward(Context&, int64_t, const Tensor&, const Tensor&) override {
+    throw_runtime("KV cache: incremental decoding has no backward");
+  }
+
+ private:
+  const KvCache& cache_;
+};
+
+}  // namespace
+
+Tensor LlamaModel::forward_incremental(Context& context, std::span<const int32_t> new_ids, KvCache& cache) {
+  const DType dtype = options_.compute_dtype;
+  if (new_ids.empty()) throw_bad_input("forward_incremental: no new tokens");
+  if (prompt_hook_ != nullptr)
+    throw_bad_input("forward_incremental: prompt tuning is not supported with the KV cache");
+  const size_t num_layers = layers_.size();
+  if (!cache.empty() && (cache.keys.size() != num_layers || cache.values.size() != num_layers))
+    throw_bad_input("forward_incremental: KV cache holds ", cache.keys.size(), " layers, model has ", num_layers);
+  for (int32_t id : new_ids)
+    if (id < 0 || id >= config_.vocab_size)
+      throw_bad_input("forward_incremental: token id ", id, " outside [0, ", config_.vocab_size, ")");
+
+  KvCachePrefix cached(cache);
+  StepState step;
+  step.batch = 1;
+  step.time = static_cast<int64_t>(new_ids.size());
+  step.rows = step.time;
+  step.prefix_hook = cache.empty() ? prefix_hook_ : &cached;
+  step.num_prefix = step.prefix_hook != nullptr ? step.prefix_hook->num_prefix() : 0;
+  if (config_.sliding_window > 0 && step.time + step.num_prefix > config_.sliding_window)
+    throw_bad_input("forward_incremental: sequence length ", step.time + step.num_prefix,
+                    " exceeds the model's sliding_window (", config_.sliding_window, ")");
+  step.attention.num_prefix = step.num_prefix;
+  std::vector<int32_t> positions(new_ids.size());
+  for (size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<int32_t>(cache.num_positions + i);
+  step.positions = context.upload(Tensor::from_ints({step.rows}, positions));
+
+  const int64_t n = step.rows, hidden = config_.hidden_size;
+  Tensor ids = context.upload(Tensor::from_ints({n}, std::vector<int32_t>(new_ids.begin(), new_ids.end())));
+  Tensor hidden_states = context.empty({n, hidden}, dtype);
+  ops::embedding_forward(context, ids, embed_tokens_->value, hidden_states);
+
+  std::vector<Tensor> keys(num_layers), values(num_layers);
+  for (size_t l = 0; l < num_layers; ++l) {
+    BlockActivations activations;
+    activations.input = hidden_states;
+    Tensor output;
+    block_forward(context, step, static_cast<int64_t>(l), activations, output);
+    // [1, P + T, Hkv, Dh]: the cached rows followed by the new ones (keys after RoPE).
+    keys[l] = activations.k;
+    values[l] = activations.v;
+    hidden_states = output;
+  }
+  cache.keys = std::move(keys);
+  cache.values = std::move(values);
+  cache.num_positions += n;
+
+  // Only the last position's logits are needed to pick the next token.
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Tensor last = hidden_states.slice_rows(n - 1, n);
+  Tensor normed = context.empty({1, hidden}, dtype);
+  Tensor rstd = context.empty({1}, DType::kF32);
+  ops::rmsnorm_forward(context, last, final_norm_->value, eps, normed, rstd);
+  Tensor logits = context.empty({1, config_.vocab_size}, dtype);
+  lm_head_->forward(context, normed, logits);
+  Tensor logits_f32 = context.empty({config_.vocab_size}, DType::kF32);
+  Tensor logits_rows = logits_f32.reshape({1, config_.vocab_size});
+  ops::cast(context, logits, logits_rows);
+  return logits_f32;
 }
 
 }  // namespace llmft

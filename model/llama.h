@@ -18,11 +18,13 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "core/context.h"
 #include "core/tensor.h"
+#include "model/kv_cache.h"
 #include "model/linear.h"
 #include "model/model_config.h"
 #include "model/parameters.h"
@@ -131,6 +133,14 @@ class LlamaModel {
   // gradient of every trainable parameter (allocated on first use, of
   // options.grad_dtype), so gradient accumulation is a loop of calls.
   StepResult forward_backward(Context& context, const Batch& batch, float loss_scale = 1.0f);
+
+  // Incremental decoding of one sequence: runs `new_ids` after the positions
+  // already in `cache` (all of them visible to every new token, the new ones
+  // causal among themselves), appends their keys/values to `cache`, and
+  // returns the f32 logits [vocab] of the last new token on the context's
+  // device. An empty cache is the prefill; with a prefix hook set, its K/V
+  // enter the cache on that first call. Prompt-tuning hooks are not supported.
+  Tensor forward_incremental(Context& context, std::span<const int32_t> new_ids, KvCache& cache);
 
  private:
   struct Layer;
