@@ -103,11 +103,12 @@ struct ShardOutput {
 
 }  // namespace
 
-std::string shard_file_name(const std::string& prefix, int64_t index, int64_t count) {
+std::string shard_file_name(const std::string& prefix, int64_t index, int64_t count, Compression compression) {
   char digits[32];
   std::snprintf(digits, sizeof(digits), "-%05lld-of-%05lld.tfrecord", static_cast<long long>(index),
                 static_cast<long long>(count));
-  return prefix + digits;
+  const char* extension = compression == Compression::kGzip ? ".gz" : compression == Compression::kZlib ? ".zlib" : "";
+  return prefix + digits + extension;
 }
 
 DatasetBuildSummary build_dataset(const Tokenizer& tokenizer, const DatasetBuildOptions& options,
@@ -136,9 +137,13 @@ DatasetBuildSummary build_dataset(const Tokenizer& tokenizer, const DatasetBuild
   DatasetBuildSummary summary;
   std::vector<ShardOutput> shards(static_cast<size_t>(options.shards));
   std::optional<ShardOutput> validation;
-  auto open = [](ShardOutput& shard, std::string path) {
+  // Compression is given explicitly: the ".partial" suffix hides the extension from kAuto.
+  Compression compression = options.compression == Compression::kAuto ? Compression::kNone : options.compression;
+  auto open = [compression](ShardOutput& shard, std::string path) {
     shard.summary.path = std::move(path);
-    shard.writer = std::make_unique<RecordWriter>(shard.summary.path + ".partial");
+    RecordWriterOptions writer_options;
+    writer_options.compression = compression;
+    shard.writer = std::make_unique<RecordWriter>(shard.summary.path + ".partial", writer_options);
   };
   auto remove_partials = [&] {
     std::error_code ignored;
@@ -154,10 +159,10 @@ DatasetBuildSummary build_dataset(const Tokenizer& tokenizer, const DatasetBuild
 
   try {
     for (int64_t i = 0; i < options.shards; ++i)
-      open(shards[static_cast<size_t>(i)], shard_file_name(options.output_prefix, i, options.shards));
+      open(shards[static_cast<size_t>(i)], shard_file_name(options.output_prefix, i, options.shards, compression));
     if (validation_count > 0) {
       validation.emplace();
-      open(*validation, shard_file_name(options.output_prefix + "-val", 0, 1));
+      open(*validation, shard_file_name(options.output_prefix + "-val", 0, 1, compression));
     }
 
     std::ifstream in(options.input_path, std::ios::binary);

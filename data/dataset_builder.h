@@ -27,6 +27,10 @@
 // sampling), so a given input, seed and shard count always gives the same
 // files. Files are written as *.partial and renamed when all succeeded; on an
 // error no shard set is left behind.
+// With compression kGzip/kZlib (`--compression gzip|zlib`) the whole files
+// are compressed and named *.tfrecord.gz / *.tfrecord.zlib, the extensions
+// the reader's kAuto recognises (data/tfrecord.h); TensorFlow reads them with
+// TFRecordDataset(compression_type="GZIP" / "ZLIB").
 // With one shard, the glob <output>-*-of-00001.tfrecord also matches the
 // validation file; point the loader at <output>-[0-9]*-of-00001.tfrecord.
 #pragma once
@@ -37,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "data/tfrecord.h"
 #include "data/tokenizer.h"
 
 namespace llmft::data {
@@ -49,6 +54,7 @@ struct DatasetBuildOptions {
   double val_fraction = 0.0;  // in [0, 1)
   uint64_t seed = 0;
   bool skip_bad_records = false;  // count and skip instead of failing on the first
+  Compression compression = Compression::kNone;  // kNone, kGzip or kZlib (kAuto means kNone)
 };
 
 struct ShardSummary {
@@ -85,7 +91,9 @@ struct DatasetBuildProgress {
 DatasetBuildSummary build_dataset(const Tokenizer& tokenizer, const DatasetBuildOptions& options,
                                   const std::function<void(const DatasetBuildProgress&)>& progress = {});
 
-// TensorFlow's shard name: "<prefix>-00003-of-00008.tfrecord".
-std::string shard_file_name(const std::string& prefix, int64_t index, int64_t count);
+// TensorFlow's shard name: "<prefix>-00003-of-00008.tfrecord", with ".gz" or
+// ".zlib" appended for a compressed shard.
+std::string shard_file_name(const std::string& prefix, int64_t index, int64_t count,
+                            Compression compression = Compression::kNone);
 
 }  // namespace llmft::data

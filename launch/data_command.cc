@@ -23,13 +23,15 @@ constexpr const char* kUsage =
     "usage:\n"
     "  llmft data build --input train.jsonl --tokenizer DIR_OR_FILE --output data/train --shards N\n"
     "                   [--seq-len N] [--val-fraction F] [--seed S] [--skip-bad-records]\n"
+    "                   [--compression none|gzip|zlib]\n"
     "      JSONL lines {\"text\": ...} or {\"prompt\": ..., \"completion\": ...} -> tf.Example records\n"
     "      (input_ids, loss_mask) in <output>-NNNNN-of-MMMMM.tfrecord and, with --val-fraction,\n"
     "      <output>-val-00000-of-00001.tfrecord. Records longer than --seq-len keep their first\n"
-    "      seq-len tokens.\n"
-    "  llmft data inspect FILE [--limit N] [--tokenizer DIR_OR_FILE]\n"
+    "      seq-len tokens. --compression gzip|zlib compresses whole files, named *.tfrecord.gz|.zlib.\n"
+    "  llmft data inspect FILE [--limit N] [--tokenizer DIR_OR_FILE] [--json]\n"
     "      prints records (ids, loss mask, and text when a tokenizer is given); --limit 0 prints all\n"
-    "      (default 10).\n";
+    "      (default 10). A .gz/.zlib file is read as GZIP/ZLIB. --json prints one JSON object per\n"
+    "      record and nothing else: {\"record\", \"offset\", \"input_ids\"[, \"loss_mask\"][, \"labels\"][, \"text\"]}.\n";
 
 // "--name value" and "--name=value" options after the positional arguments' verb.
 class Arguments {
@@ -115,7 +117,8 @@ int run_build(std::span<char*> args) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  arguments.check_known({"input", "tokenizer", "output", "shards", "seq-len", "val-fraction", "seed", "skip-bad-records"});
+  arguments.check_known(
+      {"input", "tokenizer", "output", "shards", "seq-len", "val-fraction", "seed", "skip-bad-records", "compression"});
   if (!arguments.positional().empty())
     throw_bad_input("data build: unexpected argument \"", arguments.positional()[0], "\"\n", kUsage);
   data::DatasetBuildOptions options;
@@ -127,6 +130,11 @@ int run_build(std::span<char*> args) {
   options.val_fraction = arguments.number("val-fraction", 0.0);
   options.seed = static_cast<uint64_t>(arguments.integer("seed", 0));
   options.skip_bad_records = arguments.get("skip-bad-records").has_value();
+  std::string compression = arguments.get("compression").value_or("none");
+  if (compression == "none") options.compression = data::Compression::kNone;
+  else if (compression == "gzip") options.compression = data::Compression::kGzip;
+  else if (compression == "zlib") options.compression = data::Compression::kZlib;
+  else throw_bad_input("--compression: expected none, gzip or zlib, found \"", compression, "\"");
 
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_path);
   std::fprintf(stderr, "tokenizer: %s\n", tokenizer->description().c_str());
@@ -187,12 +195,14 @@ std::string id_list(const std::vector<int64_t>& values) {
 }
 
 int run_inspect_records(std::span<char*> args) {
-  Arguments arguments(args, {});
+  Arguments arguments(args, {"json"});
   if (arguments.help()) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  arguments.check_known({"limit", "tokenizer"});
+  arguments.check_known({"limit", "tokenizer", "json"});
+  // Machine-readable output for scripts and the interop tests: JSON Lines only.
+  bool json = arguments.get("json").has_value();
   if (arguments.positional().size() != 1) throw_bad_input("data inspect: expected one FILE\n", kUsage);
   const std::string& path = arguments.positional()[0];
   int64_t limit = arguments.integer("limit", 10);
@@ -207,12 +217,22 @@ int run_inspect_records(std::span<char*> args) {
   int64_t shown = 0;
   while (reader.read(bytes)) {
     if (limit > 0 && shown == limit) {
-      std::printf("(more records follow; --limit 0 prints all)\n");
+      if (!json) std::printf("(more records follow; --limit 0 prints all)\n");
       break;
     }
     data::RecordPosition position = reader.last_record_position();
     data::TokenExample example =
         data::decode_example(bytes, decode_options, {path, position.record_index, position.offset});
+    if (json) {
+      nlohmann::json object = {{"record", position.record_index}, {"offset", position.offset}, {"input_ids", example.input_ids}};
+      if (!example.loss_mask.empty()) object["loss_mask"] = example.loss_mask;
+      if (!example.labels.empty()) object["labels"] = example.labels;
+      if (tokenizer)
+        object["text"] = tokenizer->decode(std::vector<int32_t>(example.input_ids.begin(), example.input_ids.end()));
+      std::printf("%s\n", object.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace).c_str());
+      ++shown;
+      continue;
+    }
     uint64_t loss_tokens = 0;
     for (int64_t mask : example.loss_mask) loss_tokens += static_cast<uint64_t>(mask);
     std::printf("record %llu (byte %llu): %zu tokens", static_cast<unsigned long long>(position.record_index),
@@ -236,7 +256,7 @@ int run_inspect_records(std::span<char*> args) {
     }
     ++shown;
   }
-  std::printf("%lld records shown from %s\n", static_cast<long long>(shown), path.c_str());
+  if (!json) std::printf("%lld records shown from %s\n", static_cast<long long>(shown), path.c_str());
   return 0;
 }
 
