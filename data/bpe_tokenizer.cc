@@ -505,6 +505,14 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
   return ids;
 }
 
+std::vector<int32_t> BpeTokenizer::encode_ordinary(std::string_view text) const {
+  if (auto bad = unicode::find_invalid_utf8(text)) throw_bad_input("text is not valid UTF-8 at byte ", *bad);
+  std::vector<int32_t> ids;
+  if (normalizer_.empty()) encode_segment(text, /*at_text_start=*/true, &ids);
+  else encode_segment(normalize(text), /*at_text_start=*/true, &ids);
+  return ids;
+}
+
 std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const {
   std::vector<std::string> out;
   for (Piece& piece : pre_tokenize_pieces(text, /*at_text_start=*/true)) out.push_back(std::move(piece.text));

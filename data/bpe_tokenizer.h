@@ -36,6 +36,8 @@ class BpeTokenizer : public Tokenizer {
   BpeTokenizer(const nlohmann::json& tokenizer_json, const nlohmann::json& tokenizer_config, std::string source);
 
   std::vector<int32_t> encode(std::string_view text) const override;
+  // No added-token matching: the whole text is normalized, pre-tokenized and merged.
+  std::vector<int32_t> encode_ordinary(std::string_view text) const override;
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const override;
   int32_t vocab_size() const override { return static_cast<int32_t>(id_to_token_.size()); }
   std::string id_to_piece(int32_t id) const override;

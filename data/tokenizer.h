@@ -24,6 +24,12 @@ class Tokenizer {
   // Hugging Face tokenizers does. Throws kBadInput for text that is not UTF-8.
   virtual std::vector<int32_t> encode(std::string_view text) const = 0;
 
+  // Ids of `text` with special-token text treated as ordinary text (tiktoken's
+  // encode_ordinary): for user content that must not inject control tokens
+  // (data/chat_template.h). Sentencepiece already encodes "<s>" as text, so
+  // the default is encode(); the BPE tokenizer overrides it.
+  virtual std::vector<int32_t> encode_ordinary(std::string_view text) const { return encode(text); }
+
   // The ids put before and after every encoded sequence (e.g. [BOS] and []), as
   // the tokenizer's config says; see each implementation for where that is read.
   const std::vector<int32_t>& prefix_ids() const { return prefix_ids_; }

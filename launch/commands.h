@@ -10,5 +10,7 @@ namespace llmft::launch {
 int run_inspect(std::span<char*> args);  // launch/inspect_command.cc
 int run_convert(std::span<char*> args);  // launch/convert_command.cc
 int run_data(std::span<char*> args);     // launch/data_command.cc
+int run_generate(std::span<char*> args);  // launch/generate_command.cc
+int run_tokenize(std::span<char*> args);  // launch/tokenize_command.cc
 
 }  // namespace llmft::launch

@@ -25,6 +25,10 @@ constexpr Subcommand kSubcommands[] = {
      llmft::launch::run_convert},
     {"data", "data build --input X.jsonl --tokenizer T --output P --shards N | data inspect FILE: token shards",
      llmft::launch::run_data},
+    {"generate", "generate --model DIR (--prompt TEXT | --chat TEXT [--system TEXT]): text with the KV cache",
+     llmft::launch::run_generate},
+    {"tokenize", "tokenize --tokenizer T (--text TEXT | --input X.jsonl): token ids, one line per text",
+     llmft::launch::run_tokenize},
 };
 
 void print_usage(FILE* out) {
