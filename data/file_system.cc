@@ -3,11 +3,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -22,7 +26,10 @@ namespace {
 class PosixReadableFile : public ReadableFile {
  public:
   PosixReadableFile(std::string path, int fd, uint64_t size) : path_(std::move(path)), fd_(fd), size_(size) {}
-  ~PosixReadableFile() override { ::close(fd_); }
+  ~PosixReadableFile() override {
+    if (mapping_ != nullptr) ::munmap(mapping_, size_);
+    ::close(fd_);
+  }
 
   size_t read(void* buffer, size_t bytes) override {
     size_t done = 0;
@@ -46,10 +53,51 @@ class PosixReadableFile : public ReadableFile {
   uint64_t size() const override { return size_; }
   const std::string& path() const override { return path_; }
 
+  const char* map() override {
+    if (mapping_ != nullptr || map_failed_) return static_cast<const char*>(mapping_);
+    // An empty file has nothing to map (mmap rejects length 0); a file larger
+    // than the address space cannot be mapped whole. Both keep read().
+    if (size_ == 0 || size_ > SIZE_MAX / 2) {
+      map_failed_ = true;
+      return nullptr;
+    }
+    void* mapping = ::mmap(nullptr, static_cast<size_t>(size_), PROT_READ, MAP_SHARED, fd_, 0);
+    if (mapping == MAP_FAILED) {
+      map_failed_ = true;  // e.g. a pipe or a file system without mmap: read() still works
+      return nullptr;
+    }
+    // Sequential access: aggressive kernel read-ahead for pages not yet cached.
+    ::madvise(mapping, static_cast<size_t>(size_), MADV_SEQUENTIAL);
+    mapping_ = mapping;
+    return static_cast<const char*>(mapping_);
+  }
+
+  bool populate(uint64_t offset, size_t bytes) override {
+    if (mapping_ == nullptr || offset >= size_) return true;
+    bytes = static_cast<size_t>(std::min<uint64_t>(bytes, size_ - offset));
+#ifdef MADV_POPULATE_READ
+    // madvise wants a page-aligned start.
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t start = offset / page * page;
+    char* begin = static_cast<char*>(mapping_) + start;
+    const size_t length = static_cast<size_t>(offset + bytes - start);
+    while (::madvise(begin, length, MADV_POPULATE_READ) != 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      // EFAULT: some page of the range would raise SIGBUS on access, i.e. the
+      // file is now shorter than when it was opened.
+      if (errno == EFAULT) return false;
+      break;  // EINVAL (kernel before 5.14) or ENOMEM: accesses fault the pages in as usual
+    }
+#endif
+    return true;
+  }
+
  private:
   std::string path_;
   int fd_;
   uint64_t size_;
+  void* mapping_ = nullptr;
+  bool map_failed_ = false;
 };
 
 class PosixWritableFile : public WritableFile {
@@ -127,7 +175,7 @@ class PosixFileSystem : public FileSystem {
   }
 };
 
-class ReadAheadFile : public ReadableFile {
+class ReadAheadFile : public ChunkedFile {
  public:
   ReadAheadFile(std::unique_ptr<ReadableFile> inner, size_t chunk_bytes, size_t chunks)
       : inner_(std::move(inner)), chunk_bytes_(std::max<size_t>(chunk_bytes, 1)), depth_(std::max<size_t>(chunks, 1)) {}
@@ -168,6 +216,31 @@ class ReadAheadFile : public ReadableFile {
     return done;
   }
 
+  std::string_view read_view() override {
+    if (pending_error_) {
+      std::exception_ptr error = pending_error_;
+      pending_error_ = nullptr;
+      std::rethrow_exception(error);
+    }
+    if (current_used_ == current_.size) {
+      if (at_end_) return {};
+      next_chunk();
+      if (current_.error) {
+        std::exception_ptr error = current_.error;
+        current_ = Chunk{};
+        at_end_ = true;
+        std::rethrow_exception(error);
+      }
+      if (current_.size == 0) {
+        at_end_ = true;
+        return {};
+      }
+    }
+    std::string_view view(current_.data.data() + current_used_, current_.size - current_used_);
+    current_used_ = current_.size;
+    return view;
+  }
+
   void seek(uint64_t offset) override {
     stop();
     inner_->seek(offset);
@@ -189,14 +262,30 @@ class ReadAheadFile : public ReadableFile {
       stopping_ = false;
       worker_ = std::thread([this] { run(); });
     }
+    // Spin first (see read_ahead()): the thread usually delivers within the
+    // time of one chunk's read, far less than a futex sleep and wake-up.
+    if (ready_count_.load(std::memory_order_acquire) == 0) {
+      const auto give_up = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+      while (ready_count_.load(std::memory_order_acquire) == 0 && std::chrono::steady_clock::now() < give_up)
+        for (int i = 0; i < 16; ++i) pause();
+    }
     std::unique_lock<std::mutex> lock(mutex_);
     if (!current_.data.empty()) spare_.push_back(std::move(current_.data));
     changed_.wait(lock, [&] { return !ready_.empty(); });
     current_ = std::move(ready_.front());
     ready_.pop_front();
+    ready_count_.store(ready_.size(), std::memory_order_release);
     current_used_ = 0;
     lock.unlock();
     changed_.notify_all();
+  }
+
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
   }
 
   void run() {
@@ -220,6 +309,7 @@ class ReadAheadFile : public ReadableFile {
       changed_.wait(lock, [&] { return stopping_ || ready_.size() < depth_; });
       if (stopping_) return;
       ready_.push_back(std::move(chunk));
+      ready_count_.store(ready_.size(), std::memory_order_release);
       lock.unlock();
       changed_.notify_all();
       if (last) return;
@@ -239,6 +329,7 @@ class ReadAheadFile : public ReadableFile {
     for (Chunk& chunk : ready_)
       if (!chunk.data.empty()) spare_.push_back(std::move(chunk.data));
     ready_.clear();
+    ready_count_.store(0, std::memory_order_release);
     if (!current_.data.empty()) spare_.push_back(std::move(current_.data));
     current_ = Chunk{};
     current_used_ = 0;
@@ -250,7 +341,10 @@ class ReadAheadFile : public ReadableFile {
   std::thread worker_;
   std::mutex mutex_;
   std::condition_variable changed_;
+  // Longer than reading one 1 MiB chunk from the page cache (~35 µs at 30 GB/s).
+  static constexpr std::chrono::microseconds kSpinBeforeSleep{100};
   std::deque<Chunk> ready_;             // read ahead, in file order
+  std::atomic<size_t> ready_count_{0};  // ready_.size(), readable without the lock
   std::vector<std::vector<char>> spare_;  // buffers to reuse
   bool stopping_ = false;
   Chunk current_;                        // being handed out by read()
@@ -261,7 +355,7 @@ class ReadAheadFile : public ReadableFile {
 
 }  // namespace
 
-std::unique_ptr<ReadableFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes, size_t chunks) {
+std::unique_ptr<ChunkedFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes, size_t chunks) {
   return std::make_unique<ReadAheadFile>(std::move(file), chunk_bytes, chunks);
 }
 

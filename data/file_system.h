@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace llmft::data {
@@ -23,6 +24,34 @@ class ReadableFile {
   virtual void seek(uint64_t offset) = 0;
   virtual uint64_t size() const = 0;
   virtual const std::string& path() const = 0;
+
+  // The whole file (its size() bytes at open) as read-only memory, so that a
+  // reader can check and parse records in place with no copy at all; nullptr
+  // when this file cannot be mapped, which is the default: wrappers (fault
+  // injection, read_ahead(), in-memory files) serve read() only. Valid while
+  // the file object lives; read()/seek() are unaffected by it.
+  //
+  // Why: from the page cache, read() is a kernel memcpy (DRAM -> user buffer)
+  // that the CRC pass then reads again; on a mapping the CRC reads the page
+  // cache itself, once (bench/RESULTS.md, data loader).
+  //
+  // Touching a mapped page that a concurrent truncation removed raises
+  // SIGBUS, so callers populate() a range before reading it, which reports
+  // that case instead. Like LevelDB's mmap reads (util/env_posix.cc), the
+  // mapping assumes files are not rewritten while being read: the check
+  // narrows that window to the time between populate() and the access, but
+  // cannot close it.
+  virtual const char* map() { return nullptr; }
+  // Makes the mapped bytes [offset, offset + bytes) resident: page tables
+  // filled in one call instead of one fault per few pages. Returns false when
+  // part of the range is no longer backed by the file (it shrank after it was
+  // opened), where reading would raise SIGBUS. Only meaningful after map()
+  // returned non-null; the default does nothing.
+  virtual bool populate(uint64_t offset, size_t bytes) {
+    (void)offset;
+    (void)bytes;
+    return true;
+  }
 };
 
 class WritableFile {
@@ -48,13 +77,26 @@ class FileSystem {
 // The POSIX file system (open/read/pread/glob). Stateless: one instance is shared.
 FileSystem& local_file_system();
 
+// A file read in chunks that it can hand out without copying them.
+class ChunkedFile : public ReadableFile {
+ public:
+  // The next bytes at the current position (the rest of the current chunk),
+  // as a view of memory the file owns: valid until the next call of any
+  // method of this file. Empty at end of file. Errors as read().
+  virtual std::string_view read_view() = 0;
+};
+
 // Wraps `file` so that a background thread reads the next `chunks` chunks of
 // `chunk_bytes` while the caller works on the current ones: reading a file
 // from the page cache (a memcpy in the kernel) then overlaps with checking
-// and parsing it on another core. Reads return the same bytes as `file`
-// would; an error of the thread is rethrown by read() after the bytes before
-// it; seek() drains the thread and restarts it lazily at the new offset.
-std::unique_ptr<ReadableFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes = 1 << 20,
-                                         size_t chunks = 4);
+// and parsing it on another core. read() returns the same bytes as `file`
+// would (copied out of the chunks); read_view() hands the chunks themselves
+// over, so a parser can work in them with no second copy. An error of the
+// thread is rethrown after the bytes before it; seek() drains the thread and
+// restarts it lazily at the new offset. Waiting for a chunk spins briefly
+// before it sleeps: waking a sleeping thread costs tens of microseconds on a
+// VM, the time it takes to read a whole chunk from the page cache.
+std::unique_ptr<ChunkedFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes = 1 << 20,
+                                        size_t chunks = 4);
 
 }  // namespace llmft::data

@@ -163,10 +163,17 @@ RecordReader::RecordReader(const std::string& path, RecordReaderOptions options,
       options_(options),
       compression_(compression_for_path(path, options.compression)),
       file_system_(file_system) {
-  buffer_.resize(std::max<size_t>(options_.buffer_bytes, 64));
-  if (compression_ != Compression::kNone) compressed_.resize(std::max<size_t>(options_.buffer_bytes / 4, 4096));
   file_ = file_system_.open_read(path_);
-  if (options_.read_ahead_chunks > 0) file_ = read_ahead(std::move(file_), 1 << 20, options_.read_ahead_chunks);
+  if (compression_ == Compression::kNone && options_.memory_map) mapped_ = file_->map();
+  if (mapped_ == nullptr && options_.read_ahead_chunks > 0) {
+    std::unique_ptr<ChunkedFile> chunked =
+        read_ahead(std::move(file_), options_.read_ahead_chunk_bytes, options_.read_ahead_chunks);
+    if (compression_ == Compression::kNone) chunked_ = chunked.get();
+    file_ = std::move(chunked);
+  }
+  // Parsing in place (mapping, chunks) needs buffer_ only for straddling records.
+  if (mapped_ == nullptr && chunked_ == nullptr) buffer_.resize(std::max<size_t>(options_.buffer_bytes, 64));
+  if (compression_ != Compression::kNone) compressed_.resize(std::max<size_t>(options_.buffer_bytes / 4, 4096));
   restart_stream();
 }
 
@@ -175,7 +182,19 @@ RecordReader::~RecordReader() {
 }
 
 void RecordReader::restart_stream() {
+  if (mapped_ != nullptr) {
+    // The whole file is the window; nothing is ever read().
+    source_eof_ = true;
+    window_begin_ = 0;
+    window_end_ = static_cast<size_t>(file_->size());
+    buffer_stream_offset_ = 0;
+    populated_end_ = 0;
+    window_base_ = mapped_;
+    return;
+  }
   file_->seek(0);
+  window_base_ = nullptr;
+  pending_ = {};
   source_eof_ = false;
   stream_truncated_ = false;
   compressed_consumed_ = 0;
@@ -238,7 +257,67 @@ size_t RecordReader::read_source(char* out, size_t bytes) {
   return produced;
 }
 
+size_t RecordReader::fill_mapped(size_t bytes) {
+  const size_t available = window_end_ - window_begin_;
+  // Populate before touching: a page the file no longer backs would raise
+  // SIGBUS. Only read_record() calls fill() on a mapped file, so the record
+  // being parsed is next_offset_ / next_record_index_.
+  const uint64_t needed_end = window_begin_ + std::min(bytes, available);
+  if (needed_end > populated_end_) {
+    const uint64_t from = std::max<uint64_t>(populated_end_, window_begin_);
+    const uint64_t to = std::min<uint64_t>(std::max<uint64_t>(needed_end, from + kPopulateBytes), window_end_);
+    if (!file_->populate(from, static_cast<size_t>(to - from)))
+      corrupt(str_cat("truncated record (the file shrank after it was opened with ", window_end_, " bytes: bytes ",
+                      from, " to ", to, " are gone)"),
+              next_offset_, next_record_index_);
+    populated_end_ = to;
+  }
+  return available;
+}
+
+size_t RecordReader::fill_from_chunks(size_t bytes) {
+  size_t available = window_end_ - window_begin_;
+  if (available >= bytes) return available;
+  if (available == 0) {
+    // Nothing left in the window: work in place in the next chunk (the rest
+    // of the one a straddling record's tail came from, or a fresh one).
+    std::string_view chunk = pending_;
+    pending_ = {};
+    if (chunk.empty()) chunk = chunked_->read_view();
+    buffer_stream_offset_ += window_end_;
+    window_base_ = chunk.data();
+    window_begin_ = 0;
+    window_end_ = chunk.size();
+    if (window_end_ >= bytes || chunk.empty()) return window_end_;
+    available = window_end_;
+  }
+  // The record straddles chunks: assemble exactly its `bytes` in buffer_, so
+  // that once it is consumed the window returns to the chunk in pending_.
+  if (window_base_ != nullptr) {
+    if (buffer_.size() < bytes) buffer_.resize(std::max(bytes, buffer_.size() * 2));
+    std::memcpy(buffer_.data(), window_base_ + window_begin_, available);
+    window_base_ = nullptr;
+  } else {
+    std::memmove(buffer_.data(), buffer_.data() + window_begin_, available);
+    if (buffer_.size() < bytes) buffer_.resize(std::max(bytes, buffer_.size() * 2));
+  }
+  buffer_stream_offset_ += window_begin_;
+  window_begin_ = 0;
+  window_end_ = available;
+  while (window_end_ < bytes) {
+    if (pending_.empty()) pending_ = chunked_->read_view();
+    if (pending_.empty()) break;  // end of file
+    const size_t take = std::min(bytes - window_end_, pending_.size());
+    std::memcpy(buffer_.data() + window_end_, pending_.data(), take);
+    pending_.remove_prefix(take);
+    window_end_ += take;
+  }
+  return window_end_;
+}
+
 size_t RecordReader::fill(size_t bytes) {
+  if (mapped_ != nullptr) return fill_mapped(bytes);
+  if (chunked_ != nullptr) return fill_from_chunks(bytes);
   size_t available = window_end_ - window_begin_;
   if (available >= bytes || source_eof_) return available;
   if (window_begin_ > 0) {
@@ -302,7 +381,7 @@ bool RecordReader::read_record(std::string_view& record) {
       give_up(str_cat("truncated record (header has ", available, " of ", kRecordHeaderBytes, " bytes)"));
       return false;
     }
-    const char* header = buffer_.data() + window_begin_;
+    const char* header = window_data() + window_begin_;
     const uint64_t length = get_le64(header);
     if (options_.verify_crc) {
       uint32_t stored = crc32c::unmask(get_le32(header + 8));
@@ -338,7 +417,7 @@ bool RecordReader::read_record(std::string_view& record) {
                       kRecordFooterBytes, " bytes)"));
       return false;
     }
-    const char* data = buffer_.data() + window_begin_ + kRecordHeaderBytes;
+    const char* data = window_data() + window_begin_ + kRecordHeaderBytes;
     window_begin_ += framed;
     next_offset_ += framed;
     ++next_record_index_;
@@ -367,9 +446,13 @@ void RecordReader::seek(RecordPosition position) {
   if (position.offset >= buffer_stream_offset_ && position.offset <= window_stop) {
     // Already buffered (the common case when a loader resumes nearby).
     window_begin_ = static_cast<size_t>(position.offset - buffer_stream_offset_);
+  } else if (mapped_ != nullptr) {
+    window_begin_ = window_end_;  // past the end of the file: read() reports end of file
   } else if (compression_ == Compression::kNone) {
     file_->seek(position.offset);
     source_eof_ = false;
+    window_base_ = nullptr;
+    pending_ = {};
     window_begin_ = window_end_ = 0;
     buffer_stream_offset_ = position.offset;
   } else {

@@ -97,11 +97,29 @@ struct RecordReaderOptions {
   bool skip_corrupt_records = false;
   // Lengths above this are "absurd" (corrupt), whatever the length CRC says.
   uint64_t max_record_bytes = uint64_t{1} << 30;
+  // Parse uncompressed files in place in a read-only memory mapping of the
+  // whole file (ReadableFile::map()): the CRC pass then reads the page cache
+  // directly, with no kernel copy into a buffer and no extra thread. This is
+  // what brings CRC-checked reading above the raw read() rate
+  // (bench/RESULTS.md, data loader). Files that cannot be mapped (wrapped
+  // ones, empty ones) and compressed files use read() below. The mapping is
+  // made resident kPopulateBytes at a time ahead of the parser; a file that
+  // shrinks while being read is reported as truncated rather than crashing
+  // the process, except in a short race window (see ReadableFile::map()).
+  bool memory_map = false;
+  // The read() path. A background thread reads `read_ahead_chunks` chunks of
+  // `read_ahead_chunk_bytes` ahead of the parser (read_ahead() in
+  // data/file_system.h), so that reading (the kernel's copy out of the page
+  // cache) and CRC checks run on two cores; for uncompressed files the parser
+  // works in place in the thread's chunks, copying only records that
+  // straddle two chunks. Chunks of 256 KiB are read back while still in the
+  // shared L3 cache: 1 MiB chunks measured ~25% slower, as the CRC then
+  // reads lines still held in the other core's L2 (bench/RESULTS.md).
+  // 0 chunks reads on the caller's thread into `buffer_bytes` (records larger
+  // than it grow it), also the buffer of decompressed bytes.
   size_t buffer_bytes = 4 << 20;
-  // Read the file on a background thread, `read_ahead_chunks` chunks of
-  // 1 MiB ahead of the parser (read_ahead() in data/file_system.h), so that
-  // reading and CRC checks run on two cores. 0 reads on the caller's thread.
-  size_t read_ahead_chunks = 4;
+  size_t read_ahead_chunks = 16;
+  size_t read_ahead_chunk_bytes = 256 << 10;
 };
 
 class RecordReader {
@@ -119,6 +137,10 @@ class RecordReader {
   // (...)" or "...: corrupted record (data CRC mismatch: stored 0x..,
   // computed 0x..)".
   bool read(std::string_view& record);
+
+  // True when the file is parsed in place in a memory mapping (see
+  // RecordReaderOptions::memory_map).
+  bool memory_mapped() const { return mapped_ != nullptr; }
 
   // Position of the next record read() will return.
   RecordPosition position() const { return {next_offset_, next_record_index_}; }
@@ -156,8 +178,29 @@ class RecordReader {
   bool stream_truncated_ = false;   // compressed data ended without its end marker
   uint64_t compressed_consumed_ = 0;  // file bytes fed to inflate (for messages)
 
-  std::vector<char> buffer_;        // decoded stream bytes
-  size_t window_begin_ = 0;         // unread bytes are buffer_[window_begin_, window_end_)
+  // Bytes made resident per populate() call on a mapped file: measured on the
+  // bench machine, 4 MiB beat 1 and 16 MiB and whole-file MAP_POPULATE, and
+  // it bounds the work done ahead of the parser on a cold file.
+  static constexpr size_t kPopulateBytes = 4 << 20;
+  const char* window_data() const { return window_base_ != nullptr ? window_base_ : buffer_.data(); }
+  size_t fill_mapped(size_t bytes);
+  size_t fill_from_chunks(size_t bytes);
+
+  const char* mapped_ = nullptr;    // the whole file when memory-mapped, else null
+  uint64_t populated_end_ = 0;      // mapped bytes before this offset were populated
+  // Uncompressed files with a read-ahead thread: records are parsed in place
+  // in the thread's chunks (chunked_->read_view()); only a record that
+  // straddles two chunks is assembled in buffer_, and `pending_` holds the
+  // rest of the chunk its tail came from.
+  ChunkedFile* chunked_ = nullptr;
+  std::string_view pending_;
+
+  std::vector<char> buffer_;        // decoded stream bytes (read() path), straddling records (chunks)
+  // Unread bytes are window_data()[window_begin_, window_end_): the mapping
+  // (whole file, buffer_stream_offset_ stays 0), a read-ahead chunk, or
+  // buffer_ when window_base_ is null.
+  const char* window_base_ = nullptr;
+  size_t window_begin_ = 0;
   size_t window_end_ = 0;
   uint64_t buffer_stream_offset_ = 0;  // stream offset of buffer_[0]
 
