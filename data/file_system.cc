@@ -204,7 +204,7 @@ class ReadAheadFile : public ChunkedFile {
         }
       }
       size_t take = std::min(bytes - done, current_.size - current_used_);
-      std::memcpy(out + done, current_.data.data() + current_used_, take);
+      std::memcpy(out + done, current_.data.get() + current_used_, take);
       current_used_ += take;
       done += take;
     }
@@ -236,7 +236,7 @@ class ReadAheadFile : public ChunkedFile {
         return {};
       }
     }
-    std::string_view view(current_.data.data() + current_used_, current_.size - current_used_);
+    std::string_view view(current_.data.get() + current_used_, current_.size - current_used_);
     current_used_ = current_.size;
     return view;
   }
@@ -252,7 +252,9 @@ class ReadAheadFile : public ChunkedFile {
 
  private:
   struct Chunk {
-    std::vector<char> data;
+    // Not zero-filled (unlike std::vector): that would cost a pass over
+    // every buffer for each file opened.
+    std::unique_ptr<char[]> data;
     size_t size = 0;
     std::exception_ptr error;
   };
@@ -262,15 +264,18 @@ class ReadAheadFile : public ChunkedFile {
       stopping_ = false;
       worker_ = std::thread([this] { run(); });
     }
-    // Spin first (see read_ahead()): the thread usually delivers within the
+    // Poll first (see read_ahead()): the thread usually delivers within the
     // time of one chunk's read, far less than a futex sleep and wake-up.
+    // Yielding, not pausing: when another process holds the other core, the
+    // reading thread may be waiting for this one's core, and a busy spin
+    // would take the time it needs.
     if (ready_count_.load(std::memory_order_acquire) == 0) {
       const auto give_up = std::chrono::steady_clock::now() + kSpinBeforeSleep;
       while (ready_count_.load(std::memory_order_acquire) == 0 && std::chrono::steady_clock::now() < give_up)
-        for (int i = 0; i < 16; ++i) pause();
+        std::this_thread::yield();
     }
     std::unique_lock<std::mutex> lock(mutex_);
-    if (!current_.data.empty()) spare_.push_back(std::move(current_.data));
+    if (current_.data) spare_.push_back(std::move(current_.data));
     changed_.wait(lock, [&] { return !ready_.empty(); });
     current_ = std::move(ready_.front());
     ready_.pop_front();
@@ -280,13 +285,6 @@ class ReadAheadFile : public ChunkedFile {
     changed_.notify_all();
   }
 
-  static void pause() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#else
-    std::this_thread::yield();
-#endif
-  }
 
   void run() {
     while (true) {
@@ -298,9 +296,9 @@ class ReadAheadFile : public ChunkedFile {
           spare_.pop_back();
         }
       }
-      chunk.data.resize(chunk_bytes_);
+      if (!chunk.data) chunk.data.reset(new char[chunk_bytes_]);
       try {
-        chunk.size = inner_->read(chunk.data.data(), chunk_bytes_);
+        chunk.size = inner_->read(chunk.data.get(), chunk_bytes_);
       } catch (...) {
         chunk.error = std::current_exception();
       }
@@ -327,10 +325,10 @@ class ReadAheadFile : public ChunkedFile {
       worker_.join();
     }
     for (Chunk& chunk : ready_)
-      if (!chunk.data.empty()) spare_.push_back(std::move(chunk.data));
+      if (chunk.data) spare_.push_back(std::move(chunk.data));
     ready_.clear();
     ready_count_.store(0, std::memory_order_release);
-    if (!current_.data.empty()) spare_.push_back(std::move(current_.data));
+    if (current_.data) spare_.push_back(std::move(current_.data));
     current_ = Chunk{};
     current_used_ = 0;
   }
@@ -345,7 +343,7 @@ class ReadAheadFile : public ChunkedFile {
   static constexpr std::chrono::microseconds kSpinBeforeSleep{100};
   std::deque<Chunk> ready_;             // read ahead, in file order
   std::atomic<size_t> ready_count_{0};  // ready_.size(), readable without the lock
-  std::vector<std::vector<char>> spare_;  // buffers to reuse
+  std::vector<std::unique_ptr<char[]>> spare_;  // buffers of chunk_bytes_ to reuse
   bool stopping_ = false;
   Chunk current_;                        // being handed out by read()
   size_t current_used_ = 0;

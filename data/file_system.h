@@ -93,10 +93,11 @@ class ChunkedFile : public ReadableFile {
 // would (copied out of the chunks); read_view() hands the chunks themselves
 // over, so a parser can work in them with no second copy. An error of the
 // thread is rethrown after the bytes before it; seek() drains the thread and
-// restarts it lazily at the new offset. Waiting for a chunk spins briefly
-// before it sleeps: waking a sleeping thread costs tens of microseconds on a
-// VM, the time it takes to read a whole chunk from the page cache.
-std::unique_ptr<ChunkedFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes = 1 << 20,
-                                        size_t chunks = 4);
+// restarts it lazily at the new offset. Waiting for a chunk polls (yielding
+// the core) briefly before it sleeps: waking a sleeping thread costs tens of
+// microseconds on a VM, the time it takes to read a whole chunk from the
+// page cache.
+std::unique_ptr<ChunkedFile> read_ahead(std::unique_ptr<ReadableFile> file, size_t chunk_bytes = 256 << 10,
+                                        size_t chunks = 16);
 
 }  // namespace llmft::data
