@@ -157,6 +157,13 @@ int run_generate(std::span<char*> args) {
   if (parsed.prompt) {
     prompt_ids = tokenizer->encode_with_special_tokens(*parsed.prompt);
   } else {
+    ChatTemplateInputs inputs;
+    if (parsed.messages_file) {
+      inputs.messages = read_messages(*parsed.messages_file);
+    } else {
+      if (parsed.system) inputs.messages.push_back({{"role", "system"}, {"content", *parsed.system}});
+      inputs.messages.push_back({{"role", "user"}, {"content", *parsed.chat}});
+    }
     ModelChatTemplate model_template = [&] {
       if (!parsed.chat_template_file) return load_chat_template(model_directory);
       ModelChatTemplate from_model_config = [&]() -> ModelChatTemplate {
@@ -172,16 +179,9 @@ int run_generate(std::span<char*> args) {
       return ModelChatTemplate{ChatTemplate(std::move(source), *parsed.chat_template_file),
                                from_model_config.bos_token, from_model_config.eos_token};
     }();
-    ChatTemplateInputs inputs;
     inputs.bos_token = model_template.bos_token;
     inputs.eos_token = model_template.eos_token;
     inputs.add_generation_prompt = parsed.generation_prompt;
-    if (parsed.messages_file) {
-      inputs.messages = read_messages(*parsed.messages_file);
-    } else {
-      if (parsed.system) inputs.messages.push_back({{"role", "system"}, {"content", *parsed.system}});
-      inputs.messages.push_back({{"role", "user"}, {"content", *parsed.chat}});
-    }
     const RenderedChat rendered = model_template.chat_template.render(inputs);
     if (parsed.render_only && !parsed.print_ids) {
       std::fwrite(rendered.text.data(), 1, rendered.text.size(), stdout);

@@ -1,0 +1,146 @@
+// `llmft generate` end to end on a small random model with a real tokenizer
+// file (tests/testdata/tokenizer/metaspace): the binary's greedy ids equal the
+// library's generate() on the same prompt, a chat template from
+// tokenizer_config.json is rendered and stops at its end-of-turn token, and
+// every bad argument or directory is one error line with exit code 2.
+// usage: generate_e2e_test LLMFT_BINARY
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "data/tokenizer.h"
+#include "model/generation.h"
+
+namespace llmft {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string g_llmft;  // set by main() from argv
+
+struct CommandResult {
+  int exit_code;
+  std::string out, err;
+};
+
+CommandResult run(const std::string& arguments) {
+  const fs::path err_path = fs::temp_directory_path() / "llmft_generate_e2e_stderr.txt";
+  const std::string command = g_llmft + " " + arguments + " 2>" + err_path.string();
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return {-1, "", "popen failed"};
+  std::string out;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) out.append(buffer, n);
+  const int status = pclose(pipe);
+  std::ifstream err_file(err_path);
+  std::stringstream err;
+  err << err_file.rdbuf();
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, err.str()};
+}
+
+std::vector<int32_t> parse_ids(const std::string& line) {
+  std::vector<int32_t> ids;
+  std::istringstream in(line);
+  for (int32_t id; in >> id;) ids.push_back(id);
+  return ids;
+}
+
+class GenerateE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    directory_ = fs::temp_directory_path() / "llmft_generate_e2e_model";
+    fs::remove_all(directory_);
+    fs::create_directories(directory_);
+    const fs::path source = fs::path(LLMFT_SOURCE_DIR) / "tests/testdata";
+    fs::copy_file(source / "tokenizer/metaspace/tokenizer.json", directory_ / "tokenizer.json");
+    std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(directory_ / "tokenizer.json");
+    ModelConfig config = ModelConfig::load(source / "model/tiny_llama/config.json");
+    config.vocab_size = tokenizer->vocab_size();
+    auto context = Context::cpu(0, 2);
+    LlamaModel model(*context, config);
+    model.init_random(*context, /*seed=*/3, /*stddev=*/0.3f);  // peaked logits: no near ties for greedy
+    model.save_pretrained(directory_);
+    std::ofstream(directory_ / "generation_config.json") << R"({"eos_token_id": 2})";
+  }
+  static void TearDownTestSuite() { fs::remove_all(directory_); }
+
+  static fs::path directory_;
+};
+fs::path GenerateE2eTest::directory_;
+
+TEST_F(GenerateE2eTest, GreedyIdsEqualTheLibrarysGenerate) {
+  const CommandResult result = run("generate --model " + directory_.string() +
+                                   " --prompt 'hello world' --print-ids --max-new-tokens 12");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const std::vector<int32_t> ours = parse_ids(result.out);
+
+  auto context = Context::cpu(0, 2);
+  auto model = LlamaModel::load(*context, directory_);
+  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(directory_);
+  GenerationOptions options;
+  options.max_new_tokens = 12;
+  options.stop_ids = {2};
+  const GenerationResult expected =
+      generate(*context, *model, tokenizer->encode_with_special_tokens("hello world"), options);
+  EXPECT_EQ(ours, expected.tokens);
+  EXPECT_FALSE(ours.empty());
+
+  // The text mode prints the decoded completion.
+  const CommandResult text = run("generate --model " + directory_.string() + " --prompt 'hello world' --max-new-tokens 12");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_EQ(text.out, tokenizer->decode(expected.tokens, /*skip_special_tokens=*/true) + "\n");
+}
+
+TEST_F(GenerateE2eTest, ChatTemplateFromTokenizerConfig) {
+  const fs::path chat_directory = fs::temp_directory_path() / "llmft_generate_e2e_chat";
+  fs::remove_all(chat_directory);
+  fs::copy(directory_, chat_directory);
+  std::ofstream(chat_directory / "tokenizer_config.json")
+      << R"({"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"})";
+  const CommandResult rendered =
+      run("generate --model " + chat_directory.string() + " --chat 'Hi' --system 'Be brief.' --render-only");
+  ASSERT_EQ(rendered.exit_code, 0) << rendered.err;
+  EXPECT_EQ(rendered.out, "<s>[system] Be brief.</s>[user] Hi</s>[assistant] ");
+  const CommandResult generated = run("generate --model " + chat_directory.string() + " --chat 'Hi' --print-ids");
+  ASSERT_EQ(generated.exit_code, 0) << generated.err;
+  EXPECT_NE(generated.err.find("new tokens"), std::string::npos) << generated.err;
+  fs::remove_all(chat_directory);
+}
+
+TEST_F(GenerateE2eTest, BadArgumentsAreOneLineExitTwo) {
+  const std::string model = " --model " + directory_.string();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"generate --prompt hi", "--model DIR is required"},
+      {"generate --model /nonexistent/model --prompt hi", "/nonexistent/model: not a model directory"},
+      {"generate" + model, "exactly one of --prompt, --chat or --messages"},
+      {"generate" + model + " --prompt a --chat b", "exactly one of --prompt, --chat or --messages"},
+      {"generate" + model + " --prompt a --top-p 2", "top_p must be in (0, 1]"},
+      {"generate" + model + " --prompt a --max-new-tokens many", "--max-new-tokens: expected an integer"},
+      {"generate" + model + " --prompt a --dtype f16", "--dtype: expected f32 or bf16"},
+      {"generate" + model + " --prompt a --bogus", "unexpected argument '--bogus'"},
+      {"generate" + model + " --chat hi", "tokenizer_config.json: no chat_template"},
+      {"generate" + model + " --messages /nonexistent.json", "/nonexistent.json: cannot open the messages file"},
+      {"generate --model " + (fs::path(LLMFT_SOURCE_DIR) / "tests/testdata/model/tiny_llama").string() + " --prompt hi",
+       "tiny_llama"},
+  };
+  for (const auto& [arguments, message] : cases) {
+    const CommandResult result = run(arguments);
+    EXPECT_EQ(result.exit_code, 2) << arguments << "\n" << result.err;
+    EXPECT_NE(result.err.find(message), std::string::npos) << arguments << "\n" << result.err;
+    EXPECT_EQ(std::count(result.err.begin(), result.err.end(), '\n'), 1) << arguments << "\n" << result.err;
+  }
+}
+
+}  // namespace
+}  // namespace llmft
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  if (argc > 1) llmft::g_llmft = argv[1];
+  return RUN_ALL_TESTS();
+}
