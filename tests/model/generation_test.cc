@@ -86,6 +86,47 @@ TEST_P(KvCacheTest, ChunkAfterCacheEqualsFullRecompute) {
   EXPECT_LT(max_relative_difference(logits, expected.back()), 1e-5);
 }
 
+// Prefix tuning's K/V (fixed random values here) enter the cache on the
+// prefill and stay visible to every later token, as in the full forward.
+class FixedPrefix final : public AttentionPrefixHook {
+ public:
+  FixedPrefix(const ModelConfig& config, int64_t length) : length_(length) {
+    PhiloxGenerator generator(21);
+    const int64_t per_layer = length * config.num_key_value_heads * config.head_dim;
+    for (int64_t i = 0; i < 2 * config.num_hidden_layers * per_layer; ++i) values_.push_back(generator.next_normal());
+    per_layer_ = per_layer;
+  }
+  int64_t num_prefix() const override { return length_; }
+  void forward(Context&, int64_t layer, Tensor& keys, Tensor& values) override {
+    auto slice = [&](int64_t which) {
+      const auto begin = values_.begin() + (2 * layer + which) * per_layer_;
+      return std::vector<float>(begin, begin + per_layer_);
+    };
+    keys.copy_from(Tensor::from_floats(keys.shape(), slice(0), keys.dtype()));
+    values.copy_from(Tensor::from_floats(values.shape(), slice(1), values.dtype()));
+  }
+  void backward(Context&, int64_t, const Tensor&, const Tensor&) override {}
+
+ private:
+  int64_t length_, per_layer_ = 0;
+  std::vector<float> values_;
+};
+
+TEST_P(KvCacheTest, PrefixTuningKeysEnterTheCache) {
+  auto model = LlamaModel::load(*context_, testdata(GetParam()));
+  FixedPrefix prefix(model->config(), 3);
+  model->set_attention_prefix_hook(&prefix);
+  std::vector<int32_t> ids = {5, 9, 2, 44, 61, 7, 13};
+  const std::vector<std::vector<float>> expected = full_logits(*context_, *model, ids);
+  KvCache cache;
+  model->forward_incremental(*context_, std::span(ids).first(2), cache);
+  EXPECT_EQ(cache.keys.front().size(1), 3 + 2);
+  for (size_t t = 2; t < ids.size(); ++t) {
+    const std::vector<float> logits = model->forward_incremental(*context_, std::span(ids).subspan(t, 1), cache).to_floats();
+    EXPECT_LT(max_relative_difference(logits, expected[t]), 1e-5) << "step " << t;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, KvCacheTest, ::testing::Values("tiny_llama", "tiny_qwen2"));
 
 TEST(KvCacheErrors, BadTokenIdAndEmptyInputAreBadInput) {
