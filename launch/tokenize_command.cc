@@ -43,10 +43,11 @@ int run_tokenize(std::span<char*> args) {
       std::fputs(kUsage, stdout);
       return 0;
     } else {
-      throw_bad_input("tokenize: unexpected argument '", arg, "'\n", kUsage);
+      throw_bad_input("tokenize: unexpected argument '", arg, "'; see llmft tokenize --help");
     }
   }
-  if (!tokenizer_path || text.has_value() == input.has_value()) throw_bad_input("tokenize: ", kUsage);
+  if (!tokenizer_path || text.has_value() == input.has_value())
+    throw_bad_input("tokenize: --tokenizer and one of --text or --input are required; see llmft tokenize --help");
   if (ordinary && add_special_tokens) throw_bad_input("tokenize: --ordinary and --add-special-tokens exclude each other");
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(*tokenizer_path);
 

@@ -46,7 +46,7 @@ class GenerateTest(unittest.TestCase):
                               {cls.tokenizer.convert_tokens_to_ids("<|im_end|>")})
 
     def chat_args(self, prompt, system):
-        args = ["--model", str(self.directory), "--chat", prompt]
+        args = ["--model", str(self.directory), "--chat", prompt, "--threads", "1"]
         if system is not None:
             args += ["--system", system]
         return args

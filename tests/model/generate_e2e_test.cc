@@ -114,7 +114,7 @@ TEST_F(GenerateE2eTest, ChatTemplateFromTokenizerConfig) {
 
 TEST_F(GenerateE2eTest, BadArgumentsAreOneLineExitTwo) {
   const std::string model = " --model " + directory_.string();
-  const std::vector<std::pair<std::string, std::string>> cases = {
+  std::vector<std::pair<std::string, std::string>> cases = {
       {"generate --prompt hi", "--model DIR is required"},
       {"generate --model /nonexistent/model --prompt hi", "/nonexistent/model: not a model directory"},
       {"generate" + model, "exactly one of --prompt, --chat or --messages"},
@@ -123,11 +123,18 @@ TEST_F(GenerateE2eTest, BadArgumentsAreOneLineExitTwo) {
       {"generate" + model + " --prompt a --max-new-tokens many", "--max-new-tokens: expected an integer"},
       {"generate" + model + " --prompt a --dtype f16", "--dtype: expected f32 or bf16"},
       {"generate" + model + " --prompt a --bogus", "unexpected argument '--bogus'"},
+      {"generate" + model + " --prompt a --threads -2", "--threads: expected 0 (default) to 4096"},
+      {"tokenize --text hi", "--tokenizer and one of --text or --input are required"},
+      {"tokenize --tokenizer " + directory_.string() + " --input /nonexistent.jsonl", "/nonexistent.jsonl: cannot open"},
       {"generate" + model + " --chat hi", "tokenizer_config.json: no chat_template"},
       {"generate" + model + " --messages /nonexistent.json", "/nonexistent.json: cannot open the messages file"},
       {"generate --model " + (fs::path(LLMFT_SOURCE_DIR) / "tests/testdata/model/tiny_llama").string() + " --prompt hi",
        "tiny_llama"},
   };
+  const fs::path bad_jsonl = fs::temp_directory_path() / "llmft_generate_e2e_bad.jsonl";
+  std::ofstream(bad_jsonl) << "\"fine\"\n{\"text\": 1}\n";
+  cases.emplace_back("tokenize --tokenizer " + directory_.string() + " --input " + bad_jsonl.string(),
+                     bad_jsonl.string() + ": line 2: expected a JSON string");
   for (const auto& [arguments, message] : cases) {
     const CommandResult result = run(arguments);
     EXPECT_EQ(result.exit_code, 2) << arguments << "\n" << result.err;
