@@ -8,7 +8,9 @@
 #include "data/chat_template.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -338,6 +340,35 @@ bool equal(const Value& a, const Value& b) {
 }
 
 bool is_python_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+// Bytes in the UTF-8 sequence that starts with `lead` (1 for a stray continuation byte).
+size_t utf8_length(unsigned char lead) { return lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4; }
+
+// Python strings index, slice and iterate by code point, not by byte.
+List characters(const Value& s) {
+  List items;
+  for (size_t i = 0; i < s.text.size();) {
+    const size_t end = std::min(s.text.size(), i + utf8_length(static_cast<unsigned char>(s.text[i])));
+    items.push_back(substring(s, i, end));
+    i = end;
+  }
+  return items;
+}
+
+// Whether the code point encoded by `piece` is whitespace for Python's
+// str.isspace (what str.strip() and str.split() use): the ASCII ones, U+001C..
+// U+001F, U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F,
+// U+205F, U+3000.
+bool is_python_space(std::string_view piece) {
+  if (piece.size() == 1)
+    return is_python_space(piece[0]) || (static_cast<unsigned char>(piece[0]) >= 0x1C && static_cast<unsigned char>(piece[0]) <= 0x1F);
+  static const char* const kSpaces[] = {"\u0085", "\u00a0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003",
+                                        "\u2004", "\u2005", "\u2006", "\u2007", "\u2008", "\u2009", "\u200a",
+                                        "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"};
+  for (const char* space : kSpaces)
+    if (piece == space) return true;
+  return false;
+}
 
 // ---- Lexer -------------------------------------------------------------------------
 
@@ -1098,7 +1129,7 @@ class Renderer {
     else if (iterable.kind == Value::Kind::kDict && !iterable.is_namespace)
       for (const auto& [key, item] : *iterable.dict) items.push_back(Value::of_string(key));
     else if (iterable.is_string())
-      for (size_t i = 0; i < iterable.text.size(); ++i) items.push_back(substring(iterable, i, i + 1));
+      items = characters(iterable);
     else if (iterable.kind != Value::Kind::kUndefined && iterable.kind != Value::Kind::kNone)
       fail(node.expr->offset, str_cat("cannot iterate over a ", kind_name(iterable)));
     else if (iterable.kind == Value::Kind::kNone)
@@ -1228,12 +1259,11 @@ class Renderer {
           if (attribute) return Value();  // e.g. a method name read without a call
           fail(offset, str_cat("a ", kind_name(subject), " index must be an integer, found a ", kind_name(key)));
         }
-        const int64_t size = subject.kind == Value::Kind::kList ? static_cast<int64_t>(subject.list->size())
-                                                                : static_cast<int64_t>(subject.text.size());
-        const int64_t index = normalize_index(key.as_int(), size);
-        if (index < 0 || index >= size) return Value();
-        if (subject.kind == Value::Kind::kList) return (*subject.list)[static_cast<size_t>(index)];
-        return substring(subject, static_cast<size_t>(index), static_cast<size_t>(index) + 1);
+        const List string_items = subject.is_string() ? characters(subject) : List();
+        const List& items = subject.is_string() ? string_items : *subject.list;
+        const int64_t index = normalize_index(key.as_int(), static_cast<int64_t>(items.size()));
+        if (index < 0 || index >= static_cast<int64_t>(items.size())) return Value();
+        return items[static_cast<size_t>(index)];
       }
       default: return Value();
     }
@@ -1252,10 +1282,11 @@ class Renderer {
     }
     const int64_t step = bounds[2].value_or(1);
     if (step == 0) fail(expr.offset, "slice step cannot be zero");
-    int64_t size;
-    if (subject.kind == Value::Kind::kList) size = static_cast<int64_t>(subject.list->size());
-    else if (subject.is_string()) size = static_cast<int64_t>(subject.text.size());
-    else fail(expr.offset, str_cat("cannot slice a ", kind_name(subject)));
+    if (subject.kind != Value::Kind::kList && !subject.is_string())
+      fail(expr.offset, str_cat("cannot slice a ", kind_name(subject)));
+    const List string_items = subject.is_string() ? characters(subject) : List();
+    const List& items = subject.is_string() ? string_items : *subject.list;
+    const int64_t size = static_cast<int64_t>(items.size());
     // Python's slice.indices().
     auto clamp = [&](std::optional<int64_t> bound, int64_t fallback) {
       if (!bound) return fallback;
@@ -1268,12 +1299,12 @@ class Renderer {
     std::vector<int64_t> indices;
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) indices.push_back(i);
     if (subject.kind == Value::Kind::kList) {
-      List items;
-      for (int64_t i : indices) items.push_back((*subject.list)[static_cast<size_t>(i)]);
-      return Value::of_list(std::move(items));
+      List sliced;
+      for (int64_t i : indices) sliced.push_back(items[static_cast<size_t>(i)]);
+      return Value::of_list(std::move(sliced));
     }
     MarkedText out;
-    for (int64_t i : indices) out.append(substring(subject, static_cast<size_t>(i), static_cast<size_t>(i) + 1));
+    for (int64_t i : indices) out.append(items[static_cast<size_t>(i)]);
     return std::move(out).to_value();
   }
 
@@ -1382,12 +1413,20 @@ class Renderer {
     return value;
   }
 
+  // str.strip / lstrip / rstrip: Unicode whitespace, or the code points in `chars`.
   static Value strip(const Value& s, bool left, bool right, const std::optional<std::string>& chars) {
-    auto strippable = [&](char c) { return chars ? chars->find(c) != std::string::npos : is_python_space(c); };
-    size_t begin = 0, end = s.text.size();
-    if (left) while (begin < end && strippable(s.text[begin])) ++begin;
-    if (right) while (end > begin && strippable(s.text[end - 1])) --end;
-    return substring(s, begin, end);
+    const List pieces = characters(s);
+    const List strip_set = chars ? characters(Value::of_string(*chars)) : List();
+    auto strippable = [&](const Value& piece) {
+      if (!chars) return is_python_space(std::string_view(piece.text));
+      return std::any_of(strip_set.begin(), strip_set.end(), [&](const Value& c) { return c.text == piece.text; });
+    };
+    size_t begin = 0, end = pieces.size();
+    if (left) while (begin < end && strippable(pieces[begin])) ++begin;
+    if (right) while (end > begin && strippable(pieces[end - 1])) --end;
+    MarkedText out;
+    for (size_t i = begin; i < end; ++i) out.append(pieces[i]);
+    return std::move(out).to_value();
   }
 
   static Value replace_all(const Value& s, const Value& old_text, const Value& new_text, int64_t count) {
@@ -1461,18 +1500,25 @@ class Renderer {
           List parts;
           const int64_t max_split = args.size() > 1 ? args[1].as_int() : -1;
           if (args.empty() || args[0].kind == Value::Kind::kNone) {
+            const List pieces = characters(subject);
+            auto space = [&](size_t k) { return is_python_space(std::string_view(pieces[k].text)); };
+            auto join = [&](size_t begin, size_t end) {
+              MarkedText out;
+              for (size_t k = begin; k < end; ++k) out.append(pieces[k]);
+              return std::move(out).to_value();
+            };
             size_t i = 0;
             int64_t done = 0;
             while (true) {
-              while (i < subject.text.size() && is_python_space(subject.text[i])) ++i;
-              if (i >= subject.text.size()) break;
+              while (i < pieces.size() && space(i)) ++i;
+              if (i >= pieces.size()) break;
               if (max_split >= 0 && done == max_split) {
-                parts.push_back(strip(substring(subject, i, subject.text.size()), false, true, std::nullopt));
+                parts.push_back(strip(join(i, pieces.size()), false, true, std::nullopt));
                 break;
               }
               size_t j = i;
-              while (j < subject.text.size() && !is_python_space(subject.text[j])) ++j;
-              parts.push_back(substring(subject, i, j));
+              while (j < pieces.size() && !space(j)) ++j;
+              parts.push_back(join(i, j));
               ++done;
               i = j;
             }
@@ -1611,8 +1657,9 @@ class Renderer {
         return name == "first" ? subject.list->front() : subject.list->back();
       }
       if (subject.is_string()) {
-        if (subject.text.empty()) return Value();
-        return name == "first" ? substring(subject, 0, 1) : substring(subject, subject.text.size() - 1, subject.text.size());
+        const List pieces = characters(subject);
+        if (pieces.empty()) return Value();
+        return name == "first" ? pieces.front() : pieces.back();
       }
       fail(expr.offset, str_cat(what, ": expected a list or string, found a ", kind_name(subject)));
     }
@@ -1628,11 +1675,7 @@ class Renderer {
     }
     if (name == "list") {
       if (subject.kind == Value::Kind::kList) return subject;
-      if (subject.is_string()) {
-        List items;
-        for (size_t i = 0; i < subject.text.size(); ++i) items.push_back(substring(subject, i, i + 1));
-        return Value::of_list(std::move(items));
-      }
+      if (subject.is_string()) return Value::of_list(characters(subject));
       fail(expr.offset, str_cat(what, ": cannot make a list of a ", kind_name(subject)));
     }
     if (name == "items") {

@@ -27,6 +27,8 @@ CONVERSATIONS = {
                    {"role": "user", "content": "  And 3+3?  \n"}],
     "empty_system": [{"role": "system", "content": ""}, {"role": "user", "content": "Hello"}],
     "no_system": [{"role": "user", "content": "Bonjour, ça va? 日本語のテキスト 🙂\t\ttabs"}],
+    "unicode_whitespace": [{"role": "user", "content": "\u00a0\u3000 日本語 x🙂 é\u2003 "},
+                           {"role": "assistant", "content": "🙂ab\u0085c 🙂"}],
     "no_system_multi_turn": [{"role": "user", "content": "Q: first"}, {"role": "assistant", "content": "A1"},
                              {"role": "user", "content": "Q: second"}],
 }
@@ -97,6 +99,11 @@ TEMPLATES = {
     {{- '<|im_start|>assistant\\n' }}
 {%- endif %}
 """,
+    # Python string semantics: code points, Unicode whitespace
+    "string_methods": "{% for m in messages %}[{{ m.content | trim }}|{{ m.content.strip() }}|{{ m.content[1:4] }}|"
+                      "{{ m.content[-2] }}|{{ m.content | first }}|{{ m.content | length }}|"
+                      "{{ m.content.split() | join('/') }}|{{ m.content.strip(' 🙂x') }}|"
+                      "{% for c in m.content[:3] %}<{{ c }}>{% endfor %}]{% endfor %}",
     "whitespace_rules": """{# trim_blocks / lstrip_blocks and more of the subset #}
 {% set ns = namespace(count=0) %}
 {% for message in messages if message.role != 'system' %}

@@ -121,6 +121,16 @@ TEST(ChatTemplate, ExpressionSubset) {
             "1/2:True,Qu,more;2/2:False,ns,last;2|3|2|0.25|3|True|False|{\"a\": [1, \"b\", null, true]}|a,b|SYSTEM|aBc");
 }
 
+// Strings behave as Python's: indexed by code point, stripped of Unicode
+// whitespace (U+00A0, U+3000, U+2003 here), iterated by character.
+TEST(ChatTemplate, StringsAreCodePointsAndUnicodeWhitespace) {
+  const std::string source =
+      "{% for m in messages %}[{{ m.content | trim }}|{{ m.content[1:3] }}|{{ m.content[-1] }}|{{ m.content | length }}"
+      "|{{ m.content.split() | join('/') }}|{% for c in m.content.strip()[:2] %}<{{ c }}>{% endfor %}]{% endfor %}";
+  EXPECT_EQ(render(source, conversation({{"user", "\u00a0日本語 é\u2003\u3000"}}), false),
+            "[日本語 é|日本|\u3000|8|日本語/é|<日><本>]");
+}
+
 TEST(ChatTemplate, LoopControlsAndElse) {
   const std::string source =
       "{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}{% if loop.index > 3 %}"
