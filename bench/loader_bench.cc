@@ -19,7 +19,8 @@
 // checks in place), so it is bounded by the slower of the two; it needs both
 // cores free. A mapping has no copy at all but pays per 4 KiB page mapped.
 //
-// Usage: loader_bench [--mb 512] [--shards 8] [--tokens 2048] [--repeats 3] [--dir /tmp] [--buffer-kb 4096] (read() path buffer)
+// Usage: loader_bench [--mb 512] [--shards 8] [--tokens 2048] [--repeats 3] [--dir /tmp] [--buffer-kb 4096]
+//                     [--chunk-kb 256] [--chunks 16]   (read() buffer; read-ahead chunk size and count)
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -77,6 +78,8 @@ int main(int argc, char** argv) {
   double megabytes = 512;
   int shards = 8, tokens = 2048, repeats = 3;
   size_t buffer_kb = RecordReaderOptions{}.buffer_bytes >> 10;
+  size_t chunk_kb = RecordReaderOptions{}.read_ahead_chunk_bytes >> 10;
+  size_t chunks = RecordReaderOptions{}.read_ahead_chunks;
   std::string base = std::filesystem::temp_directory_path().string();
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
@@ -86,6 +89,8 @@ int main(int argc, char** argv) {
     else if (flag == "--repeats") repeats = std::atoi(argv[i + 1]);
     else if (flag == "--dir") base = argv[i + 1];
     else if (flag == "--buffer-kb") buffer_kb = std::atoi(argv[i + 1]);
+    else if (flag == "--chunk-kb") chunk_kb = std::atoi(argv[i + 1]);
+    else if (flag == "--chunks") chunks = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown flag %s\n", argv[i]);
       return 2;
@@ -127,7 +132,6 @@ int main(int argc, char** argv) {
     size_t buffer_bytes;
   };
   const size_t buffer_bytes = buffer_kb << 10;
-  const size_t chunks = RecordReaderOptions{}.read_ahead_chunks;
   const std::vector<Variant> variants = {
       {"RecordReader, CRC on (default)", true, false, chunks, buffer_bytes},
       {"  one thread, read() 4 MiB buffer", true, false, 0, buffer_bytes},
@@ -142,6 +146,7 @@ int main(int argc, char** argv) {
     options.memory_map = variant.memory_map;
     options.read_ahead_chunks = variant.read_ahead_chunks;
     options.buffer_bytes = variant.buffer_bytes;
+    options.read_ahead_chunk_bytes = chunk_kb << 10;
     uint64_t count = 0;
     for (const auto& path : files) {
       RecordReader reader(path, options);
@@ -213,7 +218,7 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(total_tokens));
   double load[3] = {0, 0, 0};
   ::getloadavg(load, 3);
-  std::printf("read() buffer %zu KiB; load average at the end %.2f %.2f %.2f\n", buffer_kb, load[0], load[1],
+  std::printf("read-ahead %zu chunks of %zu KiB; read() buffer %zu KiB; load average at the end %.2f %.2f %.2f\n", chunks, chunk_kb, buffer_kb, load[0], load[1],
               load[2]);
   std::printf("%-34s %12s %12s %16s\n", "(best of repeats)", "MB/s", "records/s", "vs raw (median)");
   auto row = [&](const char* what, double seconds, double ratio) {
