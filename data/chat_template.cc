@@ -23,6 +23,11 @@ namespace {
 
 // ---- Values ------------------------------------------------------------------------
 
+// Where a string's bytes came from: the template, message i (i + 1), or
+// another caller variable (kFromOtherData).
+constexpr int32_t kFromTemplate = 0;
+constexpr int32_t kFromOtherData = -1;
+
 struct Value;
 using List = std::vector<Value>;
 using Dict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered, like a Python dict
@@ -34,8 +39,8 @@ struct Value {
   int64_t integer = 0;
   double number = 0.0;
   std::string text;
-  // Per byte of `text`: 1 where it came from the caller's data; empty when none did.
-  std::vector<uint8_t> from_data;
+  // Per byte of `text`, where it came from (a Source); empty when all of it is the template's.
+  std::vector<int32_t> from_data;
   std::shared_ptr<List> list;
   std::shared_ptr<Dict> dict;  // shared: a namespace() is mutated through every copy
   bool is_namespace = false;
@@ -44,10 +49,10 @@ struct Value {
   static Value of_bool(bool b) { Value v; v.kind = Kind::kBool; v.boolean = b; return v; }
   static Value of_int(int64_t i) { Value v; v.kind = Kind::kInt; v.integer = i; return v; }
   static Value of_float(double d) { Value v; v.kind = Kind::kFloat; v.number = d; return v; }
-  static Value of_string(std::string s, bool data = false) {
+  static Value of_string(std::string s, int32_t source = kFromTemplate) {
     Value v;
     v.kind = Kind::kString;
-    if (data && !s.empty()) v.from_data.assign(s.size(), 1);
+    if (source != kFromTemplate && !s.empty()) v.from_data.assign(s.size(), source);
     v.text = std::move(s);
     return v;
   }
@@ -70,7 +75,6 @@ struct Value {
     return kind == Kind::kFloat ? number : kind == Kind::kBool ? (boolean ? 1.0 : 0.0) : static_cast<double>(integer);
   }
   int64_t as_int() const { return kind == Kind::kBool ? (boolean ? 1 : 0) : kind == Kind::kFloat ? static_cast<int64_t>(number) : integer; }
-  bool data_at(size_t i) const { return !from_data.empty() && from_data[i] != 0; }
 
   const Value* find(std::string_view key) const {
     if (kind != Kind::kDict) return nullptr;
@@ -111,10 +115,10 @@ bool truthy(const Value& value) {
 // A string that keeps the data marks of its pieces.
 struct MarkedText {
   std::string text;
-  std::vector<uint8_t> from_data;
+  std::vector<int32_t> from_data;
   bool any_data = false;
 
-  void append(const std::string& piece, const std::vector<uint8_t>& marks) {
+  void append(const std::string& piece, const std::vector<int32_t>& marks) {
     if (!marks.empty() && !any_data) {
       from_data.assign(text.size(), 0);
       any_data = true;
@@ -187,7 +191,8 @@ void append_str(const Value& value, MarkedText& out, bool repr = false) {
     case Value::Kind::kString:
       if (repr) {
         const std::string quoted = python_repr_string(value.text);
-        out.append(quoted, value.from_data.empty() ? std::vector<uint8_t>() : std::vector<uint8_t>(quoted.size(), 1));
+        out.append(quoted, value.from_data.empty() ? std::vector<int32_t>()
+                                                   : std::vector<int32_t>(quoted.size(), value.from_data.front()));
       } else {
         out.append(value);
       }
@@ -291,22 +296,22 @@ void append_json(const Value& value, std::string& out, std::optional<int> indent
   }
 }
 
-Value from_json(const nlohmann::ordered_json& json, bool data) {
+Value from_json(const nlohmann::ordered_json& json, int32_t source) {
   switch (json.type()) {
     case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value::of_bool(json.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer:
     case nlohmann::ordered_json::value_t::number_unsigned: return Value::of_int(json.get<int64_t>());
     case nlohmann::ordered_json::value_t::number_float: return Value::of_float(json.get<double>());
-    case nlohmann::ordered_json::value_t::string: return Value::of_string(json.get<std::string>(), data);
+    case nlohmann::ordered_json::value_t::string: return Value::of_string(json.get<std::string>(), source);
     case nlohmann::ordered_json::value_t::array: {
       List items;
-      for (const auto& item : json) items.push_back(from_json(item, data));
+      for (const auto& item : json) items.push_back(from_json(item, source));
       return Value::of_list(std::move(items));
     }
     case nlohmann::ordered_json::value_t::object: {
       Dict items;
-      for (const auto& [key, item] : json.items()) items.emplace_back(key, from_json(item, data));
+      for (const auto& [key, item] : json.items()) items.emplace_back(key, from_json(item, source));
       return Value::of_dict(std::move(items));
     }
     default: return Value();
@@ -1622,8 +1627,10 @@ class Renderer {
       if (indent_value && indent_value->kind == Value::Kind::kInt) indent = static_cast<int>(indent_value->integer);
       std::string json;
       append_json(subject, json, indent, 0);
-      return Value::of_string(std::move(json), !subject.from_data.empty() || subject.kind == Value::Kind::kList ||
-                                                    subject.kind == Value::Kind::kDict);
+      const int32_t source = !subject.from_data.empty() ? subject.from_data.front()
+                             : subject.kind == Value::Kind::kList || subject.kind == Value::Kind::kDict ? kFromOtherData
+                                                                                                        : kFromTemplate;
+      return Value::of_string(std::move(json), source);
     }
     if (name == "upper" || name == "lower" || name == "capitalize" || name == "title") {
       return change_case(to_string_value(subject), name == "lower" ? 0 : name == "upper" ? 1 : name == "capitalize" ? 2 : 3);
@@ -1769,8 +1776,11 @@ RenderedChat ChatTemplate::render(const ChatTemplateInputs& inputs) const {
   renderer.scopes.emplace_back();
   std::map<std::string, Value>& globals = renderer.scopes.back();
   if (inputs.extra.is_object())
-    for (const auto& [key, value] : inputs.extra.items()) globals[key] = from_json(value, /*data=*/true);
-  globals["messages"] = from_json(inputs.messages, /*data=*/true);
+    for (const auto& [key, value] : inputs.extra.items()) globals[key] = from_json(value, kFromOtherData);
+  List messages;
+  for (size_t i = 0; i < inputs.messages.size(); ++i)
+    messages.push_back(from_json(inputs.messages[i], static_cast<int32_t>(i) + 1));
+  globals["messages"] = Value::of_list(std::move(messages));
   globals["add_generation_prompt"] = Value::of_bool(inputs.add_generation_prompt);
   globals["bos_token"] = Value::of_string(inputs.bos_token);
   globals["eos_token"] = Value::of_string(inputs.eos_token);
@@ -1780,13 +1790,10 @@ RenderedChat ChatTemplate::render(const ChatTemplateInputs& inputs) const {
   RenderedChat rendered;
   rendered.text = std::move(out.text);
   for (size_t i = 0; i < out.from_data.size();) {
-    if (!out.from_data[i]) {
-      ++i;
-      continue;
-    }
+    const int32_t source = out.from_data[i];
     size_t j = i;
-    while (j < out.from_data.size() && out.from_data[j]) ++j;
-    rendered.content_spans.emplace_back(i, j);
+    while (j < out.from_data.size() && out.from_data[j] == source) ++j;
+    if (source != kFromTemplate) rendered.content_spans.push_back({i, j, source > 0 ? source - 1 : -1});
     i = j;
   }
   return rendered;
@@ -1849,7 +1856,7 @@ std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const RenderedChat&
   // (cutting it at content boundaries could change the pre-tokenizer's pieces).
   bool content_has_control_text = false;
   if (!special_tokens_in_content) {
-    for (const auto& [begin, end] : rendered.content_spans) {
+    for (const auto& [begin, end, message] : rendered.content_spans) {
       const std::string_view span(rendered.text.data() + begin, end - begin);
       if (tokenizer.encode(span) != tokenizer.encode_ordinary(span)) {
         content_has_control_text = true;
@@ -1861,7 +1868,7 @@ std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const RenderedChat&
   std::vector<int32_t> ids;
   size_t at = 0;
   auto append = [&](std::vector<int32_t> part) { ids.insert(ids.end(), part.begin(), part.end()); };
-  for (const auto& [begin, end] : rendered.content_spans) {
+  for (const auto& [begin, end, message] : rendered.content_spans) {
     if (begin > at) append(tokenizer.encode(std::string_view(rendered.text).substr(at, begin - at)));
     append(tokenizer.encode_ordinary(std::string_view(rendered.text).substr(begin, end - begin)));
     at = end;

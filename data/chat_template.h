@@ -36,13 +36,19 @@
 
 namespace llmft {
 
-// A rendered conversation. `content_spans` are the byte ranges [begin, end) of
-// `text` that came from the caller's data (message roles and contents) rather
-// than from the template, so special-token text typed by a user can be kept
-// from becoming a control token.
+// A rendered conversation. `content_spans` are the byte ranges of `text` that
+// came from the caller's data (message roles and contents) rather than from
+// the template, in order, each with the index of the message it came from
+// (-1: another variable, e.g. tools). They keep special-token text typed by a
+// user from becoming a control token, and locate each turn's content for loss
+// masks.
+struct ContentSpan {
+  size_t begin = 0, end = 0;  // [begin, end) in RenderedChat::text
+  int64_t message = -1;       // index into ChatTemplateInputs::messages
+};
 struct RenderedChat {
   std::string text;
-  std::vector<std::pair<size_t, size_t>> content_spans;
+  std::vector<ContentSpan> content_spans;
 };
 
 struct ChatTemplateInputs {

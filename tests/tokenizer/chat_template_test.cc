@@ -168,11 +168,20 @@ TEST(ChatTemplate, UnsupportedSyntaxNamesThePosition) {
 
 TEST(ChatTemplate, ContentSpansMarkTheCallersText) {
   ChatTemplateInputs inputs;
-  inputs.messages = conversation({{"user", "Hi"}});
+  inputs.messages = conversation({{"system", "S"}, {"user", "Hi"}, {"assistant", "Hello"}});
   const RenderedChat rendered = ChatTemplate(kSmolLm2Template, "t").render(inputs);
-  std::vector<std::string> spans;
-  for (const auto& [begin, end] : rendered.content_spans) spans.push_back(rendered.text.substr(begin, end - begin));
-  EXPECT_EQ(spans, (std::vector<std::string>{"user", "Hi"}));
+  std::vector<std::pair<std::string, int64_t>> spans;
+  for (const auto& [begin, end, message] : rendered.content_spans)
+    spans.emplace_back(rendered.text.substr(begin, end - begin), message);
+  // Role and content are separated by the template's '\n', so each is its own span.
+  EXPECT_EQ(spans, (std::vector<std::pair<std::string, int64_t>>{
+                       {"system", 0}, {"S", 0}, {"user", 1}, {"Hi", 1}, {"assistant", 2}, {"Hello", 2}}));
+  // Adjacent text of two messages stays two spans.
+  inputs.messages = conversation({{"user", "a"}, {"user", "b"}});
+  const RenderedChat glued = ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}", "t").render(inputs);
+  ASSERT_EQ(glued.content_spans.size(), 2u);
+  EXPECT_EQ(glued.content_spans[1].begin, 1u);
+  EXPECT_EQ(glued.content_spans[1].message, 1);
 }
 
 // Special-token text typed by a user stays text; the template's own special
