@@ -27,7 +27,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: llmft generate --model DIR (--prompt TEXT | --chat TEXT [--system TEXT] | --messages FILE.json)\n"
     "                      [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
-    "                      [--dtype f32|bf16] [--threads N] [--chat-template FILE] [--print-ids] [--render-only]\n"
+    "                      [--dtype f32|bf16] [--device cpu|cuda[:N]] [--threads N] [--chat-template FILE] [--print-ids] [--render-only]\n"
     "                      [--no-generation-prompt] [--special-tokens-in-content]\n"
     "  --prompt: plain text (BOS added as the tokenizer config says). --chat: one user turn through the\n"
     "  model's chat template; --messages: a JSON list of {\"role\", \"content\"} (or {\"messages\": [...]}).\n"
@@ -43,6 +43,7 @@ struct GenerateArgs {
   SamplingOptions sampling;
   DType dtype = DType::kF32;
   int64_t threads = 0;  // 0: the CPU backend's default
+  int cuda_device = -1;  // -1: the CPU
   bool print_ids = false;
   bool render_only = false;
   bool generation_prompt = true;
@@ -83,6 +84,14 @@ GenerateArgs parse_args(std::span<char*> args) {
     else if (arg == "--top-p") parsed.sampling.top_p = parse_number(arg, value());
     else if (arg == "--seed") parsed.sampling.seed = static_cast<uint64_t>(parse_integer(arg, value()));
     else if (arg == "--threads") parsed.threads = parse_integer(arg, value());
+    else if (arg == "--device") {
+      const std::string text = value();
+      if (text == "cpu") parsed.cuda_device = -1;
+      else if (text == "cuda") parsed.cuda_device = 0;
+      else if (text.starts_with("cuda:")) parsed.cuda_device = static_cast<int>(parse_integer(arg, text.substr(5)));
+      else throw_bad_input("generate: --device: expected cpu, cuda or cuda:N, found '", text, "'");
+      if (parsed.cuda_device < -1) throw_bad_input("generate: --device: negative CUDA device in '", text, "'");
+    }
     else if (arg == "--print-ids") parsed.print_ids = true;
     else if (arg == "--render-only") parsed.render_only = true;
     else if (arg == "--no-generation-prompt") parsed.generation_prompt = false;
@@ -200,7 +209,9 @@ int run_generate(std::span<char*> args) {
   }
   if (prompt_ids.empty()) throw_bad_input("generate: the prompt is empty after tokenization");
 
-  std::unique_ptr<Context> context = Context::cpu(parsed.sampling.seed, static_cast<int>(parsed.threads));
+  std::unique_ptr<Context> context = parsed.cuda_device >= 0
+                                         ? Context::cuda(parsed.cuda_device, parsed.sampling.seed)
+                                         : Context::cpu(parsed.sampling.seed, static_cast<int>(parsed.threads));
   LlamaOptions options;
   options.compute_dtype = parsed.dtype;
   const auto load_start = std::chrono::steady_clock::now();
