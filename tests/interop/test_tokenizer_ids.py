@@ -1,7 +1,8 @@
 """Hugging Face `tokenizers` loading the tokenizer.json that `llmft convert`
 rebuilds from the real SmolLM2 GGUF, and llmft's own tokenizer (through
 `llmft tokenize`) give identical ids on hard strings (multilingual text, code,
-whitespace runs, digits, emoji, special tokens, rendered chat templates) and on
+whitespace runs, digits, emoji, special tokens, rendered chat templates; and
+with special-token text kept as text, against encode_special_tokens=True) and on
 a real text of more than 1 MB: the Python standard library's top-level
 modules (the *.py files directly in sysconfig's "stdlib" directory of the
 interpreter running this test, in name order, until 1.2 MB), one text per file.
@@ -79,6 +80,16 @@ class TokenizerIdsTest(unittest.TestCase):
         ours = self.llmft_ids(HARD_STRINGS, "--add-special-tokens")
         theirs = [encoding.ids for encoding in self.reference.encode_batch(HARD_STRINGS, add_special_tokens=True)]
         self.assertEqual(ours, theirs)
+
+    def test_ordinary_encoding_matches_encode_special_tokens(self):
+        # `llmft tokenize --ordinary` (special-token text stays text: what user content gets in a chat)
+        # against tokenizers' encode_special_tokens=True.
+        reference = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        reference.encode_special_tokens = True
+        ours = self.llmft_ids(HARD_STRINGS, "--ordinary")
+        theirs = [encoding.ids for encoding in reference.encode_batch(HARD_STRINGS, add_special_tokens=False)]
+        for text, our_ids, their_ids in zip(HARD_STRINGS, ours, theirs):
+            self.assertEqual(our_ids, their_ids, f"ordinary: {text[:80]!r}")
 
     def test_rendered_chat_templates(self):
         conversations = [
