@@ -45,10 +45,29 @@ struct Value {
   std::shared_ptr<Dict> dict;  // shared: a namespace() is mutated through every copy
   bool is_namespace = false;
 
-  static Value none() { Value v; v.kind = Kind::kNone; return v; }
-  static Value of_bool(bool b) { Value v; v.kind = Kind::kBool; v.boolean = b; return v; }
-  static Value of_int(int64_t i) { Value v; v.kind = Kind::kInt; v.integer = i; return v; }
-  static Value of_float(double d) { Value v; v.kind = Kind::kFloat; v.number = d; return v; }
+  static Value none() {
+    Value v;
+    v.kind = Kind::kNone;
+    return v;
+  }
+  static Value of_bool(bool b) {
+    Value v;
+    v.kind = Kind::kBool;
+    v.boolean = b;
+    return v;
+  }
+  static Value of_int(int64_t i) {
+    Value v;
+    v.kind = Kind::kInt;
+    v.integer = i;
+    return v;
+  }
+  static Value of_float(double d) {
+    Value v;
+    v.kind = Kind::kFloat;
+    v.number = d;
+    return v;
+  }
   static Value of_string(std::string s, int32_t source = kFromTemplate) {
     Value v;
     v.kind = Kind::kString;
@@ -74,7 +93,9 @@ struct Value {
   double as_double() const {
     return kind == Kind::kFloat ? number : kind == Kind::kBool ? (boolean ? 1.0 : 0.0) : static_cast<double>(integer);
   }
-  int64_t as_int() const { return kind == Kind::kBool ? (boolean ? 1 : 0) : kind == Kind::kFloat ? static_cast<int64_t>(number) : integer; }
+  int64_t as_int() const {
+    return kind == Kind::kBool ? (boolean ? 1 : 0) : kind == Kind::kFloat ? static_cast<int64_t>(number) : integer;
+  }
 
   const Value* find(std::string_view key) const {
     if (kind != Kind::kDict) return nullptr;
@@ -266,7 +287,10 @@ void append_json(const Value& value, std::string& out, std::optional<int> indent
       return;
     }
     case Value::Kind::kList: {
-      if (value.list->empty()) { out += "[]"; return; }
+      if (value.list->empty()) {
+        out += "[]";
+        return;
+      }
       out += '[';
       for (size_t i = 0; i < value.list->size(); ++i) {
         if (i > 0) out += indent ? "," : ", ";
@@ -278,7 +302,10 @@ void append_json(const Value& value, std::string& out, std::optional<int> indent
       return;
     }
     case Value::Kind::kDict: {
-      if (value.dict->empty()) { out += "{}"; return; }
+      if (value.dict->empty()) {
+        out += "{}";
+        return;
+      }
       out += '{';
       bool first = true;
       for (const auto& [key, item] : *value.dict) {
@@ -366,7 +393,8 @@ List characters(const Value& s) {
 // U+205F, U+3000.
 bool is_python_space(std::string_view piece) {
   if (piece.size() == 1)
-    return is_python_space(piece[0]) || (static_cast<unsigned char>(piece[0]) >= 0x1C && static_cast<unsigned char>(piece[0]) <= 0x1F);
+    return is_python_space(piece[0]) ||
+           (static_cast<unsigned char>(piece[0]) >= 0x1C && static_cast<unsigned char>(piece[0]) <= 0x1F);
   static const char* const kSpaces[] = {"\u0085", "\u00a0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003",
                                         "\u2004", "\u2005", "\u2006", "\u2007", "\u2008", "\u2009", "\u200a",
                                         "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"};
@@ -397,13 +425,27 @@ struct Chunk {
 
 struct Expr {
   enum class Kind {
-    kLiteral, kName, kAttr, kItem, kSlice, kCall, kFilter, kTest, kNot, kNeg, kBinary, kAnd, kOr, kConditional,
-    kList, kDict
+    kLiteral,
+    kName,
+    kAttr,
+    kItem,
+    kSlice,
+    kCall,
+    kFilter,
+    kTest,
+    kNot,
+    kNeg,
+    kBinary,
+    kAnd,
+    kOr,
+    kConditional,
+    kList,
+    kDict
   } kind;
   size_t offset = 0;
   Value literal;
-  std::string name;  // kName, kAttr, kFilter, kTest, kBinary operator
-  bool negated = false;  // kTest: `is not`
+  std::string name;                             // kName, kAttr, kFilter, kTest, kBinary operator
+  bool negated = false;                         // kTest: `is not`
   std::vector<std::unique_ptr<Expr>> children;  // operands; kCall: callee then args; kFilter/kTest: subject then args
   std::vector<std::pair<std::string, std::unique_ptr<Expr>>> keywords;  // kCall/kFilter keyword arguments
   bool has_slice_part[3] = {false, false, false};  // kSlice: which of start, stop, step are present (children in order)
@@ -412,12 +454,12 @@ struct Expr {
 struct ChatTemplate::Node {
   enum class Kind { kText, kOutput, kIf, kFor, kSet, kSetBlock, kBreak, kContinue, kBody } kind;
   size_t offset = 0;
-  std::string text;                                  // kText
-  std::unique_ptr<Expr> expr;                        // kOutput, kSet value, kFor iterable
+  std::string text;            // kText
+  std::unique_ptr<Expr> expr;  // kOutput, kSet value, kFor iterable
   std::vector<std::pair<std::unique_ptr<Expr>, std::vector<std::unique_ptr<Node>>>> branches;  // kIf
   std::vector<std::unique_ptr<Node>> body, else_body;  // kFor, kIf else, kSetBlock, kBody
-  std::vector<std::string> targets;                  // kFor loop variables; kSet: name [, attribute]
-  std::unique_ptr<Expr> filter;                      // kFor: `if` condition
+  std::vector<std::string> targets;                    // kFor loop variables; kSet: name [, attribute]
+  std::unique_ptr<Expr> filter;                        // kFor: `if` condition
 };
 
 namespace {
@@ -449,8 +491,8 @@ class Lexer {
   std::vector<Chunk> run() {
     std::vector<Chunk> chunks;
     size_t i = 0;
-    bool strip_next_leading = false;   // the previous tag ended with -
-    bool trim_next_newline = false;    // trim_blocks after a block tag
+    bool strip_next_leading = false;  // the previous tag ended with -
+    bool trim_next_newline = false;   // trim_blocks after a block tag
     while (i < source_.size()) {
       size_t open = find_tag(i);
       std::string text = source_.substr(i, open - i);
@@ -479,7 +521,8 @@ class Lexer {
         // lstrip_blocks: spaces and tabs from the start of the line up to a block tag.
         size_t run_start = open;
         while (run_start > i && (source_[run_start - 1] == ' ' || source_[run_start - 1] == '\t')) --run_start;
-        if (run_start == 0 || source_[run_start - 1] == '\n') text.erase(text.size() - std::min(text.size(), open - run_start));
+        if (run_start == 0 || source_[run_start - 1] == '\n')
+          text.erase(text.size() - std::min(text.size(), open - run_start));
       }
       if (!text.empty()) chunks.push_back({Chunk::Kind::kText, std::move(text), {}, i});
 
@@ -533,7 +576,10 @@ class Lexer {
     size_t i = begin;
     while (i < end) {
       const char c = source_[i];
-      if (is_python_space(c)) { ++i; continue; }
+      if (is_python_space(c)) {
+        ++i;
+        continue;
+      }
       if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
         size_t j = i;
         while (j < end && (std::isalnum(static_cast<unsigned char>(source_[j])) || source_[j] == '_')) ++j;
@@ -575,8 +621,8 @@ class Lexer {
         tokens.push_back({Token::Kind::kString, std::move(value), i});
         i = j + 1;
       } else {
-        static const char* const kOperators[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~",
-                                                 "<",  ">",  "(",  ")",  "[",  "]",  "{", "}", ",", ":", ".", "|", "="};
+        static const char* const kOperators[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<",
+                                                 ">",  "(",  ")",  "[",  "]",  "{",  "}", ",", ":", ".", "|", "="};
         bool matched = false;
         for (const char* op : kOperators) {
           const size_t length = std::char_traits<char>::length(op);
@@ -684,7 +730,8 @@ class Parser {
       expect_name("in");
       node->expr = parse_or_expression();  // not `a if b else c`: its `if` is the loop filter
       if (accept_name("if")) node->filter = parse_expression();
-      if (peek().kind == Token::Kind::kName && peek().text == "recursive") fail(peek().offset, "recursive loops are not supported");
+      if (peek().kind == Token::Kind::kName && peek().text == "recursive")
+        fail(peek().offset, "recursive loops are not supported");
       expect_end();
       node->body = parse_until({"else", "endfor"});
       if (enter_end_statement() == "else") {
@@ -798,9 +845,8 @@ class Parser {
     while (true) {
       const Token& token = peek();
       std::string op;
-      if (token.kind == Token::Kind::kOperator &&
-          (token.text == "==" || token.text == "!=" || token.text == "<" || token.text == ">" || token.text == "<=" ||
-           token.text == ">=")) {
+      if (token.kind == Token::Kind::kOperator && (token.text == "==" || token.text == "!=" || token.text == "<" ||
+                                                   token.text == ">" || token.text == "<=" || token.text == ">=")) {
         op = token.text;
         next();
       } else if (token.kind == Token::Kind::kName && token.text == "in") {
@@ -822,7 +868,8 @@ class Parser {
     }
   }
 
-  std::unique_ptr<Expr> parse_binary_level(const std::vector<std::string>& ops, std::unique_ptr<Expr> (Parser::*lower)()) {
+  std::unique_ptr<Expr> parse_binary_level(const std::vector<std::string>& ops,
+                                           std::unique_ptr<Expr> (Parser::*lower)()) {
     std::unique_ptr<Expr> left = (this->*lower)();
     while (peek().kind == Token::Kind::kOperator && std::find(ops.begin(), ops.end(), peek().text) != ops.end()) {
       const Token op = next();
@@ -985,7 +1032,8 @@ class Parser {
       case Token::Kind::kOperator:
         if (token.text == "(") {
           std::unique_ptr<Expr> inner = parse_expression();
-          if (peek().kind == Token::Kind::kOperator && peek().text == ",") fail(peek().offset, "tuples are not supported");
+          if (peek().kind == Token::Kind::kOperator && peek().text == ",")
+            fail(peek().offset, "tuples are not supported");
           expect(")");
           return inner;
         }
@@ -1133,12 +1181,10 @@ class Renderer {
     if (iterable.kind == Value::Kind::kList) items = *iterable.list;
     else if (iterable.kind == Value::Kind::kDict && !iterable.is_namespace)
       for (const auto& [key, item] : *iterable.dict) items.push_back(Value::of_string(key));
-    else if (iterable.is_string())
-      items = characters(iterable);
+    else if (iterable.is_string()) items = characters(iterable);
     else if (iterable.kind != Value::Kind::kUndefined && iterable.kind != Value::Kind::kNone)
       fail(node.expr->offset, str_cat("cannot iterate over a ", kind_name(iterable)));
-    else if (iterable.kind == Value::Kind::kNone)
-      fail(node.expr->offset, "cannot iterate over none");
+    else if (iterable.kind == Value::Kind::kNone) fail(node.expr->offset, "cannot iterate over none");
 
     // Bind targets (one name, or unpack a list item into several).
     auto bind = [&](std::map<std::string, Value>& scope, const Value& item) {
@@ -1147,7 +1193,8 @@ class Renderer {
         return;
       }
       if (item.kind != Value::Kind::kList || item.list->size() != node.targets.size())
-        fail(node.offset, str_cat("cannot unpack a ", kind_name(item), " into ", node.targets.size(), " loop variables"));
+        fail(node.offset,
+             str_cat("cannot unpack a ", kind_name(item), " into ", node.targets.size(), " loop variables"));
       for (size_t k = 0; k < node.targets.size(); ++k) scope[node.targets[k]] = (*item.list)[k];
     };
     if (node.filter) {  // `for x in xs if cond`: the loop sees only the kept items
@@ -1166,12 +1213,9 @@ class Renderer {
     for (int64_t i = 0; i < length; ++i) {
       scopes.emplace_back();
       bind(scopes.back(), items[static_cast<size_t>(i)]);
-      Dict loop = {{"index", Value::of_int(i + 1)},
-                   {"index0", Value::of_int(i)},
-                   {"revindex", Value::of_int(length - i)},
-                   {"revindex0", Value::of_int(length - i - 1)},
-                   {"first", Value::of_bool(i == 0)},
-                   {"last", Value::of_bool(i == length - 1)},
+      Dict loop = {{"index", Value::of_int(i + 1)},         {"index0", Value::of_int(i)},
+                   {"revindex", Value::of_int(length - i)}, {"revindex0", Value::of_int(length - i - 1)},
+                   {"first", Value::of_bool(i == 0)},       {"last", Value::of_bool(i == length - 1)},
                    {"length", Value::of_int(length)}};
       if (i > 0) loop.emplace_back("previtem", items[static_cast<size_t>(i - 1)]);
       if (i + 1 < length) loop.emplace_back("nextitem", items[static_cast<size_t>(i + 1)]);
@@ -1252,8 +1296,8 @@ class Renderer {
   Value get_item(const Value& subject, const Value& key, size_t offset, bool attribute) {
     switch (subject.kind) {
       case Value::Kind::kUndefined:
-        fail(offset, str_cat("undefined value has no ", attribute ? "attribute '" : "item '", to_string_value(key).text,
-                             "'"));
+        fail(offset,
+             str_cat("undefined value has no ", attribute ? "attribute '" : "item '", to_string_value(key).text, "'"));
       case Value::Kind::kDict:
         if (key.is_string())
           if (const Value* found = subject.find(key.text)) return *found;
@@ -1322,7 +1366,8 @@ class Renderer {
     if (op == "in" || op == "not in") {
       bool found = false;
       if (right.is_string()) {
-        if (!left.is_string()) fail(expr.offset, str_cat("'in <string>' needs a string on the left, found a ", kind_name(left)));
+        if (!left.is_string())
+          fail(expr.offset, str_cat("'in <string>' needs a string on the left, found a ", kind_name(left)));
         found = right.text.find(left.text) != std::string::npos;
       } else if (right.kind == Value::Kind::kList) {
         for (const Value& item : *right.list) found = found || equal(left, item);
@@ -1349,7 +1394,10 @@ class Renderer {
       } else {
         fail(expr.offset, str_cat("cannot compare a ", kind_name(left), " with a ", kind_name(right)));
       }
-      return Value::of_bool(op == "<" ? comparison < 0 : op == ">" ? comparison > 0 : op == "<=" ? comparison <= 0 : comparison >= 0);
+      return Value::of_bool(op == "<"    ? comparison < 0
+                            : op == ">"  ? comparison > 0
+                            : op == "<=" ? comparison <= 0
+                                         : comparison >= 0);
     }
     if (op == "+") {
       if (left.is_string() && right.is_string()) {
@@ -1371,7 +1419,9 @@ class Renderer {
       if (op == "+") return floats ? Value::of_float(a + b) : Value::of_int(x + y);
       if (op == "-") return floats ? Value::of_float(a - b) : Value::of_int(x - y);
       if (op == "*") return floats ? Value::of_float(a * b) : Value::of_int(x * y);
-      if (op == "**") return floats || y < 0 ? Value::of_float(std::pow(a, b)) : Value::of_int(static_cast<int64_t>(std::llround(std::pow(a, b))));
+      if (op == "**")
+        return floats || y < 0 ? Value::of_float(std::pow(a, b))
+                               : Value::of_int(static_cast<int64_t>(std::llround(std::pow(a, b))));
       if (b == 0) fail(expr.offset, "division by zero");
       if (op == "/") return Value::of_float(a / b);
       if (op == "//") {
@@ -1407,14 +1457,16 @@ class Renderer {
     return std::nullopt;
   }
 
-  void expect_args(const Expr& expr, const std::string& what, const std::vector<Value>& args, size_t least, size_t most) {
+  void expect_args(const Expr& expr, const std::string& what, const std::vector<Value>& args, size_t least,
+                   size_t most) {
     if (args.size() < least || args.size() > most)
       fail(expr.offset, str_cat(what, " takes ", least == most ? std::to_string(least) : str_cat(least, " to ", most),
                                 " arguments, found ", args.size()));
   }
 
   Value string_argument(const Expr& expr, const std::string& what, const Value& value) {
-    if (!value.is_string()) fail(expr.offset, str_cat(what, ": expected a string argument, found a ", kind_name(value)));
+    if (!value.is_string())
+      fail(expr.offset, str_cat(what, ": expected a string argument, found a ", kind_name(value)));
     return value;
   }
 
@@ -1427,8 +1479,10 @@ class Renderer {
       return std::any_of(strip_set.begin(), strip_set.end(), [&](const Value& c) { return c.text == piece.text; });
     };
     size_t begin = 0, end = pieces.size();
-    if (left) while (begin < end && strippable(pieces[begin])) ++begin;
-    if (right) while (end > begin && strippable(pieces[end - 1])) --end;
+    if (left)
+      while (begin < end && strippable(pieces[begin])) ++begin;
+    if (right)
+      while (end > begin && strippable(pieces[end - 1])) --end;
     MarkedText out;
     for (size_t i = begin; i < end; ++i) out.append(pieces[i]);
     return std::move(out).to_value();
@@ -1633,7 +1687,10 @@ class Renderer {
       return Value::of_string(std::move(json), source);
     }
     if (name == "upper" || name == "lower" || name == "capitalize" || name == "title") {
-      return change_case(to_string_value(subject), name == "lower" ? 0 : name == "upper" ? 1 : name == "capitalize" ? 2 : 3);
+      return change_case(to_string_value(subject), name == "lower"        ? 0
+                                                   : name == "upper"      ? 1
+                                                   : name == "capitalize" ? 2
+                                                                          : 3);
     }
     if (name == "string") return to_string_value(subject);
     if (name == "safe") return subject;
@@ -1642,9 +1699,7 @@ class Renderer {
       if (subject.is_string()) {
         try {
           return Value::of_int(std::stoll(subject.text));
-        } catch (const std::exception&) {
-          return Value::of_int(0);
-        }
+        } catch (const std::exception&) { return Value::of_int(0); }
       }
       return Value::of_int(0);
     }
@@ -1671,7 +1726,8 @@ class Renderer {
       fail(expr.offset, str_cat(what, ": expected a list or string, found a ", kind_name(subject)));
     }
     if (name == "join") {
-      if (subject.kind != Value::Kind::kList) fail(expr.offset, str_cat(what, ": expected a list, found a ", kind_name(subject)));
+      if (subject.kind != Value::Kind::kList)
+        fail(expr.offset, str_cat(what, ": expected a list, found a ", kind_name(subject)));
       const Value separator = args.empty() ? Value::of_string("") : to_string_value(args[0]);
       MarkedText out;
       for (size_t i = 0; i < subject.list->size(); ++i) {
@@ -1686,7 +1742,8 @@ class Renderer {
       fail(expr.offset, str_cat(what, ": cannot make a list of a ", kind_name(subject)));
     }
     if (name == "items") {
-      if (subject.kind != Value::Kind::kDict) fail(expr.offset, str_cat(what, ": expected a dict, found a ", kind_name(subject)));
+      if (subject.kind != Value::Kind::kDict)
+        fail(expr.offset, str_cat(what, ": expected a dict, found a ", kind_name(subject)));
       List items;
       for (const auto& [key, item] : *subject.dict) items.push_back(Value::of_list({Value::of_string(key), item}));
       return Value::of_list(std::move(items));
@@ -1714,8 +1771,10 @@ class Renderer {
     if (name == "true") return subject.kind == Value::Kind::kBool && subject.boolean;
     if (name == "false") return subject.kind == Value::Kind::kBool && !subject.boolean;
     if (name == "mapping") return subject.kind == Value::Kind::kDict;
-    if (name == "sequence") return subject.kind == Value::Kind::kList || subject.is_string() || subject.kind == Value::Kind::kDict;
-    if (name == "iterable") return subject.kind == Value::Kind::kList || subject.is_string() || subject.kind == Value::Kind::kDict;
+    if (name == "sequence")
+      return subject.kind == Value::Kind::kList || subject.is_string() || subject.kind == Value::Kind::kDict;
+    if (name == "iterable")
+      return subject.kind == Value::Kind::kList || subject.is_string() || subject.kind == Value::Kind::kDict;
     if (name == "odd" || name == "even") {
       if (!subject.is_number()) fail(expr.offset, str_cat("test '", name, "' needs a number"));
       return (subject.as_int() % 2 != 0) == (name == "odd");
@@ -1843,14 +1902,15 @@ ModelChatTemplate load_chat_template(const std::filesystem::path& model_director
     source.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     origin = jinja_path.string();
   } else {
-    throw_bad_input(config_path.string(), ": no chat_template (and no chat_template.jinja in ", model_directory.string(),
-                    "): this model has no chat format; use --prompt");
+    throw_bad_input(config_path.string(), ": no chat_template (and no chat_template.jinja in ",
+                    model_directory.string(), "): this model has no chat format; use --prompt");
   }
-  return ModelChatTemplate{ChatTemplate(std::move(source), std::move(origin)), token_text(config, "bos_token", config_path),
-                           token_text(config, "eos_token", config_path)};
+  return ModelChatTemplate{ChatTemplate(std::move(source), std::move(origin)),
+                           token_text(config, "bos_token", config_path), token_text(config, "eos_token", config_path)};
 }
 
-std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const RenderedChat& rendered, bool special_tokens_in_content) {
+std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const RenderedChat& rendered,
+                                 bool special_tokens_in_content) {
   // Content with no special-token text tokenizes the same either way; then
   // the whole text goes through at once, exactly as transformers does it
   // (cutting it at content boundaries could change the pre-tokenizer's pieces).

@@ -27,14 +27,15 @@ namespace {
 constexpr const char* kUsage =
     "usage: llmft generate --model DIR (--prompt TEXT | --chat TEXT [--system TEXT] | --messages FILE.json)\n"
     "                      [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
-    "                      [--dtype f32|bf16] [--device cpu|cuda[:N]] [--threads N] [--chat-template FILE] [--print-ids] [--render-only]\n"
-    "                      [--no-generation-prompt] [--special-tokens-in-content]\n"
+    "                      [--dtype f32|bf16] [--device cpu|cuda[:N]] [--threads N] [--chat-template FILE]\n"
+    "                      [--print-ids] [--render-only] [--no-generation-prompt] [--special-tokens-in-content]\n"
     "  --prompt: plain text (BOS added as the tokenizer config says). --chat: one user turn through the\n"
     "  model's chat template; --messages: a JSON list of {\"role\", \"content\"} (or {\"messages\": [...]}).\n"
     "  Temperature 0 (the default) is greedy; decoding runs one row at a time, so on a busy machine\n"
-    "  --threads 1 can be several times faster than the default. --render-only prints the rendered template instead of\n"
-    "  generating; --print-ids prints token ids (of the rendering, or of the completion) instead of text.\n"
-    "  Special-token text inside message contents stays text unless --special-tokens-in-content.\n";
+    "  --threads 1 can be several times faster than the default. --render-only prints the rendered\n"
+    "  template instead of generating; --print-ids prints token ids (of the rendering, or of the\n"
+    "  completion) instead of text. Special-token text inside message contents stays text unless\n"
+    "  --special-tokens-in-content.\n";
 
 struct GenerateArgs {
   std::string model;
@@ -42,7 +43,7 @@ struct GenerateArgs {
   int64_t max_new_tokens = 256;
   SamplingOptions sampling;
   DType dtype = DType::kF32;
-  int64_t threads = 0;  // 0: the CPU backend's default
+  int64_t threads = 0;   // 0: the CPU backend's default
   int cuda_device = -1;  // -1: the CPU
   bool print_ids = false;
   bool render_only = false;
@@ -91,8 +92,7 @@ GenerateArgs parse_args(std::span<char*> args) {
       else if (text.starts_with("cuda:")) parsed.cuda_device = static_cast<int>(parse_integer(arg, text.substr(5)));
       else throw_bad_input("generate: --device: expected cpu, cuda or cuda:N, found '", text, "'");
       if (parsed.cuda_device < -1) throw_bad_input("generate: --device: negative CUDA device in '", text, "'");
-    }
-    else if (arg == "--print-ids") parsed.print_ids = true;
+    } else if (arg == "--print-ids") parsed.print_ids = true;
     else if (arg == "--render-only") parsed.render_only = true;
     else if (arg == "--no-generation-prompt") parsed.generation_prompt = false;
     else if (arg == "--special-tokens-in-content") parsed.special_tokens_in_content = true;
@@ -114,10 +114,12 @@ GenerateArgs parse_args(std::span<char*> args) {
   if (inputs != 1)
     throw_bad_input("generate: give exactly one of --prompt, --chat or --messages; see llmft generate --help");
   if (parsed.system && !parsed.chat) throw_bad_input("generate: --system goes with --chat");
-  if (parsed.render_only && parsed.prompt) throw_bad_input("generate: --render-only renders a chat (--chat or --messages)");
+  if (parsed.render_only && parsed.prompt)
+    throw_bad_input("generate: --render-only renders a chat (--chat or --messages)");
   if (parsed.threads < 0 || parsed.threads > 4096)
     throw_bad_input("generate: --threads: expected 0 (default) to 4096, found ", parsed.threads);
-  if (parsed.max_new_tokens < 0) throw_bad_input("generate: --max-new-tokens: expected >= 0, found ", parsed.max_new_tokens);
+  if (parsed.max_new_tokens < 0)
+    throw_bad_input("generate: --max-new-tokens: expected >= 0, found ", parsed.max_new_tokens);
   Sampler check(parsed.sampling);  // range errors now, before loading anything
   return parsed;
 }
@@ -183,15 +185,13 @@ int run_generate(std::span<char*> args) {
       ModelChatTemplate from_model_config = [&]() -> ModelChatTemplate {
         try {
           return load_chat_template(model_directory);  // for its bos/eos text
-        } catch (const Error&) {
-          return {ChatTemplate("", "(none)"), "", ""};
-        }
+        } catch (const Error&) { return {ChatTemplate("", "(none)"), "", ""}; }
       }();
       std::ifstream in(*parsed.chat_template_file, std::ios::binary);
       if (!in) throw_bad_input(*parsed.chat_template_file, ": cannot open the chat template");
       std::string source((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      return ModelChatTemplate{ChatTemplate(std::move(source), *parsed.chat_template_file),
-                               from_model_config.bos_token, from_model_config.eos_token};
+      return ModelChatTemplate{ChatTemplate(std::move(source), *parsed.chat_template_file), from_model_config.bos_token,
+                               from_model_config.eos_token};
     }();
     inputs.bos_token = model_template.bos_token;
     inputs.eos_token = model_template.eos_token;
@@ -217,8 +217,8 @@ int run_generate(std::span<char*> args) {
   const auto load_start = std::chrono::steady_clock::now();
   std::unique_ptr<LlamaModel> model = LlamaModel::load(*context, model_directory, options);
   if (model->config().vocab_size < tokenizer->vocab_size())
-    throw_bad_input(parsed.model, ": the tokenizer has ", tokenizer->vocab_size(), " ids but config.json vocab_size is ",
-                    model->config().vocab_size);
+    throw_bad_input(parsed.model, ": the tokenizer has ", tokenizer->vocab_size(),
+                    " ids but config.json vocab_size is ", model->config().vocab_size);
 
   GenerationOptions generation;
   generation.max_new_tokens = parsed.max_new_tokens;

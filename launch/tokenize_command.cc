@@ -48,7 +48,8 @@ int run_tokenize(std::span<char*> args) {
   }
   if (!tokenizer_path || text.has_value() == input.has_value())
     throw_bad_input("tokenize: --tokenizer and one of --text or --input are required; see llmft tokenize --help");
-  if (ordinary && add_special_tokens) throw_bad_input("tokenize: --ordinary and --add-special-tokens exclude each other");
+  if (ordinary && add_special_tokens)
+    throw_bad_input("tokenize: --ordinary and --add-special-tokens exclude each other");
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(*tokenizer_path);
 
   std::string line_out;

@@ -61,8 +61,7 @@ struct GenerationResult {
 // Generates after `prompt`; on_token (when set) is called with each new id as
 // soon as it is chosen, for streaming.
 GenerationResult generate(Context& context, LlamaModel& model, std::span<const int32_t> prompt,
-                          const GenerationOptions& options,
-                          const std::function<void(int32_t)>& on_token = nullptr);
+                          const GenerationOptions& options, const std::function<void(int32_t)>& on_token = nullptr);
 
 // The end-of-sequence ids a model directory declares: eos_token_id (an int or
 // a list) of generation_config.json, and of config.json, deduplicated. Throws

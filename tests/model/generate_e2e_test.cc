@@ -74,8 +74,8 @@ class GenerateE2eTest : public ::testing::Test {
 fs::path GenerateE2eTest::directory_;
 
 TEST_F(GenerateE2eTest, GreedyIdsEqualTheLibrarysGenerate) {
-  const CommandResult result = run("generate --model " + directory_.string() +
-                                   " --prompt 'hello world' --print-ids --max-new-tokens 12");
+  const CommandResult result =
+      run("generate --model " + directory_.string() + " --prompt 'hello world' --print-ids --max-new-tokens 12");
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const std::vector<int32_t> ours = parse_ids(result.out);
 
@@ -91,7 +91,8 @@ TEST_F(GenerateE2eTest, GreedyIdsEqualTheLibrarysGenerate) {
   EXPECT_FALSE(ours.empty());
 
   // The text mode prints the decoded completion.
-  const CommandResult text = run("generate --model " + directory_.string() + " --prompt 'hello world' --max-new-tokens 12");
+  const CommandResult text =
+      run("generate --model " + directory_.string() + " --prompt 'hello world' --max-new-tokens 12");
   ASSERT_EQ(text.exit_code, 0) << text.err;
   EXPECT_EQ(text.out, tokenizer->decode(expected.tokens, /*skip_special_tokens=*/true) + "\n");
 }
@@ -125,7 +126,8 @@ TEST_F(GenerateE2eTest, BadArgumentsAreOneLineExitTwo) {
       {"generate" + model + " --prompt a --bogus", "unexpected argument '--bogus'"},
       {"generate" + model + " --prompt a --threads -2", "--threads: expected 0 (default) to 4096"},
       {"tokenize --text hi", "--tokenizer and one of --text or --input are required"},
-      {"tokenize --tokenizer " + directory_.string() + " --input /nonexistent.jsonl", "/nonexistent.jsonl: cannot open"},
+      {"tokenize --tokenizer " + directory_.string() + " --input /nonexistent.jsonl",
+       "/nonexistent.jsonl: cannot open"},
       {"generate" + model + " --chat hi", "tokenizer_config.json: no chat_template"},
       {"generate" + model + " --messages /nonexistent.json", "/nonexistent.json: cannot open the messages file"},
       {"generate --model " + (fs::path(LLMFT_SOURCE_DIR) / "tests/testdata/model/tiny_llama").string() + " --prompt hi",

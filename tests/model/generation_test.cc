@@ -61,8 +61,7 @@ TEST_P(KvCacheTest, CachedLogitsEqualFullRecomputeAtEveryStep) {
   const std::vector<std::vector<float>> expected = full_logits(*context_, *model, ids);
   for (size_t prefill : {size_t{1}, size_t{5}}) {
     KvCache cache;
-    std::vector<float> logits =
-        model->forward_incremental(*context_, std::span(ids).first(prefill), cache).to_floats();
+    std::vector<float> logits = model->forward_incremental(*context_, std::span(ids).first(prefill), cache).to_floats();
     EXPECT_LT(max_relative_difference(logits, expected[prefill - 1]), 1e-5) << "prefill " << prefill;
     EXPECT_EQ(cache.num_positions, static_cast<int64_t>(prefill));
     for (size_t t = prefill; t < ids.size(); ++t) {
@@ -122,7 +121,8 @@ TEST_P(KvCacheTest, PrefixTuningKeysEnterTheCache) {
   model->forward_incremental(*context_, std::span(ids).first(2), cache);
   EXPECT_EQ(cache.keys.front().size(1), 3 + 2);
   for (size_t t = 2; t < ids.size(); ++t) {
-    const std::vector<float> logits = model->forward_incremental(*context_, std::span(ids).subspan(t, 1), cache).to_floats();
+    const std::vector<float> logits =
+        model->forward_incremental(*context_, std::span(ids).subspan(t, 1), cache).to_floats();
     EXPECT_LT(max_relative_difference(logits, expected[t]), 1e-5) << "step " << t;
   }
 }
@@ -275,7 +275,9 @@ TEST(Sampler, TemperatureAndTopKReshapeTheDistribution) {
   for (double value : p) total += std::sqrt(value);
   Sampler warm(SamplingOptions{.temperature = 2.0f, .top_k = 0, .top_p = 1.0f, .seed = 7});
   expect_frequencies(warm, logits,
-                     {{0, std::sqrt(0.4) / total}, {1, std::sqrt(0.1) / total}, {2, std::sqrt(0.3) / total},
+                     {{0, std::sqrt(0.4) / total},
+                      {1, std::sqrt(0.1) / total},
+                      {2, std::sqrt(0.3) / total},
                       {3, std::sqrt(0.2) / total}},
                      20000);
   // Top-k 2 at temperature 1: {0, 2} renormalised to 4/7, 3/7.

@@ -46,10 +46,11 @@ TEST(ChatTemplate, SmolLm2ChatMlWithAndWithoutSystem) {
   EXPECT_EQ(render(kSmolLm2Template, conversation({{"user", "Hi"}}), true),
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
-  EXPECT_EQ(render(kSmolLm2Template,
-                   conversation({{"system", "Be brief."}, {"user", "2+2?"}, {"assistant", "4"}, {"user", "3+3?"}}), false),
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
-            "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\n3+3?<|im_end|>\n");
+  EXPECT_EQ(
+      render(kSmolLm2Template,
+             conversation({{"system", "Be brief."}, {"user", "2+2?"}, {"assistant", "4"}, {"user", "3+3?"}}), false),
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+      "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\n3+3?<|im_end|>\n");
   // An empty system message is still a system message (no default one added).
   EXPECT_EQ(render(kSmolLm2Template, conversation({{"system", ""}, {"user", "Hi"}}), true),
             "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
@@ -117,8 +118,9 @@ TEST(ChatTemplate, ExpressionSubset) {
       "|{{ 'x' in 'xyz' and not ('w' in ['a']) }}|{{ messages[-1].missing is defined }}"
       "|{{ {'a': [1, 'b', none, true]} | tojson }}|{{ ' A b '.split() | join(',') | lower }}"
       "|{{ messages[0].get('role') | upper }}|{{ 'abc'.replace('b', 'B') }}{# comment #}";
-  EXPECT_EQ(render(source, conversation({{"system", "s"}, {"user", " Quiz"}, {"assistant", "Answer"}}), false),
-            "1/2:True,Qu,more;2/2:False,ns,last;2|3|2|0.25|3|True|False|{\"a\": [1, \"b\", null, true]}|a,b|SYSTEM|aBc");
+  EXPECT_EQ(
+      render(source, conversation({{"system", "s"}, {"user", " Quiz"}, {"assistant", "Answer"}}), false),
+      "1/2:True,Qu,more;2/2:False,ns,last;2|3|2|0.25|3|True|False|{\"a\": [1, \"b\", null, true]}|a,b|SYSTEM|aBc");
 }
 
 // Strings behave as Python's: indexed by code point, stripped of Unicode
