@@ -33,7 +33,8 @@ class ReadableFile {
   //
   // Why: from the page cache, read() is a kernel memcpy (DRAM -> user buffer)
   // that the CRC pass then reads again; on a mapping the CRC reads the page
-  // cache itself, once (bench/RESULTS.md, data loader).
+  // cache itself, once. It pays instead per page mapped, so it only wins
+  // where the page cache holds 2 MiB folios (bench/RESULTS.md, data loader).
   //
   // Touching a mapped page that a concurrent truncation removed raises
   // SIGBUS, so callers populate() a range before reading it, which reports

@@ -98,14 +98,16 @@ struct RecordReaderOptions {
   // Lengths above this are "absurd" (corrupt), whatever the length CRC says.
   uint64_t max_record_bytes = uint64_t{1} << 30;
   // Parse uncompressed files in place in a read-only memory mapping of the
-  // whole file (ReadableFile::map()): the CRC pass then reads the page cache
-  // directly, with no kernel copy into a buffer and no extra thread. This is
-  // what brings CRC-checked reading above the raw read() rate
-  // (bench/RESULTS.md, data loader). Files that cannot be mapped (wrapped
-  // ones, empty ones) and compressed files use read() below. The mapping is
-  // made resident kPopulateBytes at a time ahead of the parser; a file that
-  // shrinks while being read is reported as truncated rather than crashing
-  // the process, except in a short race window (see ReadableFile::map()).
+  // whole file (ReadableFile::map()), on the caller's thread: no copy at all,
+  // but each 4 KiB page is mapped and unmapped, which costs more than the
+  // copy unless the page cache holds the file in 2 MiB folios (PMD-mapped):
+  // 41% of raw read() on the bench's files, up to 98% on files written in
+  // large writes (bench/RESULTS.md, data loader). Files that cannot be mapped
+  // (wrapped ones, empty ones) and compressed files use read() below. The
+  // mapping is populated kPopulateBytes at a time before the parser touches
+  // it; a file that shrinks while being read is reported as a truncated
+  // record rather than crashing the process, except for bytes already
+  // populated (see ReadableFile::map()).
   bool memory_map = false;
   // The read() path. A background thread reads `read_ahead_chunks` chunks of
   // `read_ahead_chunk_bytes` ahead of the parser (read_ahead() in
