@@ -218,8 +218,8 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(total_tokens));
   double load[3] = {0, 0, 0};
   ::getloadavg(load, 3);
-  std::printf("read-ahead %zu chunks of %zu KiB; read() buffer %zu KiB; load average at the end %.2f %.2f %.2f\n", chunks, chunk_kb, buffer_kb, load[0], load[1],
-              load[2]);
+  std::printf("read-ahead %zu chunks of %zu KiB; read() buffer %zu KiB; load average at the end %.2f %.2f %.2f\n",
+              chunks, chunk_kb, buffer_kb, load[0], load[1], load[2]);
   std::printf("%-34s %12s %12s %16s\n", "(best of repeats)", "MB/s", "records/s", "vs raw (median)");
   auto row = [&](const char* what, double seconds, double ratio) {
     std::printf("%-34s %12.0f %12.0f %15.1f%%\n", what, mb / seconds, static_cast<double>(records) / seconds,
