@@ -101,8 +101,8 @@ struct RecordReaderOptions {
   // whole file (ReadableFile::map()), on the caller's thread: no copy at all,
   // but each 4 KiB page is mapped and unmapped, which costs more than the
   // copy unless the page cache holds the file in 2 MiB folios (PMD-mapped):
-  // 41% of raw read() on the bench's files, up to 98% on files written in
-  // large writes (bench/RESULTS.md, data loader). Files that cannot be mapped
+  // 37-42% of raw read() on the bench's files, 83-92% on files written in
+  // 8 MiB writes (bench/RESULTS.md, data loader). Files that cannot be mapped
   // (wrapped ones, empty ones) and compressed files use read() below. The
   // mapping is populated kPopulateBytes at a time before the parser touches
   // it; a file that shrinks while being read is reported as a truncated
@@ -114,9 +114,10 @@ struct RecordReaderOptions {
   // data/file_system.h), so that reading (the kernel's copy out of the page
   // cache) and CRC checks run on two cores; for uncompressed files the parser
   // works in place in the thread's chunks, copying only records that
-  // straddle two chunks. Chunks of 256 KiB are read back while still in the
-  // shared L3 cache: 1 MiB chunks measured ~25% slower, as the CRC then
-  // reads lines still held in the other core's L2 (bench/RESULTS.md).
+  // straddle two chunks. 256 KiB chunks measured 82-92% of raw read() with
+  // CRC checks, 1 MiB chunks 62-68% (likely because the CRC then reads lines
+  // still held in the other core's L2; bench/RESULTS.md). This needs a free
+  // second core: while other work holds it, one thread (0 chunks) is faster.
   // 0 chunks reads on the caller's thread into `buffer_bytes` (records larger
   // than it grow it), also the buffer of decompressed bytes.
   size_t buffer_bytes = 4 << 20;
@@ -180,9 +181,9 @@ class RecordReader {
   bool stream_truncated_ = false;   // compressed data ended without its end marker
   uint64_t compressed_consumed_ = 0;  // file bytes fed to inflate (for messages)
 
-  // Bytes made resident per populate() call on a mapped file: measured on the
-  // bench machine, 4 MiB beat 1 and 16 MiB and whole-file MAP_POPULATE, and
-  // it bounds the work done ahead of the parser on a cold file.
+  // Bytes made resident per populate() call on a mapped file: in one (noisy)
+  // measurement 4 MiB beat 1 and 16 MiB and whole-file MAP_POPULATE, and it
+  // bounds the work done ahead of the parser on a cold file.
   static constexpr size_t kPopulateBytes = 4 << 20;
   const char* window_data() const { return window_base_ != nullptr ? window_base_ : buffer_.data(); }
   size_t fill_mapped(size_t bytes);
