@@ -7,23 +7,14 @@
 
 #include "core/error.h"
 #include "proto/example.pb.h"
+#include "tests/test_util.h"
 
 namespace llmft::data {
 namespace {
 
-const RecordContext kContext{"train-00003-of-00008.tfrecord", 1207, 88231};
+using ::llmft::testing::bad_input_message;
 
-template <typename Body>
-std::string bad_input_message(Body body) {
-  try {
-    body();
-  } catch (const Error& error) {
-    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
-    return error.what();
-  }
-  ADD_FAILURE() << "expected llmft::Error";
-  return "";
-}
+const RecordContext kContext{"train-00003-of-00008.tfrecord", 1207, 88231};
 
 // Example{features(1): Features{feature(1): entry{key(1): "input_ids",
 // value(2): Feature{int64_list(3): Int64List{value(1) packed: 1, 2, 300}}}}}.

@@ -14,25 +14,16 @@
 #include "data/example.h"
 #include "data/tfrecord.h"
 #include "tests/data/test_util.h"
+#include "tests/test_util.h"
 
 namespace llmft::data {
 namespace {
 
+using ::llmft::testing::bad_input_message;
+
 using testing::read_bytes;
 using testing::TempDir;
 using testing::write_bytes;
-
-template <typename Body>
-std::string bad_input_message(Body body) {
-  try {
-    body();
-  } catch (const Error& error) {
-    EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
-    return error.what();
-  }
-  ADD_FAILURE() << "expected llmft::Error";
-  return "";
-}
 
 void touch(const std::string& path) { write_bytes(path, ""); }
 

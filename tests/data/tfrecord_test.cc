@@ -13,9 +13,12 @@
 #include "core/philox.h"
 #include "data/crc32c.h"
 #include "tests/data/test_util.h"
+#include "tests/test_util.h"
 
 namespace llmft::data {
 namespace {
+
+using ::llmft::testing::bad_input_message;
 
 using testing::FaultyFileSystem;
 using testing::read_bytes;
@@ -46,19 +49,6 @@ std::vector<std::string> read_all(const std::string& path, RecordReaderOptions o
   std::string_view record;
   while (reader.read(record)) records.emplace_back(record);
   return records;
-}
-
-// Runs `body`, expects llmft::Error of kind kBadInput, returns its message.
-template <typename Body>
-std::string bad_input_message(Body body) {
-  try {
-    body();
-  } catch (const Error& error) {
-    EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
-    return error.what();
-  }
-  ADD_FAILURE() << "expected llmft::Error";
-  return "";
 }
 
 void set_le64(std::string& bytes, size_t at, uint64_t value) {

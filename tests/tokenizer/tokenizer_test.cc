@@ -13,9 +13,12 @@
 #include "data/sentencepiece_tokenizer.h"
 #include "data/tokenizer.h"
 #include "data/tokenizer_unicode.h"
+#include "tests/test_util.h"
 
 namespace llmft {
 namespace {
+
+using ::llmft::testing::bad_input_message;
 
 using nlohmann::json;
 
@@ -47,19 +50,6 @@ const BpeTokenizer& smollm2() {
 }
 
 std::vector<int32_t> ids_of(const json& list) { return list.get<std::vector<int32_t>>(); }
-
-// The message of the kBadInput error that `make` throws ("" when none).
-template <typename Make>
-std::string bad_input_message(Make&& make) {
-  try {
-    make();
-  } catch (const Error& error) {
-    EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
-    return error.what();
-  }
-  ADD_FAILURE() << "no error thrown";
-  return "";
-}
 
 TEST(Smollm2Tokenizer, MatchesHuggingFaceTokenizersIdsForEveryTestString) {
   const json& expected = smollm2_expected();
