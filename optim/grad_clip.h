@@ -1,0 +1,28 @@
+// Global gradient-norm clipping, as torch.nn.utils.clip_grad_norm_ (norm_type 2):
+// total = sqrt(sum of squares over every gradient); when
+// coef = max_norm / (total + 1e-6) is below 1, every gradient is multiplied by it.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "core/context.h"
+#include "core/tensor.h"
+#include "model/parameters.h"
+
+namespace llmft::optim {
+
+struct ClipResult {
+  double norm = 0.0;       // the pre-clip global L2 norm (inf/NaN when any gradient is)
+  bool all_finite = true;  // from ops::gradient_stats
+  bool clipped = false;
+};
+
+// max_norm <= 0 only measures. Unlike torch, non-finite gradients are left
+// untouched (torch would multiply them by 0 or NaN): a step with them is
+// skipped anyway (LossScaler), and the caller can log the norm.
+ClipResult clip_grad_norm(Context& context, std::span<Tensor> grads, double max_norm);
+// The gradients of the trainable parameters that have one.
+ClipResult clip_grad_norm(Context& context, const std::vector<Parameter*>& parameters, double max_norm);
+
+}  // namespace llmft::optim
