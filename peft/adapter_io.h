@@ -1,0 +1,53 @@
+// Hugging Face PEFT adapter directories in and out, and merged export.
+//
+// An adapter directory (peft PeftModel.save_pretrained, 0.21) holds
+//  * adapter_config.json: LoraConfig's fields ("peft_type": "LORA",
+//    "task_type": "CAUSAL_LM", "r", "lora_alpha", "lora_dropout",
+//    "target_modules", "use_rslora", "bias": "none", ...);
+//  * adapter_model.safetensors: one tensor per LoRA matrix, named
+//    "base_model.model." + the module path + ".lora_A.weight" ([r, in]) or
+//    ".lora_B.weight" ([out, r]) — peft's get_peft_model_state_dict drops the
+//    adapter name ("default") from the in-memory name "...lora_A.default.weight".
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "peft/lora.h"
+
+namespace llmft {
+
+// The tensor-name prefix PEFT puts in front of the model's own module paths.
+inline constexpr const char* kPeftTensorPrefix = "base_model.model.";
+
+// Writes adapter_config.json and adapter_model.safetensors (tensors in
+// `dtype`, default the compute dtype) into `directory` (created if needed).
+void save_lora_adapter(const LoraModel& lora, const std::filesystem::path& directory,
+                       const std::string& base_model_name_or_path, std::optional<DType> dtype = std::nullopt);
+
+// Parses `path` (an adapter_config.json). Each problem is one kBadInput error
+// naming the file and the field with the expected value: malformed JSON,
+// peft_type other than "LORA", missing/mistyped r, lora_alpha, target_modules,
+// bias other than "none", and anything LoraConfig::validate refuses.
+LoraConfig read_lora_adapter_config(const std::filesystem::path& path);
+
+// Copies the tensors of `directory`/adapter_model.safetensors into `lora`'s
+// parameters. Every LoRA parameter must be present with its exact shape and no
+// other tensor may be there; errors name the file, the tensor and the
+// expected shape.
+void load_lora_adapter_weights(Context& context, LoraModel& lora, const std::filesystem::path& directory);
+
+// read_lora_adapter_config + a LoraModel on `model` + load_lora_adapter_weights.
+std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model,
+                                             const std::filesystem::path& directory);
+
+// A transformers-loadable model directory (config.json + model.safetensors,
+// sharded above max_shard_bytes) whose weights are W + scaling · B A, merged
+// in fp32 and cast to `dtype` (default the compute dtype). The model in
+// memory is not modified.
+void save_lora_merged(const LoraModel& lora, const std::filesystem::path& directory,
+                      std::optional<DType> dtype = std::nullopt, uint64_t max_shard_bytes = kDefaultMaxShardBytes);
+
+}  // namespace llmft

@@ -1,0 +1,137 @@
+// LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models")
+// attached to the model's Linear layers through the LinearAdapter hook, with
+// the conventions of Hugging Face PEFT (peft/tuners/lora/layer.py, 0.21):
+//
+//   y = W x + scaling · B (A dropout(x)),   A [r, in], B [out, r],
+//   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA (Kalajdzievski 2023),
+//   A ~ kaiming_uniform_(a = sqrt(5)), B = 0, so the initial model equals the base.
+//
+// The LoRA parameters live in the LoraModel's own registry under PEFT's
+// module names ("model.layers.0.self_attn.q_proj.lora_A.weight"), trainable,
+// with fp32 gradients; every base parameter is frozen and has no gradient.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace llmft {
+
+// The projections LoRA can target, by the last component of the module name.
+inline const std::vector<std::string>& lora_target_module_names() {
+  static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                 "gate_proj", "up_proj", "down_proj"};
+  return names;
+}
+
+struct LoraConfig {
+  int64_t r = 8;
+  float alpha = 16.0f;
+  float dropout = 0.0f;     // probability, in [0, 1)
+  bool use_rslora = false;  // scaling alpha / sqrt(r) instead of alpha / r
+  // Names among lora_target_module_names(), or the single entry "all-linear"
+  // (every one of them; PEFT's all-linear also leaves out the LM head).
+  std::vector<std::string> target_modules = {"q_proj", "v_proj"};
+  uint64_t seed = 0;  // Philox seed of A's initialisation and of the dropout masks
+
+  float scaling() const;
+  // Throws kBadInput naming `source` and the field for r < 1, dropout outside
+  // [0, 1), an empty or unknown target module.
+  void validate(const std::string& source) const;
+  // target_modules with "all-linear" expanded, in lora_target_module_names() order.
+  std::vector<std::string> resolved_target_modules() const;
+};
+
+// One LoRA pair on one Linear. Forward: y += scaling · (dropout(x) Aᵀ) Bᵀ;
+// backward: dB += scaling · dyᵀ h, dA += (scaling · dy B)ᵀ dropout(x), and
+// dx += dropout_backward(scaling · dy B A), with h = dropout(x) Aᵀ recomputed
+// from x (so gradient checkpointing needs nothing extra).
+class LoraAdapter : public LinearAdapter {
+ public:
+  LoraAdapter(const Linear& base, Parameter& lora_a, Parameter& lora_b, float scaling, float dropout,
+              uint64_t dropout_seed);
+
+  void forward(Context& context, const Tensor& x, Tensor& y_accumulate) override;
+  void backward(Context& context, const Tensor& dy, const Tensor& x, Tensor* dx_accumulate) override;
+
+  const Linear& base() const { return base_; }
+  Parameter& lora_a() const { return lora_a_; }
+  Parameter& lora_b() const { return lora_b_; }
+  float scaling() const { return scaling_; }
+
+  // Dropout is applied only while training; the mask is a pure function of
+  // (dropout seed, step, element), so the backward and a recomputed forward of
+  // the same step regenerate it. The trainer advances `step` per micro-batch.
+  void set_training(bool training) { training_ = training; }
+  void set_dropout_step(uint64_t step) { dropout_step_ = step; }
+  // While merged, W already holds scaling·B·A and the adapter adds nothing.
+  void set_merged(bool merged) { merged_ = merged; }
+  bool merged() const { return merged_; }
+
+ private:
+  bool dropout_active() const { return training_ && dropout_ > 0.0f; }
+  uint64_t dropout_offset() const { return dropout_step_ << 40; }  // 2^40 elements per step and adapter
+
+  const Linear& base_;
+  Parameter& lora_a_;
+  Parameter& lora_b_;
+  float scaling_;
+  float dropout_;
+  uint64_t dropout_seed_;
+  uint64_t dropout_step_ = 0;
+  bool training_ = true;
+  bool merged_ = false;
+};
+
+class LoraModel {
+ public:
+  // Attaches an adapter to every targeted Linear of `model` (layer by layer,
+  // q, k, v, o, gate, up, down), draws every A from Philox(config.seed) in that
+  // order, zeroes every B, freezes all base parameters (dropping their
+  // gradients) and allocates the fp32 LoRA gradients. `model` must outlive this.
+  LoraModel(Context& context, LlamaModel& model, const LoraConfig& config);
+  // Detaches its adapters, leaving any other adapter of the model; merged
+  // weights stay merged.
+  ~LoraModel();
+  LoraModel(const LoraModel&) = delete;
+  LoraModel& operator=(const LoraModel&) = delete;
+
+  const LoraConfig& config() const { return config_; }
+  LlamaModel& model() { return model_; }
+  const LlamaModel& model() const { return model_; }
+  // The LoRA parameters (trainable, fp32 gradients), A then B per module.
+  ParameterRegistry& parameters() { return parameters_; }
+  const ParameterRegistry& parameters() const { return parameters_; }
+  const std::vector<std::shared_ptr<LoraAdapter>>& adapters() const { return adapters_; }
+  // The module names adapted ("model.layers.0.self_attn.q_proj", ...).
+  std::vector<std::string> adapted_modules() const;
+
+  void set_training(bool training);
+  void set_dropout_step(uint64_t step);
+
+  // W += scaling · B A (unmerge: -=), computed in fp32 and cast back to W's
+  // dtype. Merging twice or unmerging an unmerged model is an error.
+  void merge(Context& context);
+  void unmerge(Context& context);
+  bool merged() const { return merged_; }
+
+  // The base model's weights with every adapter merged (W + scaling · B A in
+  // fp32, then cast to `dtype`, default the compute dtype), as host tensors
+  // under HF names; the model itself is left untouched.
+  std::vector<NamedTensor> merged_state_dict(std::optional<DType> dtype = std::nullopt) const;
+
+ private:
+  void apply_delta(Context& context, float sign);
+
+  LlamaModel& model_;
+  LoraConfig config_;
+  ParameterRegistry parameters_;
+  std::vector<Linear*> linears_;
+  std::vector<std::shared_ptr<LoraAdapter>> adapters_;
+  bool merged_ = false;
+};
+
+}  // namespace llmft
