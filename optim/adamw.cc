@@ -1,6 +1,7 @@
 #include "optim/adamw.h"
 
 #include <cmath>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -40,6 +41,73 @@ inline void store_float(void* data, DType dtype, int64_t i, float value) {
     case DType::kF32: static_cast<float*>(data)[i] = value; break;
     case DType::kBF16: static_cast<uint16_t*>(data)[i] = float_to_bf16_bits(value); break;
     default: static_cast<uint16_t*>(data)[i] = float_to_f16_bits(value); break;
+  }
+}
+
+struct AdamWScalars {
+  float decay_factor;  // 1 - lr * wd, or 1 when the parameter is excluded from decay
+  float one_minus_beta1;
+  float beta2;
+  float one_minus_beta2;
+  float bias_correction2_sqrt;  // sqrt(1 - beta2^t)
+  float step_size;              // lr / (1 - beta1^t)
+  float eps;
+  float grad_multiplier;
+};
+
+struct FusedArrays {
+  int64_t n;
+  float* master;
+  float* exp_avg;
+  float* exp_avg_sq;
+};
+
+// One fused pass over a parameter: decay, both moments, the update and the
+// compute-dtype copy, so each element is read and written once. Templated on
+// the storage types so the loop has no per-element dtype switch and vectorises.
+// ValueT = float means the value is the master (no separate copy to write).
+template <typename GradT, typename ValueT>
+void fused_update(const GradT* grad, ValueT* value, const FusedArrays& arrays, const AdamWScalars& s) {
+  float* master = arrays.master;
+  float* m = arrays.exp_avg;
+  float* v = arrays.exp_avg_sq;
+  const int64_t n = arrays.n;
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = static_cast<float>(grad[i]) * s.grad_multiplier;
+    // torch: param.mul_(1 - lr * weight_decay) before the Adam step.
+    float p = master[i] * s.decay_factor;
+    // torch's exp_avg.lerp_(grad, 1 - beta1); lerp with weight < 0.5 is self + weight * (end - self).
+    const float m_new = m[i] + s.one_minus_beta1 * (g - m[i]);
+    const float v_new = v[i] * s.beta2 + s.one_minus_beta2 * (g * g);
+    // denom = sqrt(v) / sqrt(1 - beta2^t) + eps: eps after the square root of the corrected moment.
+    const float denom = std::sqrt(v_new) / s.bias_correction2_sqrt + s.eps;
+    p = p - s.step_size * (m_new / denom);
+    m[i] = m_new;
+    v[i] = v_new;
+    master[i] = p;
+    if constexpr (!std::is_same_v<ValueT, float>) value[i] = ValueT(p);  // round-to-nearest-even (core/half.h)
+  }
+}
+
+template <typename GradT>
+void dispatch_on_value(const GradT* grad, void* value, DType value_dtype, const FusedArrays& arrays,
+                       const AdamWScalars& scalars) {
+  if (value == nullptr) {
+    fused_update<GradT, float>(grad, nullptr, arrays, scalars);
+  } else if (value_dtype == DType::kBF16) {
+    fused_update(grad, static_cast<bf16*>(value), arrays, scalars);
+  } else {
+    fused_update(grad, static_cast<f16*>(value), arrays, scalars);
+  }
+}
+
+void dispatch_fused_update(const void* grad, DType grad_dtype, void* value, DType value_dtype,
+                           const FusedArrays& arrays, const AdamWScalars& scalars) {
+  switch (grad_dtype) {
+    case DType::kF32: dispatch_on_value(static_cast<const float*>(grad), value, value_dtype, arrays, scalars); break;
+    case DType::kBF16: dispatch_on_value(static_cast<const bf16*>(grad), value, value_dtype, arrays, scalars); break;
+    default: dispatch_on_value(static_cast<const f16*>(grad), value, value_dtype, arrays, scalars); break;
   }
 }
 
@@ -112,34 +180,23 @@ void AdamW::step(float lr, float grad_multiplier) {
 
   for (AdamWParameterState& state : states_) {
     Parameter& parameter = *state.parameter;
-    const float decay_factor =
-        state.decay ? static_cast<float>(1.0 - static_cast<double>(lr) * static_cast<double>(config_.weight_decay))
-                    : 1.0f;
-    const int64_t n = state.master.numel();
-    float* master = state.master.data<float>();
-    float* m = state.exp_avg.data<float>();
-    float* v = state.exp_avg_sq.data<float>();
-    const void* grad_data = parameter.grad.raw_data();
-    const DType grad_dtype = parameter.grad.dtype();
-    const bool refresh = parameter.value.dtype() != DType::kF32;
-    void* value_data = parameter.value.raw_data();
-    const DType value_dtype = parameter.value.dtype();
-    // One fused pass per parameter: decay, both moments, the update and the
-    // compute-dtype copy, so each element is read and written once.
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) {
-      const float g = load_float(grad_data, grad_dtype, i) * grad_multiplier;
-      float p = master[i] * decay_factor;
-      // torch's lerp for weight < 0.5: self + weight * (end - self).
-      const float m_new = m[i] + one_minus_beta1 * (g - m[i]);
-      const float v_new = v[i] * beta2 + one_minus_beta2 * (g * g);
-      const float denom = std::sqrt(v_new) / bias_correction2_sqrt + eps;
-      p = p - step_size * (m_new / denom);
-      m[i] = m_new;
-      v[i] = v_new;
-      master[i] = p;
-      if (refresh) store_float(value_data, value_dtype, i, p);
-    }
+    AdamWScalars scalars{
+        .decay_factor = state.decay ? static_cast<float>(1.0 - static_cast<double>(lr) *
+                                                                   static_cast<double>(config_.weight_decay))
+                                    : 1.0f,
+        .one_minus_beta1 = one_minus_beta1,
+        .beta2 = beta2,
+        .one_minus_beta2 = one_minus_beta2,
+        .bias_correction2_sqrt = bias_correction2_sqrt,
+        .step_size = step_size,
+        .eps = eps,
+        .grad_multiplier = grad_multiplier};
+    FusedArrays arrays{state.master.numel(), state.master.data<float>(), state.exp_avg.data<float>(),
+                       state.exp_avg_sq.data<float>()};
+    // An f32 value is the master itself: nothing to refresh.
+    void* value = parameter.value.dtype() == DType::kF32 ? nullptr : parameter.value.raw_data();
+    dispatch_fused_update(parameter.grad.raw_data(), parameter.grad.dtype(), value, parameter.value.dtype(), arrays,
+                          scalars);
   }
 }
 

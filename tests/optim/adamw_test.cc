@@ -255,6 +255,28 @@ TEST(AdamW, GradMultiplierUnscalesInsideTheUpdate) {
   EXPECT_EQ(parameters[0].value.to_floats(), parameters[1].value.to_floats());
 }
 
+TEST(AdamW, Bf16AndF16GradientsReadExactly) {
+  // Gradients stored in 16 bits are widened exactly: the same values given as
+  // f32 must produce bit-identical updates.
+  const int64_t n = 33;
+  for (DType grad_dtype : {DType::kBF16, DType::kF16}) {
+    std::deque<Parameter> parameters;
+    parameters.push_back(make_parameter("a", {n}, pattern(n, 0.4f, 1.0f), DType::kF32));
+    parameters.push_back(make_parameter("b", {n}, pattern(n, 0.4f, 1.0f), DType::kF32));
+    auto context = Context::cpu();
+    AdamW wide(*context, {&parameters[0]}, AdamWConfig{});
+    AdamW narrow(*context, {&parameters[1]}, AdamWConfig{});
+    for (int step = 0; step < 3; ++step) {
+      const Tensor grad16 = Tensor::from_floats({n}, pattern(n, static_cast<float>(step), 0.3f), grad_dtype);
+      set_grad(parameters[0], grad16.to_floats());
+      parameters[1].grad = grad16;
+      wide.step(1e-2f);
+      narrow.step(1e-2f);
+    }
+    EXPECT_EQ(parameters[0].value.to_floats(), parameters[1].value.to_floats()) << dtype_name(grad_dtype);
+  }
+}
+
 TEST(AdamW, MissingOrMismatchedGradientIsBadInput) {
   auto context = Context::cpu();
   std::deque<Parameter> parameters;
