@@ -22,6 +22,9 @@ struct ClipResult {
 // untouched (torch would multiply them by 0 or NaN): a step with them is
 // skipped anyway (LossScaler), and the caller can log the norm.
 ClipResult clip_grad_norm(Context& context, std::span<Tensor> grads, double max_norm);
+// With loss scaling, clip after un-scaling (torch: scaler.unscale_ before
+// clip_grad_norm_), or pass max_norm * scale and read norm / scale: the two
+// differ only by the 1e-6 guard. AdamW::step's grad_multiplier then un-scales.
 // The gradients of the trainable parameters that have one.
 ClipResult clip_grad_norm(Context& context, const std::vector<Parameter*>& parameters, double max_norm);
 
