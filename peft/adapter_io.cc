@@ -113,6 +113,17 @@ LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
                     json.at("bias").dump());
   if (json.contains("use_dora") && json.at("use_dora") == true)
     throw_bad_input(file, ": field 'use_dora': expected false (DoRA is not supported), found true");
+  // Per-module ranks/alphas and layer subsets change which tensors exist and
+  // how they scale; refusing them beats loading an adapter that computes
+  // something else than PEFT does.
+  for (const char* name : {"rank_pattern", "alpha_pattern"})
+    if (json.contains(name) && !json.at(name).is_null() && !json.at(name).empty())
+      throw_bad_input(file, ": field '", name, "': expected {} (per-module ", name,
+                      " is not supported), found ", json.at(name).dump());
+  for (const char* name : {"layers_to_transform", "layers_pattern"})
+    if (json.contains(name) && !json.at(name).is_null())
+      throw_bad_input(file, ": field '", name, "': expected null (adapting a subset of layers is not supported), found ",
+                      json.at(name).dump());
   const nlohmann::json& targets = field("target_modules");
   config.target_modules.clear();
   if (targets.is_string()) {
@@ -131,7 +142,7 @@ LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
   return config;
 }
 
-void load_lora_adapter_weights(Context& context, LoraModel& lora, const std::filesystem::path& directory) {
+void load_lora_adapter_weights(LoraModel& lora, const std::filesystem::path& directory) {
   const SafetensorsFile weights = SafetensorsFile::open(directory / kWeightsFile);
   const std::string& file = weights.path();
   std::set<std::string> expected;
@@ -153,14 +164,13 @@ void load_lora_adapter_weights(Context& context, LoraModel& lora, const std::fil
       throw_bad_input(file, ": unexpected tensor '", entry.name, "' (no such LoRA parameter for target modules of ",
                       "this adapter; expected names like '", kPeftTensorPrefix,
                       "model.layers.0.self_attn.q_proj.lora_A.weight')");
-  (void)context;
 }
 
 std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model,
                                              const std::filesystem::path& directory) {
   const LoraConfig config = read_lora_adapter_config(directory / kConfigFile);
   auto lora = std::make_unique<LoraModel>(context, model, config);
-  load_lora_adapter_weights(context, *lora, directory);
+  load_lora_adapter_weights(*lora, directory);
   return lora;
 }
 

@@ -30,14 +30,15 @@ void save_lora_adapter(const LoraModel& lora, const std::filesystem::path& direc
 // Parses `path` (an adapter_config.json). Each problem is one kBadInput error
 // naming the file and the field with the expected value: malformed JSON,
 // peft_type other than "LORA", missing/mistyped r, lora_alpha, target_modules,
-// bias other than "none", and anything LoraConfig::validate refuses.
+// bias other than "none", use_dora, non-empty rank_pattern/alpha_pattern,
+// layers_to_transform/layers_pattern, and anything LoraConfig::validate refuses.
 LoraConfig read_lora_adapter_config(const std::filesystem::path& path);
 
 // Copies the tensors of `directory`/adapter_model.safetensors into `lora`'s
 // parameters. Every LoRA parameter must be present with its exact shape and no
 // other tensor may be there; errors name the file, the tensor and the
 // expected shape.
-void load_lora_adapter_weights(Context& context, LoraModel& lora, const std::filesystem::path& directory);
+void load_lora_adapter_weights(LoraModel& lora, const std::filesystem::path& directory);
 
 // read_lora_adapter_config + a LoraModel on `model` + load_lora_adapter_weights.
 std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model,

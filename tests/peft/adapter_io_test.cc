@@ -169,6 +169,11 @@ TEST_F(AdapterIoTest, BadConfigsAreNamed) {
       {[](nlohmann::json& json) { json["target_modules"] = 3; }, "field 'target_modules': expected a list"},
       {[](nlohmann::json& json) { json["bias"] = "all"; }, "field 'bias': expected \"none\""},
       {[](nlohmann::json& json) { json["use_rslora"] = "yes"; }, "field 'use_rslora': expected true or false"},
+      {[](nlohmann::json& json) { json["use_dora"] = true; }, "field 'use_dora': expected false"},
+      {[](nlohmann::json& json) { json["rank_pattern"] = {{"q_proj", 2}}; }, "field 'rank_pattern': expected {}"},
+      {[](nlohmann::json& json) { json["alpha_pattern"] = {{"v_proj", 3}}; }, "field 'alpha_pattern': expected {}"},
+      {[](nlohmann::json& json) { json["layers_to_transform"] = {0}; },
+       "field 'layers_to_transform': expected null"},
   };
   const std::string original = [&] {
     std::ifstream in(directory_ / "adapter_config.json");

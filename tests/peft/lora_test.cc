@@ -297,5 +297,73 @@ TEST(Lora, BaseWeightsAreFrozenWithoutGradientBuffers) {
   EXPECT_EQ(context->allocator().bytes_in_use() - full_before, 4u * static_cast<size_t>(full->parameters().num_elements()));
 }
 
+
+// With gradient checkpointing each block's forward (and so each adapter's,
+// dropout mask included) runs again in the backward: same LoRA gradients.
+TEST(Lora, RecomputedBlocksGiveTheSameGradients) {
+  auto context = Context::cpu(0, 2);
+  std::vector<std::vector<float>> results[2];
+  for (ActivationPolicy policy : {ActivationPolicy::kSaveAll, ActivationPolicy::kRecompute}) {
+    LlamaOptions options;
+    options.activation_policy = policy;
+    auto model = LlamaModel::load(*context, tiny_llama_dir(), options);
+    LoraConfig config = all_linear(4, 8.0f);
+    config.dropout = 0.25f;
+    LoraModel lora(*context, *model, config);
+    randomize_lora_b(lora, 5, 0.5f);
+    lora.set_dropout_step(7);
+    model->forward_backward(*context, tiny_batch());
+    for (const Parameter* parameter : lora.parameters().all())
+      results[policy == ActivationPolicy::kRecompute].push_back(parameter->grad.to_floats());
+  }
+  ASSERT_EQ(results[0].size(), results[1].size());
+  for (size_t t = 0; t < results[0].size(); ++t)
+    for (size_t i = 0; i < results[0][t].size(); ++i) ASSERT_NEAR(results[0][t][i], results[1][t][i], 1e-6f) << t;
+}
+
+// bf16 weights and activations: LoRA parameters in bf16 with fp32 gradients
+// close to the f32 model's; merging (fp32 sum, one cast) stays close to the
+// adapter path.
+TEST(Lora, Bf16ComputeKeepsFp32GradientsAndMerges) {
+  auto context = Context::cpu(0, 2);
+  std::vector<std::vector<float>> grads[2];
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    LlamaOptions options;
+    options.compute_dtype = dtype;
+    auto model = LlamaModel::load(*context, tiny_llama_dir(), options);
+    LoraModel lora(*context, *model, all_linear(4, 8.0f));
+    randomize_lora_b(lora, 5, 0.5f);
+    model->forward_backward(*context, tiny_batch());
+    for (const Parameter* parameter : lora.parameters().all()) {
+      EXPECT_EQ(parameter->value.dtype(), dtype);
+      EXPECT_EQ(parameter->grad.dtype(), DType::kF32);
+      grads[dtype == DType::kBF16].push_back(parameter->grad.to_floats());
+    }
+    if (dtype != DType::kBF16) continue;
+    const std::vector<float> adapted = logits_of(*context, *model, tiny_batch());
+    lora.merge(*context);
+    const std::vector<float> merged = logits_of(*context, *model, tiny_batch());
+    double worst = 0.0, largest = 0.0;
+    for (size_t i = 0; i < adapted.size(); ++i) {
+      worst = std::max(worst, std::fabs(double(adapted[i]) - merged[i]));
+      largest = std::max(largest, std::fabs(double(adapted[i])));
+    }
+    EXPECT_LT(worst, 0.05 * largest + 0.02) << "bf16 merged vs adapter logits (largest " << largest << ")";
+  }
+  // Relative L2 error per tensor: bf16's 2^-8 rounding of every weight and
+  // activation on the way (measured up to 6.3% here); a wrong gradient is ~100%.
+  double worst_relative = 0.0;
+  for (size_t t = 0; t < grads[0].size(); ++t) {
+    double norm = 0.0, error = 0.0;
+    for (size_t i = 0; i < grads[0][t].size(); ++i) {
+      norm += double(grads[0][t][i]) * grads[0][t][i];
+      error += (double(grads[0][t][i]) - grads[1][t][i]) * (double(grads[0][t][i]) - grads[1][t][i]);
+    }
+    worst_relative = std::max(worst_relative, std::sqrt(error / norm));
+    EXPECT_LT(std::sqrt(error / norm), 0.1) << "tensor " << t << ": bf16 gradients far from f32 ones";
+  }
+  std::printf("bf16 vs f32 LoRA gradients: worst relative L2 error %.3f\n", worst_relative);
+}
+
 }  // namespace
 }  // namespace llmft
