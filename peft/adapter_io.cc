@@ -3,6 +3,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
@@ -182,6 +183,22 @@ void save_lora_merged(const LoraModel& lora, const std::filesystem::path& direct
   ModelConfig saved = lora.model().config();
   saved.torch_dtype = torch_dtype_name(out_dtype);
   saved.save(directory / "config.json");
+}
+
+std::vector<std::string> copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to) {
+  static const char* const kNames[] = {"tokenizer.json",          "tokenizer_config.json", "special_tokens_map.json",
+                                       "generation_config.json",  "chat_template.jinja",   "vocab.json",
+                                       "merges.txt",              "tokenizer.model"};
+  std::filesystem::create_directories(to);
+  std::vector<std::string> copied;
+  for (const char* name : kNames) {
+    if (!std::filesystem::exists(from / name)) continue;
+    std::error_code error;
+    std::filesystem::copy_file(from / name, to / name, std::filesystem::copy_options::overwrite_existing, error);
+    if (error) throw_runtime((to / name).string(), ": cannot copy from ", (from / name).string(), ": ", error.message());
+    copied.push_back(name);
+  }
+  return copied;
 }
 
 }  // namespace llmft

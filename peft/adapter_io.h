@@ -51,4 +51,10 @@ std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model
 void save_lora_merged(const LoraModel& lora, const std::filesystem::path& directory,
                       std::optional<DType> dtype = std::nullopt, uint64_t max_shard_bytes = kDefaultMaxShardBytes);
 
+// Copies the tokenizer and generation files transformers keeps beside a model
+// (tokenizer.json, tokenizer_config.json, special_tokens_map.json,
+// generation_config.json, chat_template.jinja, vocab.json, merges.txt,
+// tokenizer.model) from `from` to `to`, those that exist; returns their names.
+std::vector<std::string> copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to);
+
 }  // namespace llmft

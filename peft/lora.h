@@ -103,6 +103,8 @@ class LoraModel {
   LlamaModel& model() { return model_; }
   const LlamaModel& model() const { return model_; }
   // The LoRA parameters (trainable, fp32 gradients), A then B per module.
+  // LlamaModel::forward_backward adds into their gradients; they are not in
+  // the model's registry, so the trainer zeroes them through this one.
   ParameterRegistry& parameters() { return parameters_; }
   const ParameterRegistry& parameters() const { return parameters_; }
   const std::vector<std::shared_ptr<LoraAdapter>>& adapters() const { return adapters_; }

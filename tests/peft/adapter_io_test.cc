@@ -119,6 +119,18 @@ TEST_F(AdapterIoTest, MergedExportReloadsWithAdapterLogits) {
   EXPECT_EQ(SafetensorsCheckpoint::open(directory_ / "merged_bf16").entry("model.norm.weight").dtype_name, "BF16");
 }
 
+TEST_F(AdapterIoTest, TokenizerFilesAreCopied) {
+  const fs::path source = directory_ / "source", target = directory_ / "target";
+  fs::create_directories(source);
+  std::ofstream(source / "tokenizer.json") << "{\"version\": \"1.0\"}";
+  std::ofstream(source / "tokenizer_config.json") << "{}";
+  std::ofstream(source / "model.safetensors") << "not a tokenizer file";
+  EXPECT_EQ(copy_tokenizer_files(source, target), (std::vector<std::string>{"tokenizer.json", "tokenizer_config.json"}));
+  std::ifstream copied(target / "tokenizer.json");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(copied), {}), "{\"version\": \"1.0\"}");
+  EXPECT_FALSE(fs::exists(target / "model.safetensors"));
+}
+
 TEST_F(AdapterIoTest, MissingTensorIsNamed) {
   edit_weights([](std::vector<NamedTensor>& tensors) { tensors.erase(tensors.begin()); });
   const std::string message = load_error();

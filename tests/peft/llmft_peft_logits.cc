@@ -3,7 +3,7 @@
 // LoRA (r 8, alpha 16, rsLoRA off, all-linear, seed 1234) with every B drawn
 // N(0, 0.02²) so the adapter changes the output, then writes
 //   OUT_DIR/adapter/   the Hugging Face PEFT adapter,
-//   OUT_DIR/merged/    the merged model directory (f32),
+//   OUT_DIR/merged/    the merged model directory (f32, tokenizer files copied),
 //   OUT_DIR/base.f32, OUT_DIR/lora.f32   logits f32 [T, vocab] of the ids
 // without and with the adapter.
 #include <cstdio>
@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
     write_logits(*context, *model, ids, out_dir / "lora.f32");
     llmft::save_lora_adapter(lora, out_dir / "adapter", argv[1]);
     llmft::save_lora_merged(lora, out_dir / "merged");
+    llmft::copy_tokenizer_files(argv[1], out_dir / "merged");
     std::printf("%lld %lld\n", static_cast<long long>(ids.size()), static_cast<long long>(model->config().vocab_size));
   } catch (const llmft::Error& error) {
     std::fprintf(stderr, "llmft_peft_logits: error: %s\n", error.what());
