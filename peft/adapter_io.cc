@@ -119,12 +119,12 @@ LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
   // something else than PEFT does.
   for (const char* name : {"rank_pattern", "alpha_pattern"})
     if (json.contains(name) && !json.at(name).is_null() && !json.at(name).empty())
-      throw_bad_input(file, ": field '", name, "': expected {} (per-module ", name,
-                      " is not supported), found ", json.at(name).dump());
+      throw_bad_input(file, ": field '", name, "': expected {} (per-module ", name, " is not supported), found ",
+                      json.at(name).dump());
   for (const char* name : {"layers_to_transform", "layers_pattern"})
     if (json.contains(name) && !json.at(name).is_null())
-      throw_bad_input(file, ": field '", name, "': expected null (adapting a subset of layers is not supported), found ",
-                      json.at(name).dump());
+      throw_bad_input(file, ": field '", name,
+                      "': expected null (adapting a subset of layers is not supported), found ", json.at(name).dump());
   const nlohmann::json& targets = field("target_modules");
   config.target_modules.clear();
   if (targets.is_string()) {
@@ -155,8 +155,8 @@ void load_lora_adapter_weights(LoraModel& lora, const std::filesystem::path& dir
                       ")");
     const SafetensorsEntry& entry = weights.entry(name);
     if (entry.shape != parameter->value.shape())
-      throw_bad_input(file, ": tensor '", name, "': expected shape ", shape_text(parameter->value.shape()),
-                      ", found ", shape_text(entry.shape));
+      throw_bad_input(file, ": tensor '", name, "': expected shape ", shape_text(parameter->value.shape()), ", found ",
+                      shape_text(entry.shape));
     Tensor host = weights.tensor_as(name, parameter->value.dtype());
     parameter->value.copy_from(host);
   }
@@ -186,16 +186,22 @@ void save_lora_merged(const LoraModel& lora, const std::filesystem::path& direct
 }
 
 std::vector<std::string> copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to) {
-  static const char* const kNames[] = {"tokenizer.json",          "tokenizer_config.json", "special_tokens_map.json",
-                                       "generation_config.json",  "chat_template.jinja",   "vocab.json",
-                                       "merges.txt",              "tokenizer.model"};
+  static const char* const kNames[] = {"tokenizer.json",
+                                       "tokenizer_config.json",
+                                       "special_tokens_map.json",
+                                       "generation_config.json",
+                                       "chat_template.jinja",
+                                       "vocab.json",
+                                       "merges.txt",
+                                       "tokenizer.model"};
   std::filesystem::create_directories(to);
   std::vector<std::string> copied;
   for (const char* name : kNames) {
     if (!std::filesystem::exists(from / name)) continue;
     std::error_code error;
     std::filesystem::copy_file(from / name, to / name, std::filesystem::copy_options::overwrite_existing, error);
-    if (error) throw_runtime((to / name).string(), ": cannot copy from ", (from / name).string(), ": ", error.message());
+    if (error)
+      throw_runtime((to / name).string(), ": cannot copy from ", (from / name).string(), ": ", error.message());
     copied.push_back(name);
   }
   return copied;

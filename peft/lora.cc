@@ -44,7 +44,11 @@ std::vector<std::string> LoraConfig::resolved_target_modules() const {
 
 LoraAdapter::LoraAdapter(const Linear& base, Parameter& lora_a, Parameter& lora_b, float scaling, float dropout,
                          uint64_t dropout_seed)
-    : base_(base), lora_a_(lora_a), lora_b_(lora_b), scaling_(scaling), dropout_(dropout),
+    : base_(base),
+      lora_a_(lora_a),
+      lora_b_(lora_b),
+      scaling_(scaling),
+      dropout_(dropout),
       dropout_seed_(dropout_seed) {}
 
 void LoraAdapter::forward(Context& context, const Tensor& x, Tensor& y_accumulate) {
@@ -112,8 +116,7 @@ uint64_t mix_seed(uint64_t value) {
 
 }  // namespace
 
-LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraConfig& config)
-    : model_(model), config_(config) {
+LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraConfig& config) : model_(model), config_(config) {
   config_.validate("LoRA config");
   const std::vector<std::string> targets = config_.resolved_target_modules();
   const float scaling = config_.scaling();

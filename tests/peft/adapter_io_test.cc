@@ -49,7 +49,8 @@ class AdapterIoTest : public ::testing::Test {
   void edit_weights(const std::function<void(std::vector<NamedTensor>&)>& edit) {
     const SafetensorsFile file = SafetensorsFile::open(directory_ / "adapter_model.safetensors");
     std::vector<NamedTensor> tensors;
-    for (const SafetensorsEntry& entry : file.entries()) tensors.push_back({entry.name, file.tensor_as(entry.name, DType::kF32)});
+    for (const SafetensorsEntry& entry : file.entries())
+      tensors.push_back({entry.name, file.tensor_as(entry.name, DType::kF32)});
     edit(tensors);
     write_safetensors(directory_ / "adapter_model.safetensors", tensors);
   }
@@ -125,7 +126,8 @@ TEST_F(AdapterIoTest, TokenizerFilesAreCopied) {
   std::ofstream(source / "tokenizer.json") << "{\"version\": \"1.0\"}";
   std::ofstream(source / "tokenizer_config.json") << "{}";
   std::ofstream(source / "model.safetensors") << "not a tokenizer file";
-  EXPECT_EQ(copy_tokenizer_files(source, target), (std::vector<std::string>{"tokenizer.json", "tokenizer_config.json"}));
+  EXPECT_EQ(copy_tokenizer_files(source, target),
+            (std::vector<std::string>{"tokenizer.json", "tokenizer_config.json"}));
   std::ifstream copied(target / "tokenizer.json");
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(copied), {}), "{\"version\": \"1.0\"}");
   EXPECT_FALSE(fs::exists(target / "model.safetensors"));
@@ -156,7 +158,8 @@ TEST_F(AdapterIoTest, WrongShapeIsNamed) {
 
 TEST_F(AdapterIoTest, UnexpectedTensorIsNamed) {
   edit_weights([](std::vector<NamedTensor>& tensors) {
-    tensors.push_back({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight", Tensor::zeros_cpu({4, 64}, DType::kF32)});
+    tensors.push_back(
+        {"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight", Tensor::zeros_cpu({4, 64}, DType::kF32)});
   });
   const std::string message = load_error();
   EXPECT_NE(message.find("unexpected tensor 'base_model.model.model.layers.0.mlp.up_proj.lora_A.weight'"),
@@ -177,15 +180,23 @@ TEST_F(AdapterIoTest, BadConfigsAreNamed) {
       {[](nlohmann::json& json) { json["r"] = 0; }, "field 'r': expected an integer >= 1, found 0"},
       {[](nlohmann::json& json) { json["lora_alpha"] = nullptr; }, "field 'lora_alpha': expected a number"},
       {[](nlohmann::json& json) { json["lora_dropout"] = 1.5; }, "field 'lora_dropout': expected a probability"},
-      {[](nlohmann::json& json) { json["target_modules"] = {"q_proj", "c_attn"}; }, "unknown module 'c_attn'"},
+      {[](nlohmann::json& json) {
+         json["target_modules"] = {"q_proj", "c_attn"};
+       },
+       "unknown module 'c_attn'"},
       {[](nlohmann::json& json) { json["target_modules"] = 3; }, "field 'target_modules': expected a list"},
       {[](nlohmann::json& json) { json["bias"] = "all"; }, "field 'bias': expected \"none\""},
       {[](nlohmann::json& json) { json["use_rslora"] = "yes"; }, "field 'use_rslora': expected true or false"},
       {[](nlohmann::json& json) { json["use_dora"] = true; }, "field 'use_dora': expected false"},
-      {[](nlohmann::json& json) { json["rank_pattern"] = {{"q_proj", 2}}; }, "field 'rank_pattern': expected {}"},
-      {[](nlohmann::json& json) { json["alpha_pattern"] = {{"v_proj", 3}}; }, "field 'alpha_pattern': expected {}"},
-      {[](nlohmann::json& json) { json["layers_to_transform"] = {0}; },
-       "field 'layers_to_transform': expected null"},
+      {[](nlohmann::json& json) {
+         json["rank_pattern"] = {{"q_proj", 2}};
+       },
+       "field 'rank_pattern': expected {}"},
+      {[](nlohmann::json& json) {
+         json["alpha_pattern"] = {{"v_proj", 3}};
+       },
+       "field 'alpha_pattern': expected {}"},
+      {[](nlohmann::json& json) { json["layers_to_transform"] = {0}; }, "field 'layers_to_transform': expected null"},
   };
   const std::string original = [&] {
     std::ifstream in(directory_ / "adapter_config.json");

@@ -196,8 +196,8 @@ void check_lora_gradients(float dropout) {
     }
   }
   EXPECT_EQ(checked, 4 * 28);
-  std::printf("dropout %.2f: checked %d coordinates; worst |analytic - numeric| / tolerance = %.3f\n", dropout,
-              checked, worst_ratio);
+  std::printf("dropout %.2f: checked %d coordinates; worst |analytic - numeric| / tolerance = %.3f\n", dropout, checked,
+              worst_ratio);
 }
 
 TEST(Lora, GradientsMatchFiniteDifferences) { check_lora_gradients(0.0f); }
@@ -230,7 +230,8 @@ TEST(Lora, DropoutOnlyWhileTraining) {
 TEST(Lora, MergeMatchesAdapterAndUnmergeRestores) {
   auto context = Context::cpu(0, 2);
   auto model = LlamaModel::load(*context, tiny_llama_dir());
-  const std::vector<float> original_q = model->parameters().get("model.layers.0.self_attn.q_proj.weight").value.to_floats();
+  const std::vector<float> original_q =
+      model->parameters().get("model.layers.0.self_attn.q_proj.weight").value.to_floats();
   LoraConfig config = all_linear(4, 8.0f);
   config.use_rslora = true;
   LoraModel lora(*context, *model, config);
@@ -256,12 +257,12 @@ TEST(Lora, MergeMatchesAdapterAndUnmergeRestores) {
     const std::vector<float> from_dict = named.tensor.to_floats();
     for (size_t i = 0; i < in_model.size(); ++i) ASSERT_NEAR(in_model[i], from_dict[i], 1e-6f) << named.name;
   }
-  EXPECT_EQ(testing::error_message([&] { lora.merge(*context); }, ErrorKind::kRuntime).find("already merged") !=
-                std::string::npos,
-            true);
+  const std::string twice = testing::error_message([&] { lora.merge(*context); }, ErrorKind::kRuntime);
+  EXPECT_NE(twice.find("already merged"), std::string::npos) << twice;
 
   lora.unmerge(*context);
-  const std::vector<float> restored_q = model->parameters().get("model.layers.0.self_attn.q_proj.weight").value.to_floats();
+  const std::vector<float> restored_q =
+      model->parameters().get("model.layers.0.self_attn.q_proj.weight").value.to_floats();
   for (size_t i = 0; i < original_q.size(); ++i) ASSERT_NEAR(restored_q[i], original_q[i], 1e-6f) << i;
   const std::vector<float> again = logits_of(*context, *model, tiny_batch());
   for (size_t i = 0; i < adapted.size(); ++i) ASSERT_NEAR(again[i], adapted[i], 1e-4f) << i;
@@ -294,9 +295,9 @@ TEST(Lora, BaseWeightsAreFrozenWithoutGradientBuffers) {
   auto full = LlamaModel::load(*context, tiny_llama_dir());
   const size_t full_before = context->allocator().bytes_in_use();
   full->forward_backward(*context, tiny_batch());
-  EXPECT_EQ(context->allocator().bytes_in_use() - full_before, 4u * static_cast<size_t>(full->parameters().num_elements()));
+  EXPECT_EQ(context->allocator().bytes_in_use() - full_before,
+            4u * static_cast<size_t>(full->parameters().num_elements()));
 }
-
 
 // With gradient checkpointing each block's forward (and so each adapter's,
 // dropout mask included) runs again in the backward: same LoRA gradients.
