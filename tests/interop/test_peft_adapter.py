@@ -9,7 +9,10 @@ directory and the merged model directory. Then:
     target modules are what PEFT reads);
   * transformers loading the merged directory gives the same logits, and so
     does PEFT's own merge_and_unload();
-on the tiny golden checkpoint (tests/testdata/model/tiny_llama, untied) and
+And the other way: an adapter made by peft itself (get_peft_model, rsLoRA,
+three target modules, random B, save_pretrained) loads into llmft
+(load_lora_adapter, through the peer's --load mode) with PEFT's logits.
+All on the tiny golden checkpoint (tests/testdata/model/tiny_llama, untied) and
 on the converted SmolLM2-135M (tied embeddings, 30 layers).
 
 Tolerance: 2e-3 absolute on logits (both sides f32; different GEMM blocking
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from interop_common import WORK_DIR, convert_smollm2, main
@@ -95,6 +98,32 @@ class PeftAdapterTest(unittest.TestCase):
 
     def test_tiny_llama(self):
         self.check(TINY_LLAMA, TINY_IDS, "tiny_llama")
+
+    def test_peft_made_adapter_loads_in_llmft(self):
+        ids = TINY_IDS
+        base_model = AutoModelForCausalLM.from_pretrained(TINY_LLAMA, dtype=torch.float32).eval()
+        base = transformers_logits(base_model, ids)
+        config = LoraConfig(r=4, lora_alpha=12, lora_dropout=0.1, use_rslora=True,
+                            target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+        peft_model = get_peft_model(base_model, config)
+        generator = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+        peft_model.eval()
+        theirs = transformers_logits(peft_model, ids)
+        self.assertGreater(float(np.abs(theirs - base).max()), 50 * LOGIT_TOLERANCE)
+        adapter_dir = WORK_DIR / "peft_made_adapter"
+        peft_model.save_pretrained(adapter_dir)
+        out = WORK_DIR / "peft_made_adapter.f32"
+        result = subprocess.run([peft_logits_peer(), "--load", str(TINY_LLAMA), str(adapter_dir), str(out),
+                                 *map(str, ids)], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        ours = np.fromfile(out, dtype=np.float32).reshape(len(ids), -1)
+        difference = float(np.abs(ours - theirs).max())
+        self.assertLessEqual(difference, LOGIT_TOLERANCE, "llmft with PEFT's adapter vs PeftModel")
+        print(f"peft-made adapter: |llmft - PEFT| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
 
     def test_smollm2(self):
         self.check(convert_smollm2("f32"), SMOLLM2_IDS, "smollm2")

@@ -6,10 +6,15 @@
 //   OUT_DIR/merged/    the merged model directory (f32, tokenizer files copied),
 //   OUT_DIR/base.f32, OUT_DIR/lora.f32   logits f32 [T, vocab] of the ids
 // without and with the adapter.
+//
+// llmft_peft_logits --load MODEL_DIR ADAPTER_DIR OUT.f32 TOKEN_ID...: loads a
+// PEFT adapter directory (made by peft itself) onto MODEL_DIR with llmft's
+// load_lora_adapter and writes the base+LoRA logits (eval: no dropout).
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <string>
 #include <vector>
 
 #include "core/context.h"
@@ -33,7 +38,30 @@ void write_logits(llmft::Context& context, llmft::LlamaModel& model, const std::
 
 }  // namespace
 
+int load_mode(int argc, char** argv) {
+  if (argc < 6) {
+    std::fprintf(stderr, "usage: llmft_peft_logits --load MODEL_DIR ADAPTER_DIR OUT.f32 TOKEN_ID...\n");
+    return 2;
+  }
+  std::unique_ptr<llmft::Context> context = llmft::Context::cpu(/*seed=*/0);
+  std::unique_ptr<llmft::LlamaModel> model = llmft::LlamaModel::load(*context, argv[2]);
+  std::unique_ptr<llmft::LoraModel> lora = llmft::load_lora_adapter(*context, *model, argv[3]);
+  lora->set_training(false);
+  std::vector<int32_t> ids;
+  for (int i = 5; i < argc; ++i) ids.push_back(static_cast<int32_t>(std::strtol(argv[i], nullptr, 10)));
+  write_logits(*context, *model, ids, argv[4]);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--load") {
+    try {
+      return load_mode(argc, argv);
+    } catch (const llmft::Error& error) {
+      std::fprintf(stderr, "llmft_peft_logits: error: %s\n", error.what());
+      return error.exit_code();
+    }
+  }
   if (argc < 4) {
     std::fprintf(stderr, "usage: llmft_peft_logits MODEL_DIR OUT_DIR TOKEN_ID...\n");
     return 2;
