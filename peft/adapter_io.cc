@@ -112,6 +112,12 @@ LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
   if (json.contains("bias") && json.at("bias") != "none")
     throw_bad_input(file, ": field 'bias': expected \"none\" (LoRA bias training is not supported), found ",
                     json.at("bias").dump());
+  if (json.contains("lora_bias") && json.at("lora_bias") == true)
+    throw_bad_input(file, ": field 'lora_bias': expected false (LoRA-B biases are not supported), found true");
+  for (const char* name : {"modules_to_save", "trainable_token_indices", "layer_replication"})
+    if (json.contains(name) && !json.at(name).is_null())
+      throw_bad_input(file, ": field '", name, "': expected null (not supported by llmft's LoRA), found ",
+                      json.at(name).dump());
   if (json.contains("use_dora") && json.at("use_dora") == true)
     throw_bad_input(file, ": field 'use_dora': expected false (DoRA is not supported), found true");
   // Per-module ranks/alphas and layer subsets change which tensors exist and

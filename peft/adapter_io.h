@@ -30,7 +30,8 @@ void save_lora_adapter(const LoraModel& lora, const std::filesystem::path& direc
 // Parses `path` (an adapter_config.json). Each problem is one kBadInput error
 // naming the file and the field with the expected value: malformed JSON,
 // peft_type other than "LORA", missing/mistyped r, lora_alpha, target_modules,
-// bias other than "none", use_dora, non-empty rank_pattern/alpha_pattern,
+// bias other than "none", lora_bias, use_dora, modules_to_save,
+// trainable_token_indices, layer_replication, non-empty rank_pattern/alpha_pattern,
 // layers_to_transform/layers_pattern, and anything LoraConfig::validate refuses.
 LoraConfig read_lora_adapter_config(const std::filesystem::path& path);
 

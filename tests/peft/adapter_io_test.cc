@@ -188,6 +188,9 @@ TEST_F(AdapterIoTest, BadConfigsAreNamed) {
       {[](nlohmann::json& json) { json["bias"] = "all"; }, "field 'bias': expected \"none\""},
       {[](nlohmann::json& json) { json["use_rslora"] = "yes"; }, "field 'use_rslora': expected true or false"},
       {[](nlohmann::json& json) { json["use_dora"] = true; }, "field 'use_dora': expected false"},
+      {[](nlohmann::json& json) { json["lora_bias"] = true; }, "field 'lora_bias': expected false"},
+      {[](nlohmann::json& json) { json["modules_to_save"] = {"lm_head"}; },
+       "field 'modules_to_save': expected null (not supported by llmft's LoRA), found [\"lm_head\"]"},
       {[](nlohmann::json& json) {
          json["rank_pattern"] = {{"q_proj", 2}};
        },
