@@ -148,6 +148,12 @@ void RecordWriter::deflate_pending(int flush_mode) {
   }
 }
 
+void RecordWriter::flush() {
+  LLMFT_CHECK(!closed_, path_, ": flush after close");
+  flush_buffer();
+  if (compression_ != Compression::kNone) deflate_pending(Z_SYNC_FLUSH);
+}
+
 void RecordWriter::close() {
   if (closed_) return;
   closed_ = true;

@@ -57,6 +57,10 @@ class RecordWriter {
   RecordWriter& operator=(const RecordWriter&) = delete;
 
   void write(std::string_view record);
+  // Hands every record written so far to the file (write(2); for compressed
+  // files a zlib Z_SYNC_FLUSH, so the bytes so far decompress), so a crash of
+  // this process loses nothing already written. No fsync: close() does that.
+  void flush();
   // Finishes the compressed stream, flushes and fsyncs. Idempotent.
   void close();
 
