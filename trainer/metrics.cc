@@ -76,9 +76,10 @@ MetricsWriter::MetricsWriter(MetricsWriterOptions options) : options_(std::move(
     // reads any name containing "tfevents", so a pid suffix keeps both.
     if (std::filesystem::exists(path)) path += str_cat(".", static_cast<long long>(getpid()));
     event_file_path_ = path.string();
+    data::RecordWriterOptions writer_options;
+    writer_options.compression = data::Compression::kNone;  // TensorBoard reads plain files
     try {
-      event_writer_ = std::make_unique<data::RecordWriter>(
-          event_file_path_, data::RecordWriterOptions{.compression = data::Compression::kNone}, file_system);
+      event_writer_ = std::make_unique<data::RecordWriter>(event_file_path_, writer_options, file_system);
     } catch (const Error& error) {
       if (jsonl_file_ != nullptr) std::fclose(jsonl_file_);
       throw_bad_input(event_file_path_, ": cannot create the TensorBoard event file: ", error.what());
