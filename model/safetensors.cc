@@ -325,14 +325,15 @@ Tensor SafetensorsFile::tensor_as(const std::string& name, DType dtype) const {
 
 // ---- Writer -------------------------------------------------------------------
 
-void write_safetensors(const std::filesystem::path& path, std::span<const NamedTensor> tensors,
-                       const std::map<std::string, std::string>& metadata) {
+uint64_t serialize_safetensors(const std::string& name, std::span<const NamedTensor> tensors,
+                               const std::map<std::string, std::string>& metadata,
+                               const std::function<void(const void* data, size_t bytes)>& sink) {
   std::vector<const NamedTensor*> order;
   std::set<std::string> names;
   for (const NamedTensor& named : tensors) {
-    LLMFT_CHECK(named.tensor.defined(), path.string(), ": tensor '", named.name, "' is undefined");
+    LLMFT_CHECK(named.tensor.defined(), name, ": tensor '", named.name, "' is undefined");
     if (named.name == "__metadata__" || !names.insert(named.name).second)
-      throw_bad_input(path.string(), ": tensor name '", named.name, "' is reserved or used twice");
+      throw_bad_input(name, ": tensor name '", named.name, "' is reserved or used twice");
     order.push_back(&named);
   }
   // The Rust implementation sorts by dtype (wider first, keeping alignment)
@@ -359,20 +360,27 @@ void write_safetensors(const std::filesystem::path& path, std::span<const NamedT
   std::string header_text = header.dump();
   header_text.append((8 - header_text.size() % 8) % 8, ' ');  // so the data area starts 8-byte aligned
 
-  AtomicFileWriter writer(path);
   uint8_t size_bytes[8];
   uint64_t header_size = header_text.size();
   for (int i = 0; i < 8; ++i) size_bytes[i] = static_cast<uint8_t>(header_size >> (8 * i));
-  writer.write(size_bytes, 8);
-  writer.write(header_text.data(), header_text.size());
+  sink(size_bytes, 8);
+  sink(header_text.data(), header_text.size());
   for (const NamedTensor* named : order) {
     if (named->tensor.device().is_cpu()) {
-      writer.write(named->tensor.raw_data(), named->tensor.nbytes());
+      sink(named->tensor.raw_data(), named->tensor.nbytes());
     } else {
       Tensor host = named->tensor.to(default_host_allocator());
-      writer.write(host.raw_data(), host.nbytes());
+      sink(host.raw_data(), host.nbytes());
     }
   }
+  return 8 + header_text.size() + offset;
+}
+
+void write_safetensors(const std::filesystem::path& path, std::span<const NamedTensor> tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  AtomicFileWriter writer(path);
+  serialize_safetensors(path.string(), tensors, metadata,
+                        [&](const void* data, size_t bytes) { writer.write(data, bytes); });
   writer.commit();
 }
 

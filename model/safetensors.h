@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -85,6 +86,14 @@ struct NamedTensor {
 // starts 8-byte aligned. Duplicate names are an error.
 void write_safetensors(const std::filesystem::path& path, std::span<const NamedTensor> tensors,
                        const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+// The exact bytes write_safetensors writes, handed to `sink` in pieces (the
+// header, then each tensor's data) instead of to a file, so a caller with its
+// own file layer (trainer/checkpoint.h: fault injection, chunked writes) can
+// write them. `name` only labels errors. Returns the total byte count.
+uint64_t serialize_safetensors(const std::string& name, std::span<const NamedTensor> tensors,
+                               const std::map<std::string, std::string>& metadata,
+                               const std::function<void(const void* data, size_t bytes)>& sink);
 
 // A Hugging Face checkpoint directory: model.safetensors, or the shards listed
 // by model.safetensors.index.json ({"metadata": {"total_size"}, "weight_map":
