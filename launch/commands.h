@@ -12,5 +12,6 @@ int run_convert(std::span<char*> args);  // launch/convert_command.cc
 int run_data(std::span<char*> args);     // launch/data_command.cc
 int run_generate(std::span<char*> args);  // launch/generate_command.cc
 int run_tokenize(std::span<char*> args);  // launch/tokenize_command.cc
+int run_train(std::span<char*> args);     // launch/train_command.cc (--check only so far)
 
 }  // namespace llmft::launch

@@ -29,6 +29,8 @@ constexpr Subcommand kSubcommands[] = {
      llmft::launch::run_generate},
     {"tokenize", "tokenize --tokenizer T (--text TEXT | --input X.jsonl): token ids, one line per text",
      llmft::launch::run_tokenize},
+    {"train", "train --config RUN.pbtxt [--set field.path=value ...] --check: validate and print the config",
+     llmft::launch::run_train},
 };
 
 void print_usage(FILE* out) {
