@@ -126,7 +126,13 @@ void CheckpointWriter::write_file(const std::string& path, const std::function<v
 std::filesystem::path CheckpointWriter::write(const CheckpointState& state, std::span<const NamedTensor> trainable,
                                               std::span<const NamedTensor> optimizer) {
   if (state.step < 0) throw_bad_input(run_dir_.string(), ": checkpoint step must be >= 0, found ", state.step);
-  std::filesystem::create_directories(run_dir_);
+  // Parents as needed (std::filesystem reports failures as error codes, turned
+  // into llmft::Error here); the run directory itself through ops_.
+  std::error_code parent_error;
+  if (run_dir_.has_parent_path()) std::filesystem::create_directories(run_dir_.parent_path(), parent_error);
+  if (parent_error)
+    throw_runtime(run_dir_.parent_path().string(), ": cannot create directory: ", parent_error.message());
+  ops_.make_directory(run_dir_.string());
   remove_stale();
 
   const std::string pid = std::to_string(::getpid());
@@ -177,21 +183,27 @@ std::filesystem::path CheckpointWriter::write(const CheckpointState& state, std:
     }
     throw;
   }
-  prune();
+  prune(state.step);
   return final_dir;
 }
 
-void CheckpointWriter::prune() {
-  auto checkpoints = list_checkpoints(run_dir_, ops_);
-  if (checkpoints.size() <= static_cast<size_t>(keep_last_)) return;
+void CheckpointWriter::prune(int64_t just_written) {
+  // The checkpoint just written is never a candidate: after a resume from an
+  // older step-<M> (an explicit path), newer directories of the abandoned run
+  // may outnumber it, and deleting the only copy of the current run's state
+  // would be the one unrecoverable choice. Otherwise the oldest go first.
+  std::vector<std::pair<int64_t, std::filesystem::path>> candidates;
+  for (auto& checkpoint : list_checkpoints(run_dir_, ops_))
+    if (checkpoint.first != just_written) candidates.push_back(std::move(checkpoint));
+  const size_t keep_others = static_cast<size_t>(keep_last_) - 1;
+  if (candidates.size() <= keep_others) return;
   const std::string pid = std::to_string(::getpid());
-  size_t excess = checkpoints.size() - static_cast<size_t>(keep_last_);
   std::vector<std::filesystem::path> doomed;
-  for (size_t i = 0; i < excess; ++i) {
+  for (size_t i = 0; i < candidates.size() - keep_others; ++i) {
     // Out of the step-* namespace first (atomic), so a reader never meets a
     // half-deleted checkpoint.
-    std::filesystem::path aside = run_dir_ / str_cat(".step-", checkpoints[i].first, ".old-", pid);
-    ops_.rename(checkpoints[i].second.string(), aside.string());
+    std::filesystem::path aside = run_dir_ / str_cat(".step-", candidates[i].first, ".old-", pid);
+    ops_.rename(candidates[i].second.string(), aside.string());
     doomed.push_back(aside);
   }
   ops_.sync_directory(run_dir_.string());

@@ -62,8 +62,10 @@ struct CheckpointState {
 
 class CheckpointWriter {
  public:
-  // Checkpoints go into `run_dir` (created if missing); after each write only
-  // the newest `keep_last` (>= 1) step-* directories remain.
+  // Checkpoints go into `run_dir` (created if missing); after each write
+  // `keep_last` (>= 1) step-* directories remain: the one just written and the
+  // newest others. (A run resumed from an older checkpoint should start from
+  // a run directory without the abandoned newer ones, or "latest" finds them.)
   CheckpointWriter(std::filesystem::path run_dir, int keep_last, FileOps& ops = local_file_ops());
 
   // Writes step-<state.step> and returns its path. On failure (an exception
@@ -82,7 +84,7 @@ class CheckpointWriter {
 
  private:
   void write_file(const std::string& path, const std::function<void(CheckpointFile&)>& body);
-  void prune();
+  void prune(int64_t just_written);
 
   std::filesystem::path run_dir_;
   int keep_last_;

@@ -242,6 +242,16 @@ TEST_F(CheckpointTest, KeepsOnlyTheLastKAndNoLeftovers) {
   expect_checkpoint(run_dir_, "latest", 500, 5);
 }
 
+TEST_F(CheckpointTest, PruningNeverRemovesTheCheckpointJustWritten) {
+  write_checkpoint(run_dir_, 600, 6, 2);
+  write_checkpoint(run_dir_, 700, 7, 2);
+  write_checkpoint(run_dir_, 510, 5, 2);  // a run resumed from an older step: its newest state is 510
+  EXPECT_EQ(entries(run_dir_), (std::vector<std::string>{"step-510", "step-700"}));
+  expect_checkpoint(run_dir_, (run_dir_ / "step-510").string(), 510, 5);
+  write_checkpoint(run_dir_, 520, 8, 1);
+  EXPECT_EQ(entries(run_dir_), std::vector<std::string>{"step-520"});
+}
+
 TEST_F(CheckpointTest, LatestIsTheLargestStepNumericallyAndIgnoresOtherNames) {
   EXPECT_EQ(latest_checkpoint(run_dir_), std::nullopt);
   EXPECT_EQ(error_of([&] { CheckpointReader::open("latest", run_dir_, kFingerprint); }),
