@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "core/error.h"
 #include "proto/event.pb.h"
@@ -147,6 +148,35 @@ TEST_F(MetricsTest, EventsAreOnDiskBeforeClose) {
   int lines = 0;
   while (std::getline(jsonl, line)) ++lines;
   EXPECT_EQ(lines, 2);
+}
+
+// RecordWriter::flush() (added for the metrics writer) on a GZIP file: after a
+// flush, zlib itself inflates every record written so far although the
+// stream has no end marker yet, as a crashed writer would leave it.
+TEST_F(MetricsTest, FlushedGzipRecordsInflateBeforeClose) {
+  fs::create_directories(dir_);
+  std::string path = (dir_ / "flushed.tfrecord.gz").string();
+  data::RecordWriter writer(path);
+  writer.write("first");
+  writer.write(std::string(3000, 'x'));
+  writer.flush();
+  std::ifstream file(path, std::ios::binary);
+  std::string compressed((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(compressed.empty());
+
+  z_stream stream{};
+  ASSERT_EQ(inflateInit2(&stream, 16 + MAX_WBITS), Z_OK);  // 16: gzip wrapper
+  std::string inflated(1 << 16, '\0');
+  stream.next_in = reinterpret_cast<Bytef*>(compressed.data());
+  stream.avail_in = static_cast<uInt>(compressed.size());
+  stream.next_out = reinterpret_cast<Bytef*>(inflated.data());
+  stream.avail_out = static_cast<uInt>(inflated.size());
+  int status = inflate(&stream, Z_SYNC_FLUSH);
+  inflated.resize(stream.total_out);
+  inflateEnd(&stream);
+  EXPECT_EQ(status, Z_OK);  // not Z_STREAM_END: the writer is still open
+  EXPECT_EQ(inflated, data::frame_record("first") + data::frame_record(std::string(3000, 'x')));
+  writer.close();
 }
 
 TEST_F(MetricsTest, JsonlLinesHoldStepWallTimeAndValuesAndAppendOnReopen) {
