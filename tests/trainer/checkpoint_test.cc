@@ -448,13 +448,14 @@ TEST_F(CheckpointTest, AFailedCleanupStillReportsTheWriteErrorAndTheNextWriterCl
 // writes one byte to `pipe` at the chosen point (and may then block there).
 // The parent waits for that byte, optionally sleeps, and sends SIGKILL.
 pid_t start_child_writer(const fs::path& run_dir, int pipe_write_end,
-                         const std::function<void(const std::string&, const std::string&)>& hook, int64_t big_rows) {
+                         const std::function<void(const std::string&, const std::string&)>& hook, int64_t big_rows,
+                         int keep = 3) {
   pid_t pid = ::fork();
   if (pid != 0) return pid;
   // Child: never return into gtest.
   try {
     HookedFileOps ops(hook);
-    write_checkpoint(run_dir, 2, 2, 3, ops, big_rows);
+    write_checkpoint(run_dir, 2, 2, keep, ops, big_rows);
   } catch (...) {
     ::_exit(2);
   }
@@ -527,6 +528,38 @@ TEST_F(CheckpointTest, KillDuringAWriteLeavesThePreviousCheckpointLoadable) {
                                      : (std::vector<std::string>{"step-1", "step-3"}));
     expect_checkpoint(run_dir_, "latest", 3, 3, 512);
     expect_checkpoint(run_dir_, (run_dir_ / "step-1").string(), 1, 1, 512);
+  }
+}
+
+// A kill while pruning (keep 1): the old checkpoint is already renamed out of
+// the step-* namespace or still whole, never half-deleted under its name.
+TEST_F(CheckpointTest, KillWhilePruningLeavesOnlyWholeCheckpoints) {
+  for (const std::string operation : {"rename", "remove_all"}) {
+    SCOPED_TRACE("kill at " + operation + " of step-1 while pruning");
+    fs::remove_all(run_dir_);
+    write_checkpoint(run_dir_, 1, 1, 1);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    pid_t child = start_child_writer(
+        run_dir_, fds[1],
+        [&](const std::string& op, const std::string& path) {
+          if (op == operation && contains(path, "step-1")) {
+            char byte = 'w';
+            (void)!::write(fds[1], &byte, 1);
+            for (;;) ::pause();
+          }
+        },
+        4, 1);
+    ::close(fds[1]);
+    kill_child_when_signalled(child, fds[0], std::chrono::microseconds(0));
+    ::close(fds[0]);
+    const std::vector<std::string> expected = operation == "rename"
+                                                  ? std::vector<std::string>{"step-1", "step-2"}
+                                                  : std::vector<std::string>{str_cat(".step-1.old-", child), "step-2"};
+    EXPECT_EQ(entries(run_dir_), expected);
+    expect_checkpoint(run_dir_, "latest", 2, 2);
+    write_checkpoint(run_dir_, 3, 3, 1);
+    EXPECT_EQ(entries(run_dir_), std::vector<std::string>{"step-3"});
   }
 }
 
