@@ -16,6 +16,7 @@
 #include <optional>
 #include <regex>
 #include <string_view>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -41,8 +42,8 @@ size_t edit_distance(std::string_view a, std::string_view b) {
 
 // " (did you mean 'x'?)" for the closest field name within a third of the
 // name's length (at least 2 edits), or "" when nothing is that close.
-std::string did_you_mean(const pb::Descriptor &message, std::string_view name) {
-  const pb::FieldDescriptor *best = nullptr;
+std::string did_you_mean(const pb::Descriptor& message, std::string_view name) {
+  const pb::FieldDescriptor* best = nullptr;
   size_t best_distance = std::max<size_t>(2, name.size() / 3) + 1;
   for (int i = 0; i < message.field_count(); ++i) {
     size_t distance = edit_distance(name, message.field(i)->name());
@@ -54,11 +55,11 @@ std::string did_you_mean(const pb::Descriptor &message, std::string_view name) {
   return best ? str_cat(" (did you mean '", best->name(), "'?)") : std::string();
 }
 
-std::string unknown_field_message(const pb::Descriptor &message, std::string_view name) {
+std::string unknown_field_message(const pb::Descriptor& message, std::string_view name) {
   return str_cat("unknown field '", name, "' in ", message.full_name(), did_you_mean(message, name));
 }
 
-std::string enum_choices(const pb::EnumDescriptor &type);
+std::string enum_choices(const pb::EnumDescriptor& type);
 
 // Keeps the first error with its position; TextFormat's line and column are
 // zero-based, editors' are one-based. TextFormat reports the position after
@@ -69,7 +70,7 @@ class FirstErrorCollector : public pb::io::ErrorCollector {
  public:
   explicit FirstErrorCollector(std::string_view text) : text_(text) {}
 
-  void AddError(int line, pb::io::ColumnNumber column, const std::string &message) override {
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
     if (!first_error_.empty()) return;
     static const std::regex kNoSuchField(R"re(Message type "([\w.]+)" has no field named "(\w+)"\.?)re");
     static const std::regex kUnknownEnum(R"re(Unknown enumeration value of "(\w+)" for field "(\w+)"\.?)re");
@@ -79,12 +80,12 @@ class FirstErrorCollector : public pb::io::ErrorCollector {
     std::string quoted_name;
     if (std::regex_match(message, match, kNoSuchField)) {
       quoted_name = match[2].str();
-      const pb::Descriptor *type = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(match[1].str());
+      const pb::Descriptor* type = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(match[1].str());
       if (type) text = unknown_field_message(*type, quoted_name);
     } else if (std::regex_match(message, match, kUnknownEnum)) {
       quoted_name = match[1].str();
       text = str_cat("field '", match[2].str(), "': unknown value '", quoted_name, "'");
-      if (const pb::EnumDescriptor *type = enum_type_of_field(match[2].str()))
+      if (const pb::EnumDescriptor* type = enum_type_of_field(match[2].str()))
         text += str_cat(", expected one of ", enum_choices(*type));
     } else if (std::regex_search(message, match, kQuotedName)) {
       quoted_name = match[1].str();
@@ -92,22 +93,22 @@ class FirstErrorCollector : public pb::io::ErrorCollector {
     if (!quoted_name.empty()) column = start_of_name_before(line, column, quoted_name);
     first_error_ = str_cat(line + 1, ":", column + 1, ": ", text);
   }
-  void AddWarning(int, pb::io::ColumnNumber, const std::string &) override {}
-  const std::string &first_error() const { return first_error_; }
+  void AddWarning(int, pb::io::ColumnNumber, const std::string&) override {}
+  const std::string& first_error() const { return first_error_; }
 
  private:
   // The enum type of the llmft.proto field called `name` (field names of enum
   // type are unique across the file: kind, batch_mode, *_dtype).
-  static const pb::EnumDescriptor *enum_type_of_field(const std::string &name) {
-    const pb::FileDescriptor &file = *TrainConfig::descriptor()->file();
+  static const pb::EnumDescriptor* enum_type_of_field(const std::string& name) {
+    const pb::FileDescriptor& file = *TrainConfig::descriptor()->file();
     for (int m = 0; m < file.message_type_count(); ++m)
-      if (const pb::FieldDescriptor *field = file.message_type(m)->FindFieldByName(name))
+      if (const pb::FieldDescriptor* field = file.message_type(m)->FindFieldByName(name))
         if (field->enum_type()) return field->enum_type();
     return nullptr;
   }
   // The zero-based column where the last `name` on `line` at or before `column`
   // starts.
-  pb::io::ColumnNumber start_of_name_before(int line, pb::io::ColumnNumber column, const std::string &name) const {
+  pb::io::ColumnNumber start_of_name_before(int line, pb::io::ColumnNumber column, const std::string& name) const {
     size_t line_start = 0;
     for (int i = 0; i < line && line_start != std::string_view::npos; ++i) {
       line_start = text_.find('\n', line_start);
@@ -127,11 +128,11 @@ class FirstErrorCollector : public pb::io::ErrorCollector {
 
 std::string lower(std::string_view text) {
   std::string out(text);
-  for (char &c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
 }
 
-std::string enum_choices(const pb::EnumDescriptor &type) {
+std::string enum_choices(const pb::EnumDescriptor& type) {
   std::string out;
   for (int i = 0; i < type.value_count(); ++i) {
     if (type.value(i)->number() == 0) continue;  // *_UNSPECIFIED means "not written"
@@ -143,8 +144,8 @@ std::string enum_choices(const pb::EnumDescriptor &type) {
 template <typename T>
 std::optional<T> parse_number(std::string_view text) {
   T value{};
-  const char *begin = text.data();
-  const char *end = begin + text.size();
+  const char* begin = text.data();
+  const char* end = begin + text.size();
   if (!text.empty() && text[0] == '+') ++begin;  // from_chars refuses a leading '+'
   auto [ptr, ec] = std::from_chars(begin, end, value);
   if (ec != std::errc() || ptr != end || begin == end) return std::nullopt;
@@ -153,9 +154,9 @@ std::optional<T> parse_number(std::string_view text) {
 
 // Sets one scalar (or appends to a repeated field) from `text`; on failure
 // returns what the field expects ("a number").
-std::optional<std::string> set_from_text(pb::Message &message, const pb::FieldDescriptor &field,
+std::optional<std::string> set_from_text(pb::Message& message, const pb::FieldDescriptor& field,
                                          std::string_view text) {
-  const pb::Reflection &reflection = *message.GetReflection();
+  const pb::Reflection& reflection = *message.GetReflection();
   const bool repeated = field.is_repeated();
   switch (field.cpp_type()) {
     case pb::FieldDescriptor::CPPTYPE_INT32:
@@ -212,8 +213,8 @@ std::optional<std::string> set_from_text(pb::Message &message, const pb::FieldDe
       return std::nullopt;
     }
     case pb::FieldDescriptor::CPPTYPE_ENUM: {
-      const pb::EnumDescriptor &type = *field.enum_type();
-      const pb::EnumValueDescriptor *chosen = nullptr;
+      const pb::EnumDescriptor& type = *field.enum_type();
+      const pb::EnumValueDescriptor* chosen = nullptr;
       for (int i = 0; i < type.value_count(); ++i)
         if (type.value(i)->number() != 0 && lower(type.value(i)->name()) == lower(text)) chosen = type.value(i);
       if (!chosen) return str_cat("one of ", enum_choices(type));
@@ -230,39 +231,44 @@ std::optional<std::string> set_from_text(pb::Message &message, const pb::FieldDe
   return std::string("a field path ending at a scalar");
 }
 
-// Shortest text that reads back as the same value (1e-4, not 0.000100000).
-std::string format_number(double value) {
+// Shortest text that reads back as the same value of the field's own type
+// (1e-4, not 0.000100000; a float 1.1 as "1.1", not 1.100000023841858).
+template <typename T>
+std::string format_number(T value) {
   char buffer[64];
   auto [ptr, ec] = std::to_chars(buffer, buffer + sizeof(buffer), value);
   return ec == std::errc() ? std::string(buffer, ptr) : std::to_string(value);
 }
 
 // Range checks; each failure is one line naming the source and field path.
+// T is the field's type (float, double or int64_t), so values print as written.
 class Validator {
  public:
-  explicit Validator(const std::string &source_name) : source_name_(source_name) {}
+  explicit Validator(const std::string& source_name) : source_name_(source_name) {}
 
   [[noreturn]] void fail(std::string_view path, std::string_view problem) const {
     throw_bad_input(source_name_, ": field '", path, "': ", problem);
   }
   // A value in an interval; `lower_open`/`upper_open` say whether the bound
   // itself is excluded. Non-finite values are always out of range.
-  void in_range(std::string_view path, double value, double lo, bool lower_open, double hi, bool upper_open) const {
-    const bool ok =
-        std::isfinite(value) && (lower_open ? value > lo : value >= lo) && (upper_open ? value < hi : value <= hi);
+  template <typename T>
+  void in_range(std::string_view path, T value, T lo, bool lower_open, T hi, bool upper_open) const {
+    const bool ok = finite(value) && (lower_open ? value > lo : value >= lo) && (upper_open ? value < hi : value <= hi);
     if (!ok)
       fail(path, str_cat(format_number(value), " out of range ", lower_open ? "(" : "[", format_number(lo), ", ",
                          format_number(hi), upper_open ? ")" : "]"));
   }
-  void greater(std::string_view path, double value, double bound) const {
-    if (!(std::isfinite(value) && value > bound))
+  template <typename T>
+  void greater(std::string_view path, T value, T bound) const {
+    if (!(finite(value) && value > bound))
       fail(path, str_cat(format_number(value), " out of range, expected > ", format_number(bound)));
   }
-  void at_least(std::string_view path, double value, double bound) const {
-    if (!(std::isfinite(value) && value >= bound))
+  template <typename T>
+  void at_least(std::string_view path, T value, T bound) const {
+    if (!(finite(value) && value >= bound))
       fail(path, str_cat(format_number(value), " out of range, expected >= ", format_number(bound)));
   }
-  void non_empty(std::string_view path, const std::string &value, std::string_view what) const {
+  void non_empty(std::string_view path, const std::string& value, std::string_view what) const {
     if (value.empty()) fail(path, str_cat("empty, expected ", what));
   }
   void dtype_set(std::string_view path, DType dtype) const {
@@ -271,7 +277,7 @@ class Validator {
   }
 
  private:
-  const std::string &source_name_;
+  const std::string& source_name_;
 };
 
 // peft/lora.h's lora_target_module_names(); repeated here so this library
@@ -281,7 +287,7 @@ constexpr std::string_view kLoraTargetModules[] = {"q_proj",    "k_proj",  "v_pr
 
 }  // namespace
 
-TrainConfig parse_train_config(const std::string &text, const std::string &source_name) {
+TrainConfig parse_train_config(const std::string& text, const std::string& source_name) {
   TrainConfig config;
   FirstErrorCollector errors(text);
   pb::TextFormat::Parser parser;
@@ -293,7 +299,7 @@ TrainConfig parse_train_config(const std::string &text, const std::string &sourc
   return config;
 }
 
-void apply_override(TrainConfig &config, const std::string &assignment) {
+void apply_override(TrainConfig& config, const std::string& assignment) {
   const std::string where = str_cat("--set ", assignment);
   const size_t equals = assignment.find('=');
   if (equals == std::string::npos || equals == 0)
@@ -301,15 +307,15 @@ void apply_override(TrainConfig &config, const std::string &assignment) {
   const std::string path = assignment.substr(0, equals);
   const std::string_view value = std::string_view(assignment).substr(equals + 1);
 
-  pb::Message *message = &config;
+  pb::Message* message = &config;
   std::string walked;
   size_t start = 0;
   while (true) {
     const size_t dot = path.find('.', start);
     const std::string name = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     if (name.empty()) throw_bad_input(where, ": empty field name in path '", path, "'");
-    const pb::Descriptor &type = *message->GetDescriptor();
-    const pb::FieldDescriptor *field = type.FindFieldByName(name);
+    const pb::Descriptor& type = *message->GetDescriptor();
+    const pb::FieldDescriptor* field = type.FindFieldByName(name);
     if (!field) throw_bad_input(where, ": ", unknown_field_message(type, name));
     walked += str_cat(walked.empty() ? "" : ".", name);
     const bool last = dot == std::string::npos;
@@ -354,15 +360,15 @@ void apply_override(TrainConfig &config, const std::string &assignment) {
   }
 }
 
-void fill_train_config_defaults(TrainConfig &config) {
-  ModelSource &model = *config.mutable_model();
+void fill_train_config_defaults(TrainConfig& config) {
+  ModelSource& model = *config.mutable_model();
   if (!model.has_hf_dir()) model.set_hf_dir("");
   if (!model.has_weights_dtype()) model.set_weights_dtype(FLOAT32);
 
-  PeftConfig &peft = *config.mutable_peft();
+  PeftConfig& peft = *config.mutable_peft();
   if (peft.method_case() == PeftConfig::METHOD_NOT_SET) peft.mutable_none();
   if (peft.has_lora()) {
-    LoraConfig &lora = *peft.mutable_lora();
+    LoraConfig& lora = *peft.mutable_lora();
     if (!lora.has_r()) lora.set_r(8);
     if (!lora.has_alpha()) lora.set_alpha(16.0f);
     if (!lora.has_dropout()) lora.set_dropout(0.0f);
@@ -373,7 +379,7 @@ void fill_train_config_defaults(TrainConfig &config) {
     }
   }
 
-  DataConfig &data = *config.mutable_data();
+  DataConfig& data = *config.mutable_data();
   if (!data.has_seq_len()) data.set_seq_len(1024);
   if (!data.has_batch_size()) data.set_batch_size(8);
   if (!data.has_grad_accumulation_steps()) data.set_grad_accumulation_steps(1);
@@ -385,7 +391,7 @@ void fill_train_config_defaults(TrainConfig &config) {
   if (!data.has_loss_mask_feature()) data.set_loss_mask_feature("loss_mask");
   if (!data.has_skip_corrupt_records()) data.set_skip_corrupt_records(false);
 
-  OptimizerConfig &optimizer = *config.mutable_optimizer();
+  OptimizerConfig& optimizer = *config.mutable_optimizer();
   if (!optimizer.has_lr()) optimizer.set_lr(1e-4);
   if (!optimizer.has_weight_decay()) optimizer.set_weight_decay(0.01);
   if (!optimizer.has_beta1()) optimizer.set_beta1(0.9);
@@ -394,13 +400,13 @@ void fill_train_config_defaults(TrainConfig &config) {
   if (!optimizer.has_max_grad_norm()) optimizer.set_max_grad_norm(1.0);
   if (!optimizer.has_exclude_norms_and_biases_from_decay()) optimizer.set_exclude_norms_and_biases_from_decay(true);
 
-  ScheduleConfig &schedule = *config.mutable_schedule();
+  ScheduleConfig& schedule = *config.mutable_schedule();
   if (!schedule.has_kind()) schedule.set_kind(CONSTANT);
   if (!schedule.has_warmup_steps()) schedule.set_warmup_steps(0);
   if (!schedule.has_min_lr_ratio()) schedule.set_min_lr_ratio(0.0);
   if (!schedule.has_total_steps()) schedule.set_total_steps(1000);
 
-  PrecisionConfig &precision = *config.mutable_precision();
+  PrecisionConfig& precision = *config.mutable_precision();
   if (!precision.has_compute_dtype()) precision.set_compute_dtype(FLOAT32);
   if (!precision.has_init_scale()) precision.set_init_scale(65536.0f);
   if (!precision.has_growth_factor()) precision.set_growth_factor(2.0f);
@@ -408,35 +414,35 @@ void fill_train_config_defaults(TrainConfig &config) {
   if (!precision.has_growth_interval()) precision.set_growth_interval(2000);
   if (!precision.has_hysteresis()) precision.set_hysteresis(1);
 
-  ParallelConfig &parallel = *config.mutable_parallel();
+  ParallelConfig& parallel = *config.mutable_parallel();
   if (!parallel.has_dp()) parallel.set_dp(1);
   if (!parallel.has_tp()) parallel.set_tp(1);
 
-  CheckpointConfig &checkpoint = *config.mutable_checkpoint();
+  CheckpointConfig& checkpoint = *config.mutable_checkpoint();
   if (!checkpoint.has_dir()) checkpoint.set_dir("checkpoints");
   if (!checkpoint.has_every_n_steps()) checkpoint.set_every_n_steps(0);
   if (!checkpoint.has_keep_last()) checkpoint.set_keep_last(3);
   if (!checkpoint.has_resume()) checkpoint.set_resume("");
 
-  LoggingConfig &logging = *config.mutable_logging();
+  LoggingConfig& logging = *config.mutable_logging();
   if (!logging.has_every_n_steps()) logging.set_every_n_steps(10);
   if (!logging.has_jsonl_path()) logging.set_jsonl_path("");
   if (!logging.has_tensorboard_dir()) logging.set_tensorboard_dir("");
   if (!logging.has_eval_every_n_steps()) logging.set_eval_every_n_steps(0);
 }
 
-void validate_train_config(const TrainConfig &config, const std::string &source_name) {
+void validate_train_config(const TrainConfig& config, const std::string& source_name) {
   const Validator check(source_name);
 
   check.non_empty("model.hf_dir", config.model().hf_dir(), "a Hugging Face model directory");
   check.dtype_set("model.weights_dtype", config.model().weights_dtype());
 
   if (config.peft().has_lora()) {
-    const LoraConfig &lora = config.peft().lora();
-    check.greater("peft.lora.r", static_cast<double>(lora.r()), 0);
-    check.greater("peft.lora.alpha", lora.alpha(), 0);
-    check.in_range("peft.lora.dropout", lora.dropout(), 0, false, 1, true);
-    for (const std::string &module : lora.target_modules()) {
+    const LoraConfig& lora = config.peft().lora();
+    check.greater("peft.lora.r", lora.r(), int64_t{0});
+    check.greater("peft.lora.alpha", lora.alpha(), 0.0f);
+    check.in_range("peft.lora.dropout", lora.dropout(), 0.0f, false, 1.0f, true);
+    for (const std::string& module : lora.target_modules()) {
       const bool known = std::find(std::begin(kLoraTargetModules), std::end(kLoraTargetModules), module) !=
                          std::end(kLoraTargetModules);
       if (module == "all-linear" && lora.target_modules_size() != 1)
@@ -449,70 +455,70 @@ void validate_train_config(const TrainConfig &config, const std::string &source_
     }
   }
 
-  const DataConfig &data = config.data();
+  const DataConfig& data = config.data();
   if (data.train_files_size() == 0) check.fail("data.train_files", "empty, expected at least one file or pattern");
-  for (const std::string &file : data.train_files()) check.non_empty("data.train_files", file, "a file or pattern");
-  for (const std::string &file : data.validation_files())
+  for (const std::string& file : data.train_files()) check.non_empty("data.train_files", file, "a file or pattern");
+  for (const std::string& file : data.validation_files())
     check.non_empty("data.validation_files", file, "a file or pattern");
-  check.greater("data.seq_len", static_cast<double>(data.seq_len()), 0);
-  check.greater("data.batch_size", static_cast<double>(data.batch_size()), 0);
-  check.greater("data.grad_accumulation_steps", static_cast<double>(data.grad_accumulation_steps()), 0);
+  check.greater("data.seq_len", data.seq_len(), int64_t{0});
+  check.greater("data.batch_size", data.batch_size(), int64_t{0});
+  check.greater("data.grad_accumulation_steps", data.grad_accumulation_steps(), int64_t{0});
   if (data.batch_mode() == BATCH_MODE_UNSPECIFIED)
     check.fail("data.batch_mode", "BATCH_MODE_UNSPECIFIED, expected PACKED or PADDED");
-  check.at_least("data.shuffle_buffer", static_cast<double>(data.shuffle_buffer()), 0);
+  check.at_least("data.shuffle_buffer", data.shuffle_buffer(), int64_t{0});
   check.non_empty("data.input_ids_feature", data.input_ids_feature(), "a tf.Example feature name");
   check.non_empty("data.labels_feature", data.labels_feature(), "a tf.Example feature name");
   check.non_empty("data.loss_mask_feature", data.loss_mask_feature(), "a tf.Example feature name");
 
-  const OptimizerConfig &optimizer = config.optimizer();
-  check.greater("optimizer.lr", optimizer.lr(), 0);
-  check.at_least("optimizer.weight_decay", optimizer.weight_decay(), 0);
-  check.in_range("optimizer.beta1", optimizer.beta1(), 0, false, 1, true);
-  check.in_range("optimizer.beta2", optimizer.beta2(), 0, false, 1, true);
-  check.greater("optimizer.eps", optimizer.eps(), 0);
-  check.at_least("optimizer.max_grad_norm", optimizer.max_grad_norm(), 0);
+  const OptimizerConfig& optimizer = config.optimizer();
+  check.greater("optimizer.lr", optimizer.lr(), 0.0);
+  check.at_least("optimizer.weight_decay", optimizer.weight_decay(), 0.0);
+  check.in_range("optimizer.beta1", optimizer.beta1(), 0.0, false, 1.0, true);
+  check.in_range("optimizer.beta2", optimizer.beta2(), 0.0, false, 1.0, true);
+  check.greater("optimizer.eps", optimizer.eps(), 0.0);
+  check.at_least("optimizer.max_grad_norm", optimizer.max_grad_norm(), 0.0);
 
-  const ScheduleConfig &schedule = config.schedule();
+  const ScheduleConfig& schedule = config.schedule();
   if (schedule.kind() == SCHEDULE_KIND_UNSPECIFIED)
     check.fail("schedule.kind", "SCHEDULE_KIND_UNSPECIFIED, expected CONSTANT, LINEAR or COSINE");
-  check.at_least("schedule.warmup_steps", static_cast<double>(schedule.warmup_steps()), 0);
-  check.in_range("schedule.min_lr_ratio", schedule.min_lr_ratio(), 0, false, 1, false);
-  check.greater("schedule.total_steps", static_cast<double>(schedule.total_steps()), 0);
+  check.at_least("schedule.warmup_steps", schedule.warmup_steps(), int64_t{0});
+  check.in_range("schedule.min_lr_ratio", schedule.min_lr_ratio(), 0.0, false, 1.0, false);
+  check.greater("schedule.total_steps", schedule.total_steps(), int64_t{0});
   if (schedule.kind() != CONSTANT && schedule.warmup_steps() >= schedule.total_steps())
     check.fail("schedule.warmup_steps",
                str_cat(schedule.warmup_steps(), " out of range, expected < schedule.total_steps (",
                        schedule.total_steps(), ") for a ", ScheduleKind_Name(schedule.kind()), " schedule"));
 
-  const PrecisionConfig &precision = config.precision();
+  const PrecisionConfig& precision = config.precision();
   check.dtype_set("precision.compute_dtype", precision.compute_dtype());
-  check.greater("precision.init_scale", precision.init_scale(), 0);
-  check.greater("precision.growth_factor", precision.growth_factor(), 1);
-  check.in_range("precision.backoff_factor", precision.backoff_factor(), 0, true, 1, true);
-  check.greater("precision.growth_interval", static_cast<double>(precision.growth_interval()), 0);
-  check.greater("precision.hysteresis", static_cast<double>(precision.hysteresis()), 0);
+  check.greater("precision.init_scale", precision.init_scale(), 0.0f);
+  check.greater("precision.growth_factor", precision.growth_factor(), 1.0f);
+  check.in_range("precision.backoff_factor", precision.backoff_factor(), 0.0f, true, 1.0f, true);
+  check.greater("precision.growth_interval", precision.growth_interval(), int64_t{0});
+  check.greater("precision.hysteresis", precision.hysteresis(), int64_t{0});
 
-  const ParallelConfig &parallel = config.parallel();
-  check.at_least("parallel.dp", static_cast<double>(parallel.dp()), 1);
+  const ParallelConfig& parallel = config.parallel();
+  check.at_least("parallel.dp", parallel.dp(), int64_t{1});
   if (parallel.tp() != 1)
     check.fail("parallel.tp", str_cat(parallel.tp(),
                                       " not supported, expected 1 (tensor parallelism is not "
                                       "implemented yet)"));
 
-  const CheckpointConfig &checkpoint = config.checkpoint();
+  const CheckpointConfig& checkpoint = config.checkpoint();
   check.non_empty("checkpoint.dir", checkpoint.dir(), "a directory");
-  check.at_least("checkpoint.every_n_steps", static_cast<double>(checkpoint.every_n_steps()), 0);
-  check.at_least("checkpoint.keep_last", static_cast<double>(checkpoint.keep_last()), 0);
+  check.at_least("checkpoint.every_n_steps", checkpoint.every_n_steps(), int64_t{0});
+  check.at_least("checkpoint.keep_last", checkpoint.keep_last(), int64_t{0});
 
-  const LoggingConfig &logging = config.logging();
-  check.at_least("logging.every_n_steps", static_cast<double>(logging.every_n_steps()), 0);
-  check.at_least("logging.eval_every_n_steps", static_cast<double>(logging.eval_every_n_steps()), 0);
+  const LoggingConfig& logging = config.logging();
+  check.at_least("logging.every_n_steps", logging.every_n_steps(), int64_t{0});
+  check.at_least("logging.eval_every_n_steps", logging.eval_every_n_steps(), int64_t{0});
   if (logging.eval_every_n_steps() > 0 && data.validation_files_size() == 0)
     check.fail("logging.eval_every_n_steps",
                str_cat(logging.eval_every_n_steps(), " needs data.validation_files, which is empty"));
 }
 
-TrainConfig load_train_config(const std::string &path, const std::vector<std::string> &overrides) {
-  std::FILE *file = std::fopen(path.c_str(), "rb");
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file) throw_bad_input(path, ": cannot open: ", std::strerror(errno));
   std::string text;
   char buffer[1 << 16];
@@ -523,13 +529,13 @@ TrainConfig load_train_config(const std::string &path, const std::vector<std::st
   if (failed) throw_bad_input(path, ": cannot read: ", std::strerror(errno));
 
   TrainConfig config = parse_train_config(text, path);
-  for (const std::string &assignment : overrides) apply_override(config, assignment);
+  for (const std::string& assignment : overrides) apply_override(config, assignment);
   fill_train_config_defaults(config);
   validate_train_config(config, path);
   return config;
 }
 
-std::string train_config_to_text(const TrainConfig &config) {
+std::string train_config_to_text(const TrainConfig& config) {
   std::string text;
   pb::TextFormat::PrintToString(config, &text);
   return text;

@@ -23,28 +23,28 @@ namespace llmft::launch {
 
 // The whole pipeline: read `path`, parse, apply `overrides` in order (each
 // "field.path=value"), fill defaults, validate. Errors name `path` as given.
-TrainConfig load_train_config(const std::string &path, const std::vector<std::string> &overrides = {});
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // Parses text-format `text`; `source_name` prefixes errors ("run.pbtxt:3:5:
 // ...").
-TrainConfig parse_train_config(const std::string &text, const std::string &source_name);
+TrainConfig parse_train_config(const std::string& text, const std::string& source_name);
 
 // Applies one "field.path=value". Scalars are parsed by the field's type
 // (numbers, true/false, enum value names case-insensitively); a repeated field
 // takes a comma-separated list that replaces its contents ("" empties it);
 // setting a field inside a oneof member (peft.lora.r) selects that member.
-void apply_override(TrainConfig &config, const std::string &assignment);
+void apply_override(TrainConfig& config, const std::string& assignment);
 
 // Sets every field the user left unset to the default its .proto comment
 // states.
-void fill_train_config_defaults(TrainConfig &config);
+void fill_train_config_defaults(TrainConfig& config);
 
 // Checks every range the .proto states; errors are "<source_name>: field 'x.y':
 // ...".
-void validate_train_config(const TrainConfig &config, const std::string &source_name);
+void validate_train_config(const TrainConfig& config, const std::string& source_name);
 
 // The resolved configuration in text format (what `llmft train --check`
 // prints).
-std::string train_config_to_text(const TrainConfig &config);
+std::string train_config_to_text(const TrainConfig& config);
 
 }  // namespace llmft::launch

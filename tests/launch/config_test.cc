@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 // A config file in a fresh directory; its path is what errors must name.
 class ConfigFile {
  public:
-  explicit ConfigFile(const std::string &text, const std::string &name = "run.pbtxt") {
+  explicit ConfigFile(const std::string& text, const std::string& name = "run.pbtxt") {
     directory_ = fs::path(::testing::TempDir()) /
                  ("llmft_config_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::create_directories(directory_);
@@ -28,7 +28,7 @@ class ConfigFile {
     std::ofstream(path_) << text;
   }
   ~ConfigFile() { fs::remove_all(directory_); }
-  const std::string &path() const { return path_; }
+  const std::string& path() const { return path_; }
 
  private:
   fs::path directory_;
@@ -36,7 +36,7 @@ class ConfigFile {
 };
 
 // The smallest valid config: the two fields without defaults.
-constexpr const char *kMinimal = R"(model { hf_dir: "models/m" }
+constexpr const char* kMinimal = R"(model { hf_dir: "models/m" }
 data { train_files: "data/train-*.tfrecord" }
 )";
 
@@ -46,7 +46,7 @@ template <typename Load>
 std::string bad_input_message(Load load) {
   try {
     load();
-  } catch (const Error &error) {
+  } catch (const Error& error) {
     EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
     return error.what();
   }
@@ -54,7 +54,7 @@ std::string bad_input_message(Load load) {
   return "";
 }
 
-std::string load_error(const std::string &text, const std::vector<std::string> &overrides = {}) {
+std::string load_error(const std::string& text, const std::vector<std::string>& overrides = {}) {
   ConfigFile file(text);
   std::string message = bad_input_message([&] { load_train_config(file.path(), overrides); });
   // Errors name the path as given; report it as "run.pbtxt" so expectations
@@ -300,6 +300,12 @@ TEST(TrainConfigErrors, WrongTypeInFileNamesLineAndExpectation) {
             "one of CONSTANT, LINEAR, COSINE");
 }
 
+TEST(TrainConfigErrors, TwoPeftMethodsAtOnce) {
+  const std::string message = load_error("peft {\n  none {}\n  lora { r: 2 }\n}\n");
+  EXPECT_EQ(message.rfind("run.pbtxt:3:", 0), 0u) << message;
+  EXPECT_NE(message.find("oneof"), std::string::npos) << message;
+}
+
 TEST(TrainConfigErrors, FieldWrittenTwice) {
   EXPECT_EQ(load_error("data { seq_len: 1 seq_len: 2 }\n"),
             "run.pbtxt:1:19: Non-repeated field \"seq_len\" is specified "
@@ -309,6 +315,13 @@ TEST(TrainConfigErrors, FieldWrittenTwice) {
 TEST(TrainConfigErrors, OutOfRangeNamesFieldValueAndRange) {
   EXPECT_EQ(load_error(std::string(kMinimal) + "peft { lora { dropout: 1.5 } }\n"),
             "run.pbtxt: field 'peft.lora.dropout': 1.5 out of range [0, 1)");
+  // Float fields print as written (1.1), not as the widened double (1.100000023841858).
+  EXPECT_EQ(load_error(kMinimal, {"peft.lora.dropout=1.1"}),
+            "run.pbtxt: field 'peft.lora.dropout': 1.1 out of range [0, 1)");
+  EXPECT_EQ(load_error(kMinimal, {"peft.lora.alpha=-0.3"}),
+            "run.pbtxt: field 'peft.lora.alpha': -0.3 out of range, expected > 0");
+  EXPECT_EQ(load_error(kMinimal, {"precision.growth_factor=1"}),
+            "run.pbtxt: field 'precision.growth_factor': 1 out of range, expected > 1");
   EXPECT_EQ(load_error(std::string(kMinimal) + "optimizer { lr: 0 }\n"),
             "run.pbtxt: field 'optimizer.lr': 0 out of range, expected > 0");
   EXPECT_EQ(load_error(std::string(kMinimal) + "optimizer { beta2: 1 }\n"),
@@ -420,7 +433,7 @@ TEST(TrainConfigErrors, ExplicitUnspecifiedEnumIsRejected) {
 }
 
 TEST(TrainConfigExamples, EveryExampleParsesAndValidates) {
-  for (const char *name : {"lora_smollm2.pbtxt", "full_finetune_small.pbtxt"}) {
+  for (const char* name : {"lora_smollm2.pbtxt", "full_finetune_small.pbtxt"}) {
     SCOPED_TRACE(name);
     const std::string path = std::string(LLMFT_SOURCE_DIR) + "/examples/" + name;
     TrainConfig config;
