@@ -253,6 +253,72 @@ TEST_F(MetricsTest, UncreatableDirectoryOrFileIsAnErrorNamingThePath) {
   }
 }
 
+// A file system whose event files fail: at open, or after `append_budget`
+// bytes (a disk filling up while the run goes on).
+class FailingFileSystem : public data::FileSystem {
+ public:
+  explicit FailingFileSystem(long append_budget) : append_budget_(append_budget) {}
+  std::unique_ptr<data::ReadableFile> open_read(const std::string& path) override {
+    return data::local_file_system().open_read(path);
+  }
+  std::unique_ptr<data::WritableFile> open_write(const std::string& path) override {
+    if (append_budget_ < 0) throw_runtime(path, ": open failed: injected");
+    return std::make_unique<BudgetFile>(path, append_budget_);
+  }
+  std::vector<std::string> glob(const std::string& pattern) override {
+    return data::local_file_system().glob(pattern);
+  }
+
+ private:
+  class BudgetFile : public data::WritableFile {
+   public:
+    BudgetFile(std::string path, long budget) : path_(std::move(path)), budget_(budget) {}
+    void append(const void*, size_t bytes) override {
+      budget_ -= static_cast<long>(bytes);
+      if (budget_ < 0) throw_runtime(path_, ": write failed: No space left on device (injected)");
+    }
+    void close() override {}
+    const std::string& path() const override { return path_; }
+
+   private:
+    std::string path_;
+    long budget_;
+  };
+  long append_budget_;
+};
+
+TEST_F(MetricsTest, EventFileThatCannotBeOpenedIsAnErrorNamingIt) {
+  FailingFileSystem file_system(-1);
+  MetricsWriterOptions options = options_with_clock(1764080000.0);
+  options.file_system = &file_system;
+  std::string path = (dir_ / "tb" / "events.out.tfevents.1764080000.testhost").string();
+  try {
+    MetricsWriter writer(options);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(error.what()).find(path + ": cannot create the TensorBoard event file: " + path +
+                                             ": open failed: injected"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
+TEST_F(MetricsTest, FailedEventWriteIsAnErrorNamingTheFile) {
+  FailingFileSystem file_system(8 + 4 + 24 + 4);  // room for the file_version record only
+  MetricsWriterOptions options = options_with_clock(1764080000.0);
+  options.file_system = &file_system;
+  MetricsWriter writer(options);
+  try {
+    writer.log_scalars(1, {{"loss", 1.0}});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find(writer.event_file_path() + ": write failed: No space left on device"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
 TEST(ProgressLine, MatchesTheDocumentedExample) {
   ProgressLine line;
   line.step = 120;
