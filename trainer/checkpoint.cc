@@ -139,6 +139,7 @@ std::filesystem::path CheckpointWriter::write(const CheckpointState& state, std:
   const std::string step_name = str_cat("step-", state.step);
   const std::filesystem::path temp_dir = run_dir_ / str_cat(".", step_name, ".tmp-", pid);
   const std::filesystem::path final_dir = run_dir_ / step_name;
+  std::filesystem::path displaced;  // a previous step-<N> moved aside, see below
   try {
     ops_.make_directory(temp_dir.string());
     std::map<std::string, uint64_t> file_bytes;
@@ -167,7 +168,6 @@ std::filesystem::path CheckpointWriter::write(const CheckpointState& state, std:
     // rename(2) replaces only an empty directory, so an existing step-<N> is
     // moved aside first (into the stale namespace, cleaned by the next writer
     // should we die before removing it here).
-    std::filesystem::path displaced;
     if (ops_.exists(final_dir.string())) {
       displaced = run_dir_ / str_cat(".", step_name, ".old-", pid);
       ops_.rename(final_dir.string(), displaced.string());
@@ -177,6 +177,9 @@ std::filesystem::path CheckpointWriter::write(const CheckpointState& state, std:
     if (!displaced.empty()) ops_.remove_all(displaced.string());
   } catch (...) {
     try {
+      // A failed replacement puts the previous step-<N> back.
+      if (!displaced.empty() && !ops_.exists(final_dir.string()) && ops_.exists(displaced.string()))
+        ops_.rename(displaced.string(), final_dir.string());
       ops_.remove_all(temp_dir.string());
     } catch (...) {
       // The error being propagated matters more; the next writer removes it.

@@ -72,7 +72,10 @@ class CheckpointWriter {
   // from any file operation) the temp directory is removed as far as
   // possible, the previous checkpoints are untouched and the error rethrown.
   // An existing step-<N> of the same N is replaced (resuming from an older
-  // checkpoint re-reaches its steps).
+  // checkpoint re-reaches its steps): moved aside, the new one renamed in,
+  // the old one removed; a failure in between puts the old one back, but a
+  // crash in that window loses both copies of step-<N> (the other
+  // checkpoints are untouched), as rename(2) cannot swap directories.
   std::filesystem::path write(const CheckpointState& state, std::span<const NamedTensor> trainable,
                               std::span<const NamedTensor> optimizer);
 

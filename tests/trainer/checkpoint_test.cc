@@ -273,6 +273,16 @@ TEST_F(CheckpointTest, RewritingAStepReplacesIt) {
   expect_checkpoint(run_dir_, "latest", 3, 2);
 }
 
+TEST_F(CheckpointTest, AFailedReplacementPutsThePreviousStepBack) {
+  write_checkpoint(run_dir_, 3, 1);
+  HookedFileOps faulty([&](const std::string& operation, const std::string& path) {
+    if (operation == "rename" && contains(path, ".tmp-")) throw_runtime(path, ": injected rename failure");
+  });
+  EXPECT_THROW(write_checkpoint(run_dir_, 3, 2, 3, faulty), Error);
+  EXPECT_EQ(entries(run_dir_), std::vector<std::string>{"step-3"});
+  expect_checkpoint(run_dir_, "latest", 3, 1);
+}
+
 // ---- Validation errors
 // ----------------------------------------------------------------
 
