@@ -54,8 +54,7 @@ std::string event_file_name(int64_t unix_seconds, const std::string& hostname) {
 MetricsWriter::MetricsWriter(MetricsWriterOptions options) : options_(std::move(options)) {
   if (!options_.wall_clock) options_.wall_clock = system_wall_clock;
   if (options_.hostname.empty()) options_.hostname = local_hostname();
-  data::FileSystem& file_system =
-      options_.file_system != nullptr ? *options_.file_system : data::local_file_system();
+  data::FileSystem& file_system = options_.file_system != nullptr ? *options_.file_system : data::local_file_system();
 
   if (!options_.jsonl_path.empty()) {
     create_directories(std::filesystem::path(options_.jsonl_path).parent_path(), "metrics");
@@ -68,9 +67,8 @@ MetricsWriter::MetricsWriter(MetricsWriterOptions options) : options_(std::move(
   if (!options_.tensorboard_dir.empty()) {
     create_directories(options_.tensorboard_dir, "TensorBoard");
     double start = now();
-    std::filesystem::path path =
-        std::filesystem::path(options_.tensorboard_dir) /
-        event_file_name(static_cast<int64_t>(std::floor(start)), options_.hostname);
+    std::filesystem::path path = std::filesystem::path(options_.tensorboard_dir) /
+                                 event_file_name(static_cast<int64_t>(std::floor(start)), options_.hostname);
     // A second writer started in the same second on the same host (e.g. a
     // quick restart) must not truncate the first one's events; TensorBoard
     // reads any name containing "tfevents", so a pid suffix keeps both.
@@ -124,8 +122,7 @@ void MetricsWriter::log_scalars(int64_t step, const ScalarValues& values) {
     }
     std::string text = line.dump() + "\n";
     if (std::fwrite(text.data(), 1, text.size(), jsonl_file_) != text.size() || std::fflush(jsonl_file_) != 0)
-      throw_runtime(options_.jsonl_path, ": cannot write the metrics line for step ", step, ": ",
-                    std::strerror(errno));
+      throw_runtime(options_.jsonl_path, ": cannot write the metrics line for step ", step, ": ", std::strerror(errno));
   }
 
   if (event_writer_) {
@@ -153,7 +150,8 @@ void MetricsWriter::close() {
     jsonl_ok = std::fclose(jsonl_file) == 0 && jsonl_ok;
   }
   if (event_writer_) event_writer_->close();
-  if (!jsonl_ok) throw_runtime(options_.jsonl_path, ": cannot flush and close the metrics file: ", std::strerror(errno));
+  if (!jsonl_ok)
+    throw_runtime(options_.jsonl_path, ": cannot flush and close the metrics file: ", std::strerror(errno));
 }
 
 // ---------------------------------------------------------- progress line ---

@@ -28,9 +28,8 @@ namespace fs = std::filesystem;
 class MetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("llmft_metrics_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::path(::testing::TempDir()) / ("llmft_metrics_" + std::to_string(getpid()) + "_" +
+                                             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -120,8 +119,7 @@ TEST_F(MetricsTest, EveryScalarReadsBackThroughTheEventClass) {
     ASSERT_EQ(event.what_case(), tensorboard::Event::kSummary);
     ASSERT_EQ(event.summary().value_size(), 3);
     const char* tags[] = {"loss", "lr", "grad_norm"};
-    float values[] = {static_cast<float>(3.0 / step), static_cast<float>(1e-4 * step),
-                      static_cast<float>(0.5 + step)};
+    float values[] = {static_cast<float>(3.0 / step), static_cast<float>(1e-4 * step), static_cast<float>(0.5 + step)};
     for (int i = 0; i < 3; ++i) {
       EXPECT_EQ(event.summary().value(i).tag(), tags[i]);
       ASSERT_EQ(event.summary().value(i).value_case(), tensorboard::Summary::Value::kSimpleValue);
@@ -212,8 +210,8 @@ TEST_F(MetricsTest, JsonlLinesHoldStepWallTimeAndValuesAndAppendOnReopen) {
 
 TEST_F(MetricsTest, RejectsReservedEmptyAndRepeatedNames) {
   MetricsWriter writer(options_with_clock(1.0));
-  for (const ScalarValues& bad : std::vector<ScalarValues>{
-           {{"step", 1.0}}, {{"wall_time", 1.0}}, {{"", 1.0}}, {{"loss", 1.0}, {"loss", 2.0}}}) {
+  for (const ScalarValues& bad :
+       std::vector<ScalarValues>{{{"step", 1.0}}, {{"wall_time", 1.0}}, {{"", 1.0}}, {{"loss", 1.0}, {"loss", 2.0}}}) {
     try {
       writer.log_scalars(7, bad);
       ADD_FAILURE() << "accepted " << bad.front().first;
@@ -265,9 +263,7 @@ class FailingFileSystem : public data::FileSystem {
     if (append_budget_ < 0) throw_runtime(path, ": open failed: injected");
     return std::make_unique<BudgetFile>(path, append_budget_);
   }
-  std::vector<std::string> glob(const std::string& pattern) override {
-    return data::local_file_system().glob(pattern);
-  }
+  std::vector<std::string> glob(const std::string& pattern) override { return data::local_file_system().glob(pattern); }
 
  private:
   class BudgetFile : public data::WritableFile {
@@ -297,8 +293,8 @@ TEST_F(MetricsTest, EventFileThatCannotBeOpenedIsAnErrorNamingIt) {
     ADD_FAILURE() << "no error";
   } catch (const Error& error) {
     EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
-    EXPECT_NE(std::string(error.what()).find(path + ": cannot create the TensorBoard event file: " + path +
-                                             ": open failed: injected"),
+    EXPECT_NE(std::string(error.what())
+                  .find(path + ": cannot create the TensorBoard event file: " + path + ": open failed: injected"),
               std::string::npos)
         << error.what();
   }
