@@ -11,9 +11,12 @@
 
 #include "core/error.h"
 #include "launch/train_config.h"
+#include "tests/test_util.h"
 
 namespace llmft::launch {
 namespace {
+
+using ::llmft::testing::bad_input_message;
 
 namespace fs = std::filesystem;
 
@@ -39,20 +42,6 @@ class ConfigFile {
 constexpr const char* kMinimal = R"(model { hf_dir: "models/m" }
 data { train_files: "data/train-*.tfrecord" }
 )";
-
-// Runs `load` and returns the kBadInput message; fails the test if it does not
-// throw one.
-template <typename Load>
-std::string bad_input_message(Load load) {
-  try {
-    load();
-  } catch (const Error& error) {
-    EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
-    return error.what();
-  }
-  ADD_FAILURE() << "no error thrown";
-  return "";
-}
 
 std::string load_error(const std::string& text, const std::vector<std::string>& overrides = {}) {
   ConfigFile file(text);

@@ -21,9 +21,12 @@
 #include <thread>
 
 #include "core/error.h"
+#include "tests/test_util.h"
 
 namespace llmft::trainer {
 namespace {
+
+using ::llmft::testing::bad_input_message;
 
 namespace fs = std::filesystem;
 
@@ -152,17 +155,6 @@ std::vector<std::string> entries(const fs::path& directory) {
   return names;
 }
 
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
-    return error.what();
-  }
-  ADD_FAILURE() << "no error thrown";
-  return "";
-}
-
 // Forwards to the real file operations; calls `hook(operation, path)` before
 // each, which may throw (an injected failure) or block (a point to kill at).
 class HookedFileOps : public FileOps {
@@ -254,7 +246,7 @@ TEST_F(CheckpointTest, PruningNeverRemovesTheCheckpointJustWritten) {
 
 TEST_F(CheckpointTest, LatestIsTheLargestStepNumericallyAndIgnoresOtherNames) {
   EXPECT_EQ(latest_checkpoint(run_dir_), std::nullopt);
-  EXPECT_EQ(error_of([&] { CheckpointReader::open("latest", run_dir_, kFingerprint); }),
+  EXPECT_EQ(bad_input_message([&] { CheckpointReader::open("latest", run_dir_, kFingerprint); }),
             run_dir_.string() + ": no checkpoint (step-<N> directory) to resume from");
   write_checkpoint(run_dir_, 9, 9, 5);
   write_checkpoint(run_dir_, 10, 10, 5);  // "step-10" < "step-9" as text
@@ -288,7 +280,7 @@ TEST_F(CheckpointTest, AFailedReplacementPutsThePreviousStepBack) {
 
 TEST_F(CheckpointTest, RefusesACheckpointOfAnotherModelOrPeftConfig) {
   write_checkpoint(run_dir_, 1000, 1);
-  std::string message = error_of([&] { CheckpointReader::open("latest", run_dir_, "def987"); });
+  std::string message = bad_input_message([&] { CheckpointReader::open("latest", run_dir_, "def987"); });
   EXPECT_EQ(message, (run_dir_ / "step-1000").string() +
                          ": checkpoint was written for a different model/PEFT "
                          "config (fingerprint sha256:abcde… vs "
@@ -304,35 +296,35 @@ TEST_F(CheckpointTest, MissingOrCorruptStateJsonIsAClearError) {
   auto open = [&] { CheckpointReader::open(dir.string(), run_dir_, kFingerprint); };
 
   rewrite("{\"step\": 5,");
-  EXPECT_TRUE(contains(error_of(open), state + ": not valid JSON: ")) << error_of(open);
+  EXPECT_TRUE(contains(bad_input_message(open), state + ": not valid JSON: ")) << bad_input_message(open);
   rewrite("[1, 2]");
-  EXPECT_EQ(error_of(open), state + ": expected a JSON object, found array");
+  EXPECT_EQ(bad_input_message(open), state + ": expected a JSON object, found array");
 
   nlohmann::json root = nlohmann::json::parse(good);
   root["format_version"] = 99;
   rewrite(root.dump());
-  EXPECT_EQ(error_of(open), state + ": format_version 99 is not supported (this llmft reads version 1)");
+  EXPECT_EQ(bad_input_message(open), state + ": format_version 99 is not supported (this llmft reads version 1)");
 
   root = nlohmann::json::parse(good);
   root.erase("schedule_position");
   rewrite(root.dump());
-  EXPECT_EQ(error_of(open), state + ": missing field 'schedule_position'");
+  EXPECT_EQ(bad_input_message(open), state + ": missing field 'schedule_position'");
 
   root = nlohmann::json::parse(good);
   root["rng"]["dropout"]["position"] = -1;
   rewrite(root.dump());
-  EXPECT_EQ(error_of(open), state +
+  EXPECT_EQ(bad_input_message(open), state +
                                 ": field 'rng.dropout.position' must be a "
                                 "non-negative integer, found -1");
 
   root = nlohmann::json::parse(good);
   root["loss_scaler"]["scale"] = "big";
   rewrite(root.dump());
-  EXPECT_EQ(error_of(open), state + ": field 'loss_scaler.scale' must be a number, found \"big\"");
+  EXPECT_EQ(bad_input_message(open), state + ": field 'loss_scaler.scale' must be a number, found \"big\"");
 
   fs::remove(state);
-  EXPECT_EQ(error_of(open), state + ": missing (not a complete llmft checkpoint)");
-  EXPECT_EQ(error_of([&] { CheckpointReader::open((run_dir_ / "step-77").string(), run_dir_, kFingerprint); }),
+  EXPECT_EQ(bad_input_message(open), state + ": missing (not a complete llmft checkpoint)");
+  EXPECT_EQ(bad_input_message([&] { CheckpointReader::open((run_dir_ / "step-77").string(), run_dir_, kFingerprint); }),
             (run_dir_ / "step-77").string() + ": checkpoint directory does not exist");
 }
 
@@ -342,10 +334,10 @@ TEST_F(CheckpointTest, MissingOrTruncatedTensorFileIsAClearError) {
   const uint64_t size = fs::file_size(optimizer);
   fs::resize_file(optimizer, size - 10);
   auto open = [&] { CheckpointReader::open(dir.string(), run_dir_, kFingerprint); };
-  EXPECT_EQ(error_of(open), str_cat(optimizer.string(), ": ", size - 10, " bytes, but state.json records ", size,
+  EXPECT_EQ(bad_input_message(open), str_cat(optimizer.string(), ": ", size - 10, " bytes, but state.json records ", size,
                                     " (truncated or replaced)"));
   fs::remove(dir / "trainable.safetensors");
-  EXPECT_TRUE(contains(error_of(open), (dir / "trainable.safetensors").string() + ": missing from the checkpoint"));
+  EXPECT_TRUE(contains(bad_input_message(open), (dir / "trainable.safetensors").string() + ": missing from the checkpoint"));
 }
 
 TEST_F(CheckpointTest, LoadChecksNamesDtypesAndShapes) {
@@ -356,23 +348,23 @@ TEST_F(CheckpointTest, LoadChecksNamesDtypesAndShapes) {
 
   std::vector<NamedTensor> into = empty_like(written.trainable);
   into[1].tensor = Tensor::zeros_cpu({4, 16}, DType::kF32);
-  EXPECT_EQ(error_of([&] { reader.load_trainable(into); }),
+  EXPECT_EQ(bad_input_message([&] { reader.load_trainable(into); }),
             file +
                 ": tensor 'layers.0.q_proj.lora_B': expected f32[4, 16], "
                 "found f32[16, 4]");
   into = empty_like(written.trainable);
   into[0].tensor = Tensor::zeros_cpu({4, 16}, DType::kF32);
-  EXPECT_EQ(error_of([&] { reader.load_trainable(into); }),
+  EXPECT_EQ(bad_input_message([&] { reader.load_trainable(into); }),
             file +
                 ": tensor 'layers.0.q_proj.lora_A': expected f32[4, 16], "
                 "found bf16[4, 16]");
   into = empty_like(written.trainable);
   into[2].name = "other";
-  EXPECT_EQ(error_of([&] { reader.load_trainable(into); }),
+  EXPECT_EQ(bad_input_message([&] { reader.load_trainable(into); }),
             file + ": holds tensor 'big' that the model being resumed does not have");
   into = empty_like(written.trainable);
   into.push_back({"extra", Tensor::zeros_cpu({2}, DType::kF32)});
-  EXPECT_EQ(error_of([&] { reader.load_trainable(into); }), file + ": no tensor 'extra' (expected f32[2])");
+  EXPECT_EQ(bad_input_message([&] { reader.load_trainable(into); }), file + ": no tensor 'extra' (expected f32[2])");
 }
 
 // ---- Injected failures
