@@ -15,37 +15,12 @@ void require_defined_cpu(std::string_view op, std::string_view arg, const Tensor
 
 void require_float(std::string_view op, std::string_view arg, const Tensor& tensor) {
   require_defined_cpu(op, arg, tensor);
-  if (!is_floating(tensor.dtype())) {
-    throw_runtime(op, ": ", arg, " must be f32, bf16 or f16, found ", tensor.to_string());
-  }
+  kernels::require_float(op, arg, tensor);
 }
 
 void require_dtype(std::string_view op, std::string_view arg, const Tensor& tensor, DType expected) {
   require_defined_cpu(op, arg, tensor);
-  if (tensor.dtype() != expected) {
-    throw_runtime(op, ": ", arg, " must be ", dtype_name(expected), ", found ", tensor.to_string());
-  }
-}
-
-void require_shape(std::string_view op, std::string_view arg, const Tensor& tensor, const Shape& expected) {
-  if (tensor.shape() != expected) {
-    throw_runtime(op, ": ", arg, " has shape ", shape_to_string(tensor.shape()), ", expected ",
-                  shape_to_string(expected));
-  }
-}
-
-void require_numel(std::string_view op, std::string_view arg, const Tensor& tensor, int64_t expected) {
-  if (tensor.numel() != expected) {
-    throw_runtime(op, ": ", arg, " has ", tensor.numel(), " elements (shape ", shape_to_string(tensor.shape()),
-                  "), expected ", expected);
-  }
-}
-
-void require_last_dim(std::string_view op, std::string_view arg, const Tensor& tensor, int64_t expected) {
-  if (tensor.dim() == 0 || tensor.size(-1) != expected) {
-    throw_runtime(op, ": ", arg, " has shape ", shape_to_string(tensor.shape()), ", expected last dimension ",
-                  expected);
-  }
+  kernels::require_dtype(op, arg, tensor, expected);
 }
 
 LLMFT_CPU_MULTIVERSION float max_value(const float* x, int64_t n) {

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "core/tensor.h"
+#include "kernels/op_checks.h"
 
 namespace llmft::cpu {
 
@@ -21,17 +22,15 @@ namespace llmft::cpu {
 #define LLMFT_CPU_MULTIVERSION
 #endif
 
-// ---- Argument checks ---------------------------------------------------------
-// Wrong shapes or dtypes at an op boundary are programming errors inside llmft
-// (kRuntime); values that come from the user's data (token ids, targets) are
-// reported by the ops themselves as kBadInput.
+// ---- Argument checks (kernels/op_checks.h) ---------------------------------------
+// require_float and require_dtype also check that the tensor is defined and on
+// the CPU, since every CPU op checks its tensors' dtypes first.
 void require_defined_cpu(std::string_view op, std::string_view arg, const Tensor& tensor);
 void require_float(std::string_view op, std::string_view arg, const Tensor& tensor);
 void require_dtype(std::string_view op, std::string_view arg, const Tensor& tensor, DType expected);
-void require_shape(std::string_view op, std::string_view arg, const Tensor& tensor, const Shape& expected);
-// Same number of elements as `reference` (elementwise ops accept any view shape).
-void require_numel(std::string_view op, std::string_view arg, const Tensor& tensor, int64_t expected);
-void require_last_dim(std::string_view op, std::string_view arg, const Tensor& tensor, int64_t expected);
+using kernels::require_last_dim;
+using kernels::require_numel;
+using kernels::require_shape;
 
 // ---- Element conversion -------------------------------------------------------
 // Converts `count` elements starting at element `begin` of a float tensor's

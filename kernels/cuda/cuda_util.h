@@ -1,7 +1,7 @@
 // Host-side helpers shared by the CUDA kernels (kernels/cuda/*.cu and gemm.cc):
-// argument checks that name the op and the argument (the same checks as the
-// CPU backend's kernels/cpu/cpu_util.h, so both backends reject the same
-// calls), the context's stream, launch-geometry arithmetic, and dtype
+// the device check of the argument checks (the rest are kernels/op_checks.h,
+// shared with the CPU backend, so both backends reject the same calls with the
+// same words), the context's stream, launch-geometry arithmetic, and dtype
 // dispatch to the storage types of core/half.h.
 //
 // Error kinds follow the CPU backend: wrong shapes or dtypes at an op boundary
@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "core/tensor.h"
+#include "kernels/op_checks.h"
 
 namespace llmft::cuda {
 
@@ -34,29 +35,11 @@ inline void require_on_context(std::string_view op, std::string_view arg, const 
   }
 }
 
-inline void require_float(std::string_view op, std::string_view arg, const Tensor& tensor) {
-  if (!is_floating(tensor.dtype())) {
-    throw_runtime(op, ": ", arg, ": expected a float tensor (f32, bf16 or f16), found ", tensor.to_string());
-  }
-}
-
-inline void require_dtype(std::string_view op, std::string_view arg, const Tensor& tensor, DType expected) {
-  if (tensor.dtype() != expected) {
-    throw_runtime(op, ": ", arg, ": expected dtype ", dtype_name(expected), ", found ", tensor.to_string());
-  }
-}
-
-inline void require_shape(std::string_view op, std::string_view arg, const Tensor& tensor, const Shape& expected) {
-  if (tensor.shape() != expected) {
-    throw_runtime(op, ": ", arg, ": expected shape ", shape_to_string(expected), ", found ", tensor.to_string());
-  }
-}
-
-inline void require_numel(std::string_view op, std::string_view arg, const Tensor& tensor, int64_t expected) {
-  if (tensor.numel() != expected) {
-    throw_runtime(op, ": ", arg, ": expected ", expected, " elements, found ", tensor.to_string());
-  }
-}
+using kernels::require_dtype;
+using kernels::require_float;
+using kernels::require_last_dim;
+using kernels::require_numel;
+using kernels::require_shape;
 
 // ---- Streams and launches ---------------------------------------------------------
 inline cudaStream_t stream_of(const Context& context) {
