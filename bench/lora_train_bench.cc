@@ -1,0 +1,252 @@
+// Tokens/s of complete CPU training steps — what the trainer does per
+// optimizer step: gradient zeroing, forward_backward, AdamW step — for the
+// configurations issues 7 and 8 compare with PyTorch 2 + PEFT (bench/peft_peer.py,
+// run side by side by bench/run_cpu_peers.sh):
+//
+//   small-lora    Llama hidden 256, intermediate 768, 4 layers, 8 / 4 KV heads,
+//                 vocab 4096, untied head, random init; LoRA r 8, alpha 16,
+//                 dropout 0 on q, k, v, o, gate, up, down ("all-linear")
+//   small-full    the same model, every parameter trained (full fine-tuning)
+//   smollm2-lora  SmolLM2-135M (a converted HF directory, --model DIR) with the
+//                 same LoRA config
+//
+// Token ids are SplitMix64(i) mod vocab for i = 0, 1, ... over B x (T + 1)
+// positions, sequence s taking positions s(T+1) .. s(T+1)+T; inputs are the
+// first T, targets the last T. peft_peer.py computes the same ids.
+//
+// FLOPs per step, stated so they can be checked (PaLM / llm.c convention,
+// as bench/train_step_bench.cc): with N the weights that take part in a matmul
+// (q, k, v, o, gate, up, down of every layer and the LM head),
+//   full fine-tuning: 6 N + 12 L T d_attn                       per token
+//   LoRA:             4 N + 6 N_lora + 12 L T d_attn            per token
+// 2 FLOPs per multiply-add × (forward, input gradient[, weight gradient]): a
+// frozen weight needs no weight gradient, so the base costs 4 N; N_lora =
+// Σ r (in + out) over the adapted modules, all three products. The attention
+// term counts QKᵀ and PV over the full T×T square (forward 4 T d_attn, backward
+// 8 T d_attn), about twice what a causal kernel does. Norms, RoPE, SwiGLU,
+// softmax, cross-entropy and AdamW are not counted.
+//
+// usage: lora_train_bench --config small-lora|small-full|smollm2-lora
+//                         [--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10]
+// Prints a table, then one machine-readable "RESULT ..." line for the script.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "model/llama.h"
+#include "optim/adamw.h"
+#include "peft/lora.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// SplitMix64 (Steele et al. 2014) of the position index: the same ids in C++
+// and in Python's 64-bit integer arithmetic (peft_peer.py token_ids).
+uint64_t splitmix64(uint64_t value) {
+  value += 0x9E3779B97F4A7C15ull;
+  value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ull;
+  value = (value ^ (value >> 27)) * 0x94D049BB133111EBull;
+  return value ^ (value >> 31);
+}
+
+// Best-of-20 OpenBLAS SGEMM rate for n^3 on `threads` threads (OpenBLAS's own
+// pool); the CPU kernels pin OpenBLAS to one thread and split GEMMs over
+// OpenMP (kernels/cpu/cpu_util.cc), so the pinning is restored afterwards.
+double sgemm_gflops(int n, int threads) {
+  const int previous_threads = openblas_get_num_threads();
+  openblas_set_num_threads(threads);
+  std::vector<float> a(static_cast<size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size(), 0.0f);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+  double best = 1e30;
+  for (int repeat = 0; repeat < 20; ++repeat) {
+    Clock::time_point start = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
+                n);
+    best = std::min(best, seconds_since(start));
+  }
+  openblas_set_num_threads(previous_threads);
+  return 2.0 * n * n * static_cast<double>(n) / best / 1e9;
+}
+
+struct Options {
+  std::string config;
+  std::string model_dir;
+  int64_t batch = 4;
+  int64_t seq = 256;
+  int warmup = 2;
+  int steps = 10;
+};
+
+[[noreturn]] void usage(const std::string& problem) {
+  std::fprintf(stderr,
+               "lora_train_bench: %s\nusage: lora_train_bench --config small-lora|small-full|smollm2-lora "
+               "[--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10]\n",
+               problem.c_str());
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc) usage("flag " + flag + " needs a value");
+    const std::string value = argv[++i];
+    if (flag == "--config") options.config = value;
+    else if (flag == "--model") options.model_dir = value;
+    else if (flag == "--batch") options.batch = std::atoll(value.c_str());
+    else if (flag == "--seq") options.seq = std::atoll(value.c_str());
+    else if (flag == "--warmup") options.warmup = std::atoi(value.c_str());
+    else if (flag == "--steps") options.steps = std::atoi(value.c_str());
+    else usage("unknown flag " + flag);
+  }
+  if (options.config != "small-lora" && options.config != "small-full" && options.config != "smollm2-lora")
+    usage("--config must be small-lora, small-full or smollm2-lora, found '" + options.config + "'");
+  if (options.config == "smollm2-lora" && options.model_dir.empty()) usage("smollm2-lora needs --model DIR");
+  if (options.batch < 1 || options.seq < 1 || options.warmup < 0 || options.steps < 1)
+    usage("--batch, --seq and --steps must be >= 1 and --warmup >= 0");
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Options options = parse(argc, argv);
+  const bool lora = options.config != "small-full";
+  auto context = llmft::Context::cpu(/*seed=*/0);
+
+  std::unique_ptr<llmft::LlamaModel> model;
+  if (options.config == "smollm2-lora") {
+    model = llmft::LlamaModel::load(*context, options.model_dir);
+  } else {
+    nlohmann::json json = {{"architectures", {"LlamaForCausalLM"}},
+                           {"hidden_size", 256},
+                           {"intermediate_size", 768},
+                           {"num_hidden_layers", 4},
+                           {"num_attention_heads", 8},
+                           {"num_key_value_heads", 4},
+                           {"vocab_size", 4096},
+                           {"max_position_embeddings", 256}};
+    const llmft::ModelConfig config = llmft::ModelConfig::from_json(json, "lora_train_bench");
+    model = std::make_unique<llmft::LlamaModel>(*context, config);
+    model->init_random(*context, /*seed=*/1);
+  }
+  const llmft::ModelConfig& config = model->config();
+
+  std::unique_ptr<llmft::LoraModel> lora_model;
+  llmft::ParameterRegistry* trainable = &model->parameters();
+  if (lora) {
+    llmft::LoraConfig lora_config;
+    lora_config.r = 8;
+    lora_config.alpha = 16.0f;
+    lora_config.dropout = 0.0f;
+    lora_config.target_modules = {"all-linear"};
+    lora_model = std::make_unique<llmft::LoraModel>(*context, *model, lora_config);
+    trainable = &lora_model->parameters();
+  } else {
+    model->parameters().allocate_grads(*context, llmft::DType::kF32);
+  }
+  // torch.optim.AdamW's defaults (weight decay 0.01 on every parameter), as peft_peer.py.
+  llmft::optim::AdamW optimizer(*context, trainable->all(), llmft::optim::AdamWConfig{});
+  const float learning_rate = 1e-4f;
+
+  const int64_t batch_size = options.batch, seq_len = options.seq, tokens = batch_size * seq_len;
+  std::vector<int32_t> inputs, targets;
+  for (int64_t s = 0; s < batch_size; ++s)
+    for (int64_t t = 0; t < seq_len; ++t) {
+      const uint64_t position = static_cast<uint64_t>(s * (seq_len + 1) + t);
+      inputs.push_back(static_cast<int32_t>(splitmix64(position) % static_cast<uint64_t>(config.vocab_size)));
+      targets.push_back(static_cast<int32_t>(splitmix64(position + 1) % static_cast<uint64_t>(config.vocab_size)));
+    }
+  llmft::Batch batch;
+  batch.input_ids = llmft::Tensor::from_ints({batch_size, seq_len}, inputs);
+  batch.targets = llmft::Tensor::from_ints({batch_size, seq_len}, targets);
+
+  // FLOPs per step (see the header comment).
+  const double d = static_cast<double>(config.hidden_size), inter = static_cast<double>(config.intermediate_size);
+  const double q = static_cast<double>(config.q_size()), kv = static_cast<double>(config.kv_size());
+  const double layers = static_cast<double>(config.num_hidden_layers);
+  const double matmul_params = layers * (d * (q + 2 * kv) + q * d + 3 * d * inter) + config.vocab_size * d;
+  double lora_params = 0.0;
+  if (lora_model)
+    for (const llmft::Parameter* parameter : lora_model->parameters().all())
+      lora_params += static_cast<double>(parameter->value.numel());
+  const double attention_flops = 12.0 * layers * static_cast<double>(seq_len) * q * static_cast<double>(tokens);
+  const double matmul_flops = lora ? (4.0 * matmul_params + 6.0 * lora_params) * static_cast<double>(tokens)
+                                   : 6.0 * matmul_params * static_cast<double>(tokens);
+  const double step_flops = matmul_flops + attention_flops;
+
+  const int threads = omp_get_max_threads();
+  const double sgemm_before = sgemm_gflops(1024, threads);
+
+  // One training step as the trainer runs it: zero, forward+backward, update.
+  double loss = 0.0, first_loss = 0.0;
+  auto train_step = [&] {
+    trainable->zero_grads(*context);
+    loss = model->forward_backward(*context, batch).loss;
+    optimizer.step(learning_rate);
+  };
+  for (int step = 0; step < options.warmup; ++step) {
+    train_step();
+    if (step == 0) first_loss = loss;
+  }
+  std::vector<double> times;
+  for (int step = 0; step < options.steps; ++step) {
+    Clock::time_point start = Clock::now();
+    train_step();
+    times.push_back(seconds_since(start));
+    if (options.warmup == 0 && step == 0) first_loss = loss;
+  }
+  const double sgemm_after = sgemm_gflops(1024, threads);
+  const double ceiling = std::max(sgemm_before, sgemm_after);
+
+  std::vector<double> sorted = times;
+  std::sort(sorted.begin(), sorted.end());
+  const double best = sorted.front(), median = sorted[sorted.size() / 2];
+  const double tokens_best = static_cast<double>(tokens) / best, tokens_median = static_cast<double>(tokens) / median;
+
+  std::printf("lora_train_bench %s: hidden %lld, intermediate %lld, %lld layers, %lld/%lld heads, vocab %lld, %s; "
+              "batch %lld x seq %lld; %d warm-up + %d timed steps; %d threads\n",
+              options.config.c_str(), static_cast<long long>(config.hidden_size),
+              static_cast<long long>(config.intermediate_size), static_cast<long long>(config.num_hidden_layers),
+              static_cast<long long>(config.num_attention_heads), static_cast<long long>(config.num_key_value_heads),
+              static_cast<long long>(config.vocab_size), config.tie_word_embeddings ? "tied head" : "untied head",
+              static_cast<long long>(batch_size), static_cast<long long>(seq_len), options.warmup, options.steps,
+              threads);
+  std::printf("matmul parameters N %.3fM, trainable %.3fM%s; FLOPs per step %.2f GFLOP (%s %.2f + attention %.2f)\n",
+              matmul_params / 1e6, static_cast<double>(trainable->num_elements(true)) / 1e6,
+              lora ? " (LoRA r 8, alpha 16, all-linear)" : " (full fine-tuning)", step_flops / 1e9,
+              lora ? "4N + 6N_lora per token" : "6N per token", matmul_flops / 1e9, attention_flops / 1e9);
+  std::printf("step times (s):");
+  for (double time : times) std::printf(" %.3f", time);
+  std::printf("\n%-32s %10s %10s %12s %12s %10s %10s\n", "", "best s", "median s", "tokens/s", "tokens/s med",
+              "GFLOP/s", "vs SGEMM");
+  std::printf("%-32s %10s %10s %12s %12s %10.1f %10.2f\n", "OpenBLAS SGEMM 1024^3 (ceiling)", "-", "-", "-", "-",
+              ceiling, 1.0);
+  const double gflops = step_flops / best / 1e9;
+  std::printf("%-32s %10.3f %10.3f %12.0f %12.0f %10.1f %10.2f\n", "llmft train step (zero+fb+AdamW)", best, median,
+              tokens_best, tokens_median, gflops, gflops / ceiling);
+  std::printf("loss: first step %.4f, last step %.4f (ln V = %.4f); SGEMM before / after %.1f / %.1f GFLOP/s\n",
+              first_loss, loss, std::log(static_cast<double>(config.vocab_size)), sgemm_before, sgemm_after);
+  std::printf("RESULT side=llmft config=%s tokens_per_s_best=%.1f tokens_per_s_median=%.1f step_s_best=%.4f "
+              "gflops=%.1f sgemm_gflops=%.1f loss_first=%.4f loss_last=%.4f\n",
+              options.config.c_str(), tokens_best, tokens_median, best, gflops, ceiling, first_loss, loss);
+  return 0;
+} catch (const std::exception& error) {
+  std::fprintf(stderr, "lora_train_bench: %s\n", error.what());
+  return 1;
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""PyTorch 2 + PEFT peer of bench/lora_train_bench.cc: tokens/s of complete
+training steps (zero_grad, forward, cross-entropy, backward, AdamW step) for
+the same three configurations, the same token ids and the same LoRA config.
+
+  small-lora    LlamaForCausalLM(hidden 256, intermediate 768, 4 layers,
+                8 / 4 KV heads, vocab 4096, untied head), random init;
+                LoRA r 8, alpha 16, dropout 0 on q, k, v, o, gate, up, down
+  small-full    the same model, every parameter trained
+  smollm2-lora  SmolLM2-135M from a converted HF directory (--model DIR)
+
+Setup (the fastest reasonable eager PyTorch on a CPU): fp32,
+torch.set_num_threads(--threads, default 2), attention "sdpa" (PyTorch's fused
+scaled_dot_product_attention; --attn eager for transformers' matmul+softmax),
+torch.optim.AdamW(fused=True) with its defaults (lr 1e-4 here, weight decay
+0.01), zero_grad(set_to_none=True). The loss is F.cross_entropy over the
+logits against the next-token targets (the same targets as llmft, not
+transformers' internal shift, which would drop the last position).
+--compile wraps the model in torch.compile (inductor) and is reported as a
+separate row by run_cpu_peers.sh.
+
+Token ids: SplitMix64(i) mod vocab over B x (T + 1) positions, as
+lora_train_bench.cc.
+
+usage: .venv/bin/python bench/peft_peer.py --config small-lora [--model DIR]
+       [--batch 4] [--seq 256] [--warmup 2] [--steps 10] [--attn sdpa|eager] [--compile]
+Prints the step times and one "RESULT ..." line.
+"""
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(value):
+    value = (value + 0x9E3779B97F4A7C15) & MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & MASK64
+    return value ^ (value >> 31)
+
+
+def token_ids(batch, seq, vocab):
+    inputs = [[splitmix64(s * (seq + 1) + t) % vocab for t in range(seq)] for s in range(batch)]
+    targets = [[splitmix64(s * (seq + 1) + t + 1) % vocab for t in range(seq)] for s in range(batch)]
+    return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+
+
+def build_model(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if args.config == "smollm2-lora":
+        model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=args.attn)
+    else:
+        config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+                             num_key_value_heads=4, vocab_size=4096, max_position_embeddings=256,
+                             tie_word_embeddings=False, rms_norm_eps=1e-6)
+        config._attn_implementation = args.attn
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(config)
+    model.config.use_cache = False
+    if args.config.endswith("-lora"):
+        from peft import LoraConfig, get_peft_model
+
+        lora_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"])
+        model = get_peft_model(model, lora_config)
+    model.train()
+    return model
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True, choices=["small-lora", "small-full", "smollm2-lora"])
+    parser.add_argument("--model")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    if args.config == "smollm2-lora" and not args.model:
+        sys.exit("peft_peer.py: smollm2-lora needs --model DIR")
+    torch.set_num_threads(args.threads)
+
+    model = build_model(args)
+    vocab = model.config.vocab_size
+    inputs, targets = token_ids(args.batch, args.seq, vocab)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+    forward = torch.compile(model) if args.compile else model
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        logits = forward(input_ids=inputs).logits
+        loss = F.cross_entropy(logits.view(-1, vocab), targets.view(-1))
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    first_loss = None
+    start = time.perf_counter()
+    for step in range(args.warmup):
+        loss = train_step()
+        if first_loss is None:
+            first_loss = loss
+    warmup_seconds = time.perf_counter() - start
+    times = []
+    for step in range(args.steps):
+        start = time.perf_counter()
+        loss = train_step()
+        times.append(time.perf_counter() - start)
+        if first_loss is None:
+            first_loss = loss
+
+    tokens = args.batch * args.seq
+    best, median = min(times), statistics.median(times)
+    side = "pytorch-compile" if args.compile else "pytorch"
+    n_trainable = sum(p.numel() for p in trainable)
+    print(f"peft_peer {args.config}: torch {torch.__version__}, {torch.get_num_threads()} threads, attention "
+          f"{args.attn}{', torch.compile' if args.compile else ''}; trainable {n_trainable / 1e6:.3f}M; batch "
+          f"{args.batch} x seq {args.seq}; {args.warmup} warm-up ({warmup_seconds:.1f} s) + {args.steps} timed steps")
+    print("step times (s): " + " ".join(f"{t:.3f}" for t in times))
+    print(f"tokens/s best {tokens / best:.0f}, median {tokens / median:.0f}; loss first {first_loss:.4f}, "
+          f"last {loss:.4f} (ln V = {math.log(vocab):.4f})")
+    print(f"RESULT side={side} config={args.config} tokens_per_s_best={tokens / best:.1f} "
+          f"tokens_per_s_median={tokens / median:.1f} step_s_best={best:.4f} loss_first={first_loss:.4f} "
+          f"loss_last={loss:.4f}")
+
+
+if __name__ == "__main__":
+    main()
