@@ -29,8 +29,12 @@ constexpr Subcommand kSubcommands[] = {
      llmft::launch::run_generate},
     {"tokenize", "tokenize --tokenizer T (--text TEXT | --input X.jsonl): token ids, one line per text",
      llmft::launch::run_tokenize},
-    {"train", "train --config RUN.pbtxt [--set field.path=value ...] --check: validate and print the config",
+    {"train", "train --config RUN.pbtxt [--set field.path=value ...] [--check]: fine-tune (LoRA or full)",
      llmft::launch::run_train},
+    {"eval", "eval --config RUN.pbtxt [--checkpoint latest|DIR] | --model DIR --data GLOB: loss and perplexity",
+     llmft::launch::run_eval},
+    {"export", "export --config RUN.pbtxt [--checkpoint DIR] (--merged OUT | --adapter OUT): HF model or adapter",
+     llmft::launch::run_export},
 };
 
 void print_usage(FILE* out) {

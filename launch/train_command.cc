@@ -1,8 +1,14 @@
-// `llmft train --config run.pbtxt [--set field.path=value ...] --check`: loads
-// the training configuration (proto/llmft.proto), applies the overrides, fills
-// the defaults, validates, and prints the resolved config in text format.
-// Only --check exists so far: the training loop itself comes next (issue 8,
-// item 4); without --check the command says so and exits 2.
+// `llmft train --config run.pbtxt [--set field.path=value ...] [--check]
+// [--threads N]`: trains as the configuration (proto/llmft.proto) says, with
+// the loop of trainer/trainer.h. --check only loads, validates and prints the
+// resolved config.
+//
+// SIGTERM/SIGINT: the current optimizer step finishes, a checkpoint is
+// written, and the command exits with 128 + the signal number (143 for
+// SIGTERM, 130 for SIGINT), the shell's convention for "stopped by a signal":
+// the checkpoint is complete and resumable, but the run is not finished, so
+// `llmft train ... && llmft export ...` must not go on to export. A second
+// signal terminates at once.
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -11,17 +17,31 @@
 
 #include "core/error.h"
 #include "launch/commands.h"
-#include "launch/train_config.h"
+#include "trainer/stop_signal.h"
+#include "trainer/train_options.h"
+#include "trainer/trainer.h"
 
 namespace llmft::launch {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: llmft train --config RUN.pbtxt [--set field.path=value ...] --check\n"
+    "usage: llmft train --config RUN.pbtxt [--set field.path=value ...] [--check] [--threads N]\n"
     "  RUN.pbtxt is an llmft.TrainConfig in Protobuf text format (fields, defaults and ranges: proto/llmft.proto;\n"
     "  commented examples: examples/*.pbtxt). --set overrides one field; repeated fields take a comma list.\n"
     "  --check: load, validate and print the resolved config (every default written out), then exit.\n"
-    "  Training itself is not implemented yet; --check is required.\n";
+    "  --threads N: CPU threads (default: OpenMP's).\n"
+    "  Resume: --set checkpoint.resume=latest (or a step-N directory). SIGTERM/SIGINT checkpoint at the next\n"
+    "  step boundary and exit with 128 + the signal number.\n";
+
+int64_t parse_count(std::string_view flag, const std::string& text) {
+  try {
+    size_t used = 0;
+    const long long value = std::stoll(text, &used);
+    if (used == text.size() && value >= 0) return value;
+  } catch (const std::exception&) {
+  }
+  throw_bad_input("train: ", flag, " expects a non-negative integer, got '", text, "'");
+}
 
 }  // namespace
 
@@ -29,6 +49,7 @@ int run_train(std::span<char*> args) {
   std::optional<std::string> config_path;
   std::vector<std::string> overrides;
   bool check = false;
+  int64_t threads = 0;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string_view arg = args[i];
     auto value = [&]() -> std::string {
@@ -43,6 +64,8 @@ int run_train(std::span<char*> args) {
       overrides.emplace_back(arg.substr(6));
     } else if (arg == "--check") {
       check = true;
+    } else if (arg == "--threads") {
+      threads = parse_count(arg, value());
     } else if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
@@ -51,13 +74,32 @@ int run_train(std::span<char*> args) {
     }
   }
   if (!config_path) throw_bad_input("train: --config is required; see llmft train --help");
-  const TrainConfig config = load_train_config(*config_path, overrides);
-  if (!check)
-    throw_bad_input("train: ", *config_path,
-                    " is valid, but the training loop is not implemented yet; run with --check to print the "
-                    "resolved config");
-  const std::string text = train_config_to_text(config);
-  std::fwrite(text.data(), 1, text.size(), stdout);
+  if (check) {
+    const std::string text = trainer::resolved_train_config_text(*config_path, overrides);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return 0;
+  }
+  const trainer::TrainOptions options = trainer::load_train_options(*config_path, overrides);
+  // AdamW's update runs on the host only so far (optim/adamw.h), so training
+  // runs on the CPU backend.
+  auto context = Context::cpu(options.seed, static_cast<int>(threads));
+  trainer::TrainerHooks hooks;
+  hooks.stop_requested = &trainer::install_stop_signal_handlers();
+  trainer::Trainer trainer(*context, options, hooks);
+  const trainer::TrainResult result = trainer.train();
+  if (result.reason == trainer::StopReason::kStopRequested) {
+    const int signal_number = trainer::stop_signal_number();
+    std::fprintf(stderr,
+                 "llmft train: stopped by signal %d at step %lld/%lld; checkpoint %s is complete; continue with "
+                 "--set checkpoint.resume=latest\n",
+                 signal_number, static_cast<long long>(result.final_step),
+                 static_cast<long long>(options.total_steps),
+                 result.checkpoint ? result.checkpoint->string().c_str() : "(none: no step was taken)");
+    return 128 + signal_number;
+  }
+  std::printf("finished at step %lld/%lld%s%s\n", static_cast<long long>(result.final_step),
+              static_cast<long long>(options.total_steps), result.checkpoint ? "; checkpoint " : "",
+              result.checkpoint ? result.checkpoint->string().c_str() : "");
   return 0;
 }
 

@@ -390,6 +390,7 @@ void fill_train_config_defaults(TrainConfig& config) {
   if (!data.has_labels_feature()) data.set_labels_feature("labels");
   if (!data.has_loss_mask_feature()) data.set_loss_mask_feature("loss_mask");
   if (!data.has_skip_corrupt_records()) data.set_skip_corrupt_records(false);
+  if (!data.has_append_eos()) data.set_append_eos(false);
 
   OptimizerConfig& optimizer = *config.mutable_optimizer();
   if (!optimizer.has_lr()) optimizer.set_lr(1e-4);

@@ -55,7 +55,10 @@ json state_to_json(const CheckpointState& state, const std::map<std::string, uin
           {"format_version", kCheckpointFormatVersion},
           {"step", state.step},
           {"schedule_position", state.schedule_position},
-          {"loss_scaler", {{"scale", state.loss_scale}, {"good_steps", state.loss_scale_good_steps}}},
+          {"loss_scaler",
+           {{"scale", state.loss_scale},
+            {"good_steps", state.loss_scale_good_steps},
+            {"hysteresis_tracker", state.loss_scale_hysteresis_tracker}}},
           {"data_loader", state.data_loader_state},
           {"rng", rng},
           {"fingerprint", state.fingerprint},
@@ -277,6 +280,8 @@ CheckpointReader CheckpointReader::open(const std::string& where, const std::fil
     throw_bad_input(state_path, ": field 'loss_scaler.scale' must be a number, found ", scale.dump());
   state.loss_scale = scale.get<double>();
   state.loss_scale_good_steps = int_field(scaler, "good_steps", state_path, "loss_scaler.");
+  if (scaler.contains("hysteresis_tracker"))
+    state.loss_scale_hysteresis_tracker = int_field(scaler, "hysteresis_tracker", state_path, "loss_scaler.");
   state.data_loader_state = string_field(root, "data_loader", state_path);
   for (const auto& [name, position] : object_field(root, "rng", state_path).items()) {
     const std::string where_rng = str_cat("rng.", name, ".");

@@ -53,6 +53,8 @@ struct CheckpointState {
   int64_t schedule_position = 0;           // the LR schedule's step counter
   double loss_scale = 1.0;                 // dynamic loss scaler: current scale
   int64_t loss_scale_good_steps = 0;       // steps since the scale last changed
+  int64_t loss_scale_hysteresis_tracker = 1;  // overflows still tolerated before backing off (optional
+                                             // in state.json; 1 when absent)
   std::string data_loader_state;           // opaque to the checkpoint (the loader's own encoding)
   std::map<std::string, RngPosition> rng;  // named random streams (dropout, shuffling, ...)
   // Identifies the model + PEFT configuration the tensors belong to (the

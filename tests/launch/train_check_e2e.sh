@@ -36,6 +36,8 @@ expect_error "out of range" "field 'peft.lora.dropout': 1.5 out of range [0, 1)"
   --config "$examples/lora_smollm2.pbtxt" --set peft.lora.dropout=1.5 --check
 expect_error "missing file" "no_such_run.pbtxt: cannot open: No such file or directory" \
   --config "$examples/no_such_run.pbtxt" --check
-expect_error "no --check" "the training loop is not implemented yet" --config "$examples/lora_smollm2.pbtxt"
+expect_error "no model without --check" \
+  "models/SmolLM2-135M-Instruct: not a model directory (expected config.json and model.safetensors)" \
+  --config "$examples/lora_smollm2.pbtxt" --set checkpoint.dir=/nonexistent/checkpoints
 expect_error "no --config" "train: --config is required" --check
 echo "PASS"

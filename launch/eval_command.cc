@@ -1,0 +1,129 @@
+// `llmft eval`: mean cross-entropy over every trained token of a dataset, and
+// perplexity = exp(loss).
+//
+//   llmft eval --config RUN.pbtxt [--set ...] [--checkpoint latest|DIR|none] [--data GLOB]
+//     the run's model (+ LoRA) with the trainable weights of a checkpoint
+//     (default: the newest in checkpoint.dir, or the base model when there is
+//     none; "none" forces the base model), on data.validation_files or GLOB;
+//   llmft eval --model DIR --data GLOB [--seq-len N] [--padded] [--append-eos]
+//     a Hugging Face model directory as it is.
+// Rows are read one at a time, in file order, so only the last partial row
+// of packed data is left out.
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+#include "launch/commands.h"
+#include "trainer/checkpoint.h"
+#include "trainer/train_options.h"
+#include "trainer/trainer.h"
+
+namespace llmft::launch {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: llmft eval --config RUN.pbtxt [--set field.path=value ...] [--checkpoint latest|DIR|none] [--data GLOB]\n"
+    "       llmft eval --model DIR --data GLOB [--seq-len N] [--padded] [--append-eos] [--threads N]\n"
+    "  Prints the mean loss over every trained token of the data and the perplexity exp(loss).\n"
+    "  --checkpoint: default the newest checkpoint of checkpoint.dir, or the base model when there is none.\n";
+
+int64_t parse_positive(std::string_view flag, const std::string& text) {
+  try {
+    size_t used = 0;
+    const long long value = std::stoll(text, &used);
+    if (used == text.size() && value > 0) return value;
+  } catch (const std::exception&) {
+  }
+  throw_bad_input("eval: ", flag, " expects a positive integer, got '", text, "'");
+}
+
+}  // namespace
+
+int run_eval(std::span<char*> args) {
+  std::optional<std::string> config_path, model_dir, data, checkpoint;
+  std::vector<std::string> overrides;
+  std::optional<int64_t> seq_len;
+  bool padded = false, append_eos = false;
+  int64_t threads = 0;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= args.size()) throw_bad_input("eval: ", arg, " needs a value");
+      return args[++i];
+    };
+    if (arg == "--config") {
+      config_path = value();
+    } else if (arg == "--set") {
+      overrides.push_back(value());
+    } else if (arg == "--checkpoint") {
+      checkpoint = value();
+    } else if (arg == "--model") {
+      model_dir = value();
+    } else if (arg == "--data") {
+      data = value();
+    } else if (arg == "--seq-len") {
+      seq_len = parse_positive(arg, value());
+    } else if (arg == "--padded") {
+      padded = true;
+    } else if (arg == "--append-eos") {
+      append_eos = true;
+    } else if (arg == "--threads") {
+      threads = parse_positive(arg, value());
+    } else if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else {
+      throw_bad_input("eval: unexpected argument '", arg, "'; see llmft eval --help");
+    }
+  }
+  if (config_path.has_value() == model_dir.has_value())
+    throw_bad_input("eval: give exactly one of --config RUN.pbtxt or --model DIR; see llmft eval --help");
+
+  trainer::TrainOptions options;
+  std::string what;
+  if (config_path) {
+    if (seq_len || padded || append_eos)
+      throw_bad_input("eval: --seq-len, --padded and --append-eos go with --model; with --config use --set data.*");
+    options = trainer::load_train_options(*config_path, overrides);
+    if (data) options.validation_files = {*data};
+    if (options.validation_files.empty())
+      throw_bad_input(*config_path, ": field 'data.validation_files' is empty; write it or pass --data GLOB");
+  } else {
+    if (checkpoint || !overrides.empty())
+      throw_bad_input("eval: --checkpoint and --set go with --config");
+    if (!data) throw_bad_input("eval: --model needs --data GLOB");
+    options.source = "--model " + *model_dir;
+    options.hf_dir = *model_dir;
+    options.validation_files = {*data};
+    options.seq_len = seq_len.value_or(1024);
+    options.packed = !padded;
+    options.append_eos = append_eos;
+    what = *model_dir;
+  }
+
+  auto context = Context::cpu(options.seed, static_cast<int>(threads));
+  auto model = trainer::build_training_model(*context, options, /*for_training=*/false);
+  if (config_path) {
+    std::string where = checkpoint.value_or("");
+    if (where.empty()) where = trainer::latest_checkpoint(options.checkpoint_dir) ? "latest" : "none";
+    if (where == "none") {
+      what = options.hf_dir + (options.lora ? " (LoRA at initialisation: the base model)" : "");
+    } else {
+      what = options.hf_dir + " + " + trainer::load_checkpoint_weights(*model, options, where).string();
+    }
+  }
+  model->set_training(false);
+  data::Loader loader(trainer::make_loader_options(options, model->model->config(),
+                                                   trainer::document_eos_id(options, model->model->config()),
+                                                   /*validation=*/true));
+  const trainer::EvalResult result = trainer::evaluate_loss(*context, *model->model, loader);
+  std::printf("model: %s\ndata: %s\nloss %.6f perplexity %.4f tokens %lld rows %lld\n", what.c_str(),
+              options.validation_files.front().c_str(), result.loss, result.perplexity,
+              static_cast<long long>(result.trained_tokens), static_cast<long long>(result.rows));
+  return 0;
+}
+
+}  // namespace llmft::launch

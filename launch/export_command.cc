@@ -1,0 +1,137 @@
+// `llmft export --config RUN.pbtxt [--set ...] [--checkpoint latest|DIR]
+// (--merged OUT | --adapter OUT) [--dtype f32|bf16|f16] [--max-shard-size 5GB]`
+//
+//   --merged OUT   a Hugging Face model directory: config.json,
+//                  model.safetensors (sharded with model.safetensors.index.json
+//                  above --max-shard-size) and the base model's tokenizer
+//                  files. LoRA is merged as W + scaling·B·A in fp32, then cast
+//                  (peft/adapter_io.h); full fine-tuning writes the trained
+//                  weights.
+//   --adapter OUT  a Hugging Face PEFT adapter (adapter_config.json +
+//                  adapter_model.safetensors); LoRA runs only.
+// Both may be given at once. --dtype defaults to the run's compute dtype.
+#include <cctype>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+#include "launch/commands.h"
+#include "peft/adapter_io.h"
+#include "trainer/checkpoint.h"
+#include "trainer/train_options.h"
+#include "trainer/training_setup.h"
+
+namespace llmft::launch {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: llmft export --config RUN.pbtxt [--set field.path=value ...] [--checkpoint latest|DIR]\n"
+    "                    (--merged OUT | --adapter OUT) [--dtype f32|bf16|f16] [--max-shard-size 5GB]\n"
+    "  --merged OUT: Hugging Face model directory (LoRA merged in fp32, or the fully fine-tuned weights),\n"
+    "    sharded above --max-shard-size (bytes, or with KB/MB/GB = 10^3.. or KiB/MiB/GiB = 2^10..), with the\n"
+    "    base model's tokenizer files.\n"
+    "  --adapter OUT: Hugging Face PEFT adapter directory (LoRA runs only).\n"
+    "  --checkpoint: default latest (the newest step-N of checkpoint.dir).\n";
+
+}  // namespace
+
+// "5GB" -> 5e9, "512MiB" -> 2^29, "1000" -> 1000 (transformers' max_shard_size
+// convention: decimal KB/MB/GB, binary KiB/MiB/GiB).
+uint64_t parse_byte_size(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.'))
+    ++digits;
+  std::string unit = text.substr(digits);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double number = 0.0;
+  try {
+    size_t used = 0;
+    number = digits > 0 ? std::stod(text.substr(0, digits), &used) : -1.0;
+    if (used != digits) number = -1.0;
+  } catch (const std::exception&) {
+    number = -1.0;
+  }
+  double multiplier = 0.0;
+  if (unit.empty() || unit == "B") multiplier = 1.0;
+  else if (unit == "KB") multiplier = 1e3;
+  else if (unit == "MB") multiplier = 1e6;
+  else if (unit == "GB") multiplier = 1e9;
+  else if (unit == "KIB") multiplier = 1024.0;
+  else if (unit == "MIB") multiplier = 1024.0 * 1024.0;
+  else if (unit == "GIB") multiplier = 1024.0 * 1024.0 * 1024.0;
+  if (!(number > 0.0) || multiplier == 0.0)
+    throw_bad_input("export: --max-shard-size '", text, "' is not a size (e.g. 5GB, 500MB, 2GiB, 1000000)");
+  return static_cast<uint64_t>(number * multiplier);
+}
+
+int run_export(std::span<char*> args) {
+  std::optional<std::string> config_path, merged_dir, adapter_dir, dtype_name;
+  std::string checkpoint = "latest";
+  std::vector<std::string> overrides;
+  uint64_t max_shard_bytes = kDefaultMaxShardBytes;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= args.size()) throw_bad_input("export: ", arg, " needs a value");
+      return args[++i];
+    };
+    if (arg == "--config") {
+      config_path = value();
+    } else if (arg == "--set") {
+      overrides.push_back(value());
+    } else if (arg == "--checkpoint") {
+      checkpoint = value();
+    } else if (arg == "--merged") {
+      merged_dir = value();
+    } else if (arg == "--adapter") {
+      adapter_dir = value();
+    } else if (arg == "--dtype") {
+      dtype_name = value();
+    } else if (arg == "--max-shard-size") {
+      max_shard_bytes = parse_byte_size(value());
+    } else if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else {
+      throw_bad_input("export: unexpected argument '", arg, "'; see llmft export --help");
+    }
+  }
+  if (!config_path) throw_bad_input("export: --config is required; see llmft export --help");
+  if (!merged_dir && !adapter_dir) throw_bad_input("export: give --merged OUT and/or --adapter OUT");
+  const trainer::TrainOptions options = trainer::load_train_options(*config_path, overrides);
+  if (adapter_dir && !options.lora)
+    throw_bad_input("export: --adapter: ", *config_path,
+                    " is a full fine-tuning run (peft none), which has no adapter; use --merged OUT for the trained "
+                    "weights");
+  std::optional<DType> dtype;
+  if (dtype_name) dtype = trainer::parse_float_dtype(*dtype_name, "export: --dtype");
+  if (checkpoint == "latest" && !trainer::latest_checkpoint(options.checkpoint_dir))
+    throw_bad_input("export: ", options.checkpoint_dir,
+                    ": no checkpoint (step-<N> directory) to export; train first or pass --checkpoint DIR");
+
+  auto context = Context::cpu(options.seed);
+  auto model = trainer::build_training_model(*context, options, /*for_training=*/false);
+  const std::filesystem::path source = trainer::load_checkpoint_weights(*model, options, checkpoint);
+  if (merged_dir) {
+    if (model->lora) {
+      save_lora_merged(*model->lora, *merged_dir, dtype, max_shard_bytes);
+    } else {
+      model->model->save_pretrained(*merged_dir, dtype, max_shard_bytes);
+    }
+    const std::vector<std::string> copied = copy_tokenizer_files(options.hf_dir, *merged_dir);
+    std::string copied_list;
+    for (const std::string& name : copied) copied_list += (copied_list.empty() ? "" : ", ") + name;
+    std::printf("merged model of %s written to %s (tokenizer files: %s)\n", source.string().c_str(),
+                merged_dir->c_str(), copied.empty() ? "none found in the base directory" : copied_list.c_str());
+  }
+  if (adapter_dir) {
+    save_lora_adapter(*model->lora, *adapter_dir, options.hf_dir, dtype);
+    std::printf("LoRA adapter of %s written to %s\n", source.string().c_str(), adapter_dir->c_str());
+  }
+  return 0;
+}
+
+}  // namespace llmft::launch

@@ -1,0 +1,114 @@
+// The only trainer file that includes the generated llmft.pb.h (see
+// train_options.h for why).
+#include "trainer/train_options.h"
+
+#include "core/error.h"
+#include "launch/train_config.h"
+
+namespace llmft::trainer {
+namespace {
+
+std::string dtype_name_of(llmft::DType dtype) {
+  switch (dtype) {
+    case FLOAT32:
+      return "f32";
+    case BFLOAT16:
+      return "bf16";
+    case FLOAT16:
+      return "f16";
+    default:
+      break;
+  }
+  throw_bad_input("unresolved dtype ", llmft::DType_Name(dtype));
+}
+
+TrainOptions convert(const TrainConfig& config, const std::string& source) {
+  TrainOptions options;
+  options.source = source;
+  options.hf_dir = config.model().hf_dir();
+  options.weights_dtype = dtype_name_of(config.model().weights_dtype());
+
+  options.lora = config.peft().has_lora();
+  if (options.lora) {
+    const llmft::LoraConfig& lora = config.peft().lora();
+    options.lora_r = lora.r();
+    options.lora_alpha = lora.alpha();
+    options.lora_dropout = lora.dropout();
+    options.lora_use_rslora = lora.use_rslora();
+    options.lora_target_modules.assign(lora.target_modules().begin(), lora.target_modules().end());
+  }
+
+  const DataConfig& data = config.data();
+  options.train_files.assign(data.train_files().begin(), data.train_files().end());
+  options.validation_files.assign(data.validation_files().begin(), data.validation_files().end());
+  options.seq_len = data.seq_len();
+  options.batch_size = data.batch_size();
+  options.grad_accumulation_steps = data.grad_accumulation_steps();
+  options.packed = data.batch_mode() != PADDED;
+  options.shuffle_buffer = data.shuffle_buffer();
+  options.seed = data.seed();
+  options.input_ids_feature = data.input_ids_feature();
+  options.labels_feature = data.labels_feature();
+  options.loss_mask_feature = data.loss_mask_feature();
+  options.skip_corrupt_records = data.skip_corrupt_records();
+  options.append_eos = data.append_eos();
+
+  const OptimizerConfig& optimizer = config.optimizer();
+  options.lr = optimizer.lr();
+  options.weight_decay = optimizer.weight_decay();
+  options.beta1 = optimizer.beta1();
+  options.beta2 = optimizer.beta2();
+  options.eps = optimizer.eps();
+  options.max_grad_norm = optimizer.max_grad_norm();
+  options.exclude_norms_and_biases_from_decay = optimizer.exclude_norms_and_biases_from_decay();
+
+  const ScheduleConfig& schedule = config.schedule();
+  options.schedule_kind = schedule.kind() == LINEAR ? "linear" : schedule.kind() == COSINE ? "cosine" : "constant";
+  options.warmup_steps = schedule.warmup_steps();
+  options.min_lr_ratio = schedule.min_lr_ratio();
+  options.total_steps = schedule.total_steps();
+
+  const PrecisionConfig& precision = config.precision();
+  options.compute_dtype = dtype_name_of(precision.compute_dtype());
+  options.init_scale = precision.init_scale();
+  options.growth_factor = precision.growth_factor();
+  options.backoff_factor = precision.backoff_factor();
+  options.growth_interval = precision.growth_interval();
+  options.hysteresis = precision.hysteresis();
+
+  options.dp = config.parallel().dp();
+
+  const CheckpointConfig& checkpoint = config.checkpoint();
+  options.checkpoint_dir = checkpoint.dir();
+  options.checkpoint_every_n_steps = checkpoint.every_n_steps();
+  options.keep_last = checkpoint.keep_last();
+  options.resume = checkpoint.resume();
+
+  const LoggingConfig& logging = config.logging();
+  options.log_every_n_steps = logging.every_n_steps();
+  options.jsonl_path = logging.jsonl_path();
+  options.tensorboard_dir = logging.tensorboard_dir();
+  options.eval_every_n_steps = logging.eval_every_n_steps();
+  return options;
+}
+
+}  // namespace
+
+TrainOptions load_train_options(const std::string& path, const std::vector<std::string>& overrides) {
+  return convert(launch::load_train_config(path, overrides), path);
+}
+
+TrainOptions parse_train_options(const std::string& text, const std::string& source_name,
+                                 const std::vector<std::string>& overrides) {
+  TrainConfig config = launch::parse_train_config(text, source_name);
+  for (const std::string& assignment : overrides) launch::apply_override(config, assignment);
+  launch::fill_train_config_defaults(config);
+  launch::validate_train_config(config, source_name);
+  return convert(config, source_name);
+}
+
+std::string resolved_train_config_text(const std::string& path, const std::vector<std::string>& overrides) {
+  return launch::train_config_to_text(launch::load_train_config(path, overrides));
+}
+
+}  // namespace llmft::trainer

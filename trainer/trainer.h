@@ -1,0 +1,151 @@
+// The training loop (DESIGN.md trainer/, "Data flow of one step").
+//
+// One optimizer step:
+//   1. fetch all grad_accumulation_steps micro-batches of this rank (host
+//      tensors) and count their trained tokens (targets >= 0); all-reduce the
+//      count over data-parallel ranks: step_tokens;
+//   2. for each micro-batch, forward_backward with
+//        loss_scale = micro_tokens / step_tokens  (x the loss scaler's scale for f16)
+//      so the accumulated gradient is that of the mean cross-entropy over every
+//      trained token of the step on every rank, not a mean of per-micro-batch
+//      means (issue 9 item 6: the gradient-accumulation bug several tools
+//      shipped); LoRA dropout's step counter is step * accumulation + micro;
+//   3. all-reduce (sum) the gradients over ranks;
+//   4. f16 only: a non-finite gradient skips the step and backs the scale off
+//      (optim/loss_scaler.h);
+//   5. clip the global norm (measured un-scaled), AdamW with lr from the
+//      schedule at the number of updates taken so far, un-scaling fused into
+//      AdamW's grad_multiplier.
+// The logged loss is the same token-weighted mean over the step.
+//
+// Checkpoints (trainer/checkpoint.h) hold the trainable weights, AdamW's
+// masters (when they are not the f32 values themselves) and moments, the step
+// and update counts, the loss scaler, the data loader's state and the LoRA
+// dropout counter, so a resumed run repeats the uninterrupted run's losses and
+// weights bit for bit (tests/trainer/trainer_test.cc).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/context.h"
+#include "data/loader.h"
+#include "optim/adamw.h"
+#include "optim/loss_scaler.h"
+#include "optim/lr_schedule.h"
+#include "parallel/communicator.h"
+#include "trainer/checkpoint.h"
+#include "trainer/metrics.h"
+#include "trainer/train_options.h"
+#include "trainer/training_setup.h"
+
+namespace llmft::trainer {
+
+struct StepRecord {
+  int64_t step = 0;            // 1-based number of this optimizer step
+  double loss = 0.0;           // mean cross-entropy over the step's trained tokens (all ranks)
+  int64_t trained_tokens = 0;  // target tokens of the step (all ranks)
+  int64_t input_tokens = 0;    // rows x seq_len of the step (all ranks)
+  double learning_rate = 0.0;
+  double grad_norm = 0.0;      // global L2 norm before clipping, un-scaled
+  bool skipped = false;        // no update: non-finite gradient (f16) or no trained token
+  double loss_scale = 1.0;     // the scale the step ran with (1 unless f16)
+};
+
+struct EvalResult {
+  double loss = 0.0;  // mean cross-entropy over every trained token of the validation split
+  double perplexity = 0.0;  // exp(loss)
+  int64_t trained_tokens = 0;
+  int64_t rows = 0;
+};
+
+// Mean cross-entropy of `model` (as it is: set dropout off first) over every
+// batch of `loader` until it ends.
+EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& loader);
+
+enum class StopReason { kFinished, kStopRequested };
+
+struct TrainResult {
+  StopReason reason = StopReason::kFinished;
+  int64_t final_step = 0;
+  std::optional<std::filesystem::path> checkpoint;  // written at the end (or on the stop request)
+};
+
+struct TrainerHooks {
+  // Ranks for the token count and gradient sum; null: one process.
+  parallel::Communicator* communicator = nullptr;
+  // Progress and eval lines; null: silent.
+  std::FILE* progress = stdout;
+  // Polled at every step boundary (set by a SIGTERM/SIGINT handler, see
+  // trainer/stop_signal.h); when it reads true the loop checkpoints and returns.
+  const std::atomic<bool>* stop_requested = nullptr;
+  // Called after every optimizer step (tests record the losses).
+  std::function<void(const StepRecord&)> on_step;
+  // Injectable wall clock (seconds) for tokens/s and ETA.
+  std::function<double()> clock;
+};
+
+class Trainer {
+ public:
+  // Builds the model and PEFT, optimizer, schedule, scaler and loaders, and
+  // resumes from options.resume when set ("latest" finds nothing: fresh start).
+  Trainer(Context& context, TrainOptions options, TrainerHooks hooks = {});
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Steps until schedule total_steps (or a stop request), with logging,
+  // evaluation and checkpoints as configured; checkpoints at the end.
+  TrainResult train();
+  // One optimizer step (steps 1-5 above). The step's gradients stay in the
+  // parameters until the next step starts (tests read them).
+  StepRecord train_step();
+  // Mean loss over the validation split (dropout off).
+  EvalResult evaluate();
+  // Writes step-<step()> into options.checkpoint_dir (rank 0 only).
+  std::filesystem::path save_checkpoint();
+
+  int64_t step() const { return step_; }
+  TrainingModel& model() { return *model_; }
+  optim::AdamW& optimizer() { return *optimizer_; }
+  const TrainOptions& options() const { return options_; }
+  // Where the run resumed from, if it did.
+  const std::optional<std::filesystem::path>& resumed_from() const { return resumed_from_; }
+
+ private:
+  void resume(const std::string& where);
+  std::vector<NamedTensor> optimizer_tensors();
+  void say(const std::string& line);
+  double now() const;
+
+  Context& context_;
+  TrainOptions options_;
+  TrainerHooks hooks_;
+  parallel::SingleProcessCommunicator single_process_;
+  parallel::Communicator* communicator_ = nullptr;
+
+  std::unique_ptr<TrainingModel> model_;
+  int64_t eos_id_ = -1;
+  std::unique_ptr<data::Loader> loader_;
+  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<optim::LrSchedule> schedule_;
+  std::unique_ptr<optim::LossScaler> scaler_;  // null unless compute dtype is f16
+  std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<CheckpointWriter> checkpoints_;
+
+  int64_t step_ = 0;  // optimizer steps completed (taken or skipped)
+  // Micro-batches run so far: LoRA dropout's step counter (its masks are a
+  // pure function of seed, counter and element), checkpointed as the rng
+  // stream "lora_dropout".
+  uint64_t dropout_micro_steps_ = 0;
+  int64_t last_checkpoint_step_ = -1;
+  std::optional<std::filesystem::path> resumed_from_;
+};
+
+}  // namespace llmft::trainer

@@ -1,0 +1,147 @@
+#include "trainer/training_setup.h"
+
+#include <cstdio>
+
+#include "core/error.h"
+#include "trainer/checkpoint.h"
+
+namespace llmft::trainer {
+
+DType parse_float_dtype(const std::string& name, const std::string& field) {
+  std::optional<DType> dtype = parse_dtype(name);
+  if (!dtype || !is_floating(*dtype)) throw_bad_input(field, ": '", name, "' is not one of f32, bf16, f16");
+  return *dtype;
+}
+
+std::vector<Parameter*> TrainingModel::trainable_parameters() {
+  std::vector<Parameter*> result;
+  for (Parameter* parameter : trainable_registry().all())
+    if (parameter->trainable) result.push_back(parameter);
+  return result;
+}
+
+ParameterRegistry& TrainingModel::trainable_registry() { return lora ? lora->parameters() : model->parameters(); }
+
+std::vector<NamedTensor> TrainingModel::trainable_tensors() {
+  std::vector<NamedTensor> tensors;
+  for (Parameter* parameter : trainable_parameters()) tensors.push_back({parameter->name, parameter->value});
+  return tensors;
+}
+
+void TrainingModel::set_training(bool training) {
+  if (lora) lora->set_training(training);
+}
+
+std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options,
+                                                    bool for_training) {
+  const DType compute_dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
+  const DType weights_dtype = parse_float_dtype(options.weights_dtype, options.source + ": model.weights_dtype");
+  if (compute_dtype != weights_dtype)
+    throw_bad_input(options.source, ": field 'model.weights_dtype': ", dtype_name(weights_dtype),
+                    " differs from precision.compute_dtype ", dtype_name(compute_dtype),
+                    "; llmft holds the base weights in the compute dtype, so set both to the same value");
+  LlamaOptions llama_options;
+  llama_options.compute_dtype = compute_dtype;
+  llama_options.grad_dtype = DType::kF32;  // accumulation across micro-batches in fp32
+
+  auto result = std::make_unique<TrainingModel>();
+  result->model = LlamaModel::load(context, options.hf_dir, llama_options);
+  if (options.lora) {
+    LoraConfig lora_config;
+    lora_config.r = options.lora_r;
+    lora_config.alpha = options.lora_alpha;
+    lora_config.dropout = options.lora_dropout;
+    lora_config.use_rslora = options.lora_use_rslora;
+    lora_config.target_modules = options.lora_target_modules;
+    lora_config.seed = options.seed;
+    lora_config.validate(options.source + ": peft.lora");
+    result->lora = std::make_unique<LoraModel>(context, *result->model, lora_config);
+  } else {
+    result->model->parameters().set_trainable([](const std::string&) { return true; });
+    if (for_training) result->model->parameters().allocate_grads(context, DType::kF32);
+  }
+  result->fingerprint_text = training_fingerprint_text(result->model->config(), options);
+  result->fingerprint = training_fingerprint(result->model->config(), options);
+  return result;
+}
+
+std::string training_fingerprint_text(const ModelConfig& model_config, const TrainOptions& options) {
+  std::string text = "model=" + model_config.to_json().dump() + ";peft=";
+  if (!options.lora) return text + "none";
+  LoraConfig lora_config;
+  lora_config.target_modules = options.lora_target_modules;
+  text += str_cat("lora(r=", options.lora_r, ",alpha=", options.lora_alpha, ",rslora=", options.lora_use_rslora,
+                  ",targets=");
+  for (const std::string& name : lora_config.resolved_target_modules()) text += name + " ";
+  return text + ")";
+}
+
+std::string training_fingerprint(const ModelConfig& model_config, const TrainOptions& options) {
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a 64 offset basis
+  for (unsigned char c : training_fingerprint_text(model_config, options)) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
+  return hex;
+}
+
+int64_t model_eos_id(const std::filesystem::path& hf_dir, const ModelConfig& config) {
+  if (config.eos_token_ids.empty())
+    throw_bad_input((hf_dir / "config.json").string(),
+                    ": no eos_token_id, which data.append_eos needs to separate documents (add it, or set "
+                    "data.append_eos: false)");
+  return config.eos_token_ids.front();
+}
+
+int64_t document_eos_id(const TrainOptions& options, const ModelConfig& config) {
+  if (options.append_eos) return model_eos_id(options.hf_dir, config);
+  return config.eos_token_ids.empty() ? -1 : config.eos_token_ids.front();
+}
+
+data::LoaderOptions make_loader_options(const TrainOptions& options, const ModelConfig& model_config, int64_t eos_id,
+                                        bool validation, int dp_rank, int dp_size) {
+  data::LoaderOptions loader;
+  const std::vector<std::string>& files = validation ? options.validation_files : options.train_files;
+  if (files.size() == 1) {
+    loader.pattern = files.front();
+  } else {
+    for (const std::string& entry : files) {
+      if (entry.find_first_of("*?[") == std::string::npos) {
+        loader.files.push_back(entry);
+      } else {
+        for (std::string& file : data::expand_shard_pattern(entry, data::local_file_system()))
+          loader.files.push_back(std::move(file));
+      }
+    }
+  }
+  loader.batch_size = validation ? 1 : options.batch_size;
+  loader.seq_len = options.seq_len;
+  loader.mode = options.packed ? data::BatchMode::kPacked : data::BatchMode::kPadded;
+  loader.append_eos = options.append_eos;
+  loader.eos_id = eos_id;
+  loader.pad_id = eos_id >= 0 ? eos_id : 0;  // padding has target -100 and its own attention segment
+  loader.vocab_size = model_config.vocab_size;
+  loader.dp_rank = validation ? 0 : dp_rank;
+  loader.dp_size = validation ? 1 : dp_size;
+  loader.seed = options.seed;
+  loader.shuffle_shards = !validation;
+  loader.shuffle_buffer = validation ? 0 : static_cast<size_t>(options.shuffle_buffer);
+  loader.num_epochs = validation ? 1 : 0;
+  loader.names.input_ids = options.input_ids_feature;
+  loader.names.labels = options.labels_feature;
+  loader.names.loss_mask = options.loss_mask_feature;
+  loader.reader.skip_corrupt_records = options.skip_corrupt_records;
+  return loader;
+}
+
+std::filesystem::path load_checkpoint_weights(TrainingModel& model, const TrainOptions& options,
+                                              const std::string& where) {
+  CheckpointReader reader = CheckpointReader::open(where, options.checkpoint_dir, model.fingerprint);
+  const std::vector<NamedTensor> tensors = model.trainable_tensors();
+  reader.load_trainable(tensors);
+  return reader.directory();
+}
+
+}  // namespace llmft::trainer

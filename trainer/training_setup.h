@@ -1,0 +1,77 @@
+// What the trainer, `llmft eval` and `llmft export` build from a training
+// configuration: the base model in its precision, the PEFT wrapper (LoRA or
+// none), the list of trainable parameters, the checkpoint fingerprint, the
+// EOS id and the data-loader options.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/context.h"
+#include "data/loader.h"
+#include "model/llama.h"
+#include "peft/lora.h"
+#include "trainer/train_options.h"
+
+namespace llmft::trainer {
+
+// "f32"/"bf16"/"f16" -> DType; kBadInput naming `field` otherwise.
+DType parse_float_dtype(const std::string& name, const std::string& field);
+
+struct TrainingModel {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<LoraModel> lora;  // null for full fine-tuning
+  std::string fingerprint;          // see training_fingerprint
+  std::string fingerprint_text;     // its canonical text, for messages
+
+  // LoRA's A/B matrices, or every base parameter for full fine-tuning, in
+  // registry order.
+  std::vector<Parameter*> trainable_parameters();
+  ParameterRegistry& trainable_registry();
+  // Trainable values by name (what a checkpoint's trainable.safetensors holds).
+  std::vector<NamedTensor> trainable_tensors();
+  // Dropout on (training) or off (evaluation, export).
+  void set_training(bool training);
+};
+
+// Loads options.hf_dir in precision.compute_dtype (which must equal
+// model.weights_dtype: LlamaModel holds weights and activations in one
+// dtype), then attaches LoRA (seed data.seed) or marks every parameter
+// trainable, and allocates fp32 gradients. Without `for_training` (eval,
+// export) full fine-tuning allocates no gradients.
+std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options,
+                                                    bool for_training = true);
+
+// Canonical text of what the checkpoint tensors belong to: the model's
+// config.json (every architecture field) and the PEFT method with the fields
+// that shape or scale its tensors (LoRA r, alpha, rsLoRA, resolved targets).
+// Dropout, data and optimizer settings may change across a resume and are
+// left out; dtypes are checked tensor by tensor when a checkpoint loads.
+std::string training_fingerprint_text(const ModelConfig& model_config, const TrainOptions& options);
+// 16 hex digits of FNV-1a 64 over that text (short enough for error lines).
+std::string training_fingerprint(const ModelConfig& model_config, const TrainOptions& options);
+
+// The id that ends a document: config.json's (first) eos_token_id.
+// kBadInput naming the file when the model has none.
+int64_t model_eos_id(const std::filesystem::path& hf_dir, const ModelConfig& config);
+
+// The loader's eos_id for `options`: model_eos_id when data.append_eos
+// (required then), else config.json's first eos id or -1.
+int64_t document_eos_id(const TrainOptions& options, const ModelConfig& config);
+
+// Loader options for the training split (dp rank/size given) or, with
+// `validation`, the validation split (file order, no shuffling, one epoch,
+// one row per batch so that only the last partial packed row is left out).
+data::LoaderOptions make_loader_options(const TrainOptions& options, const ModelConfig& model_config,
+                                        int64_t eos_id, bool validation, int dp_rank = 0, int dp_size = 1);
+
+// Copies the trainable weights of checkpoint `where` ("latest" or a
+// directory; checkpoint_dir resolves "latest") into `model`, after the
+// fingerprint check. Returns the checkpoint's directory.
+std::filesystem::path load_checkpoint_weights(TrainingModel& model, const TrainOptions& options,
+                                              const std::string& where);
+
+}  // namespace llmft::trainer
