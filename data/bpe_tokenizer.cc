@@ -202,9 +202,12 @@ void BpeTokenizer::parse_added_tokens(const json& node) {
     token_to_id_[content] = static_cast<int32_t>(id);
     if (is_special_.size() < id_to_token_.size()) is_special_.resize(id_to_token_.size(), 0);
     is_special_[index] = special ? 1 : 0;
+    if (is_added_.size() < id_to_token_.size()) is_added_.resize(id_to_token_.size(), 0);
+    is_added_[index] = 1;
     tokens.push_back({AddedToken{content, static_cast<int32_t>(id)}, normalized});
   }
   is_special_.resize(id_to_token_.size(), 0);
+  is_added_.resize(id_to_token_.size(), 0);
   // Normalized tokens are matched in normalized text, so they are normalized too
   // (done after the normalizer is known, in the constructor order below).
   for (auto& [token, normalized] : tokens) {
@@ -448,6 +451,22 @@ std::optional<int32_t> BpeTokenizer::token_to_id(std::string_view token) const {
 std::string BpeTokenizer::id_to_piece(int32_t id) const {
   if (id < 0 || id >= vocab_size()) throw_bad_input(source_, ": token id ", id, " outside [0, ", vocab_size(), ")");
   return id_to_token_[static_cast<size_t>(id)];
+}
+
+std::string BpeTokenizer::token_text_bytes(int32_t id) const {
+  const std::string token = id_to_piece(id);
+  if (static_cast<size_t>(id) < is_added_.size() && is_added_[static_cast<size_t>(id)]) return token;
+  if (byte_fallback_)
+    if (auto byte = parse_byte_token(token)) return std::string(1, static_cast<char>(*byte));
+  std::string bytes = token;
+  for (const PreTokenizerStep& step : pre_tokenizer_) {
+    if (step.kind == PreTokenizerStep::Kind::kByteLevel) {
+      if (auto decoded = byte_level_decode(token)) return *decoded;
+    } else if (step.kind == PreTokenizerStep::Kind::kMetaspace) {
+      bytes = replace_all(std::move(bytes), step.replacement, " ");
+    }
+  }
+  return bytes;
 }
 
 std::string BpeTokenizer::description() const {

@@ -41,6 +41,9 @@ class BpeTokenizer : public Tokenizer {
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const override;
   int32_t vocab_size() const override { return static_cast<int32_t>(id_to_token_.size()); }
   std::string id_to_piece(int32_t id) const override;
+  // Added tokens: their content; byte-fallback "<0xNN>": that byte; others:
+  // the byte-level alphabet undone (ByteLevel) or "▁" read as a space (Metaspace).
+  std::string token_text_bytes(int32_t id) const override;
   std::string description() const override;
 
   // The pieces the pre-tokenizer alone cuts `text` into (tokenizers'
@@ -127,6 +130,7 @@ class BpeTokenizer : public Tokenizer {
   TokenMap token_to_id_;  // model.vocab plus added tokens
   std::vector<std::string> id_to_token_;
   std::vector<uint8_t> is_special_;
+  std::vector<uint8_t> is_added_;  // from added_tokens: the id stands for its content as written
   std::unordered_map<uint64_t, MergeTarget> merges_;  // key: left id << 32 | right id
   bool byte_fallback_ = false;
   std::array<int32_t, 256> byte_fallback_ids_{};  // <0xNN>, -1 where missing

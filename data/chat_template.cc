@@ -23,10 +23,13 @@ namespace {
 
 // ---- Values ------------------------------------------------------------------------
 
-// Where a string's bytes came from: the template, message i (i + 1), or
-// another caller variable (kFromOtherData).
+// Where a string's bytes came from: the template, the "content" of message i
+// (i + 1), another field of message i such as its role (-(i + 2)), or another
+// caller variable (kFromOtherData).
 constexpr int32_t kFromTemplate = 0;
 constexpr int32_t kFromOtherData = -1;
+constexpr int32_t message_content_source(size_t message) { return static_cast<int32_t>(message) + 1; }
+constexpr int32_t message_field_source(size_t message) { return -static_cast<int32_t>(message) - 2; }
 
 struct Value;
 using List = std::vector<Value>;
@@ -1837,8 +1840,18 @@ RenderedChat ChatTemplate::render(const ChatTemplateInputs& inputs) const {
   if (inputs.extra.is_object())
     for (const auto& [key, value] : inputs.extra.items()) globals[key] = from_json(value, kFromOtherData);
   List messages;
-  for (size_t i = 0; i < inputs.messages.size(); ++i)
-    messages.push_back(from_json(inputs.messages[i], static_cast<int32_t>(i) + 1));
+  for (size_t i = 0; i < inputs.messages.size(); ++i) {
+    const nlohmann::ordered_json& message = inputs.messages[i];
+    if (!message.is_object()) {
+      messages.push_back(from_json(message, message_field_source(i)));
+      continue;
+    }
+    // The content is told apart from the role and other fields for loss masks.
+    Dict fields;
+    for (const auto& [key, item] : message.items())
+      fields.emplace_back(key, from_json(item, key == "content" ? message_content_source(i) : message_field_source(i)));
+    messages.push_back(Value::of_dict(std::move(fields)));
+  }
   globals["messages"] = Value::of_list(std::move(messages));
   globals["add_generation_prompt"] = Value::of_bool(inputs.add_generation_prompt);
   globals["bos_token"] = Value::of_string(inputs.bos_token);
@@ -1852,7 +1865,9 @@ RenderedChat ChatTemplate::render(const ChatTemplateInputs& inputs) const {
     const int32_t source = out.from_data[i];
     size_t j = i;
     while (j < out.from_data.size() && out.from_data[j] == source) ++j;
-    if (source != kFromTemplate) rendered.content_spans.push_back({i, j, source > 0 ? source - 1 : -1});
+    if (source > 0) rendered.content_spans.push_back({i, j, source - 1, /*from_content=*/true});
+    else if (source < kFromOtherData) rendered.content_spans.push_back({i, j, -source - 2, /*from_content=*/false});
+    else if (source == kFromOtherData) rendered.content_spans.push_back({i, j, -1, /*from_content=*/false});
     i = j;
   }
   return rendered;
@@ -1916,7 +1931,7 @@ std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const RenderedChat&
   // (cutting it at content boundaries could change the pre-tokenizer's pieces).
   bool content_has_control_text = false;
   if (!special_tokens_in_content) {
-    for (const auto& [begin, end, message] : rendered.content_spans) {
+    for (const auto& [begin, end, message, from_content] : rendered.content_spans) {
       const std::string_view span(rendered.text.data() + begin, end - begin);
       if (tokenizer.encode(span) != tokenizer.encode_ordinary(span)) {
         content_has_control_text = true;
@@ -1928,7 +1943,7 @@ std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const RenderedChat&
   std::vector<int32_t> ids;
   size_t at = 0;
   auto append = [&](std::vector<int32_t> part) { ids.insert(ids.end(), part.begin(), part.end()); };
-  for (const auto& [begin, end, message] : rendered.content_spans) {
+  for (const auto& [begin, end, message, from_content] : rendered.content_spans) {
     if (begin > at) append(tokenizer.encode(std::string_view(rendered.text).substr(at, begin - at)));
     append(tokenizer.encode_ordinary(std::string_view(rendered.text).substr(begin, end - begin)));
     at = end;

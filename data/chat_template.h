@@ -42,9 +42,14 @@ namespace llmft {
 // (-1: another variable, e.g. tools). They keep special-token text typed by a
 // user from becoming a control token, and locate each turn's content for loss
 // masks.
+//
+// Adjacent bytes from different fields of one message (its role and its
+// content) are separate spans; `from_content` marks those of the message's
+// "content" field, which is what the chat-data builder trains on.
 struct ContentSpan {
   size_t begin = 0, end = 0;  // [begin, end) in RenderedChat::text
   int64_t message = -1;       // index into ChatTemplateInputs::messages
+  bool from_content = false;  // from messages[message]["content"] (not its role or another field)
 };
 struct RenderedChat {
   std::string text;

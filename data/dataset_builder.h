@@ -1,10 +1,24 @@
 // `llmft data build`: JSONL documents -> tokenized tf.Example records in
 // TFRecord shards that the loader (data/loader.h) reads.
 //
-// Input, one JSON object per line (blank lines are skipped):
-//   {"text": "..."}                          loss on every token
-//   {"prompt": "...", "completion": "..."}   loss only on the completion
-// Any other key, or a mix of the two forms, is a bad record.
+// Input, one JSON object per line (blank lines are skipped). The format is
+// detected per file from the first non-blank record's keys, or given with
+// `format` (`--format`):
+//   {"text": "..."}                          text: loss on every token
+//   {"prompt": "...", "completion": "..."}   prompt-completion: loss only on the completion
+//     Detected, these two may be mixed line by line (either form per line);
+//     named with --format, every line must be of that form.
+//   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+//                                            messages (OpenAI chat format), multi-turn
+//   {"conversations": [{"from": "system"|"human"|"gpt"|"user"|"assistant", "value": "..."}, ...]}
+//                                            sharegpt: human -> user, gpt -> assistant
+//   {"instruction": "...", "input": "...", "output": "..."}
+//                                            alpaca: one user turn, instruction + "\n\n" + input
+//                                            ("input" may be absent or empty: then the
+//                                            instruction alone), and one assistant turn, output
+// Any other key, a wrong type, an unknown role, an empty conversation, an
+// empty assistant message, or (unless train_on is kAll) a conversation with no
+// assistant message is a bad record: one line "<file>:<line>: <field>: ...".
 //
 // Tokens of a record:
 //   text:        prefix_ids + encode(text) + suffix_ids    (BOS/EOS as the tokenizer config says)
@@ -12,13 +26,41 @@
 //     The two are encoded separately so the loss-mask boundary falls exactly
 //     between them; EOS is appended (unless the suffix already ends with it)
 //     and trained on, so the model learns to stop.
+//   conversations (messages, sharegpt, alpaca): the model's chat template
+//     (tokenizer_config.json's chat_template, or --chat-template) renders the
+//     messages with no generation prompt, by the renderer `llmft generate
+//     --chat` uses (data/chat_template.h), so training and inference see the
+//     same text; encode_chat() tokenizes the whole rendering as transformers'
+//     apply_chat_template does (no ids added around it: the template writes
+//     its own BOS), except that special-token text inside message content
+//     stays text unless special_tokens_in_content.
+//     Loss mask, from token byte offsets (Tokenizer::token_offsets) against
+//     the byte spans the renderer records for each message's content — never
+//     by searching for the response text, which would also match an earlier
+//     copy of it in a user turn:
+//       kAssistant (default): the tokens of every assistant message's content;
+//       kLast: those of the last assistant message only;
+//       kAll: every token.
+//     A token belongs to a span when its first byte lies inside it (a token
+//     straddling the start of a content is not trained; one straddling its
+//     end is).
+//     End of turn: with kAssistant/kLast, each trained assistant message's
+//     closing end-of-turn token is trained too, so the model learns to stop:
+//     the tokens from the end of its content up to and including the first
+//     end-of-turn token, which must follow with only whitespace between
+//     (ChatML/SmolLM2/Qwen "<|im_end|>", Llama-3 "<|eot_id|>", Mistral "</s>",
+//     Llama-2 " </s>"). What the template writes after that token (ChatML's
+//     "\n") is not trained. End-of-turn tokens: the tokenizer's EOS, the
+//     template's eos_token, and end_of_turn_tokens. A template that does not
+//     close assistant turns this way is a bad record naming what follows the
+//     content: a model trained on it would never learn to stop.
 // Features: input_ids and loss_mask (int64 lists, data/example.h).
 //
 // Truncation (seq_len > 0): a longer record keeps its first seq_len tokens
 // (Hugging Face's default truncation side). The choice keeps the prompt and
 // the start of the answer; the loader packs or pads to seq_len anyway. A
-// prompt/completion record whose completion is cut away entirely would train
-// on nothing, so it is dropped. Both are counted in the summary.
+// record whose trained tokens are cut away entirely would train on nothing,
+// so it is dropped. Both are counted in the summary.
 //
 // Output: <output>-NNNNN-of-MMMMM.tfrecord (TensorFlow's shard naming), train
 // records dealt round-robin in input order, and with val_fraction > 0
@@ -37,14 +79,38 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "data/chat_template.h"
 #include "data/tfrecord.h"
 #include "data/tokenizer.h"
 
 namespace llmft::data {
+
+// kAuto: detected from the file's first record. kTextOrPromptCompletion is
+// what detection picks for {"text"} or {"prompt", "completion"}: either form per line.
+enum class InputFormat { kAuto, kText, kPromptCompletion, kTextOrPromptCompletion, kMessages, kShareGpt, kAlpaca };
+// "text", "prompt-completion", "messages", "sharegpt", "alpaca" (the --format
+// names); nullopt for anything else. kAuto is "auto".
+std::optional<InputFormat> parse_input_format(std::string_view name);
+std::string_view input_format_name(InputFormat format);
+bool is_chat_format(InputFormat format);
+// The format one JSONL line shows by its keys; kAuto when it shows none or is not a JSON object.
+InputFormat detect_input_format(std::string_view line);
+
+// Which tokens of a conversation the loss sees (see the top of this file).
+enum class TrainOn { kAssistant, kLast, kAll };
+std::optional<TrainOn> parse_train_on(std::string_view name);  // "assistant", "last", "all"
+
+struct ChatMaskOptions {
+  TrainOn train_on = TrainOn::kAssistant;
+  bool special_tokens_in_content = false;  // encode_chat(): special-token text in content becomes control tokens
+  std::vector<std::string> end_of_turn_tokens;  // token texts that close an assistant turn, besides EOS
+};
 
 struct DatasetBuildOptions {
   std::string input_path;     // JSONL
@@ -55,6 +121,11 @@ struct DatasetBuildOptions {
   uint64_t seed = 0;
   bool skip_bad_records = false;  // count and skip instead of failing on the first
   Compression compression = Compression::kNone;  // kNone, kGzip or kZlib (kAuto means kNone)
+  InputFormat format = InputFormat::kAuto;
+  // Conversations only: the template that renders them (required for them)
+  // and how their loss mask is made.
+  const ModelChatTemplate* chat_template = nullptr;
+  ChatMaskOptions chat;
 };
 
 struct ShardSummary {
@@ -72,7 +143,9 @@ struct DatasetBuildSummary {
   uint64_t bad_records_skipped = 0;  // only with skip_bad_records
   std::vector<std::string> first_bad_records;  // messages of the first few skipped
   uint64_t truncated_records = 0;    // cut to seq_len
-  uint64_t dropped_no_loss = 0;      // completion cut away entirely
+  uint64_t dropped_no_loss = 0;      // every trained token cut away
+  InputFormat format = InputFormat::kAuto;  // the format read (detected or given)
+  uint64_t format_line = 0;                 // the line it was detected from (0: given)
 };
 
 struct DatasetBuildProgress {
@@ -83,6 +156,39 @@ struct DatasetBuildProgress {
   uint64_t tokens = 0;
   uint64_t input_bytes = 0;
   double seconds = 0.0;
+};
+
+// One record's tokens.
+struct TokenizedRecord {
+  std::vector<int64_t> input_ids;
+  std::vector<int64_t> loss_mask;
+};
+
+// A conversation record (messages, sharegpt or alpaca) as validated
+// [{"role": "system"|"user"|"assistant", "content": string}, ...]. Throws
+// kBadInput naming the field ("messages[2].role: unknown role \"bot\" ...").
+nlohmann::ordered_json conversation_messages(const nlohmann::ordered_json& record, InputFormat format,
+                                             TrainOn train_on = TrainOn::kAssistant);
+
+// Renders, tokenizes and masks validated messages (see the top of this file).
+// Throws kBadInput for a template error or a template that does not close an
+// assistant turn with an end-of-turn token.
+TokenizedRecord tokenize_conversation(const Tokenizer& tokenizer, const ModelChatTemplate& chat_template,
+                                      const nlohmann::ordered_json& messages, const ChatMaskOptions& options);
+
+// JSONL lines -> tokens, with the format detected from the first record that
+// shows one when options.format is kAuto. Throws kBadInput without the
+// "<file>:<line>: " prefix, which the caller adds.
+class RecordTokenizer {
+ public:
+  RecordTokenizer(const Tokenizer& tokenizer, const DatasetBuildOptions& options);
+  TokenizedRecord tokenize(std::string_view line);
+  InputFormat format() const { return format_; }  // kAuto until detected
+
+ private:
+  const Tokenizer& tokenizer_;
+  const DatasetBuildOptions& options_;
+  InputFormat format_;
 };
 
 // Builds the shards. Throws llmft::Error (kBadInput) naming "<input>:<line>"

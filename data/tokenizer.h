@@ -42,6 +42,22 @@ class Tokenizer {
   // kBadInput for an id outside [0, vocab_size()).
   virtual std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const = 0;
 
+  // The bytes of the input text that token `id` stands for, to map tokens
+  // back to text offsets (token_offsets). The default reads id_to_piece() the
+  // sentencepiece way: "▁" is a space and a byte piece "<0xNN>" is that byte;
+  // the BPE tokenizer also undoes the byte-level alphabet and gives added
+  // tokens' content as it is.
+  virtual std::string token_text_bytes(int32_t id) const;
+
+  // The byte offset in `text` where each of `ids` starts, for an `ids` that
+  // encodes `text` (encode, encode_ordinary, or pieces of both as encode_chat
+  // makes; no prefix/suffix ids). The tokens' bytes are walked along the text:
+  // each must continue the text where the previous one ended, except for a
+  // space the tokenizer itself put in front (Metaspace's "▁" prefix), which
+  // takes no text. Throws kBadInput naming the token and byte when they do not
+  // spell the text (a normalizer that rewrites it, an unknown-token id).
+  std::vector<size_t> token_offsets(std::string_view text, std::span<const int32_t> ids) const;
+
   // One past the largest id (vocabulary plus added tokens).
   virtual int32_t vocab_size() const = 0;
   virtual std::string id_to_piece(int32_t id) const = 0;

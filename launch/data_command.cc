@@ -3,13 +3,17 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unistd.h>
 #include <vector>
 
 #include "core/error.h"
+#include "data/chat_template.h"
 #include "data/dataset_builder.h"
 #include "data/example.h"
 #include "data/tfrecord.h"
@@ -24,14 +28,24 @@ constexpr const char* kUsage =
     "  llmft data build --input train.jsonl --tokenizer DIR_OR_FILE --output data/train --shards N\n"
     "                   [--seq-len N] [--val-fraction F] [--seed S] [--skip-bad-records]\n"
     "                   [--compression none|gzip|zlib]\n"
-    "      JSONL lines {\"text\": ...} or {\"prompt\": ..., \"completion\": ...} -> tf.Example records\n"
-    "      (input_ids, loss_mask) in <output>-NNNNN-of-MMMMM.tfrecord and, with --val-fraction,\n"
-    "      <output>-val-00000-of-00001.tfrecord. Records longer than --seq-len keep their first\n"
-    "      seq-len tokens. --compression gzip|zlib compresses whole files, named *.tfrecord.gz|.zlib.\n"
-    "  llmft data inspect FILE [--limit N] [--tokenizer DIR_OR_FILE] [--json]\n"
+    "                   [--format text|prompt-completion|messages|sharegpt|alpaca] [--chat-template FILE]\n"
+    "                   [--train-on assistant|last|all] [--special-tokens-in-content] [--end-of-turn TOKEN]\n"
+    "      JSONL lines -> tf.Example records (input_ids, loss_mask) in <output>-NNNNN-of-MMMMM.tfrecord\n"
+    "      and, with --val-fraction, <output>-val-00000-of-00001.tfrecord. The format is detected from\n"
+    "      the first record's keys unless --format names it: {\"text\"}, {\"prompt\", \"completion\"},\n"
+    "      {\"messages\": [{\"role\", \"content\"}]}, {\"conversations\": [{\"from\", \"value\"}]} (ShareGPT),\n"
+    "      {\"instruction\", \"input\", \"output\"} (Alpaca). Conversations are rendered with the chat\n"
+    "      template of --tokenizer DIR's tokenizer_config.json (or --chat-template FILE), as `llmft\n"
+    "      generate --chat` renders them, and trained on every assistant message with its closing\n"
+    "      end-of-turn token (--train-on assistant), the last one (last), or every token (all).\n"
+    "      Records longer than --seq-len keep their first seq-len tokens. --compression gzip|zlib\n"
+    "      compresses whole files, named *.tfrecord.gz|.zlib.\n"
+    "  llmft data inspect FILE [--limit N | --records N] [--tokenizer DIR_OR_FILE] [--json | --show-mask]\n"
     "      prints records (ids, loss mask, and text when a tokenizer is given); --limit 0 prints all\n"
     "      (default 10). A .gz/.zlib file is read as GZIP/ZLIB. --json prints one JSON object per\n"
-    "      record and nothing else: {\"record\", \"offset\", \"input_ids\"[, \"loss_mask\"][, \"labels\"][, \"text\"]}.\n";
+    "      record and nothing else: {\"record\", \"offset\", \"input_ids\"[, \"loss_mask\"][, \"labels\"][, \"text\"]}.\n"
+    "      --show-mask prints each record's tokens (text with --tokenizer, ids otherwise) with the\n"
+    "      trained ones highlighted: coloured on a terminal, [[between brackets]] otherwise.\n";
 
 // "--name value" and "--name=value" options after the positional arguments' verb.
 class Arguments {
@@ -70,6 +84,7 @@ class Arguments {
       if (std::find(known.begin(), known.end(), name) == known.end())
         throw_bad_input("unknown option --", name, "\n", kUsage);
   }
+  const std::vector<std::pair<std::string, std::string>>& all() const { return values_; }
   std::optional<std::string> get(std::string_view name) const {
     std::optional<std::string> found;
     for (const auto& [key, value] : values_)
@@ -111,14 +126,46 @@ std::string human_count(uint64_t count) {
   return std::to_string(count);
 }
 
+// The chat template for conversation records: --chat-template FILE, or the
+// tokenizer directory's own (tokenizer_config.json / chat_template.jinja).
+// bos/eos text comes from the directory's tokenizer_config.json either way.
+ModelChatTemplate load_data_chat_template(const std::string& tokenizer_path,
+                                                const std::optional<std::string>& template_file) {
+  std::filesystem::path directory = tokenizer_path;
+  if (!std::filesystem::is_directory(directory)) directory = directory.parent_path();
+  if (!template_file) return load_chat_template(directory);
+  ModelChatTemplate from_directory = [&]() -> ModelChatTemplate {
+    try {
+      return load_chat_template(directory);
+    } catch (const Error&) {
+      return {ChatTemplate("", "(none)"), "", ""};  // a template file needs no template in the directory
+    }
+  }();
+  std::ifstream in(*template_file, std::ios::binary);
+  if (!in) throw_bad_input(*template_file, ": cannot open the chat template");
+  std::string source((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return ModelChatTemplate{ChatTemplate(std::move(source), *template_file), from_directory.bos_token,
+                           from_directory.eos_token};
+}
+
+// The format of the input's first non-blank line (kAuto when it shows none).
+data::InputFormat first_record_format(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t\r") != std::string::npos) return data::detect_input_format(line);
+  return data::InputFormat::kAuto;
+}
+
 int run_build(std::span<char*> args) {
-  Arguments arguments(args, {"skip-bad-records"});
+  Arguments arguments(args, {"skip-bad-records", "special-tokens-in-content"});
   if (arguments.help()) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  arguments.check_known(
-      {"input", "tokenizer", "output", "shards", "seq-len", "val-fraction", "seed", "skip-bad-records", "compression"});
+  arguments.check_known({"input", "tokenizer", "output", "shards", "seq-len", "val-fraction", "seed",
+                         "skip-bad-records", "compression", "format", "chat-template", "train-on",
+                         "special-tokens-in-content", "end-of-turn"});
   if (!arguments.positional().empty())
     throw_bad_input("data build: unexpected argument \"", arguments.positional()[0], "\"\n", kUsage);
   data::DatasetBuildOptions options;
@@ -135,9 +182,31 @@ int run_build(std::span<char*> args) {
   else if (compression == "gzip") options.compression = data::Compression::kGzip;
   else if (compression == "zlib") options.compression = data::Compression::kZlib;
   else throw_bad_input("--compression: expected none, gzip or zlib, found \"", compression, "\"");
+  if (auto format = arguments.get("format")) {
+    auto parsed = data::parse_input_format(*format);
+    if (!parsed) throw_bad_input("--format: expected text, prompt-completion, messages, sharegpt or alpaca, found \"",
+                                 *format, "\"");
+    options.format = *parsed;
+  }
+  std::string train_on = arguments.get("train-on").value_or("assistant");
+  auto parsed_train_on = data::parse_train_on(train_on);
+  if (!parsed_train_on) throw_bad_input("--train-on: expected assistant, last or all, found \"", train_on, "\"");
+  options.chat.train_on = *parsed_train_on;
+  options.chat.special_tokens_in_content = arguments.get("special-tokens-in-content").has_value();
+  for (const auto& [name, value] : arguments.all())
+    if (name == "end-of-turn") options.chat.end_of_turn_tokens.push_back(value);
 
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_path);
   std::fprintf(stderr, "tokenizer: %s\n", tokenizer->description().c_str());
+  // The template is read only for conversations, so text data needs none.
+  std::optional<ModelChatTemplate> chat_template;
+  data::InputFormat expected_format =
+      options.format == data::InputFormat::kAuto ? first_record_format(options.input_path) : options.format;
+  if (data::is_chat_format(expected_format)) {
+    chat_template.emplace(load_data_chat_template(tokenizer_path, arguments.get("chat-template")));
+    options.chat_template = &*chat_template;
+    std::fprintf(stderr, "chat template: %s\n", chat_template->chat_template.origin().c_str());
+  }
   auto progress = [](const data::DatasetBuildProgress& state) {
     double mb_per_second = state.seconds > 0 ? static_cast<double>(state.input_bytes) / 1e6 / state.seconds : 0.0;
     std::fprintf(stderr, "\rrecords read %llu/%llu  written %llu  tokens %s  %.1f MB/s  %.0f s   ",
@@ -168,10 +237,18 @@ int run_build(std::span<char*> args) {
   row("train total", records, tokens, loss_tokens);
   if (summary.validation) row(summary.validation->path, summary.validation->records, summary.validation->tokens,
                               summary.validation->loss_tokens);
-  std::printf("lines read %llu, records written %llu\n", static_cast<unsigned long long>(summary.lines),
-              static_cast<unsigned long long>(summary.records_written));
+  std::printf("lines read %llu, records written %llu, format %s", static_cast<unsigned long long>(summary.lines),
+              static_cast<unsigned long long>(summary.records_written),
+              std::string(data::input_format_name(summary.format)).c_str());
+  if (summary.format_line > 0 && options.format == data::InputFormat::kAuto)
+    std::printf(" (detected from line %llu)", static_cast<unsigned long long>(summary.format_line));
+  if (data::is_chat_format(summary.format))
+    std::printf(", trained on %s", train_on == "assistant" ? "every assistant turn"
+                                   : train_on == "last"    ? "the last assistant turn"
+                                                           : "every token");
+  std::printf("\n");
   if (options.seq_len > 0)
-    std::printf("truncated to --seq-len %lld (first tokens kept): %llu records; dropped with no completion tokens "
+    std::printf("truncated to --seq-len %lld (first tokens kept): %llu records; dropped with no trained tokens "
                 "left: %llu\n",
                 static_cast<long long>(options.seq_len), static_cast<unsigned long long>(summary.truncated_records),
                 static_cast<unsigned long long>(summary.dropped_no_loss));
@@ -194,19 +271,54 @@ std::string id_list(const std::vector<int64_t>& values) {
   return out + "]";
 }
 
+// One record's tokens with the trained ones marked: runs of equal mask are
+// decoded together (so a character split over tokens stays whole), trained
+// runs wrapped in ANSI reverse-green on a terminal or in [[ ]] otherwise.
+std::string masked_tokens(const data::TokenExample& example, const Tokenizer* tokenizer, bool colour) {
+  const char* open = colour ? "\x1b[30;42m" : "[[";
+  const char* close = colour ? "\x1b[0m" : "]]";
+  std::string out;
+  const std::vector<int64_t>& ids = example.input_ids;
+  auto trained = [&](size_t i) {
+    if (!example.loss_mask.empty()) return example.loss_mask[i] != 0;
+    if (!example.labels.empty()) return example.labels[i] != -100;
+    return true;  // no mask: the loader trains on every token
+  };
+  for (size_t begin = 0; begin < ids.size();) {
+    size_t end = begin;
+    while (end < ids.size() && trained(end) == trained(begin)) ++end;
+    std::string run;
+    if (tokenizer) {
+      run = tokenizer->decode(std::vector<int32_t>(ids.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                   ids.begin() + static_cast<std::ptrdiff_t>(end)));
+    } else {
+      if (begin > 0) out += ' ';
+      for (size_t i = begin; i < end; ++i) run += str_cat(i > begin ? " " : "", ids[i]);
+    }
+    out += trained(begin) ? open + run + close : run;
+    begin = end;
+  }
+  return out;
+}
+
 int run_inspect_records(std::span<char*> args) {
-  Arguments arguments(args, {"json"});
+  Arguments arguments(args, {"json", "show-mask"});
   if (arguments.help()) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  arguments.check_known({"limit", "tokenizer", "json"});
+  arguments.check_known({"limit", "records", "tokenizer", "json", "show-mask"});
   // Machine-readable output for scripts and the interop tests: JSON Lines only.
   bool json = arguments.get("json").has_value();
+  bool show_mask = arguments.get("show-mask").has_value();
+  if (json && show_mask) throw_bad_input("data inspect: --json and --show-mask exclude each other");
   if (arguments.positional().size() != 1) throw_bad_input("data inspect: expected one FILE\n", kUsage);
   const std::string& path = arguments.positional()[0];
-  int64_t limit = arguments.integer("limit", 10);
-  if (limit < 0) throw_bad_input("--limit: expected >= 0, found ", limit);
+  if (arguments.get("limit") && arguments.get("records"))
+    throw_bad_input("data inspect: --limit and --records are the same option; give one");
+  int64_t limit = arguments.integer("records", arguments.integer("limit", 10));
+  if (limit < 0) throw_bad_input(arguments.get("records") ? "--records" : "--limit", ": expected >= 0, found ", limit);
+  const bool colour = show_mask && isatty(fileno(stdout));
   std::unique_ptr<Tokenizer> tokenizer;
   if (auto tokenizer_path = arguments.get("tokenizer")) tokenizer = load_tokenizer(*tokenizer_path);
 
@@ -238,6 +350,11 @@ int run_inspect_records(std::span<char*> args) {
     std::printf("record %llu (byte %llu): %zu tokens", static_cast<unsigned long long>(position.record_index),
                 static_cast<unsigned long long>(position.offset), example.input_ids.size());
     if (!example.loss_mask.empty()) std::printf(", loss on %llu", static_cast<unsigned long long>(loss_tokens));
+    if (show_mask) {
+      std::printf("\n%s\n", masked_tokens(example, tokenizer.get(), colour).c_str());
+      ++shown;
+      continue;
+    }
     std::printf("\n  input_ids: %s\n", id_list(example.input_ids).c_str());
     if (!example.loss_mask.empty()) std::printf("  loss_mask: %s\n", id_list(example.loss_mask).c_str());
     if (!example.labels.empty()) std::printf("  labels: %s\n", id_list(example.labels).c_str());

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include "core/error.h"
 
@@ -172,12 +173,25 @@ TEST(ChatTemplate, ContentSpansMarkTheCallersText) {
   ChatTemplateInputs inputs;
   inputs.messages = conversation({{"system", "S"}, {"user", "Hi"}, {"assistant", "Hello"}});
   const RenderedChat rendered = ChatTemplate(kSmolLm2Template, "t").render(inputs);
-  std::vector<std::pair<std::string, int64_t>> spans;
-  for (const auto& [begin, end, message] : rendered.content_spans)
-    spans.emplace_back(rendered.text.substr(begin, end - begin), message);
+  std::vector<std::tuple<std::string, int64_t, bool>> spans;
+  for (const auto& [begin, end, message, from_content] : rendered.content_spans)
+    spans.emplace_back(rendered.text.substr(begin, end - begin), message, from_content);
   // Role and content are separated by the template's '\n', so each is its own span.
-  EXPECT_EQ(spans, (std::vector<std::pair<std::string, int64_t>>{
-                       {"system", 0}, {"S", 0}, {"user", 1}, {"Hi", 1}, {"assistant", 2}, {"Hello", 2}}));
+  EXPECT_EQ(spans, (std::vector<std::tuple<std::string, int64_t, bool>>{{"system", 0, false},
+                                                                        {"S", 0, true},
+                                                                        {"user", 1, false},
+                                                                        {"Hi", 1, true},
+                                                                        {"assistant", 2, false},
+                                                                        {"Hello", 2, true}}));
+  // A role glued to its content (no template text between) is still two spans.
+  inputs.messages = conversation({{"assistant", "Yes"}});
+  const RenderedChat role_glued = ChatTemplate("{% for m in messages %}{{ m.role + m.content }}{% endfor %}", "t")
+                                      .render(inputs);
+  ASSERT_EQ(role_glued.content_spans.size(), 2u);
+  EXPECT_EQ(role_glued.content_spans[1].begin, 9u);
+  EXPECT_EQ(role_glued.content_spans[1].end, 12u);
+  EXPECT_TRUE(role_glued.content_spans[1].from_content);
+  EXPECT_FALSE(role_glued.content_spans[0].from_content);
   // Adjacent text of two messages stays two spans.
   inputs.messages = conversation({{"user", "a"}, {"user", "b"}});
   const RenderedChat glued = ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}", "t").render(inputs);

@@ -164,7 +164,7 @@ TEST_F(DataBuildE2E, SeqLenTruncatesAndDropsRecordsLeftWithoutCompletion) {
     expected.push_back(record);
   }
   EXPECT_EQ(read_shard(out_ / "cut-00000-of-00001.tfrecord"), expected);
-  EXPECT_NE(output.find(": " + std::to_string(truncated) + " records; dropped with no completion tokens left: " +
+  EXPECT_NE(output.find(": " + std::to_string(truncated) + " records; dropped with no trained tokens left: " +
                         std::to_string(dropped)),
             std::string::npos)
       << output;
