@@ -192,6 +192,60 @@ TEST_F(DataBuildE2E, BadLineFailsWithFileLineAndExitCode2) {
   EXPECT_NE(result.output.find("--shards: expected 1..99999, found 0"), std::string::npos) << result.output;
 }
 
+// A conversation file with SmolLM2's own template (tokenizer_config.json of
+// the tokenizer directory), shown by `data inspect --show-mask`: brackets when
+// stdout is not a terminal; the trained text is the assistant content and its
+// <|im_end|> only (the default system prompt is the template's own).
+TEST_F(DataBuildE2E, ConversationsUseTheModelTemplateAndShowMaskBracketsTrainedTokens) {
+  fs::create_directories(out_);
+  fs::path input = out_ / "chat.jsonl";
+  std::ofstream(input) << R"({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]})"
+                       << "\n";
+  CommandResult result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
+                             " --output " + (out_ / "chat").string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("format messages (detected from line 1), trained on every assistant turn"),
+            std::string::npos) << result.output;
+  fs::path shard = out_ / "chat-00000-of-00001.tfrecord";
+  result = run("data inspect " + shard.string() + " --show-mask --tokenizer " + (kTestData / "smollm2").string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find(
+                ": 37 tokens, loss on 2\n<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                "Hugging Face<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n[[4<|im_end|>]]\n\n"),
+            std::string::npos)
+      << result.output;
+  // Without a tokenizer: ids, the trained ones ("4" and <|im_end|>, id 2) in brackets, then "\n" (198).
+  result = run("data inspect " + shard.string() + " --show-mask --records 1");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find(" 2]] 198\n"), std::string::npos) << result.output;
+  EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '['), 2) << result.output;
+
+  // --chat-template FILE replaces the directory's template; --train-on all trains on everything.
+  fs::path template_file = out_ / "template.jinja";
+  std::ofstream(template_file) << "{% for m in messages %}{{ m.role + ': ' + m.content + '<|im_end|>' }}{% endfor %}";
+  result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2/tokenizer.json").string() +
+               " --chat-template " + template_file.string() + " --output " + (out_ / "custom").string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  result = run("data inspect " + (out_ / "custom-00000-of-00001.tfrecord").string() + " --show-mask --tokenizer " +
+               (kTestData / "smollm2").string());
+  EXPECT_NE(result.output.find("\nuser: 2+2?<|im_end|>assistant: [[4<|im_end|>]]\n"), std::string::npos) << result.output;
+  result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
+               " --train-on all --output " + (out_ / "all").string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_EQ(read_shard(out_ / "all-00000-of-00001.tfrecord")[0].loss_mask, std::vector<int64_t>(37, 1));
+
+  result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
+               " --format chatml --output " + (out_ / "x").string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("--format: expected text, prompt-completion, messages, sharegpt or alpaca, found \"chatml\""),
+            std::string::npos) << result.output;
+  result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
+               " --train-on user --output " + (out_ / "x").string());
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("--train-on: expected assistant, last or all, found \"user\""), std::string::npos)
+      << result.output;
+}
+
 }  // namespace
 }  // namespace llmft
 
