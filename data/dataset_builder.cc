@@ -29,9 +29,10 @@ TokenizedRecord tokenize_plain_record(const Tokenizer& tokenizer, const json& re
     if (!value.is_string()) throw_bad_input("\"", key, "\": expected a string, found ", value.type_name());
     return value.get<std::string>();
   };
-  const char* expected = format == InputFormat::kText               ? "(expected {\"text\"})"
-                         : format == InputFormat::kPromptCompletion ? "(expected {\"prompt\", \"completion\"})"
-                                                                    : "(expected {\"text\"} or {\"prompt\", \"completion\"})";
+  const char* expected = format == InputFormat::kText ? "(expected {\"text\"})"
+                         : format == InputFormat::kPromptCompletion
+                             ? "(expected {\"prompt\", \"completion\"})"
+                             : "(expected {\"text\"} or {\"prompt\", \"completion\"})";
   bool has_text = record.contains("text");
   bool has_prompt = record.contains("prompt"), has_completion = record.contains("completion");
   for (auto it = record.begin(); it != record.end(); ++it) {
@@ -81,7 +82,8 @@ InputFormat detect_format(const json& record) {
 
 std::string key_list(const json& record) {
   std::string keys;
-  for (auto it = record.begin(); it != record.end(); ++it) keys += str_cat(keys.empty() ? "" : ", ", "\"", it.key(), "\"");
+  for (auto it = record.begin(); it != record.end(); ++it)
+    keys += str_cat(keys.empty() ? "" : ", ", "\"", it.key(), "\"");
   return keys.empty() ? "none" : keys;
 }
 
@@ -323,7 +325,8 @@ TokenizedRecord tokenize_conversation(const Tokenizer& tokenizer, const ModelCha
       std::string names;
       for (int32_t id : end_of_turn) names += str_cat(names.empty() ? "" : ", ", token_for_message(tokenizer, id));
       throw_bad_input(origin, ": messages[", message, "] (assistant) is not closed by an end-of-turn token (",
-                      names.empty() ? "none known: the tokenizer has no EOS" : names, ") right after its content; found ",
+                      names.empty() ? "none known: the tokenizer has no EOS" : names,
+                      ") right after its content; found ",
                       json(text.substr(content_end, 40)).dump(-1, ' ', false, json::error_handler_t::replace),
                       ": a model trained on it would not learn to stop (--end-of-turn TOKEN names the template's)");
     }
@@ -370,7 +373,8 @@ std::string shard_file_name(const std::string& prefix, int64_t index, int64_t co
 
 DatasetBuildSummary build_dataset(const Tokenizer& tokenizer, const DatasetBuildOptions& options,
                                   const std::function<void(const DatasetBuildProgress&)>& progress) {
-  if (options.shards < 1 || options.shards > 99999) throw_bad_input("--shards: expected 1..99999, found ", options.shards);
+  if (options.shards < 1 || options.shards > 99999)
+    throw_bad_input("--shards: expected 1..99999, found ", options.shards);
   if (options.seq_len < 0) throw_bad_input("--seq-len: expected >= 0, found ", options.seq_len);
   if (!(options.val_fraction >= 0.0 && options.val_fraction < 1.0))
     throw_bad_input("--val-fraction: expected a number in [0, 1), found ", options.val_fraction);

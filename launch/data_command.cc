@@ -210,7 +210,8 @@ int run_build(std::span<char*> args) {
   auto progress = [](const data::DatasetBuildProgress& state) {
     double mb_per_second = state.seconds > 0 ? static_cast<double>(state.input_bytes) / 1e6 / state.seconds : 0.0;
     std::fprintf(stderr, "\rrecords read %llu/%llu  written %llu  tokens %s  %.1f MB/s  %.0f s   ",
-                 static_cast<unsigned long long>(state.records_read), static_cast<unsigned long long>(state.total_records),
+                 static_cast<unsigned long long>(state.records_read),
+                 static_cast<unsigned long long>(state.total_records),
                  static_cast<unsigned long long>(state.records_written), human_count(state.tokens).c_str(),
                  mb_per_second, state.seconds);
     std::fflush(stderr);
@@ -257,7 +258,8 @@ int run_build(std::span<char*> args) {
     for (const std::string& message : summary.first_bad_records) std::printf("  %s\n", message.c_str());
   }
   for (const auto& shard : summary.train_shards)
-    if (shard.records == 0) std::fprintf(stderr, "warning: %s has no records (more shards than records)\n", shard.path.c_str());
+    if (shard.records == 0)
+      std::fprintf(stderr, "warning: %s has no records (more shards than records)\n", shard.path.c_str());
   return 0;
 }
 
@@ -336,12 +338,14 @@ int run_inspect_records(std::span<char*> args) {
     data::TokenExample example =
         data::decode_example(bytes, decode_options, {path, position.record_index, position.offset});
     if (json) {
-      nlohmann::json object = {{"record", position.record_index}, {"offset", position.offset}, {"input_ids", example.input_ids}};
+      nlohmann::json object = {
+          {"record", position.record_index}, {"offset", position.offset}, {"input_ids", example.input_ids}};
       if (!example.loss_mask.empty()) object["loss_mask"] = example.loss_mask;
       if (!example.labels.empty()) object["labels"] = example.labels;
       if (tokenizer)
         object["text"] = tokenizer->decode(std::vector<int32_t>(example.input_ids.begin(), example.input_ids.end()));
-      std::printf("%s\n", object.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace).c_str());
+      std::printf("%s\n",
+                  object.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace).c_str());
       ++shown;
       continue;
     }

@@ -227,7 +227,8 @@ TEST_F(ChatData, AlpacaIsInstructionBlankLineInputThenOutput) {
   EXPECT_EQ(show(tokenize(R"({"instruction": "Add", "input": "2 2", "output": "4"})")),
             "<|user|>Add\n\n2 2\n<|bot|>:[[4 <|end|>]]\n");
   // An empty or absent input leaves the instruction alone.
-  EXPECT_EQ(show(tokenize(R"({"instruction": "Add", "input": "", "output": "4"})")), "<|user|>Add\n<|bot|>:[[4 <|end|>]]\n");
+  EXPECT_EQ(show(tokenize(R"({"instruction": "Add", "input": "", "output": "4"})")),
+            "<|user|>Add\n<|bot|>:[[4 <|end|>]]\n");
   EXPECT_EQ(show(tokenize(R"({"instruction": "Add", "output": "4"})", TrainOn::kAssistant, InputFormat::kAlpaca)),
             "<|user|>Add\n<|bot|>:[[4 <|end|>]]\n");
 }
@@ -235,7 +236,8 @@ TEST_F(ChatData, AlpacaIsInstructionBlankLineInputThenOutput) {
 TEST_F(ChatData, TokenStraddlingASpanEdgeIsTrainedWhenItsFirstByteIsInside) {
   // ":H" starts in the template (':') and ends in the content: not trained.
   // "! " starts in the content ('!') and ends in the template: trained.
-  EXPECT_EQ(show_tokens(tokenize(R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Hi!"}]})")),
+  EXPECT_EQ(show_tokens(tokenize(
+                R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Hi!"}]})")),
             "<|user|>|x|\n|<|bot|>|:H|[i]|[! ]|[<|end|>]|\n");
 }
 
@@ -243,8 +245,9 @@ TEST_F(ChatData, EndOfTurnIsTheFirstEndTokenAfterTheContentWithOnlyWhitespaceBet
   // ChatML-like: the token right after the content; what follows it is not trained.
   template_ = fixture_template("{% for m in messages %}{{ '<|bot|>' + m.role + '\\n' + m.content + '<|end|>\\n\\n' }}"
                                "{% endfor %}");
-  EXPECT_EQ(show(tokenize(R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})")),
-            "<|bot|>user\nq<|end|>\n\n<|bot|>assistant\n[[a<|end|>]]\n\n");
+  EXPECT_EQ(
+      show(tokenize(R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})")),
+      "<|bot|>user\nq<|end|>\n\n<|bot|>assistant\n[[a<|end|>]]\n\n");
 
   // A template that never closes the assistant turn: the model would not learn to stop.
   template_ = fixture_template("{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}");
@@ -343,14 +346,17 @@ TEST_F(ChatData, EachBadRecordIsOneLineNamingFileLineAndField) {
             input() + ":2: messages[1]: unexpected key \"name\"" + expected_messages);
   EXPECT_EQ(error_for(good + messages("[" + user + "]")),
             input() + ":2: messages: no assistant message to train on (--train-on all trains on every token)");
-  EXPECT_EQ(error_for(good + messages("[" + user + R"(, {"role": "assistant", "content": ""}])")),
-            input() + ":2: messages[1].content: empty assistant message (nothing to train on but the end-of-turn token)");
+  EXPECT_EQ(
+      error_for(good + messages("[" + user + R"(, {"role": "assistant", "content": ""}])")),
+      input() + ":2: messages[1].content: empty assistant message (nothing to train on but the end-of-turn token)");
   EXPECT_EQ(error_for(good + R"({"messages": [], "id": 3})" + "\n"),
             input() + ":2: unexpected key \"id\"" + expected_messages);
-  EXPECT_EQ(error_for(R"({"conversations": [{"from": "robot", "value": "a"}]})"),
-            input() + ":1: conversations[0].from: unknown role \"robot\" (expected system, human, gpt, user or assistant)");
-  EXPECT_EQ(error_for(R"({"conversations": [{"from": "gpt"}]})"),
-            input() + ":1: conversations[0]: missing \"value\" (expected {\"conversations\": [{\"from\", \"value\"}, ...]})");
+  EXPECT_EQ(
+      error_for(R"({"conversations": [{"from": "robot", "value": "a"}]})"),
+      input() + ":1: conversations[0].from: unknown role \"robot\" (expected system, human, gpt, user or assistant)");
+  EXPECT_EQ(
+      error_for(R"({"conversations": [{"from": "gpt"}]})"),
+      input() + ":1: conversations[0]: missing \"value\" (expected {\"conversations\": [{\"from\", \"value\"}, ...]})");
   EXPECT_EQ(error_for(R"({"instruction": "a", "input": "b"})"),
             input() + ":1: missing \"output\" (expected {\"instruction\", \"input\", \"output\"})");
   EXPECT_EQ(error_for(R"({"instruction": "a", "input": 3, "output": "c"})"),

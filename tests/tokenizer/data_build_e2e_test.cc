@@ -199,13 +199,15 @@ TEST_F(DataBuildE2E, BadLineFailsWithFileLineAndExitCode2) {
 TEST_F(DataBuildE2E, ConversationsUseTheModelTemplateAndShowMaskBracketsTrainedTokens) {
   fs::create_directories(out_);
   fs::path input = out_ / "chat.jsonl";
-  std::ofstream(input) << R"({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]})"
-                       << "\n";
-  CommandResult result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
-                             " --output " + (out_ / "chat").string());
+  std::ofstream(input)
+      << R"({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]})"
+      << "\n";
+  CommandResult result = run("data build --input " + input.string() + " --tokenizer " +
+                             (kTestData / "smollm2").string() + " --output " + (out_ / "chat").string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("format messages (detected from line 1), trained on every assistant turn"),
-            std::string::npos) << result.output;
+            std::string::npos)
+      << result.output;
   fs::path shard = out_ / "chat-00000-of-00001.tfrecord";
   result = run("data inspect " + shard.string() + " --show-mask --tokenizer " + (kTestData / "smollm2").string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
@@ -223,12 +225,14 @@ TEST_F(DataBuildE2E, ConversationsUseTheModelTemplateAndShowMaskBracketsTrainedT
   // --chat-template FILE replaces the directory's template; --train-on all trains on everything.
   fs::path template_file = out_ / "template.jinja";
   std::ofstream(template_file) << "{% for m in messages %}{{ m.role + ': ' + m.content + '<|im_end|>' }}{% endfor %}";
-  result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2/tokenizer.json").string() +
-               " --chat-template " + template_file.string() + " --output " + (out_ / "custom").string());
+  result =
+      run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2/tokenizer.json").string() +
+          " --chat-template " + template_file.string() + " --output " + (out_ / "custom").string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
   result = run("data inspect " + (out_ / "custom-00000-of-00001.tfrecord").string() + " --show-mask --tokenizer " +
                (kTestData / "smollm2").string());
-  EXPECT_NE(result.output.find("\nuser: 2+2?<|im_end|>assistant: [[4<|im_end|>]]\n"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("\nuser: 2+2?<|im_end|>assistant: [[4<|im_end|>]]\n"), std::string::npos)
+      << result.output;
   result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
                " --train-on all --output " + (out_ / "all").string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
@@ -237,8 +241,10 @@ TEST_F(DataBuildE2E, ConversationsUseTheModelTemplateAndShowMaskBracketsTrainedT
   result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
                " --format chatml --output " + (out_ / "x").string());
   EXPECT_EQ(result.exit_code, 2) << result.output;
-  EXPECT_NE(result.output.find("--format: expected text, prompt-completion, messages, sharegpt or alpaca, found \"chatml\""),
-            std::string::npos) << result.output;
+  EXPECT_NE(
+      result.output.find("--format: expected text, prompt-completion, messages, sharegpt or alpaca, found \"chatml\""),
+      std::string::npos)
+      << result.output;
   result = run("data build --input " + input.string() + " --tokenizer " + (kTestData / "smollm2").string() +
                " --train-on user --output " + (out_ / "x").string());
   EXPECT_EQ(result.exit_code, 2) << result.output;
