@@ -1,0 +1,143 @@
+"""After a real LoRA fine-tune: llmft's exports against transformers and PEFT.
+
+Issue 7 asks that the files a user gets out of a fine-tune (not a random
+adapter, which test_peft_adapter.py covers) load in the Hugging Face stack
+with llmft's own numbers. So this test runs the whole path through the
+binary on the real SmolLM2-135M-Instruct:
+
+  llmft convert --gguf  ->  llmft data build (messages, assistant-only loss)
+  ->  llmft train (LoRA r 8, all-linear, a few steps at a high lr so B moves)
+  ->  llmft export --merged / --adapter
+
+and then checks, on a token sequence:
+  * llmft's base+LoRA logits (llmft_peft_logits --load: the exported adapter
+    onto the base, llmft's forward) differ from the base by far more than the
+    tolerance — the run really trained something;
+  * transformers loading the merged directory gives those logits;
+  * peft.PeftModel.from_pretrained(base, adapter) gives those logits;
+  * llmft loading its own merged directory gives them too.
+
+Tolerance: 2e-3 absolute on logits, both sides f32 (different GEMM blocking
+and reduction orders; the same bound as test_model_logits.py, where the
+measured difference is about 1e-4).
+"""
+
+import json
+import os
+import subprocess
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from interop_common import WORK_DIR, convert_smollm2, main, run_llmft
+
+LOGIT_TOLERANCE = 2e-3
+IDS = [1, 504, 3575, 282, 4649, 314, 17, 2, 1116, 30, 2043]
+
+
+def build_peer(name: str) -> str:
+    """A test peer beside llmft_logits in the build tree."""
+    logits = Path(os.environ["LLMFT_LOGITS"])
+    return str(logits if name == "llmft_logits" else logits.parents[1] / "peft" / name)
+
+
+def read_logits(path: Path, rows: int) -> np.ndarray:
+    return np.fromfile(path, dtype=np.float32).reshape(rows, -1)
+
+
+def transformers_logits(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def conversations():
+    """Short chats with one fixed answer style, enough for a few optimizer steps."""
+    cities = ["Lyon", "Porto", "Graz", "Turku", "Gent", "Bergen", "Split", "Cork"]
+    for index, city in enumerate(cities * 3):
+        yield {"messages": [
+            {"role": "user", "content": f"Where does record {index} live?"},
+            {"role": "assistant", "content": f"RECORD {index}: city={city.upper()}"},
+        ]}
+
+
+class FinetuneExportTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(2)
+        cls.base_dir = convert_smollm2("f32")
+        data_dir = WORK_DIR / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        jsonl = data_dir / "chats.jsonl"
+        jsonl.write_text("".join(json.dumps(record) + "\n" for record in conversations()))
+        run_llmft("data", "build", "--input", str(jsonl), "--tokenizer", str(cls.base_dir), "--output",
+                  str(data_dir / "train"), "--shards", "1", "--format", "messages")
+        run_dir = WORK_DIR / "run"
+        config = WORK_DIR / "run.pbtxt"
+        config.write_text(f"""
+model {{ hf_dir: "{cls.base_dir}" }}
+peft {{ lora {{ r: 8 alpha: 16 dropout: 0.0 target_modules: ["all-linear"] }} }}
+data {{ train_files: "{data_dir}/train-00000-of-00001.tfrecord" seq_len: 64 batch_size: 2 seed: 7 }}
+optimizer {{ lr: 3e-3 weight_decay: 0.0 }}
+schedule {{ kind: CONSTANT total_steps: 4 }}
+checkpoint {{ dir: "{run_dir}/checkpoints" keep_last: 1 }}
+logging {{ every_n_steps: 1 jsonl_path: "{run_dir}/metrics.jsonl" }}
+""")
+        for stale in (run_dir / "checkpoints").glob("step-*"):
+            subprocess.run(["rm", "-rf", str(stale)], check=True)
+        run_llmft("train", "--config", str(config), "--threads", "2")
+        cls.merged_dir = WORK_DIR / "merged"
+        cls.adapter_dir = WORK_DIR / "adapter"
+        run_llmft("export", "--config", str(config), "--merged", str(cls.merged_dir), "--dtype", "f32")
+        run_llmft("export", "--config", str(config), "--adapter", str(cls.adapter_dir), "--dtype", "f32")
+        cls.metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+        # llmft's base and base+LoRA (the exported adapter loaded onto the base by llmft).
+        base_out, lora_out = WORK_DIR / "base.f32", WORK_DIR / "lora.f32"
+        subprocess.run([build_peer("llmft_logits"), str(cls.base_dir), str(base_out), *map(str, IDS)], check=True,
+                       capture_output=True)
+        subprocess.run([build_peer("llmft_peft_logits"), "--load", str(cls.base_dir), str(cls.adapter_dir),
+                        str(lora_out), *map(str, IDS)], check=True, capture_output=True)
+        cls.base = read_logits(base_out, len(IDS))
+        cls.lora = read_logits(lora_out, len(IDS))
+
+    def test_training_changed_the_model(self):
+        self.assertTrue(any("loss" in record for record in self.metrics), f"no loss in {self.metrics}")
+        moved = float(np.abs(self.lora - self.base).max())
+        self.assertGreater(moved, 50 * LOGIT_TOLERANCE, "the fine-tune must move the logits for the checks to bite")
+        print(f"LoRA moved the logits by up to {moved:.3g}")
+
+    def test_merged_export_in_transformers(self):
+        merged = AutoModelForCausalLM.from_pretrained(self.merged_dir, dtype=torch.float32).eval()
+        difference = float(np.abs(transformers_logits(merged, IDS) - self.lora).max())
+        print(f"|transformers(merged) - llmft base+LoRA| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
+        self.assertLessEqual(difference, LOGIT_TOLERANCE)
+
+    def test_merged_export_in_llmft(self):
+        out = WORK_DIR / "merged.f32"
+        subprocess.run([build_peer("llmft_logits"), str(self.merged_dir), str(out), *map(str, IDS)], check=True,
+                       capture_output=True)
+        difference = float(np.abs(read_logits(out, len(IDS)) - self.lora).max())
+        print(f"|llmft(merged) - llmft base+LoRA| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
+        self.assertLessEqual(difference, LOGIT_TOLERANCE)
+
+    def test_adapter_in_peft(self):
+        config = json.loads((self.adapter_dir / "adapter_config.json").read_text())
+        self.assertEqual(config["peft_type"], "LORA")
+        self.assertEqual(config["r"], 8)
+        base_model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32).eval()
+        np.testing.assert_allclose(transformers_logits(base_model, IDS), self.base, rtol=0, atol=LOGIT_TOLERANCE,
+                                   err_msg="base logits")
+        peft_model = PeftModel.from_pretrained(base_model, self.adapter_dir).eval()
+        loaded = [name for name in peft_model.state_dict() if "lora_" in name]
+        self.assertEqual(len(loaded), 2 * 7 * base_model.config.num_hidden_layers)
+        difference = float(np.abs(transformers_logits(peft_model, IDS) - self.lora).max())
+        print(f"|PeftModel(base, adapter) - llmft base+LoRA| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
+        self.assertLessEqual(difference, LOGIT_TOLERANCE)
+
+
+if __name__ == "__main__":
+    main()
