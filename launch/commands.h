@@ -3,9 +3,7 @@
 // it on one line and exits with its code).
 #pragma once
 
-#include <cstdint>
 #include <span>
-#include <string>
 
 namespace llmft::launch {
 
@@ -17,8 +15,5 @@ int run_tokenize(std::span<char*> args);  // launch/tokenize_command.cc
 int run_train(std::span<char*> args);     // launch/train_command.cc
 int run_eval(std::span<char*> args);      // launch/eval_command.cc
 int run_export(std::span<char*> args);    // launch/export_command.cc
-
-// "5GB" -> 5'000'000'000, "2GiB" -> 2^31, "1000" -> 1000 (launch/export_command.cc).
-uint64_t parse_byte_size(const std::string& text);
 
 }  // namespace llmft::launch

@@ -10,7 +10,6 @@
 //   --adapter OUT  a Hugging Face PEFT adapter (adapter_config.json +
 //                  adapter_model.safetensors); LoRA runs only.
 // Both may be given at once. --dtype defaults to the run's compute dtype.
-#include <cctype>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -19,8 +18,8 @@
 
 #include "core/error.h"
 #include "launch/commands.h"
-#include "peft/adapter_io.h"
 #include "trainer/checkpoint.h"
+#include "trainer/export.h"
 #include "trainer/train_options.h"
 #include "trainer/training_setup.h"
 
@@ -37,35 +36,6 @@ constexpr const char* kUsage =
     "  --checkpoint: default latest (the newest step-N of checkpoint.dir).\n";
 
 }  // namespace
-
-// "5GB" -> 5e9, "512MiB" -> 2^29, "1000" -> 1000 (transformers' max_shard_size
-// convention: decimal KB/MB/GB, binary KiB/MiB/GiB).
-uint64_t parse_byte_size(const std::string& text) {
-  size_t digits = 0;
-  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.'))
-    ++digits;
-  std::string unit = text.substr(digits);
-  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  double number = 0.0;
-  try {
-    size_t used = 0;
-    number = digits > 0 ? std::stod(text.substr(0, digits), &used) : -1.0;
-    if (used != digits) number = -1.0;
-  } catch (const std::exception&) {
-    number = -1.0;
-  }
-  double multiplier = 0.0;
-  if (unit.empty() || unit == "B") multiplier = 1.0;
-  else if (unit == "KB") multiplier = 1e3;
-  else if (unit == "MB") multiplier = 1e6;
-  else if (unit == "GB") multiplier = 1e9;
-  else if (unit == "KIB") multiplier = 1024.0;
-  else if (unit == "MIB") multiplier = 1024.0 * 1024.0;
-  else if (unit == "GIB") multiplier = 1024.0 * 1024.0 * 1024.0;
-  if (!(number > 0.0) || multiplier == 0.0)
-    throw_bad_input("export: --max-shard-size '", text, "' is not a size (e.g. 5GB, 500MB, 2GiB, 1000000)");
-  return static_cast<uint64_t>(number * multiplier);
-}
 
 int run_export(std::span<char*> args) {
   std::optional<std::string> config_path, merged_dir, adapter_dir, dtype_name;
@@ -91,7 +61,7 @@ int run_export(std::span<char*> args) {
     } else if (arg == "--dtype") {
       dtype_name = value();
     } else if (arg == "--max-shard-size") {
-      max_shard_bytes = parse_byte_size(value());
+      max_shard_bytes = trainer::parse_byte_size(value());
     } else if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
@@ -116,19 +86,15 @@ int run_export(std::span<char*> args) {
   auto model = trainer::build_training_model(*context, options, /*for_training=*/false);
   const std::filesystem::path source = trainer::load_checkpoint_weights(*model, options, checkpoint);
   if (merged_dir) {
-    if (model->lora) {
-      save_lora_merged(*model->lora, *merged_dir, dtype, max_shard_bytes);
-    } else {
-      model->model->save_pretrained(*merged_dir, dtype, max_shard_bytes);
-    }
-    const std::vector<std::string> copied = copy_tokenizer_files(options.hf_dir, *merged_dir);
+    const std::vector<std::string> copied =
+        trainer::export_merged(*model, options.hf_dir, *merged_dir, dtype, max_shard_bytes);
     std::string copied_list;
     for (const std::string& name : copied) copied_list += (copied_list.empty() ? "" : ", ") + name;
     std::printf("merged model of %s written to %s (tokenizer files: %s)\n", source.string().c_str(),
                 merged_dir->c_str(), copied.empty() ? "none found in the base directory" : copied_list.c_str());
   }
   if (adapter_dir) {
-    save_lora_adapter(*model->lora, *adapter_dir, options.hf_dir, dtype);
+    trainer::export_adapter(*model, options.hf_dir, *adapter_dir, dtype);
     std::printf("LoRA adapter of %s written to %s\n", source.string().c_str(), adapter_dir->c_str());
   }
   return 0;

@@ -114,6 +114,8 @@ class Trainer {
   int64_t step() const { return step_; }
   TrainingModel& model() { return *model_; }
   optim::AdamW& optimizer() { return *optimizer_; }
+  // Null unless the compute dtype is f16.
+  const optim::LossScaler* loss_scaler() const { return scaler_.get(); }
   const TrainOptions& options() const { return options_; }
   // Where the run resumed from, if it did.
   const std::optional<std::filesystem::path>& resumed_from() const { return resumed_from_; }

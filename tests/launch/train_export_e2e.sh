@@ -1,0 +1,100 @@
+#!/bin/sh
+# e2e: `llmft train` on a tiny random model, then `llmft export` (merged,
+# sharded, adapter) and `llmft eval`, through the binary; SIGTERM during
+# training writes a checkpoint that `--set checkpoint.resume=latest` continues.
+# usage: train_export_e2e.sh LLMFT_BINARY MAKE_TINY_RUN_BINARY
+set -u
+llmft="$1"
+make_tiny_run="$2"
+work=$(mktemp -d "${TMPDIR:-/tmp}/llmft-train-e2e.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$make_tiny_run" "$work" || fail "fixture writer exited $?"
+cat > "$work/run.pbtxt" <<PBTXT
+model { hf_dir: "$work/model" }
+peft { lora { r: 4 alpha: 8 dropout: 0.05 target_modules: "all-linear" } }
+data {
+  train_files: "$work/data/train-*-of-00002.tfrecord"
+  validation_files: "$work/data/valid.tfrecord"
+  seq_len: 16 batch_size: 2 grad_accumulation_steps: 2 shuffle_buffer: 8
+}
+optimizer { lr: 1e-2 }
+schedule { kind: COSINE warmup_steps: 2 total_steps: 12 }
+checkpoint { dir: "$work/run/checkpoints" every_n_steps: 5 keep_last: 2 }
+logging { every_n_steps: 4 jsonl_path: "$work/run/metrics.jsonl" tensorboard_dir: "$work/run/tb" eval_every_n_steps: 6 }
+PBTXT
+
+out=$("$llmft" train --config "$work/run.pbtxt" 2>&1) || fail "train exited $?: $out"
+for expected in "step 4/12 | loss " "eval step 6: loss " "finished at step 12/12; checkpoint $work/run/checkpoints/step-12"; do
+  case "$out" in *"$expected"*) ;; *) fail "train output lacks '$expected':
+$out" ;; esac
+done
+[ "$(ls "$work/run/checkpoints")" = "step-10
+step-12" ] || fail "expected checkpoints step-10 and step-12, found: $(ls "$work/run/checkpoints")"
+[ "$(wc -l < "$work/run/metrics.jsonl")" -eq 5 ] || fail "metrics.jsonl: expected 5 records (steps 4, 8, 12; evals 6, 12)"
+ls "$work/run/tb" | grep -q tfevents || fail "no TensorBoard event file"
+
+"$llmft" export --config "$work/run.pbtxt" --merged "$work/merged" --adapter "$work/adapter" >/dev/null ||
+  fail "export exited $?"
+for file in merged/config.json merged/model.safetensors merged/tokenizer_config.json adapter/adapter_config.json \
+            adapter/adapter_model.safetensors; do
+  [ -f "$work/$file" ] || fail "export did not write $file"
+done
+"$llmft" export --config "$work/run.pbtxt" --checkpoint "$work/run/checkpoints/step-10" --merged "$work/sharded" \
+  --max-shard-size 20KB --dtype bf16 >/dev/null || fail "sharded export exited $?"
+[ -f "$work/sharded/model.safetensors.index.json" ] || fail "no index for a sharded export"
+[ "$(ls "$work/sharded" | grep -c '^model-0000.-of-0000.\.safetensors$')" -gt 1 ] || fail "expected several shards"
+
+# The merged model scores the validation data like base + LoRA from the checkpoint.
+trained=$("$llmft" eval --config "$work/run.pbtxt" | grep '^loss') || fail "eval --config exited $?"
+merged=$("$llmft" eval --model "$work/merged" --data "$work/data/valid.tfrecord" --seq-len 16 | grep '^loss') ||
+  fail "eval --model exited $?"
+echo "$trained" "$merged" | awk '{ d = $2 - $10; if (d < 0) d = -d; if (d > 1e-4 || $2 <= 0) exit 1 }' ||
+  fail "eval of the checkpoint ($trained) and of the merged export ($merged) differ"
+"$llmft" eval --model "$work/sharded" --data "$work/data/valid.tfrecord" --seq-len 16 >/dev/null ||
+  fail "the sharded export does not load"
+
+# expect_error NAME EXPECTED_SUBSTRING ARGS...: exit 2, exactly one stderr line containing the text.
+expect_error() {
+  name="$1"; expected="$2"; shift 2
+  err=$("$llmft" "$@" 2>&1 >/dev/null)
+  code=$?
+  [ "$code" -eq 2 ] || fail "$name: exit $code, expected 2 ($err)"
+  [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] || fail "$name: expected one error line, got: $err"
+  case "$err" in *"$expected"*) ;; *) fail "$name: message '$err' lacks '$expected'" ;; esac
+}
+expect_error "adapter of a full fine-tuning run" "full fine-tuning run (peft none), which has no adapter" \
+  export --config "$work/run.pbtxt" --set peft.none= --adapter "$work/none"
+expect_error "other PEFT config" "checkpoint was written for a different model/PEFT config" \
+  export --config "$work/run.pbtxt" --set peft.lora.r=2 --merged "$work/none"
+expect_error "bad shard size" "--max-shard-size 'lots' is not a size" \
+  export --config "$work/run.pbtxt" --merged "$work/none" --max-shard-size lots
+expect_error "no checkpoint" "no checkpoint (step-<N> directory) to export" \
+  export --config "$work/run.pbtxt" --set checkpoint.dir="$work/empty" --merged "$work/none"
+expect_error "bad model dir" "not a model directory" train --config "$work/run.pbtxt" --set model.hf_dir="$work/nothing"
+
+# SIGTERM: the step in flight finishes, a checkpoint is written, exit 128 + 15.
+"$llmft" train --config "$work/run.pbtxt" --set schedule.kind=constant --set schedule.total_steps=100000000 \
+  --set checkpoint.dir="$work/long" --set checkpoint.every_n_steps=0 --set logging.every_n_steps=1 \
+  --set logging.eval_every_n_steps=0 --set logging.jsonl_path="$work/long.jsonl" > /dev/null 2> "$work/long.err" &
+pid=$!
+tries=0
+until [ -s "$work/long.jsonl" ]; do
+  tries=$((tries + 1)); [ "$tries" -lt 200 ] || { kill -9 "$pid"; fail "training never logged a step"; }
+  sleep 0.05
+done
+kill -TERM "$pid"
+wait "$pid"
+code=$?
+[ "$code" -eq 143 ] || fail "SIGTERM: exit $code, expected 143: $(cat "$work/long.err")"
+grep -q "stopped by signal 15 at step [0-9]*/100000000; checkpoint $work/long/step-[0-9]* is complete" "$work/long.err" ||
+  fail "SIGTERM message: $(cat "$work/long.err")"
+stopped=$(ls "$work/long" | sed -n 's/^step-//p')
+[ -n "$stopped" ] || fail "no checkpoint after SIGTERM"
+out=$("$llmft" train --config "$work/run.pbtxt" --set schedule.kind=constant --set schedule.total_steps=$((stopped + 2)) \
+  --set checkpoint.dir="$work/long" --set checkpoint.resume=latest --set logging.eval_every_n_steps=0 \
+  --set logging.jsonl_path= 2>&1) || fail "resume exited $?: $out"
+case "$out" in *"resumed from $work/long/step-$stopped at step $stopped"*"finished at step $((stopped + 2))"*) ;;
+  *) fail "resume output: $out" ;; esac
+echo "PASS"

@@ -1,0 +1,553 @@
+// The training loop: loss normalisation over gradient accumulation, resume
+// bit-identity (LoRA with dropout, full fine-tuning, f16 with loss scaling),
+// SIGTERM, fingerprint refusal, evaluation, and the exports.
+#include "trainer/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "../test_util.h"
+#include "peft/adapter_io.h"
+#include "trainer/export.h"
+#include "trainer/stop_signal.h"
+#include "trainer_fixture.h"
+
+namespace llmft::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using trainer_test::random_documents;
+using trainer_test::write_shard;
+using trainer_test::write_tiny_model;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    root_ = fs::temp_directory_path() / str_cat("llmft-trainer-", ::getpid(), "-", info->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_ / "data");
+    write_tiny_model(root_ / "model");
+    documents_ = random_documents(48, 11);
+    write_shard(root_ / "data" / "train-00000-of-00002.tfrecord", {documents_.begin(), documents_.begin() + 24});
+    write_shard(root_ / "data" / "train-00001-of-00002.tfrecord", {documents_.begin() + 24, documents_.end()});
+    validation_ = random_documents(9, 12);
+    write_shard(root_ / "data" / "valid.tfrecord", validation_);
+    context_ = Context::cpu();
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  // LoRA with dropout, packed rows, shuffled shards and records, accumulation 2.
+  TrainOptions lora_options(const std::string& run) const {
+    TrainOptions options;
+    options.source = "test";
+    options.hf_dir = (root_ / "model").string();
+    options.lora = true;
+    options.lora_r = 4;
+    options.lora_alpha = 8.0f;
+    options.lora_dropout = 0.1f;
+    options.lora_target_modules = {"all-linear"};
+    options.train_files = {(root_ / "data" / "train-*-of-00002.tfrecord").string()};
+    options.validation_files = {(root_ / "data" / "valid.tfrecord").string()};
+    options.seq_len = 16;
+    options.batch_size = 2;
+    options.grad_accumulation_steps = 2;
+    options.shuffle_buffer = 8;
+    options.seed = 5;
+    options.lr = 1e-2;
+    options.schedule_kind = "cosine";
+    options.warmup_steps = 2;
+    options.total_steps = 8;
+    options.checkpoint_dir = (root_ / run).string();
+    options.log_every_n_steps = 0;
+    return options;
+  }
+  TrainOptions full_options(const std::string& run) const {
+    TrainOptions options = lora_options(run);
+    options.lora = false;
+    options.lr = 1e-3;
+    return options;
+  }
+  TrainerHooks quiet_hooks(std::vector<double>* losses = nullptr) const {
+    TrainerHooks hooks;
+    hooks.progress = nullptr;
+    if (losses) hooks.on_step = [losses](const StepRecord& record) { losses->push_back(record.loss); };
+    return hooks;
+  }
+
+  fs::path root_;
+  std::vector<data::TokenExample> documents_;
+  std::vector<data::TokenExample> validation_;
+  std::unique_ptr<Context> context_;
+};
+
+std::vector<std::vector<uint8_t>> trainable_bytes(Trainer& trainer) {
+  std::vector<std::vector<uint8_t>> result;
+  for (const NamedTensor& tensor : trainer.model().trainable_tensors()) {
+    const auto* begin = static_cast<const uint8_t*>(tensor.tensor.raw_data());
+    result.emplace_back(begin, begin + tensor.tensor.nbytes());
+  }
+  return result;
+}
+
+// Rows of `documents` as the loader's padded mode lays them out, built here
+// independently from data/loader.h's documented label rule: the target at t
+// is token t+1 when that token is trained (no loss_mask, or mask 1), else -100.
+Batch padded_rows(const std::vector<data::TokenExample>& documents, size_t first, size_t count, int64_t seq_len,
+                  int32_t pad_id) {
+  std::vector<int32_t> ids(count * static_cast<size_t>(seq_len), pad_id), targets(ids.size(), -100);
+  for (size_t row = 0; row < count; ++row) {
+    const data::TokenExample& document = documents[first + row];
+    for (size_t t = 0; t < document.input_ids.size(); ++t) {
+      ids[row * seq_len + t] = static_cast<int32_t>(document.input_ids[t]);
+      if (t + 1 < document.input_ids.size() && (document.loss_mask.empty() || document.loss_mask[t + 1] == 1))
+        targets[row * seq_len + t] = static_cast<int32_t>(document.input_ids[t + 1]);
+    }
+  }
+  Batch batch;
+  batch.input_ids = Tensor::from_ints({static_cast<int64_t>(count), seq_len}, ids);
+  batch.targets = Tensor::from_ints({static_cast<int64_t>(count), seq_len}, targets);
+  return batch;
+}
+
+double max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  return worst;
+}
+
+// ---- Loss normalisation (issue 9, item 6) ---------------------------------------
+
+TEST_F(TrainerTest, AccumulationFourTimesBatchTwoGivesTheGradientAndUpdateOfBatchEight) {
+  // One shard, file order, one document per row: both runs see rows 0..7 in
+  // step 1 and 8..15 in step 2. Rows have different numbers of trained tokens
+  // (lengths 3..22, every other one trained on its second half only).
+  write_shard(root_ / "data" / "ordered.tfrecord", documents_);
+  auto options_for = [&](int64_t batch_size, int64_t accumulation) {
+    TrainOptions options = full_options(str_cat("run-", batch_size));
+    options.train_files = {(root_ / "data" / "ordered.tfrecord").string()};
+    options.packed = false;
+    options.seq_len = 24;
+    options.shuffle_buffer = 0;
+    options.batch_size = batch_size;
+    options.grad_accumulation_steps = accumulation;
+    options.max_grad_norm = 0.0;  // compare raw gradients
+    options.schedule_kind = "constant";
+    options.warmup_steps = 0;
+    return options;
+  };
+  Trainer batch_eight(*context_, options_for(8, 1), quiet_hooks());
+  Trainer accumulated(*context_, options_for(2, 4), quiet_hooks());
+  const StepRecord eight = batch_eight.train_step();
+  const StepRecord four_by_two = accumulated.train_step();
+
+  // Independent reference: the model's own mean over the 8 rows' trained tokens.
+  auto reference = LlamaModel::load(*context_, root_ / "model");
+  reference->parameters().set_trainable([](const std::string&) { return true; });
+  reference->parameters().allocate_grads(*context_, DType::kF32);
+  const Batch rows = padded_rows(documents_, 0, 8, 24, /*pad_id=*/2);
+  const StepResult whole = reference->forward_backward(*context_, rows);
+  std::vector<int64_t> tokens_per_pair;
+  for (size_t pair = 0; pair < 4; ++pair) {
+    int64_t count = 0;
+    for (float target : padded_rows(documents_, 2 * pair, 2, 24, 2).targets.to_floats()) count += target >= 0;
+    tokens_per_pair.push_back(count);
+  }
+  ASSERT_NE(*std::min_element(tokens_per_pair.begin(), tokens_per_pair.end()),
+            *std::max_element(tokens_per_pair.begin(), tokens_per_pair.end()))
+      << "micro-batches must differ in trained tokens, or a mean of means would agree";
+
+  EXPECT_EQ(eight.trained_tokens, whole.num_target_tokens);
+  EXPECT_EQ(four_by_two.trained_tokens, whole.num_target_tokens);
+  EXPECT_NEAR(eight.loss, whole.loss, 1e-6);
+  EXPECT_NEAR(four_by_two.loss, whole.loss, 1e-6);
+
+  // The mean-of-means gradient a per-micro-batch normalisation would give.
+  auto mean_of_means = LlamaModel::load(*context_, root_ / "model");
+  mean_of_means->parameters().set_trainable([](const std::string&) { return true; });
+  mean_of_means->parameters().allocate_grads(*context_, DType::kF32);
+  for (size_t pair = 0; pair < 4; ++pair)
+    mean_of_means->forward_backward(*context_, padded_rows(documents_, 2 * pair, 2, 24, 2), 0.25f);
+
+  const double tolerance = 2e-6;  // fp32 sums in another order
+  double worst_eight = 0.0, worst_accumulated = 0.0, mean_of_means_gap = 0.0;
+  for (Parameter* expected : reference->parameters().all()) {
+    const std::vector<float> want = expected->grad.to_floats();
+    worst_eight = std::max(worst_eight,
+                           max_abs_difference(batch_eight.model().model->parameters().get(expected->name).grad.to_floats(), want));
+    worst_accumulated = std::max(
+        worst_accumulated,
+        max_abs_difference(accumulated.model().model->parameters().get(expected->name).grad.to_floats(), want));
+    mean_of_means_gap = std::max(
+        mean_of_means_gap, max_abs_difference(mean_of_means->parameters().get(expected->name).grad.to_floats(), want));
+  }
+  EXPECT_LT(worst_eight, tolerance);
+  EXPECT_LT(worst_accumulated, tolerance);
+  EXPECT_GT(mean_of_means_gap, 100 * tolerance) << "the test could not tell the two normalisations apart";
+
+  // A second step (rows 8..15), then the AdamW updates of both runs agree.
+  batch_eight.train_step();
+  accumulated.train_step();
+  double worst_weight = 0.0;
+  for (Parameter* parameter : batch_eight.model().trainable_parameters())
+    worst_weight = std::max(worst_weight, max_abs_difference(parameter->value.to_floats(),
+                                                             accumulated.model().model->parameters().get(parameter->name).value.to_floats()));
+  EXPECT_LT(worst_weight, 1e-6);  // lr 1e-3: updates of ~1e-3, agreeing to fp32 rounding
+}
+
+// ---- Resume -------------------------------------------------------------------
+
+struct ResumeCase {
+  const char* name;
+  bool lora;
+  const char* compute_dtype;
+};
+
+void PrintTo(const ResumeCase& resume_case, std::ostream* out) { *out << resume_case.name; }
+
+class TrainerResumeTest : public TrainerTest, public ::testing::WithParamInterface<ResumeCase> {
+ protected:
+  TrainOptions options(const std::string& run) const {
+    TrainOptions result = GetParam().lora ? lora_options(run) : full_options(run);
+    result.compute_dtype = result.weights_dtype = GetParam().compute_dtype;
+    if (result.compute_dtype == "f16") {
+      result.init_scale = 1024.0f;
+      result.growth_interval = 2;  // the scale changes within the run, so its state must be restored
+      result.hysteresis = 2;
+    }
+    return result;
+  }
+};
+
+TEST_P(TrainerResumeTest, ResumedRunRepeatsTheUninterruptedLossesAndWeightsBitForBit) {
+  std::vector<double> uninterrupted_losses;
+  Trainer uninterrupted(*context_, options("straight"), quiet_hooks(&uninterrupted_losses));
+  uninterrupted.train();
+  ASSERT_EQ(uninterrupted_losses.size(), 8u);
+
+  std::vector<double> losses;
+  {
+    Trainer first(*context_, options("interrupted"), quiet_hooks());
+    for (int i = 0; i < 3; ++i) losses.push_back(first.train_step().loss);
+    first.save_checkpoint();
+  }
+  TrainOptions resumed_options = options("interrupted");
+  resumed_options.resume = "latest";
+  Trainer resumed(*context_, resumed_options, quiet_hooks(&losses));
+  ASSERT_TRUE(resumed.resumed_from().has_value());
+  EXPECT_EQ(resumed.step(), 3);
+  resumed.train();
+
+  ASSERT_EQ(losses.size(), uninterrupted_losses.size());
+  for (size_t i = 0; i < losses.size(); ++i) EXPECT_EQ(losses[i], uninterrupted_losses[i]) << "step " << i + 1;
+  EXPECT_TRUE(trainable_bytes(resumed) == trainable_bytes(uninterrupted)) << "final weights differ";
+  EXPECT_EQ(resumed.optimizer().step_count(), uninterrupted.optimizer().step_count());
+  if (GetParam().compute_dtype == std::string("f16")) {
+    // A power-of-two scale cancels exactly, so the losses alone would not see
+    // a scaler restarted from init_scale; its state must match too.
+    ASSERT_NE(resumed.loss_scaler(), nullptr);
+    EXPECT_EQ(resumed.loss_scaler()->state().scale, uninterrupted.loss_scaler()->state().scale);
+    EXPECT_EQ(resumed.loss_scaler()->state().growth_tracker, uninterrupted.loss_scaler()->state().growth_tracker);
+    EXPECT_NE(uninterrupted.loss_scaler()->state().scale, 1024.0f) << "the scale never changed";
+  }
+  // The losses move: a run that repeated one batch would pass the above too.
+  EXPECT_NE(uninterrupted_losses.front(), uninterrupted_losses.back());
+}
+
+INSTANTIATE_TEST_SUITE_P(Runs, TrainerResumeTest,
+                         ::testing::Values(ResumeCase{"LoraDropout", true, "f32"},
+                                           ResumeCase{"FullFineTuning", false, "f32"},
+                                           ResumeCase{"FullFineTuningF16LossScaling", false, "f16"}),
+                         [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
+
+TEST_F(TrainerTest, ResumeWithoutTheDataPositionWouldDiffer) {
+  // Shows the bit-identity test can fail: the same weights and optimizer state
+  // with a fresh loader give other losses.
+  std::vector<double> straight;
+  Trainer uninterrupted(*context_, lora_options("straight"), quiet_hooks(&straight));
+  uninterrupted.train();
+  {
+    Trainer first(*context_, lora_options("interrupted"), quiet_hooks());
+    for (int i = 0; i < 3; ++i) first.train_step();
+    first.save_checkpoint();
+  }
+  // Rewrite state.json's loader position to the start of the data.
+  const fs::path state_path = root_ / "interrupted" / "step-3" / "state.json";
+  Trainer fresh(*context_, lora_options("fresh"), quiet_hooks());
+  std::ifstream in(state_path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  nlohmann::json state = nlohmann::json::parse(text);
+  nlohmann::json fresh_state = nlohmann::json::parse(
+      [&] {
+        fresh.save_checkpoint();
+        std::ifstream f(root_ / "fresh" / "step-0" / "state.json");
+        return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      }());
+  state["data_loader"] = fresh_state["data_loader"];
+  std::ofstream(state_path) << state.dump();
+  TrainOptions resumed_options = lora_options("interrupted");
+  resumed_options.resume = "latest";
+  std::vector<double> losses;
+  Trainer resumed(*context_, resumed_options, quiet_hooks(&losses));
+  resumed.train();
+  ASSERT_EQ(losses.size(), 5u);
+  EXPECT_NE(losses, std::vector<double>(straight.begin() + 3, straight.end()));
+}
+
+TEST_F(TrainerTest, SigtermCheckpointsAtTheStepBoundaryAndTheRunResumesIdentically) {
+  std::vector<double> straight;
+  Trainer uninterrupted(*context_, lora_options("straight"), quiet_hooks(&straight));
+  uninterrupted.train();
+
+  // A real SIGTERM to this process during step 3; the handler only sets the flag.
+  std::vector<double> losses;
+  TrainerHooks hooks = quiet_hooks();
+  hooks.stop_requested = &install_stop_signal_handlers();
+  hooks.on_step = [&](const StepRecord& record) {
+    losses.push_back(record.loss);
+    if (record.step == 3) std::raise(SIGTERM);
+  };
+  TrainResult stopped;
+  {
+    Trainer trainer(*context_, lora_options("interrupted"), hooks);
+    stopped = trainer.train();
+  }
+  std::signal(SIGTERM, SIG_DFL);
+  EXPECT_EQ(stopped.reason, StopReason::kStopRequested);
+  EXPECT_EQ(stop_signal_number(), SIGTERM);
+  EXPECT_EQ(stopped.final_step, 3);
+  ASSERT_TRUE(stopped.checkpoint.has_value());
+  EXPECT_EQ(stopped.checkpoint->filename(), "step-3");
+  ASSERT_EQ(losses.size(), 3u);
+
+  TrainOptions resumed_options = lora_options("interrupted");
+  resumed_options.resume = "latest";
+  Trainer resumed(*context_, resumed_options, quiet_hooks(&losses));
+  resumed.train();
+  EXPECT_EQ(losses, straight);
+  EXPECT_TRUE(trainable_bytes(resumed) == trainable_bytes(uninterrupted));
+}
+
+// ---- Fingerprint -----------------------------------------------------------------
+
+TEST_F(TrainerTest, RefusesACheckpointOfAnotherPeftConfigOrModel) {
+  {
+    Trainer trainer(*context_, lora_options("run"), quiet_hooks());
+    trainer.train_step();
+    trainer.save_checkpoint();
+  }
+  auto resume_with = [&](TrainOptions options) {
+    options.checkpoint_dir = (root_ / "run").string();
+    options.resume = "latest";
+    return testing::bad_input_message([&] { Trainer trainer(*context_, options, quiet_hooks()); });
+  };
+  const std::string expected = "checkpoint was written for a different model/PEFT config";
+
+  TrainOptions other_rank = lora_options("run");
+  other_rank.lora_r = 2;
+  EXPECT_NE(resume_with(other_rank).find(expected), std::string::npos) << resume_with(other_rank);
+
+  TrainOptions other_targets = lora_options("run");
+  other_targets.lora_target_modules = {"q_proj", "v_proj"};
+  EXPECT_NE(resume_with(other_targets).find(expected), std::string::npos);
+
+  EXPECT_NE(resume_with(full_options("run")).find(expected), std::string::npos);
+
+  // Another model: same shapes except the MLP width.
+  ModelConfig wider = trainer_test::tiny_model_config();
+  wider.intermediate_size = 64;
+  {
+    LlamaModel model(*context_, wider);
+    model.init_random(*context_, 3);
+    model.save_pretrained(root_ / "wider");
+  }
+  TrainOptions other_model = lora_options("run");
+  other_model.hf_dir = (root_ / "wider").string();
+  const std::string message = resume_with(other_model);
+  EXPECT_NE(message.find(expected), std::string::npos) << message;
+  EXPECT_NE(message.find((root_ / "run" / "step-1").string()), std::string::npos) << message;
+
+  // Dropout is not part of the fingerprint: changing it on resume is allowed.
+  TrainOptions other_dropout = lora_options("run");
+  other_dropout.lora_dropout = 0.0f;
+  other_dropout.checkpoint_dir = (root_ / "run").string();
+  other_dropout.resume = "latest";
+  Trainer resumed(*context_, other_dropout, quiet_hooks());
+  EXPECT_EQ(resumed.step(), 1);
+}
+
+// ---- Evaluation ------------------------------------------------------------------
+
+TEST_F(TrainerTest, EvaluationIsTheMeanOverEveryValidationTokenAndPerplexityItsExponential) {
+  TrainOptions options = lora_options("run");
+  options.packed = false;  // one validation document per row
+  options.seq_len = 24;
+  Trainer trainer(*context_, options, quiet_hooks());
+  for (int i = 0; i < 2; ++i) trainer.train_step();
+  const EvalResult result = trainer.evaluate();
+
+  // Each document alone, summed in double (dropout is off in evaluation).
+  trainer.model().set_training(false);
+  double loss_sum = 0.0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < validation_.size(); ++i) {
+    const StepResult alone = trainer.model().model->forward(*context_, padded_rows(validation_, i, 1, 24, 2));
+    loss_sum += alone.loss * static_cast<double>(alone.num_target_tokens);
+    tokens += alone.num_target_tokens;
+  }
+  EXPECT_EQ(result.trained_tokens, tokens);
+  EXPECT_EQ(result.rows, static_cast<int64_t>(validation_.size()));
+  EXPECT_NEAR(result.loss, loss_sum / static_cast<double>(tokens), 1e-6);
+  EXPECT_DOUBLE_EQ(result.perplexity, std::exp(result.loss));
+}
+
+TEST_F(TrainerTest, TrainLogsLossLrGradNormTokensPerSecondAndEvalMetrics) {
+  TrainOptions options = lora_options("run");
+  options.log_every_n_steps = 2;
+  options.eval_every_n_steps = 4;
+  options.jsonl_path = (root_ / "metrics.jsonl").string();
+  options.checkpoint_every_n_steps = 3;
+  options.keep_last = 2;
+  std::string progress_path = (root_ / "progress.txt").string();
+  std::FILE* progress = std::fopen(progress_path.c_str(), "w");
+  TrainerHooks hooks;
+  hooks.progress = progress;
+  {
+    Trainer trainer(*context_, options, hooks);
+    const TrainResult result = trainer.train();
+    EXPECT_EQ(result.reason, StopReason::kFinished);
+    EXPECT_EQ(result.final_step, 8);
+  }
+  std::fclose(progress);
+  std::ifstream progress_in(progress_path);
+  std::string progress_text((std::istreambuf_iterator<char>(progress_in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(progress_text.find("step 2/8 | loss "), std::string::npos) << progress_text;
+  EXPECT_NE(progress_text.find("tok/s"), std::string::npos) << progress_text;
+  EXPECT_NE(progress_text.find("eval step 4: loss "), std::string::npos) << progress_text;
+
+  std::ifstream jsonl(options.jsonl_path);
+  std::vector<nlohmann::json> records;
+  for (std::string line; std::getline(jsonl, line);) records.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(records.size(), 6u);  // steps 2, 4, 6, 8 and evals at 4, 8
+  EXPECT_EQ(records[0]["step"], 2);
+  for (const char* key : {"loss", "lr", "grad_norm", "tokens_per_second"}) EXPECT_TRUE(records[0].contains(key)) << key;
+  EXPECT_EQ(records[2]["step"], 4);
+  EXPECT_TRUE(records[2].contains("eval_loss"));
+  EXPECT_DOUBLE_EQ(records[2]["eval_perplexity"].get<double>(), std::exp(records[2]["eval_loss"].get<double>()));
+  // Checkpoints at 3 and 6 and the end (8), the last two kept.
+  EXPECT_EQ(list_checkpoints(options.checkpoint_dir).size(), 2u);
+  EXPECT_EQ(latest_checkpoint(options.checkpoint_dir)->filename(), "step-8");
+}
+
+// ---- Export ----------------------------------------------------------------------
+
+TEST_F(TrainerTest, MergedExportHasTheLogitsOfBasePlusLoraFromTheCheckpoint) {
+  TrainOptions options = lora_options("run");
+  {
+    Trainer trainer(*context_, options, quiet_hooks());
+    for (int i = 0; i < 4; ++i) trainer.train_step();
+    trainer.save_checkpoint();
+  }
+  auto trained = build_training_model(*context_, options, false);
+  load_checkpoint_weights(*trained, options, "latest");
+  trained->set_training(false);
+  std::ofstream(root_ / "model" / "tokenizer.json") << "{}";  // copied along
+  const std::vector<std::string> copied = export_merged(*trained, options.hf_dir, root_ / "merged");
+  EXPECT_EQ(copied, std::vector<std::string>{"tokenizer.json"});
+  EXPECT_TRUE(fs::exists(root_ / "merged" / "tokenizer.json"));
+
+  const Batch batch = padded_rows(validation_, 0, 3, 24, 2);
+  Tensor lora_logits, merged_logits;
+  trained->model->forward(*context_, batch, &lora_logits);
+  auto merged = LlamaModel::load(*context_, root_ / "merged");
+  merged->forward(*context_, batch, &merged_logits);
+  // The trained B must be nonzero, or base and merged agree trivially.
+  auto base = LlamaModel::load(*context_, options.hf_dir);
+  Tensor base_logits;
+  base->forward(*context_, batch, &base_logits);
+  EXPECT_GT(max_abs_difference(base_logits.to_floats(), lora_logits.to_floats()), 1e-3);
+  // fp32 merge: W + s·B·A rounded once vs the two-path sum; logits of order 1.
+  EXPECT_LT(max_abs_difference(merged_logits.to_floats(), lora_logits.to_floats()), 1e-4);
+
+  // A tiny shard limit: an index and several shards, which load back the same.
+  export_merged(*trained, options.hf_dir, root_ / "sharded", std::nullopt, parse_byte_size("20KB"));
+  EXPECT_TRUE(fs::exists(root_ / "sharded" / "model.safetensors.index.json"));
+  int shards = 0;
+  for (const auto& entry : fs::directory_iterator(root_ / "sharded"))
+    shards += entry.path().filename().string().starts_with("model-0000") ? 1 : 0;
+  EXPECT_GT(shards, 1);
+  Tensor sharded_logits;
+  LlamaModel::load(*context_, root_ / "sharded")->forward(*context_, batch, &sharded_logits);
+  EXPECT_EQ(sharded_logits.to_floats(), merged_logits.to_floats());
+}
+
+TEST_F(TrainerTest, AdapterExportRoundTripsThroughLoadLoraAdapter) {
+  TrainOptions options = lora_options("run");
+  {
+    Trainer trainer(*context_, options, quiet_hooks());
+    for (int i = 0; i < 2; ++i) trainer.train_step();
+    trainer.save_checkpoint();
+  }
+  auto trained = build_training_model(*context_, options, false);
+  load_checkpoint_weights(*trained, options, "latest");
+  export_adapter(*trained, options.hf_dir, root_ / "adapter");
+
+  auto base = LlamaModel::load(*context_, options.hf_dir);
+  auto loaded = load_lora_adapter(*context_, *base, root_ / "adapter");
+  EXPECT_EQ(loaded->config().r, 4);
+  EXPECT_EQ(loaded->adapted_modules(), trained->lora->adapted_modules());
+  for (Parameter* parameter : trained->lora->parameters().all())
+    EXPECT_EQ(loaded->parameters().get(parameter->name).value.to_floats(), parameter->value.to_floats())
+        << parameter->name;
+
+  auto full = build_training_model(*context_, full_options("full"), false);
+  EXPECT_NE(testing::bad_input_message([&] { export_adapter(*full, "x", root_ / "none"); })
+                .find("full fine-tuning (peft none), which has no adapter"),
+            std::string::npos);
+}
+
+TEST_F(TrainerTest, FullFineTuningMergedExportWritesTheTrainedWeights) {
+  TrainOptions options = full_options("run");
+  {
+    Trainer trainer(*context_, options, quiet_hooks());
+    for (int i = 0; i < 2; ++i) trainer.train_step();
+    trainer.save_checkpoint();
+  }
+  auto trained = build_training_model(*context_, options, false);
+  load_checkpoint_weights(*trained, options, "latest");
+  export_merged(*trained, options.hf_dir, root_ / "merged", DType::kBF16);
+  auto loaded = LlamaModel::load(*context_, root_ / "merged");
+  auto base = LlamaModel::load(*context_, options.hf_dir);
+  for (Parameter* parameter : trained->model->parameters().all()) {
+    // bf16 on disk: each weight is the trained one rounded to 8 mantissa bits.
+    const std::vector<float> want =
+        Tensor::from_floats(parameter->value.shape(), parameter->value.to_floats(), DType::kBF16).to_floats();
+    EXPECT_EQ(loaded->parameters().get(parameter->name).value.to_floats(), want) << parameter->name;
+  }
+  EXPECT_GT(max_abs_difference(base->parameters().get("model.layers.0.mlp.up_proj.weight").value.to_floats(),
+                               trained->model->parameters().get("model.layers.0.mlp.up_proj.weight").value.to_floats()),
+            1e-4);
+}
+
+TEST(ParseByteSize, DecimalAndBinaryUnits) {
+  EXPECT_EQ(parse_byte_size("5GB"), 5'000'000'000ull);
+  EXPECT_EQ(parse_byte_size("500MB"), 500'000'000ull);
+  EXPECT_EQ(parse_byte_size("2GiB"), 2ull << 30);
+  EXPECT_EQ(parse_byte_size("20kb"), 20'000ull);
+  EXPECT_EQ(parse_byte_size("1000"), 1000ull);
+  EXPECT_EQ(testing::bad_input_message([] { parse_byte_size("5 parsecs"); }),
+            "--max-shard-size '5 parsecs' is not a size (e.g. 5GB, 500MB, 2GiB, 1000000)");
+  EXPECT_NE(testing::bad_input_message([] { parse_byte_size("0"); }).find("is not a size"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace llmft::trainer

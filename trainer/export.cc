@@ -1,0 +1,57 @@
+#include "trainer/export.h"
+
+#include <cctype>
+
+#include "core/error.h"
+#include "peft/adapter_io.h"
+
+namespace llmft::trainer {
+
+uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
+  size_t digits = 0;
+  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.'))
+    ++digits;
+  std::string unit = text.substr(digits);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double number = -1.0;
+  try {
+    size_t used = 0;
+    if (digits > 0) number = std::stod(text.substr(0, digits), &used);
+    if (used != digits) number = -1.0;
+  } catch (const std::exception&) {
+    number = -1.0;
+  }
+  double multiplier = 0.0;
+  if (unit.empty() || unit == "B") multiplier = 1.0;
+  else if (unit == "KB") multiplier = 1e3;
+  else if (unit == "MB") multiplier = 1e6;
+  else if (unit == "GB") multiplier = 1e9;
+  else if (unit == "KIB") multiplier = 1024.0;
+  else if (unit == "MIB") multiplier = 1024.0 * 1024.0;
+  else if (unit == "GIB") multiplier = 1024.0 * 1024.0 * 1024.0;
+  const double bytes = number * multiplier;
+  if (!(bytes >= 1.0) || bytes > 1.8e19)
+    throw_bad_input(flag, " '", text, "' is not a size (e.g. 5GB, 500MB, 2GiB, 1000000)");
+  return static_cast<uint64_t>(bytes);
+}
+
+std::vector<std::string> export_merged(TrainingModel& model, const std::filesystem::path& base_dir,
+                                       const std::filesystem::path& out, std::optional<DType> dtype,
+                                       uint64_t max_shard_bytes) {
+  if (model.lora) {
+    save_lora_merged(*model.lora, out, dtype, max_shard_bytes);
+  } else {
+    model.model->save_pretrained(out, dtype, max_shard_bytes);
+  }
+  return copy_tokenizer_files(base_dir, out);
+}
+
+void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path,
+                    const std::filesystem::path& out, std::optional<DType> dtype) {
+  if (!model.lora)
+    throw_bad_input("export --adapter: the run is full fine-tuning (peft none), which has no adapter; use --merged "
+                    "for the trained weights");
+  save_lora_adapter(*model.lora, out, base_model_name_or_path, dtype);
+}
+
+}  // namespace llmft::trainer
