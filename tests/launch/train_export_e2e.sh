@@ -2,10 +2,11 @@
 # e2e: `llmft train` on a tiny random model, then `llmft export` (merged,
 # sharded, adapter) and `llmft eval`, through the binary; SIGTERM during
 # training writes a checkpoint that `--set checkpoint.resume=latest` continues.
-# usage: train_export_e2e.sh LLMFT_BINARY MAKE_TINY_RUN_BINARY
+# usage: train_export_e2e.sh LLMFT_BINARY MAKE_TINY_RUN_BINARY SOURCE_DIR
 set -u
 llmft="$1"
 make_tiny_run="$2"
+examples="$3/examples"
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmft-train-e2e.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
@@ -73,6 +74,17 @@ expect_error "bad shard size" "--max-shard-size 'lots' is not a size" \
 expect_error "no checkpoint" "no checkpoint (step-<N> directory) to export" \
   export --config "$work/run.pbtxt" --set checkpoint.dir="$work/empty" --merged "$work/none"
 expect_error "bad model dir" "not a model directory" train --config "$work/run.pbtxt" --set model.hf_dir="$work/nothing"
+
+# The commented examples train as written, with only paths and lengths overridden.
+for example in lora_smollm2 full_finetune_small; do
+  out=$("$llmft" train --config "$examples/$example.pbtxt" --set model.hf_dir="$work/model" \
+    --set data.train_files="$work/data/train-*-of-00002.tfrecord" --set data.validation_files="$work/data/valid.tfrecord" \
+    --set data.seq_len=16 --set data.batch_size=2 --set schedule.warmup_steps=1 --set schedule.total_steps=3 \
+    --set checkpoint.dir="$work/$example" --set logging.every_n_steps=1 --set logging.eval_every_n_steps=3 \
+    --set logging.jsonl_path="$work/$example.jsonl" --set logging.tensorboard_dir= 2>&1) ||
+    fail "examples/$example.pbtxt exited $?: $out"
+  case "$out" in *"eval step 3: loss "*"finished at step 3/3"*) ;; *) fail "examples/$example.pbtxt: $out" ;; esac
+done
 
 # SIGTERM: the step in flight finishes, a checkpoint is written, exit 128 + 15.
 "$llmft" train --config "$work/run.pbtxt" --set schedule.kind=constant --set schedule.total_steps=100000000 \
