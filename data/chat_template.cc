@@ -1918,7 +1918,7 @@ ModelChatTemplate load_chat_template(const std::filesystem::path& model_director
     origin = jinja_path.string();
   } else {
     throw_bad_input(config_path.string(), ": no chat_template (and no chat_template.jinja in ",
-                    model_directory.string(), "): this model has no chat format; use --prompt");
+                    model_directory.string(), "): this model has no chat format (--chat-template FILE gives one; `generate --prompt` needs none)");
   }
   return ModelChatTemplate{ChatTemplate(std::move(source), std::move(origin)),
                            token_text(config, "bos_token", config_path), token_text(config, "eos_token", config_path)};

@@ -296,10 +296,19 @@ TokenizedRecord tokenize_conversation(const Tokenizer& tokenizer, const ModelCha
       if (span.from_content && span.message == static_cast<int64_t>(message)) spans.push_back(span);
     if (spans.empty())
       throw_bad_input(origin, ": does not render the content of messages[", message, "], which is to be trained on");
-    // A token is trained when its first byte is inside the content.
-    for (size_t i = 0; i < ids.size(); ++i)
-      for (const ContentSpan& span : spans)
-        if (offsets[i] >= span.begin && offsets[i] < span.end) out.loss_mask[i] = 1;
+    // A token is trained when any of its bytes is inside the content, as
+    // transformers' return_assistant_tokens_mask does (char_to_token of the
+    // span's first and last characters): a template's space glued to the
+    // answer's first word (" Hello") must not leave that word untrained. A
+    // token of no bytes (a Metaspace "▁" prefix) counts where it stands.
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const size_t token_begin = offsets[i], token_end = i + 1 < ids.size() ? offsets[i + 1] : text.size();
+      for (const ContentSpan& span : spans) {
+        bool overlaps = token_end > token_begin ? token_begin < span.end && token_end > span.begin
+                                                : token_begin >= span.begin && token_begin < span.end;
+        if (overlaps) out.loss_mask[i] = 1;
+      }
+    }
 
     // The end-of-turn token after the content, with only whitespace between.
     const size_t content_end = spans.back().end;

@@ -41,9 +41,10 @@
 //       kAssistant (default): the tokens of every assistant message's content;
 //       kLast: those of the last assistant message only;
 //       kAll: every token.
-//     A token belongs to a span when its first byte lies inside it (a token
-//     straddling the start of a content is not trained; one straddling its
-//     end is).
+//     A token belongs to a span when any of its bytes lies inside it, as in
+//     transformers' return_assistant_tokens_mask: a token straddling either
+//     edge of an assistant content is trained, so the first word of an answer
+//     glued to the template's space (" Hello") is learned too.
 //     End of turn: with kAssistant/kLast, each trained assistant message's
 //     closing end-of-turn token is trained too, so the model learns to stop:
 //     the tokens from the end of its content up to and including the first

@@ -148,12 +148,15 @@ ModelChatTemplate load_data_chat_template(const std::string& tokenizer_path,
                            from_directory.eos_token};
 }
 
-// The format of the input's first non-blank line (kAuto when it shows none).
+// The format the builder will detect: that of the first line that shows one
+// (lines before it are bad records; kAuto when none does).
 data::InputFormat first_record_format(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::string line;
-  while (std::getline(in, line))
-    if (line.find_first_not_of(" \t\r") != std::string::npos) return data::detect_input_format(line);
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (data::InputFormat format = data::detect_input_format(line); format != data::InputFormat::kAuto) return format;
+  }
   return data::InputFormat::kAuto;
 }
 

@@ -94,8 +94,8 @@ class ChatDataTest(unittest.TestCase):
         if last_only:
             ranges = ranges[-1:]
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        # A token is trained when its first character is inside a range (data/dataset_builder.h).
-        return [int(any(b <= start < e for b, e in ranges)) for start, _ in encoding["offset_mapping"]]
+        # A token is trained when any of its characters is inside a range (data/dataset_builder.h).
+        return [int(any(start < e and end > b for b, e in ranges)) for start, end in encoding["offset_mapping"]]
 
     def test_messages_ids_text_and_mask(self):
         records = self.build("messages", [{"messages": m} for m in CONVERSATIONS], "--format", "messages")

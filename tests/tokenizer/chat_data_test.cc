@@ -233,12 +233,16 @@ TEST_F(ChatData, AlpacaIsInstructionBlankLineInputThenOutput) {
             "<|user|>Add\n<|bot|>:[[4 <|end|>]]\n");
 }
 
-TEST_F(ChatData, TokenStraddlingASpanEdgeIsTrainedWhenItsFirstByteIsInside) {
-  // ":H" starts in the template (':') and ends in the content: not trained.
+TEST_F(ChatData, TokenStraddlingASpanEdgeIsTrainedWhenAnyOfItsBytesIsInside) {
+  // ":H" starts in the template (':') and ends in the content: trained.
   // "! " starts in the content ('!') and ends in the template: trained.
   EXPECT_EQ(show_tokens(tokenize(
                 R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Hi!"}]})")),
-            "<|user|>|x|\n|<|bot|>|:H|[i]|[! ]|[<|end|>]|\n");
+            "<|user|>|x|\n|<|bot|>|[:H]|[i]|[! ]|[<|end|>]|\n");
+  // The same merges in a user turn are not trained.
+  EXPECT_EQ(show_tokens(tokenize(
+                R"({"messages": [{"role": "user", "content": ":Hi! "}, {"role": "assistant", "content": "x"}]})")),
+            "<|user|>|:H|i|! |\n|<|bot|>|:|[x]|[ ]|[<|end|>]|\n");
 }
 
 TEST_F(ChatData, EndOfTurnIsTheFirstEndTokenAfterTheContentWithOnlyWhitespaceBetween) {
@@ -409,6 +413,39 @@ TEST_F(ChatData, TruncationThatCutsEveryTrainedTokenDropsTheRecord) {
   DatasetBuildSummary summary = build_dataset(*tokenizer_, options);
   EXPECT_EQ(summary.records_written, 0u);
   EXPECT_EQ(summary.dropped_no_loss, 1u);
+}
+
+TEST_F(ChatData, SentencepieceStyleTokenizerMasksByOffsetsToo) {
+  // Metaspace pieces ("▁world") and a Mistral-style template closing answers with "</s>".
+  std::unique_ptr<Tokenizer> metaspace =
+      load_tokenizer(fs::path(LLMFT_SOURCE_DIR) / "tests/testdata/tokenizer/metaspace/tokenizer.json");
+  template_ = fixture_template(
+      "{{ '<s>' }}{% for m in messages %}{% if m.role == 'user' %}{{ '[INST] ' + m.content + ' [/INST]' }}"
+      "{% else %}{{ ' ' + m.content + '</s>' }}{% endif %}{% endfor %}");
+  ChatMaskOptions options;
+  options.end_of_turn_tokens = {"</s>"};
+  json messages = json::array({{{"role", "user"}, {"content", "hello world"}},
+                               {{"role", "assistant"}, {"content", "world hello"}},
+                               {{"role", "user"}, {"content", "world"}},
+                               {{"role", "assistant"}, {"content", "hello"}}});
+  TokenizedRecord record = tokenize_conversation(*metaspace, template_, messages, options);
+  std::vector<std::string> trained_runs;
+  std::vector<int32_t> run;
+  for (size_t i = 0; i <= record.input_ids.size(); ++i) {
+    if (i < record.input_ids.size() && record.loss_mask[i]) {
+      run.push_back(static_cast<int32_t>(record.input_ids[i]));
+    } else if (!run.empty()) {
+      trained_runs.push_back(metaspace->decode(run));
+      run.clear();
+    }
+  }
+  // The first answer starts with the piece "▁w": the template's space and the
+  // answer's "w", trained. The second is cut "▁" | "he" ...: the lone "▁" is
+  // all template, not trained.
+  std::vector<std::string> pieces;
+  for (int64_t id : record.input_ids) pieces.push_back(metaspace->id_to_piece(static_cast<int32_t>(id)));
+  EXPECT_EQ(trained_runs, (std::vector<std::string>{"world hello</s>", "hello</s>"}))
+      << ::testing::PrintToString(pieces);
 }
 
 // ---- Tokenizer::token_offsets, against offsets counted by hand -------------------
