@@ -95,9 +95,6 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     loader_ = std::make_unique<data::Loader>(make_loader_options(options_, model_config, eos_id_, false,
                                                                  communicator_->rank(), communicator_->size()));
   }
-  if (loader_->steps_per_epoch(0) == 0)
-    throw_bad_input(options_.source, ": data.train_files hold too few tokens for one batch of data.batch_size (",
-                    options_.batch_size, ") x data.seq_len (", options_.seq_len, ") per rank");
 
   if (communicator_->rank() == 0 && (!options_.jsonl_path.empty() || !options_.tensorboard_dir.empty())) {
     MetricsWriterOptions metrics;

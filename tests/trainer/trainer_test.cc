@@ -507,6 +507,92 @@ TEST_F(TrainerTest, EvaluationIsTheMeanOverEveryValidationTokenAndPerplexityItsE
   EXPECT_DOUBLE_EQ(result.perplexity, std::exp(result.loss));
 }
 
+TEST_F(TrainerTest, PackedRowsReachTheModelWithTheirPositionIdsAndDocumentStarts) {
+  TrainOptions options = lora_options("run");  // packed, seq_len 16: documents share rows
+  Trainer trainer(*context_, options, quiet_hooks());
+  const EvalResult result = trainer.evaluate();
+
+  data::Loader loader(make_loader_options(options, trainer.model().model->config(), 2, true));
+  trainer.model().set_training(false);
+  double packed_sum = 0.0, unpacked_sum = 0.0;
+  int64_t tokens = 0;
+  bool shared_row = false;
+  while (std::optional<data::Batch> batch = loader.next()) {
+    const std::vector<float> starts = batch->doc_start.to_floats();
+    shared_row = shared_row || std::any_of(starts.begin(), starts.end(), [](float start) { return start > 0; });
+    Batch packed{batch->input_ids, batch->targets, batch->position_ids, batch->doc_start};
+    Batch unpacked{batch->input_ids, batch->targets, Tensor(), Tensor()};
+    const StepResult with = trainer.model().model->forward(*context_, packed);
+    const StepResult without = trainer.model().model->forward(*context_, unpacked);
+    packed_sum += with.loss * static_cast<double>(with.num_target_tokens);
+    unpacked_sum += without.loss * static_cast<double>(without.num_target_tokens);
+    tokens += with.num_target_tokens;
+  }
+  ASSERT_TRUE(shared_row) << "no row holds two documents; the test would not see packing";
+  EXPECT_EQ(result.trained_tokens, tokens);
+  EXPECT_DOUBLE_EQ(result.loss, packed_sum / static_cast<double>(tokens));
+  EXPECT_GT(std::abs(result.loss - unpacked_sum / static_cast<double>(tokens)), 1e-6)
+      << "attention across documents would give the same loss";
+}
+
+TEST_F(TrainerTest, ConfigurationMistakesAreOneLineErrors) {
+  TrainOptions mixed = lora_options("run");
+  mixed.weights_dtype = "bf16";
+  EXPECT_EQ(testing::bad_input_message([&] { Trainer trainer(*context_, mixed, quiet_hooks()); }),
+            "test: field 'model.weights_dtype': bf16 differs from precision.compute_dtype f32; llmft holds the base "
+            "weights in the compute dtype, so set both to the same value");
+
+  TrainOptions too_long = lora_options("run");
+  too_long.seq_len = 4096;
+  too_long.batch_size = 64;
+  EXPECT_NE(testing::bad_input_message([&] { Trainer trainer(*context_, too_long, quiet_hooks()); })
+                .find("do not hold one step of 64 rows of 4096 tokens"),
+            std::string::npos);
+
+  ModelConfig no_eos = trainer_test::tiny_model_config();
+  no_eos.eos_token_ids.clear();
+  {
+    LlamaModel model(*context_, no_eos);
+    model.init_random(*context_, 3);
+    model.save_pretrained(root_ / "no_eos");
+  }
+  TrainOptions append = lora_options("run");
+  append.hf_dir = (root_ / "no_eos").string();
+  append.append_eos = true;
+  EXPECT_NE(testing::bad_input_message([&] { Trainer trainer(*context_, append, quiet_hooks()); })
+                .find("no_eos/config.json: no eos_token_id, which data.append_eos needs"),
+            std::string::npos);
+}
+
+TEST_F(TrainerTest, TrainOptionsComeFromTheTextConfigWithDefaults) {
+  const TrainOptions options = parse_train_options(R"(
+      model { hf_dir: "m" }
+      peft { lora { r: 4 target_modules: "all-linear" } }
+      data { train_files: "a-*.tfrecord" train_files: "b.tfrecord" batch_mode: PADDED }
+      schedule { kind: LINEAR total_steps: 7 }
+      precision { compute_dtype: FLOAT16 }
+    )",
+                                                   "run.pbtxt", {"optimizer.lr=3e-4", "model.weights_dtype=float16"});
+  EXPECT_EQ(options.source, "run.pbtxt");
+  EXPECT_EQ(options.hf_dir, "m");
+  EXPECT_TRUE(options.lora);
+  EXPECT_EQ(options.lora_r, 4);
+  EXPECT_EQ(options.lora_alpha, 16.0f);
+  EXPECT_EQ(options.lora_target_modules, std::vector<std::string>{"all-linear"});
+  EXPECT_EQ(options.train_files, (std::vector<std::string>{"a-*.tfrecord", "b.tfrecord"}));
+  EXPECT_FALSE(options.packed);
+  EXPECT_FALSE(options.append_eos);
+  EXPECT_EQ(options.seq_len, 1024);
+  EXPECT_EQ(options.lr, 3e-4);
+  EXPECT_EQ(options.schedule_kind, "linear");
+  EXPECT_EQ(options.total_steps, 7);
+  EXPECT_EQ(options.compute_dtype, "f16");
+  EXPECT_EQ(options.weights_dtype, "f16");
+  EXPECT_EQ(options.keep_last, 3);
+  EXPECT_EQ(options.log_every_n_steps, 10);
+  EXPECT_FALSE(parse_train_options("model { hf_dir: \"m\" } data { train_files: \"x\" }", "full.pbtxt").lora);
+}
+
 TEST_F(TrainerTest, TrainLogsLossLrGradNormTokensPerSecondAndEvalMetrics) {
   TrainOptions options = lora_options("run");
   options.log_every_n_steps = 2;
