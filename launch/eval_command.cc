@@ -92,8 +92,7 @@ int run_eval(std::span<char*> args) {
     if (options.validation_files.empty())
       throw_bad_input(*config_path, ": field 'data.validation_files' is empty; write it or pass --data GLOB");
   } else {
-    if (checkpoint || !overrides.empty())
-      throw_bad_input("eval: --checkpoint and --set go with --config");
+    if (checkpoint || !overrides.empty()) throw_bad_input("eval: --checkpoint and --set go with --config");
     if (!data) throw_bad_input("eval: --model needs --data GLOB");
     options.source = "--model " + *model_dir;
     options.hf_dir = *model_dir;

@@ -92,8 +92,7 @@ int run_train(std::span<char*> args) {
     std::fprintf(stderr,
                  "llmft train: stopped by signal %d at step %lld/%lld; checkpoint %s is complete; continue with "
                  "--set checkpoint.resume=latest\n",
-                 signal_number, static_cast<long long>(result.final_step),
-                 static_cast<long long>(options.total_steps),
+                 signal_number, static_cast<long long>(result.final_step), static_cast<long long>(options.total_steps),
                  result.checkpoint ? result.checkpoint->string().c_str() : "(none: no step was taken)");
     return 128 + signal_number;
   }

@@ -22,13 +22,20 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
     number = -1.0;
   }
   double multiplier = 0.0;
-  if (unit.empty() || unit == "B") multiplier = 1.0;
-  else if (unit == "KB") multiplier = 1e3;
-  else if (unit == "MB") multiplier = 1e6;
-  else if (unit == "GB") multiplier = 1e9;
-  else if (unit == "KIB") multiplier = 1024.0;
-  else if (unit == "MIB") multiplier = 1024.0 * 1024.0;
-  else if (unit == "GIB") multiplier = 1024.0 * 1024.0 * 1024.0;
+  if (unit.empty() || unit == "B")
+    multiplier = 1.0;
+  else if (unit == "KB")
+    multiplier = 1e3;
+  else if (unit == "MB")
+    multiplier = 1e6;
+  else if (unit == "GB")
+    multiplier = 1e9;
+  else if (unit == "KIB")
+    multiplier = 1024.0;
+  else if (unit == "MIB")
+    multiplier = 1024.0 * 1024.0;
+  else if (unit == "GIB")
+    multiplier = 1024.0 * 1024.0 * 1024.0;
   const double bytes = number * multiplier;
   if (!(bytes >= 1.0) || bytes > 1.8e19)
     throw_bad_input(flag, " '", text, "' is not a size (e.g. 5GB, 500MB, 2GiB, 1000000)");
@@ -46,11 +53,12 @@ std::vector<std::string> export_merged(TrainingModel& model, const std::filesyst
   return copy_tokenizer_files(base_dir, out);
 }
 
-void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path,
-                    const std::filesystem::path& out, std::optional<DType> dtype) {
+void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
+                    std::optional<DType> dtype) {
   if (!model.lora)
-    throw_bad_input("export --adapter: the run is full fine-tuning (peft none), which has no adapter; use --merged "
-                    "for the trained weights");
+    throw_bad_input(
+        "export --adapter: the run is full fine-tuning (peft none), which has no adapter; use --merged "
+        "for the trained weights");
   save_lora_adapter(*model.lora, out, base_model_name_or_path, dtype);
 }
 

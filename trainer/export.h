@@ -30,7 +30,7 @@ std::vector<std::string> export_merged(TrainingModel& model, const std::filesyst
 
 // adapter_config.json + adapter_model.safetensors (PEFT names). kBadInput for
 // a full fine-tuning model, which has no adapter.
-void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path,
-                    const std::filesystem::path& out, std::optional<DType> dtype = std::nullopt);
+void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
+                    std::optional<DType> dtype = std::nullopt);
 
 }  // namespace llmft::trainer

@@ -92,8 +92,8 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   if (resume_from) {
     resume(*resume_from);
   } else {
-    loader_ = std::make_unique<data::Loader>(make_loader_options(options_, model_config, eos_id_, false,
-                                                                 communicator_->rank(), communicator_->size()));
+    loader_ = std::make_unique<data::Loader>(
+        make_loader_options(options_, model_config, eos_id_, false, communicator_->rank(), communicator_->size()));
   }
 
   if (communicator_->rank() == 0 && (!options_.jsonl_path.empty() || !options_.tensorboard_dir.empty())) {
@@ -119,7 +119,8 @@ std::vector<NamedTensor> Trainer::optimizer_tensors() {
   for (optim::AdamWParameterState& state : optimizer_->states()) {
     const std::string& name = state.parameter->name;
     // An f32 value is its own master (optim/adamw.h): saved once, as trainable.
-    if (state.master.raw_data() != state.parameter->value.raw_data()) tensors.push_back({name + ".master", state.master});
+    if (state.master.raw_data() != state.parameter->value.raw_data())
+      tensors.push_back({name + ".master", state.master});
     tensors.push_back({name + ".exp_avg", state.exp_avg});
     tensors.push_back({name + ".exp_avg_sq", state.exp_avg_sq});
   }
@@ -142,10 +143,9 @@ void Trainer::resume(const std::string& where) {
   }
   if (auto dropout = state.rng.find(kDropoutStream); dropout != state.rng.end())
     dropout_micro_steps_ = dropout->second.position;
-  loader_ = std::make_unique<data::Loader>(
-      make_loader_options(options_, model_->model->config(), eos_id_, false, communicator_->rank(),
-                          communicator_->size()),
-      state.data_loader_state);
+  loader_ = std::make_unique<data::Loader>(make_loader_options(options_, model_->model->config(), eos_id_, false,
+                                                               communicator_->rank(), communicator_->size()),
+                                           state.data_loader_state);
   step_ = state.step;
   last_checkpoint_step_ = step_;
   resumed_from_ = reader.directory();
@@ -170,8 +170,8 @@ StepRecord Trainer::train_step() {
   StepRecord record;
   record.step = step_ + 1;
   record.trained_tokens = communicator_->all_reduce_sum(local_tokens);
-  record.input_tokens = communicator_->all_reduce_sum(
-      options_.grad_accumulation_steps * options_.batch_size * options_.seq_len);
+  record.input_tokens =
+      communicator_->all_reduce_sum(options_.grad_accumulation_steps * options_.batch_size * options_.seq_len);
   const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
   record.loss_scale = loss_scale;
 
@@ -242,8 +242,10 @@ EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& load
     result.rows += batch->input_ids.size(0);
   }
   if (result.trained_tokens == 0)
-    throw_bad_input("validation data: no trained token (every target is -100, or no complete row of seq_len "
-                    "tokens): ", loader.files().empty() ? std::string("no files") : loader.files().front());
+    throw_bad_input(
+        "validation data: no trained token (every target is -100, or no complete row of seq_len "
+        "tokens): ",
+        loader.files().empty() ? std::string("no files") : loader.files().front());
   result.loss = loss_sum / static_cast<double>(result.trained_tokens);
   result.perplexity = std::exp(result.loss);
   return result;
@@ -277,8 +279,7 @@ std::filesystem::path Trainer::save_checkpoint() {
 TrainResult Trainer::train() {
   TrainResult result;
   const int64_t total_steps = options_.total_steps;
-  if (resumed_from_)
-    say(str_cat("resumed from ", resumed_from_->string(), " at step ", step_, "/", total_steps));
+  if (resumed_from_) say(str_cat("resumed from ", resumed_from_->string(), " at step ", step_, "/", total_steps));
   const int64_t first_step = step_;
   const double start_time = now();
   double window_start = start_time;
@@ -299,8 +300,8 @@ TrainResult Trainer::train() {
     window_input += record.input_tokens;
     if (!record.skipped) last_grad_norm = record.grad_norm;
 
-    const bool log_now = options_.log_every_n_steps > 0 &&
-                         (step_ % options_.log_every_n_steps == 0 || step_ == total_steps);
+    const bool log_now =
+        options_.log_every_n_steps > 0 && (step_ % options_.log_every_n_steps == 0 || step_ == total_steps);
     if (log_now) {
       const double time = now();
       const double window_seconds = time - window_start;

@@ -53,13 +53,13 @@ struct StepRecord {
   int64_t trained_tokens = 0;  // target tokens of the step (all ranks)
   int64_t input_tokens = 0;    // rows x seq_len of the step (all ranks)
   double learning_rate = 0.0;
-  double grad_norm = 0.0;      // global L2 norm before clipping, un-scaled
-  bool skipped = false;        // no update: non-finite gradient (f16) or no trained token
-  double loss_scale = 1.0;     // the scale the step ran with (1 unless f16)
+  double grad_norm = 0.0;   // global L2 norm before clipping, un-scaled
+  bool skipped = false;     // no update: non-finite gradient (f16) or no trained token
+  double loss_scale = 1.0;  // the scale the step ran with (1 unless f16)
 };
 
 struct EvalResult {
-  double loss = 0.0;  // mean cross-entropy over every trained token of the validation split
+  double loss = 0.0;        // mean cross-entropy over every trained token of the validation split
   double perplexity = 0.0;  // exp(loss)
   int64_t trained_tokens = 0;
   int64_t rows = 0;

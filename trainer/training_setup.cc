@@ -32,8 +32,7 @@ void TrainingModel::set_training(bool training) {
   if (lora) lora->set_training(training);
 }
 
-std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options,
-                                                    bool for_training) {
+std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options, bool for_training) {
   const DType compute_dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
   const DType weights_dtype = parse_float_dtype(options.weights_dtype, options.source + ": model.weights_dtype");
   if (compute_dtype != weights_dtype)

@@ -65,8 +65,8 @@ int64_t document_eos_id(const TrainOptions& options, const ModelConfig& config);
 // Loader options for the training split (dp rank/size given) or, with
 // `validation`, the validation split (file order, no shuffling, one epoch,
 // one row per batch so that only the last partial packed row is left out).
-data::LoaderOptions make_loader_options(const TrainOptions& options, const ModelConfig& model_config,
-                                        int64_t eos_id, bool validation, int dp_rank = 0, int dp_size = 1);
+data::LoaderOptions make_loader_options(const TrainOptions& options, const ModelConfig& model_config, int64_t eos_id,
+                                        bool validation, int dp_rank = 0, int dp_size = 1);
 
 // Copies the trainable weights of checkpoint `where` ("latest" or a
 // directory; checkpoint_dir resolves "latest") into `model`, after the

@@ -3,6 +3,7 @@
 // SIGTERM, fingerprint refusal, evaluation, and the exports.
 #include "trainer/trainer.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,8 +13,6 @@
 #include <cstring>
 #include <fstream>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "../test_util.h"
 #include "peft/adapter_io.h"
@@ -183,8 +182,9 @@ TEST_F(TrainerTest, AccumulationFourTimesBatchTwoGivesTheGradientAndUpdateOfBatc
   double worst_eight = 0.0, worst_accumulated = 0.0, mean_of_means_gap = 0.0;
   for (Parameter* expected : reference->parameters().all()) {
     const std::vector<float> want = expected->grad.to_floats();
-    worst_eight = std::max(worst_eight,
-                           max_abs_difference(batch_eight.model().model->parameters().get(expected->name).grad.to_floats(), want));
+    worst_eight = std::max(
+        worst_eight,
+        max_abs_difference(batch_eight.model().model->parameters().get(expected->name).grad.to_floats(), want));
     worst_accumulated = std::max(
         worst_accumulated,
         max_abs_difference(accumulated.model().model->parameters().get(expected->name).grad.to_floats(), want));
@@ -200,8 +200,10 @@ TEST_F(TrainerTest, AccumulationFourTimesBatchTwoGivesTheGradientAndUpdateOfBatc
   accumulated.train_step();
   double worst_weight = 0.0;
   for (Parameter* parameter : batch_eight.model().trainable_parameters())
-    worst_weight = std::max(worst_weight, max_abs_difference(parameter->value.to_floats(),
-                                                             accumulated.model().model->parameters().get(parameter->name).value.to_floats()));
+    worst_weight =
+        std::max(worst_weight,
+                 max_abs_difference(parameter->value.to_floats(),
+                                    accumulated.model().model->parameters().get(parameter->name).value.to_floats()));
   EXPECT_LT(worst_weight, 1e-6);  // lr 1e-3: updates of ~1e-3, agreeing to fp32 rounding
 }
 
@@ -276,7 +278,8 @@ TEST_F(TrainerTest, TwoDataParallelRanksTrainLikeOneProcessWithTheirRowsTogether
   std::vector<StepRecord> records(2);
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank)
-    threads.emplace_back([&, rank] { records[static_cast<size_t>(rank)] = ranks[static_cast<size_t>(rank)]->train_step(); });
+    threads.emplace_back(
+        [&, rank] { records[static_cast<size_t>(rank)] = ranks[static_cast<size_t>(rank)]->train_step(); });
   for (std::thread& thread : threads) thread.join();
 
   for (const StepRecord& record : records) {
@@ -295,8 +298,9 @@ TEST_F(TrainerTest, TwoDataParallelRanksTrainLikeOneProcessWithTheirRowsTogether
   EXPECT_LT(worst_weight, 1e-6);
 
   TrainOptions wrong = options_for(2, 2);
-  EXPECT_NE(testing::bad_input_message([&] { Trainer trainer(*context_, wrong, quiet_hooks()); })
-                .find("field 'parallel.dp': 2, but the run has 1 process(es)"),
+  EXPECT_NE(testing::bad_input_message([&] {
+              Trainer trainer(*context_, wrong, quiet_hooks());
+            }).find("field 'parallel.dp': 2, but the run has 1 process(es)"),
             std::string::npos);
 }
 
@@ -383,12 +387,11 @@ TEST_F(TrainerTest, ResumeWithoutTheDataPositionWouldDiffer) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   in.close();
   nlohmann::json state = nlohmann::json::parse(text);
-  nlohmann::json fresh_state = nlohmann::json::parse(
-      [&] {
-        fresh.save_checkpoint();
-        std::ifstream f(root_ / "fresh" / "step-0" / "state.json");
-        return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-      }());
+  nlohmann::json fresh_state = nlohmann::json::parse([&] {
+    fresh.save_checkpoint();
+    std::ifstream f(root_ / "fresh" / "step-0" / "state.json");
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  }());
   state["data_loader"] = fresh_state["data_loader"];
   std::ofstream(state_path) << state.dump();
   TrainOptions resumed_options = lora_options("interrupted");
@@ -545,8 +548,9 @@ TEST_F(TrainerTest, ConfigurationMistakesAreOneLineErrors) {
   TrainOptions too_long = lora_options("run");
   too_long.seq_len = 4096;
   too_long.batch_size = 64;
-  EXPECT_NE(testing::bad_input_message([&] { Trainer trainer(*context_, too_long, quiet_hooks()); })
-                .find("do not hold one step of 64 rows of 4096 tokens"),
+  EXPECT_NE(testing::bad_input_message([&] {
+              Trainer trainer(*context_, too_long, quiet_hooks());
+            }).find("do not hold one step of 64 rows of 4096 tokens"),
             std::string::npos);
 
   ModelConfig no_eos = trainer_test::tiny_model_config();
@@ -559,8 +563,9 @@ TEST_F(TrainerTest, ConfigurationMistakesAreOneLineErrors) {
   TrainOptions append = lora_options("run");
   append.hf_dir = (root_ / "no_eos").string();
   append.append_eos = true;
-  EXPECT_NE(testing::bad_input_message([&] { Trainer trainer(*context_, append, quiet_hooks()); })
-                .find("no_eos/config.json: no eos_token_id, which data.append_eos needs"),
+  EXPECT_NE(testing::bad_input_message([&] {
+              Trainer trainer(*context_, append, quiet_hooks());
+            }).find("no_eos/config.json: no eos_token_id, which data.append_eos needs"),
             std::string::npos);
 }
 
@@ -693,8 +698,9 @@ TEST_F(TrainerTest, AdapterExportRoundTripsThroughLoadLoraAdapter) {
         << parameter->name;
 
   auto full = build_training_model(*context_, full_options("full"), false);
-  EXPECT_NE(testing::bad_input_message([&] { export_adapter(*full, "x", root_ / "none"); })
-                .find("full fine-tuning (peft none), which has no adapter"),
+  EXPECT_NE(testing::bad_input_message([&] {
+              export_adapter(*full, "x", root_ / "none");
+            }).find("full fine-tuning (peft none), which has no adapter"),
             std::string::npos);
 }
 
