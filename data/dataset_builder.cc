@@ -154,6 +154,8 @@ std::vector<int32_t> end_of_turn_ids(const Tokenizer& tokenizer, const ModelChat
                       ", found ", encoded.size(), " ids");
     ids.push_back(encoded[0]);
   }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   return ids;
 }
 

@@ -260,8 +260,8 @@ TEST_F(ChatData, EndOfTurnIsTheFirstEndTokenAfterTheContentWithOnlyWhitespaceBet
     ADD_FAILURE() << "no error";
   } catch (const Error& error) {
     EXPECT_EQ(std::string(error.what()),
-              "fixture/template: messages[1] (assistant) is not closed by an end-of-turn token (\"<|end|>\", "
-              "\"<|end|>\") right after its content; found \"\\n\": a model trained on it would not learn to stop "
+              "fixture/template: messages[1] (assistant) is not closed by an end-of-turn token (\"<|end|>\") "
+              "right after its content; found \"\\n\": a model trained on it would not learn to stop "
               "(--end-of-turn TOKEN names the template's)");
   }
   // Text other than whitespace before the end token does not count as closing.
