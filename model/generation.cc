@@ -1,6 +1,7 @@
 #include "model/generation.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -89,10 +90,18 @@ GenerationResult generate(Context& context, LlamaModel& model, std::span<const i
   Sampler sampler(options.sampling);
   GenerationResult result;
   KvCache cache;
+  // Room for every position up front, so no decode step reallocates the cache.
+  cache.reserved_positions = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
   std::vector<int32_t> next(prompt.begin(), prompt.end());  // the prefill, then one token per step
+  const auto start = std::chrono::steady_clock::now();
+  auto prefill_end = start;
   while (static_cast<int64_t>(result.tokens.size()) < options.max_new_tokens) {
-    const std::vector<float> logits = model.forward_incremental(context, next, cache).to_floats();
-    const int32_t token = sampler.sample(logits);
+    Tensor logits = model.forward_incremental(context, next, cache);
+    // Read in place on the host (f32 CPU logits are the model's own buffer).
+    if (!logits.device().is_cpu()) logits = logits.to(default_host_allocator());
+    const int32_t token =
+        sampler.sample(std::span<const float>(logits.data<float>(), static_cast<size_t>(logits.numel())));
+    if (result.tokens.empty()) prefill_end = std::chrono::steady_clock::now();
     result.tokens.push_back(token);
     if (on_token) on_token(token);
     if (std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end()) {
@@ -101,6 +110,9 @@ GenerationResult generate(Context& context, LlamaModel& model, std::span<const i
     }
     next.assign(1, token);
   }
+  const auto end = std::chrono::steady_clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(prefill_end - start).count();
+  result.decode_seconds = std::chrono::duration<double>(end - prefill_end).count();
   return result;
 }
 

@@ -56,6 +56,12 @@ struct GenerationOptions {
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated ids, the stop token included when one was hit
   bool stopped = false;         // true when a stop id ended generation, false at max_new_tokens
+  // Wall time of the prefill (the prompt's forward and the first token's
+  // choice) and of the decode steps after it (one token each: tokens.size() - 1
+  // of them), so callers can report prompt and generated tokens per second.
+  double prefill_seconds = 0.0;
+  double decode_seconds = 0.0;
+  int64_t decode_steps() const { return tokens.empty() ? 0 : static_cast<int64_t>(tokens.size()) - 1; }
 };
 
 // Generates after `prompt`; on_token (when set) is called with each new id as

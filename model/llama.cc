@@ -25,6 +25,12 @@ void check_batch_tensor(const Tensor& tensor, const char* field, const Shape& ex
     throw_bad_input("batch: ", field, ": expected i32", shape_to_string(expected), ", found ", tensor.to_string());
 }
 
+// Rows [begin, end) of a [capacity, kv_heads, head_dim] KV-cache buffer as a
+// [end - begin, kv_heads * head_dim] view.
+Tensor cache_rows(const Tensor& buffer, int64_t begin, int64_t end) {
+  return buffer.reshape({buffer.size(0), buffer.size(1) * buffer.size(2)}).slice_rows(begin, end);
+}
+
 const char* torch_dtype_name(DType dtype) {
   switch (dtype) {
     case DType::kBF16: return "bfloat16";
@@ -50,9 +56,11 @@ struct LlamaModel::StepState {
   Tensor positions;       // i32 [rows] on the device
   Tensor doc_start;       // i32 [rows] or undefined
   ops::AttentionOptions attention;
-  // Supplies the num_prefix leading K/V of each layer: the model's prefix
-  // hook, or the KV cache during incremental decoding.
+  // Supplies the num_prefix leading K/V of each layer (prefix tuning).
   AttentionPrefixHook* prefix_hook = nullptr;
+  // Incremental decoding: the num_prefix leading K/V are the cache's filled
+  // rows, and the new keys/values are written into the rows after them.
+  KvCache* cache = nullptr;
 };
 
 // A block's intermediates (HF names in comments). `input` is the block input
@@ -229,13 +237,26 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
   a.q = q.reshape({b, t, heads, head_dim});
   ops::rope_forward(context, a.q, step.positions, inv_freq_, a.q);
 
-  Tensor k = context.empty({n, kv_heads * head_dim}, dtype);
-  Tensor v = context.empty({n, kv_heads * head_dim}, dtype);
+  // With the KV cache (b == 1), k and v are the cache rows after the p cached
+  // ones, so attention below reads the whole cache in place: nothing is copied.
+  Tensor k, v;
+  if (step.cache != nullptr) {
+    k = cache_rows(step.cache->keys[static_cast<size_t>(layer_index)], p, p + t);
+    v = cache_rows(step.cache->values[static_cast<size_t>(layer_index)], p, p + t);
+  } else {
+    k = context.empty({n, kv_heads * head_dim}, dtype);
+    v = context.empty({n, kv_heads * head_dim}, dtype);
+  }
   layer.k->forward(context, a.attention_norm, k);
   layer.v->forward(context, a.attention_norm, v);
   Tensor k4 = k.reshape({b, t, kv_heads, head_dim});
   ops::rope_forward(context, k4, step.positions, inv_freq_, k4);
-  if (p == 0) {
+  if (step.cache != nullptr) {
+    a.k = cache_rows(step.cache->keys[static_cast<size_t>(layer_index)], 0, p + t)
+              .reshape({1, p + t, kv_heads, head_dim});
+    a.v = cache_rows(step.cache->values[static_cast<size_t>(layer_index)], 0, p + t)
+              .reshape({1, p + t, kv_heads, head_dim});
+  } else if (p == 0) {
     a.k = k4;
     a.v = v.reshape({b, t, kv_heads, head_dim});
   } else {
@@ -510,74 +531,87 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
 
 // ---- Incremental decoding -----------------------------------------------------------
 
-namespace {
-
-// Hands the cached keys/values of each layer to block_forward as its prefix:
-// the same path prefix tuning takes, so cached decoding runs exactly the
-// attention kernel of the full forward. Never trained through.
-class KvCachePrefix final : public AttentionPrefixHook {
- public:
-  explicit KvCachePrefix(const KvCache& cache) : cache_(cache) {}
-  int64_t num_prefix() const override { return cache_.keys.empty() ? 0 : cache_.keys.front().size(1); }
-  void forward(Context&, int64_t layer, Tensor& keys, Tensor& values) override {
-    keys.copy_from(cache_.keys[static_cast<size_t>(layer)].reshape(keys.shape()));
-    values.copy_from(cache_.values[static_cast<size_t>(layer)].reshape(values.shape()));
+// Makes room for `rows` filled rows: allocates the buffers on first use (or
+// when the cache was made for another model), doubles them when full.
+void LlamaModel::reserve_cache(Context& context, KvCache& cache, int64_t rows, int64_t prefix_rows) const {
+  const size_t num_layers = layers_.size();
+  const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+  const DType dtype = options_.compute_dtype;
+  const Tensor& sample = embed_tokens_->value;
+  const bool fits = cache.keys.size() == num_layers && cache.values.size() == num_layers &&
+                    cache.keys.front().dtype() == dtype && cache.keys.front().device() == sample.device() &&
+                    cache.keys.front().size(1) == kv_heads && cache.keys.front().size(2) == head_dim;
+  if (!fits && cache.num_rows > 0)
+    throw_bad_input("forward_incremental: the KV cache holds ", cache.keys.size(), " layers of ",
+                    cache.keys.empty() ? std::string("nothing") : cache.keys.front().to_string(), ", this model needs ",
+                    num_layers, " layers of [capacity, ", kv_heads, ", ", head_dim, "] ", dtype_name(dtype));
+  if (fits && rows <= cache.capacity()) return;
+  int64_t capacity = std::max(rows, prefix_rows + cache.reserved_positions);
+  if (fits) capacity = std::max(capacity, 2 * cache.capacity());
+  std::vector<Tensor> keys(num_layers), values(num_layers);
+  for (size_t l = 0; l < num_layers; ++l) {
+    keys[l] = context.empty({capacity, kv_heads, head_dim}, dtype);
+    values[l] = context.empty({capacity, kv_heads, head_dim}, dtype);
+    if (cache.num_rows > 0) {
+      cache_rows(keys[l], 0, cache.num_rows).copy_from(cache_rows(cache.keys[l], 0, cache.num_rows));
+      cache_rows(values[l], 0, cache.num_rows).copy_from(cache_rows(cache.values[l], 0, cache.num_rows));
+    }
   }
-  void backward(Context&, int64_t, const Tensor&, const Tensor&) override {
-    throw_runtime("KV cache: incremental decoding has no backward");
-  }
-
- private:
-  const KvCache& cache_;
-};
-
-}  // namespace
+  cache.keys = std::move(keys);
+  cache.values = std::move(values);
+}
 
 Tensor LlamaModel::forward_incremental(Context& context, std::span<const int32_t> new_ids, KvCache& cache) {
   const DType dtype = options_.compute_dtype;
   if (new_ids.empty()) throw_bad_input("forward_incremental: no new tokens");
-  if (prompt_hook_ != nullptr)
-    throw_bad_input("forward_incremental: prompt tuning is not supported with the KV cache");
-  const size_t num_layers = layers_.size();
-  if (!cache.empty() && (cache.keys.size() != num_layers || cache.values.size() != num_layers))
-    throw_bad_input("forward_incremental: KV cache holds ", cache.keys.size(), " layers, model has ", num_layers);
+  if (prompt_hook_ != nullptr) throw_bad_input("forward_incremental: prompt tuning is not supported with the KV cache");
   for (int32_t id : new_ids)
     if (id < 0 || id >= config_.vocab_size)
       throw_bad_input("forward_incremental: token id ", id, " outside [0, ", config_.vocab_size, ")");
+  if (cache.empty()) cache.num_rows = 0;
+  // Prefix-tuning K/V enter the cache at the prefill, as the first rows.
+  const int64_t prefix_rows = cache.empty() && prefix_hook_ != nullptr ? prefix_hook_->num_prefix() : 0;
+  const int64_t n = static_cast<int64_t>(new_ids.size()), hidden = config_.hidden_size;
+  const int64_t rows = cache.num_rows + prefix_rows + n;
+  if (config_.sliding_window > 0 && rows > config_.sliding_window)
+    throw_bad_input("forward_incremental: sequence length ", rows, " exceeds the model's sliding_window (",
+                    config_.sliding_window, ")");
+  reserve_cache(context, cache, rows, prefix_rows);
+  const size_t num_layers = layers_.size();
+  if (prefix_rows > 0) {
+    const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+    Tensor prefix_k = context.empty({prefix_rows, kv_heads, head_dim}, dtype);
+    Tensor prefix_v = context.empty({prefix_rows, kv_heads, head_dim}, dtype);
+    for (size_t l = 0; l < num_layers; ++l) {
+      prefix_hook_->forward(context, static_cast<int64_t>(l), prefix_k, prefix_v);
+      cache_rows(cache.keys[l], 0, prefix_rows).copy_from(prefix_k.reshape({prefix_rows, kv_heads * head_dim}));
+      cache_rows(cache.values[l], 0, prefix_rows).copy_from(prefix_v.reshape({prefix_rows, kv_heads * head_dim}));
+    }
+    cache.num_rows = prefix_rows;
+  }
 
-  KvCachePrefix cached(cache);
   StepState step;
   step.batch = 1;
-  step.time = static_cast<int64_t>(new_ids.size());
-  step.rows = step.time;
-  step.prefix_hook = cache.empty() ? prefix_hook_ : &cached;
-  step.num_prefix = step.prefix_hook != nullptr ? step.prefix_hook->num_prefix() : 0;
-  if (config_.sliding_window > 0 && step.time + step.num_prefix > config_.sliding_window)
-    throw_bad_input("forward_incremental: sequence length ", step.time + step.num_prefix,
-                    " exceeds the model's sliding_window (", config_.sliding_window, ")");
+  step.time = n;
+  step.rows = n;
+  step.cache = &cache;
+  step.num_prefix = cache.num_rows;
   step.attention.num_prefix = step.num_prefix;
   std::vector<int32_t> positions(new_ids.size());
   for (size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<int32_t>(cache.num_positions + i);
-  step.positions = context.upload(Tensor::from_ints({step.rows}, positions));
+  step.positions = context.upload(Tensor::from_ints({n}, positions));
 
-  const int64_t n = step.rows, hidden = config_.hidden_size;
   Tensor ids = context.upload(Tensor::from_ints({n}, std::vector<int32_t>(new_ids.begin(), new_ids.end())));
   Tensor hidden_states = context.empty({n, hidden}, dtype);
   ops::embedding_forward(context, ids, embed_tokens_->value, hidden_states);
-
-  std::vector<Tensor> keys(num_layers), values(num_layers);
   for (size_t l = 0; l < num_layers; ++l) {
     BlockActivations activations;
     activations.input = hidden_states;
     Tensor output;
     block_forward(context, step, static_cast<int64_t>(l), activations, output);
-    // [1, P + T, Hkv, Dh]: the cached rows followed by the new ones (keys after RoPE).
-    keys[l] = activations.k;
-    values[l] = activations.v;
     hidden_states = output;
   }
-  cache.keys = std::move(keys);
-  cache.values = std::move(values);
+  cache.num_rows += n;
   cache.num_positions += n;
 
   // Only the last position's logits are needed to pick the next token.
@@ -588,6 +622,7 @@ Tensor LlamaModel::forward_incremental(Context& context, std::span<const int32_t
   ops::rmsnorm_forward(context, last, final_norm_->value, eps, normed, rstd);
   Tensor logits = context.empty({1, config_.vocab_size}, dtype);
   lm_head_->forward(context, normed, logits);
+  if (dtype == DType::kF32) return logits.reshape({config_.vocab_size});
   Tensor logits_f32 = context.empty({config_.vocab_size}, DType::kF32);
   Tensor logits_rows = logits_f32.reshape({1, config_.vocab_size});
   ops::cast(context, logits, logits_rows);

@@ -136,10 +136,12 @@ class LlamaModel {
 
   // Incremental decoding of one sequence: runs `new_ids` after the positions
   // already in `cache` (all of them visible to every new token, the new ones
-  // causal among themselves), appends their keys/values to `cache`, and
-  // returns the f32 logits [vocab] of the last new token on the context's
-  // device. An empty cache is the prefill; with a prefix hook set, its K/V
-  // enter the cache on that first call. Prompt-tuning hooks are not supported.
+  // causal among themselves), writes their keys/values into the cache rows
+  // after the filled ones (allocating cache.reserved_positions rows at first,
+  // doubling when full), and returns the f32 logits [vocab] of the last new
+  // token on the context's device. An empty cache is the prefill; with a
+  // prefix hook set, its K/V enter the cache on that first call. Prompt-tuning
+  // hooks are not supported.
   Tensor forward_incremental(Context& context, std::span<const int32_t> new_ids, KvCache& cache);
 
  private:
@@ -148,6 +150,7 @@ class LlamaModel {
   struct BlockActivations;
 
   StepResult run(Context& context, const Batch& batch, bool backward, float loss_scale, Tensor* logits);
+  void reserve_cache(Context& context, KvCache& cache, int64_t rows, int64_t prefix_rows) const;
   void block_forward(Context& context, StepState& step, int64_t layer, BlockActivations& activations,
                      Tensor& output);
   void block_backward(Context& context, StepState& step, int64_t layer, BlockActivations& activations,

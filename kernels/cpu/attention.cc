@@ -23,6 +23,8 @@ namespace llmft::cpu {
 namespace {
 
 constexpr int64_t kQueryBlock = 64;
+// Multiply-adds of Q K^T below which the forward runs on the calling thread.
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 20;
 
 struct AttentionShape {
   int64_t batch, time, query_heads, kv_heads, head_dim, prefix, keys;
@@ -162,7 +164,10 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
   FloatWriter out_writer(out);
   float* lse_data = lse.data<float>();
 
-#pragma omp parallel if (tasks > 1 && tasks * kQueryBlock * S * D > kParallelWork)
+  // Decoding (a few queries against the cache) stays on the calling thread:
+  // its work is microseconds, less than a fork-join region costs on a busy machine.
+  const int64_t work = tasks * std::min(T, kQueryBlock) * S * D;
+#pragma omp parallel if (tasks > 1 && work > kParallelAttentionWork)
   {
     std::vector<float> scores(static_cast<size_t>(kQueryBlock * S)), q_scratch(kQueryBlock * D),
         k_scratch(S * D), v_scratch(S * D), out_scratch(kQueryBlock * D), inverse_sums(kQueryBlock);

@@ -165,6 +165,10 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
     }
     return;
   }
+  if (m == 1 && trans_b && (!trans_a || lda == 1)) {  // one row of A against the rows of B: a GEMV
+    sgemv(n, k, alpha, b, ldb, a, beta, c);
+    return;
+  }
   pin_blas_to_one_thread();
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (threads == 1 || static_cast<double>(m) * n * k < kParallelGemmWork) {

@@ -186,6 +186,12 @@ TEST_F(OpTable, Gemm) {
   cases.push_back({{}, false, false, 200, 120, 64, false, true, 1.0f, 0.5f, false});        // threaded, row bands
   cases.push_back({{}, false, false, 40, 300, 100, true, false, 1.0f, 0.0f, false});       // threaded, column bands
   cases.push_back({{}, false, false, 40, 300, 100, false, true, 1.0f, 0.0f, false});
+  // M = 1 with b^T (a decode step's linear): the GEMV of kernels/cpu/gemv.cc.
+  cases.push_back({{}, false, false, 1, 5, 9, false, true, 1.0f, 0.0f, true});             // one thread, beta 0 over NaN
+  cases.push_back({{}, false, false, 1, 7, 9, true, true, 0.5f, 0.75f, false});            // trans a, alpha, beta
+  cases.push_back({{3}, true, true, 1, 13, 6, false, true, -1.5f, 1.0f, false});           // batched, accumulate
+  cases.push_back({{}, false, false, 1, 1003, 301, false, true, 1.0f, 0.0f, false});       // rows shared by threads
+  cases.push_back({{}, false, false, 1, 1003, 301, false, true, 0.5f, -1.0f, false});      // threaded, beta
   for (const GemmCase& spec : cases) run_gemm_case(*context, spec, DType::kF32, DType::kF32);
   for (DType dtype : {DType::kBF16, DType::kF16}) {
     for (DType c_dtype : {DType::kF32, dtype}) {

@@ -69,8 +69,46 @@ TEST_P(KvCacheTest, CachedLogitsEqualFullRecomputeAtEveryStep) {
       EXPECT_LT(max_relative_difference(logits, expected[t]), 1e-5) << "prefill " << prefill << ", step " << t;
     }
     EXPECT_EQ(cache.num_positions, static_cast<int64_t>(ids.size()));
-    EXPECT_EQ(cache.keys.front().size(1), static_cast<int64_t>(ids.size()));
+    EXPECT_EQ(cache.num_rows, static_cast<int64_t>(ids.size()));
+    EXPECT_GE(cache.capacity(), cache.num_rows);
   }
+}
+
+// The cache's buffers are filled in place: with room reserved up front no step
+// reallocates them (the keys stay at one address); without, they double when
+// full and keep the filled rows; clear() reuses them for a new sequence.
+TEST_P(KvCacheTest, BuffersAreFilledInPlaceAndGrowByDoubling) {
+  auto model = LlamaModel::load(*context_, testdata(GetParam()));
+  const int32_t vocab = static_cast<int32_t>(model->config().vocab_size);
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < 20; ++i) ids.push_back((i * 53 + 7) % vocab);
+  const std::vector<std::vector<float>> expected = full_logits(*context_, *model, ids);
+
+  KvCache reserved;
+  reserved.reserved_positions = static_cast<int64_t>(ids.size());
+  model->forward_incremental(*context_, std::span(ids).first(3), reserved);
+  const void* address = reserved.keys.front().raw_data();
+  EXPECT_EQ(reserved.capacity(), static_cast<int64_t>(ids.size()));
+  for (size_t t = 3; t < ids.size(); ++t) model->forward_incremental(*context_, std::span(ids).subspan(t, 1), reserved);
+  EXPECT_EQ(reserved.keys.front().raw_data(), address);
+
+  KvCache growing;
+  std::vector<int64_t> capacities;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const std::vector<float> logits =
+        model->forward_incremental(*context_, std::span(ids).subspan(t, 1), growing).to_floats();
+    EXPECT_LT(max_relative_difference(logits, expected[t]), 1e-5) << "step " << t;
+    if (capacities.empty() || capacities.back() != growing.capacity()) capacities.push_back(growing.capacity());
+  }
+  EXPECT_EQ(capacities, (std::vector<int64_t>{1, 2, 4, 8, 16, 32}));
+
+  growing.clear();
+  const void* reused = growing.keys.front().raw_data();
+  std::vector<float> logits;
+  for (size_t t = 0; t < 6; ++t)
+    logits = model->forward_incremental(*context_, std::span(ids).subspan(t, 1), growing).to_floats();
+  EXPECT_LT(max_relative_difference(logits, expected[5]), 1e-5);
+  EXPECT_EQ(growing.keys.front().raw_data(), reused);
 }
 
 // Several new tokens at once after a cache (a chat's next turn): causal among
@@ -119,7 +157,7 @@ TEST_P(KvCacheTest, PrefixTuningKeysEnterTheCache) {
   const std::vector<std::vector<float>> expected = full_logits(*context_, *model, ids);
   KvCache cache;
   model->forward_incremental(*context_, std::span(ids).first(2), cache);
-  EXPECT_EQ(cache.keys.front().size(1), 3 + 2);
+  EXPECT_EQ(cache.num_rows, 3 + 2);
   for (size_t t = 2; t < ids.size(); ++t) {
     const std::vector<float> logits =
         model->forward_incremental(*context_, std::span(ids).subspan(t, 1), cache).to_floats();
@@ -142,6 +180,29 @@ TEST(KvCacheErrors, BadTokenIdAndEmptyInputAreBadInput) {
     EXPECT_NE(std::string(error.what()).find("token id 1000"), std::string::npos) << error.what();
   }
   EXPECT_THROW(model->forward_incremental(*context, std::span<const int32_t>(), cache), Error);
+}
+
+// A cache filled by one model is refused by another of other shapes (one line
+// naming both), but an empty one is simply reallocated.
+TEST(KvCacheErrors, CacheOfAnotherModelIsBadInputUnlessEmpty) {
+  auto context = Context::cpu(0, 1);
+  auto llama = LlamaModel::load(*context, testdata("tiny_llama"));
+  auto qwen = LlamaModel::load(*context, testdata("tiny_qwen2"));
+  ASSERT_NE(llama->config().num_key_value_heads * llama->config().head_dim * llama->config().num_hidden_layers,
+            qwen->config().num_key_value_heads * qwen->config().head_dim * qwen->config().num_hidden_layers);
+  std::vector<int32_t> ids = {1, 2, 3};
+  KvCache cache;
+  llama->forward_incremental(*context, ids, cache);
+  try {
+    qwen->forward_incremental(*context, ids, cache);
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(error.what()).find("KV cache holds"), std::string::npos) << error.what();
+  }
+  cache.clear();
+  const std::vector<float> logits = qwen->forward_incremental(*context, ids, cache).to_floats();
+  EXPECT_LT(max_relative_difference(logits, full_logits(*context, *qwen, ids).back()), 1e-5);
 }
 
 // Greedy generate() picks, at each step, the argmax of the full forward over
