@@ -437,6 +437,31 @@ TEST_F(TrainerTest, SigtermCheckpointsAtTheStepBoundaryAndTheRunResumesIdentical
   EXPECT_TRUE(trainable_bytes(resumed) == trainable_bytes(uninterrupted));
 }
 
+TEST_F(TrainerTest, F16OverflowSkipsTheUpdateAndBacksTheScaleOff) {
+  TrainOptions options = full_options("run");
+  options.compute_dtype = options.weights_dtype = "f16";
+  options.init_scale = 1073741824.0f;  // 2^30: the scaled loss gradient exceeds f16's 65504
+  options.schedule_kind = "constant";  // no warmup: the first update has lr > 0
+  options.warmup_steps = 0;
+  Trainer trainer(*context_, options, quiet_hooks());
+  const std::vector<std::vector<uint8_t>> before = trainable_bytes(trainer);
+  const StepRecord overflowed = trainer.train_step();
+  EXPECT_TRUE(overflowed.skipped);
+  EXPECT_TRUE(std::isfinite(overflowed.loss));
+  EXPECT_EQ(overflowed.loss_scale, 1073741824.0);
+  EXPECT_EQ(trainer.loss_scaler()->scale(), 536870912.0f);  // backoff 0.5
+  EXPECT_EQ(trainer.optimizer().step_count(), 0);
+  EXPECT_TRUE(trainable_bytes(trainer) == before) << "a skipped step changed the weights";
+  // The scale keeps backing off until a step fits, then updates resume.
+  StepRecord record;
+  for (int i = 0; i < 30 && (record = trainer.train_step()).skipped; ++i) {
+  }
+  EXPECT_FALSE(record.skipped);
+  EXPECT_EQ(trainer.optimizer().step_count(), 1);
+  EXPECT_TRUE(std::isfinite(record.grad_norm));
+  EXPECT_FALSE(trainable_bytes(trainer) == before);
+}
+
 // ---- Fingerprint -----------------------------------------------------------------
 
 TEST_F(TrainerTest, RefusesACheckpointOfAnotherPeftConfigOrModel) {
