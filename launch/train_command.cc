@@ -25,13 +25,30 @@ namespace llmft::launch {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: llmft train --config RUN.pbtxt [--set field.path=value ...] [--check] [--threads N]\n"
+    "usage: llmft train --config RUN.pbtxt [--set field.path=value ...] [--check] [--device cpu|cuda[:N]]\n"
+    "                   [--threads N]\n"
     "  RUN.pbtxt is an llmft.TrainConfig in Protobuf text format (fields, defaults and ranges: proto/llmft.proto;\n"
     "  commented examples: examples/*.pbtxt). --set overrides one field; repeated fields take a comma list.\n"
     "  --check: load, validate and print the resolved config (every default written out), then exit.\n"
-    "  --threads N: CPU threads (default: OpenMP's).\n"
+    "  --device: where the model runs (default cpu); on CUDA the AdamW update runs on host copies of the\n"
+    "  trainable weights. --threads N: CPU threads (default: OpenMP's).\n"
     "  Resume: --set checkpoint.resume=latest (or a step-N directory). SIGTERM/SIGINT checkpoint at the next\n"
     "  step boundary and exit with 128 + the signal number.\n";
+
+// "cpu" -> -1, "cuda" -> 0, "cuda:N" -> N.
+int parse_device(const std::string& text) {
+  if (text == "cpu") return -1;
+  if (text == "cuda") return 0;
+  if (text.starts_with("cuda:")) {
+    try {
+      size_t used = 0;
+      const int index = std::stoi(text.substr(5), &used);
+      if (used == text.size() - 5 && index >= 0) return index;
+    } catch (const std::exception&) {
+    }
+  }
+  throw_bad_input("train: --device: expected cpu, cuda or cuda:N, found '", text, "'");
+}
 
 int64_t parse_count(std::string_view flag, const std::string& text) {
   try {
@@ -50,6 +67,7 @@ int run_train(std::span<char*> args) {
   std::vector<std::string> overrides;
   bool check = false;
   int64_t threads = 0;
+  int cuda_device = -1;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string_view arg = args[i];
     auto value = [&]() -> std::string {
@@ -64,6 +82,8 @@ int run_train(std::span<char*> args) {
       overrides.emplace_back(arg.substr(6));
     } else if (arg == "--check") {
       check = true;
+    } else if (arg == "--device") {
+      cuda_device = parse_device(value());
     } else if (arg == "--threads") {
       threads = parse_count(arg, value());
     } else if (arg == "--help" || arg == "-h") {
@@ -80,9 +100,8 @@ int run_train(std::span<char*> args) {
     return 0;
   }
   const trainer::TrainOptions options = trainer::load_train_options(*config_path, overrides);
-  // AdamW's update runs on the host only so far (optim/adamw.h), so training
-  // runs on the CPU backend.
-  auto context = Context::cpu(options.seed, static_cast<int>(threads));
+  auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
+                                  : Context::cpu(options.seed, static_cast<int>(threads));
   trainer::TrainerHooks hooks;
   hooks.stop_requested = &trainer::install_stop_signal_handlers();
   trainer::Trainer trainer(*context, options, hooks);

@@ -57,7 +57,16 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   adamw.eps = static_cast<float>(options_.eps);
   adamw.weight_decay = static_cast<float>(options_.weight_decay);
   if (options_.exclude_norms_and_biases_from_decay) adamw.exclude_from_decay = optim::is_norm_or_bias;
-  optimizer_ = std::make_unique<optim::AdamW>(context_, model_->trainable_parameters(), adamw);
+  if (hooks_.host_optimizer_copy || context_.is_cuda()) {
+    host_context_ = Context::cpu(context_.seed());
+    for (Parameter* parameter : model_->trainable_parameters()) {
+      Parameter& copy =
+          host_parameters_.add(*host_context_, parameter->name, parameter->value.shape(), parameter->value.dtype());
+      copy.value.copy_from(parameter->value);
+    }
+    host_parameters_.allocate_grads(*host_context_, DType::kF32);
+  }
+  optimizer_ = std::make_unique<optim::AdamW>(host_context_ ? *host_context_ : context_, optimizer_parameters(), adamw);
 
   optim::LrScheduleConfig schedule;
   schedule.kind = optim::parse_schedule_kind(options_.schedule_kind, options_.source + ": schedule.kind");
@@ -114,6 +123,23 @@ void Trainer::say(const std::string& line) {
   std::fflush(hooks_.progress);
 }
 
+std::vector<Parameter*> Trainer::optimizer_parameters() {
+  return host_context_ ? host_parameters_.all() : model_->trainable_parameters();
+}
+
+std::vector<NamedTensor> Trainer::checkpoint_tensors() {
+  std::vector<NamedTensor> tensors;
+  for (Parameter* parameter : optimizer_parameters()) tensors.push_back({parameter->name, parameter->value});
+  return tensors;
+}
+
+void Trainer::copy_values_to_model() {
+  if (!host_context_) return;
+  std::vector<Parameter*> model_parameters = model_->trainable_parameters();
+  std::vector<Parameter*> copies = host_parameters_.all();
+  for (size_t i = 0; i < copies.size(); ++i) model_parameters[i]->value.copy_from(copies[i]->value);
+}
+
 std::vector<NamedTensor> Trainer::optimizer_tensors() {
   std::vector<NamedTensor> tensors;
   for (optim::AdamWParameterState& state : optimizer_->states()) {
@@ -131,8 +157,9 @@ void Trainer::resume(const std::string& where) {
   CheckpointReader reader = CheckpointReader::open(where, options_.checkpoint_dir, model_->fingerprint);
   const CheckpointState& state = reader.state();
   const std::string source = reader.directory().string();
-  reader.load_trainable(model_->trainable_tensors());
+  reader.load_trainable(checkpoint_tensors());
   reader.load_optimizer(optimizer_tensors());
+  copy_values_to_model();
   optimizer_->set_step_count(state.schedule_position);
   if (scaler_) {
     optim::LossScalerState scaler_state;
@@ -190,7 +217,11 @@ StepRecord Trainer::train_step() {
   record.loss = record.trained_tokens > 0 ? loss_sum / static_cast<double>(record.trained_tokens) : 0.0;
 
   // 3. Sum of the ranks' gradients (each already divided by the global count).
-  std::vector<Parameter*> parameters = model_->trainable_parameters();
+  std::vector<Parameter*> parameters = optimizer_parameters();
+  if (host_context_) {
+    std::vector<Parameter*> model_parameters = model_->trainable_parameters();
+    for (size_t i = 0; i < parameters.size(); ++i) parameters[i]->grad.copy_from(model_parameters[i]->grad);
+  }
   if (communicator_->size() > 1) {
     for (Parameter* parameter : parameters) {
       if (parameter->grad.device().is_cuda() || parameter->grad.dtype() != DType::kF32)
@@ -209,11 +240,12 @@ StepRecord Trainer::train_step() {
     return record;
   }
 
+  Context& optimizer_context = host_context_ ? *host_context_ : context_;
   // 4. f16: a non-finite gradient skips the update and backs the scale off.
   if (scaler_) {
     std::vector<Tensor> grads;
     for (Parameter* parameter : parameters) grads.push_back(parameter->grad);
-    if (!scaler_->check_and_update(context_, grads)) {
+    if (!scaler_->check_and_update(optimizer_context, grads)) {
       record.skipped = true;
       record.grad_norm = std::numeric_limits<double>::infinity();
       return record;
@@ -223,12 +255,13 @@ StepRecord Trainer::train_step() {
   // 5. Clip (the norm measured on scaled gradients against a scaled bound),
   // then AdamW with the un-scaling fused in.
   const double max_norm = options_.max_grad_norm > 0.0 ? options_.max_grad_norm * loss_scale : 0.0;
-  optim::ClipResult clip = optim::clip_grad_norm(context_, parameters, max_norm);
+  optim::ClipResult clip = optim::clip_grad_norm(optimizer_context, parameters, max_norm);
   record.grad_norm = clip.norm / loss_scale;
   if (!clip.all_finite)
     throw_runtime("step ", record.step, ": non-finite gradient (loss ", record.loss,
                   "); the run diverged — resume from an earlier checkpoint with a lower optimizer.lr");
   optimizer_->step(static_cast<float>(record.learning_rate), static_cast<float>(1.0 / loss_scale));
+  copy_values_to_model();
   return record;
 }
 
@@ -273,7 +306,7 @@ std::filesystem::path Trainer::save_checkpoint() {
   state.data_loader_state = loader_->state();
   state.rng[kDropoutStream] = {options_.seed, dropout_micro_steps_};
   state.fingerprint = model_->fingerprint;
-  return checkpoints_->write(state, model_->trainable_tensors(), optimizer_tensors());
+  return checkpoints_->write(state, checkpoint_tensors(), optimizer_tensors());
 }
 
 TrainResult Trainer::train() {

@@ -89,6 +89,12 @@ struct TrainerHooks {
   std::function<void(const StepRecord&)> on_step;
   // Injectable wall clock (seconds) for tokens/s and ETA.
   std::function<double()> clock;
+  // Keep the optimizer's parameters as host copies of the trainable weights:
+  // gradients are copied to the host after the backward, reduced, clipped and
+  // applied there, and the new values copied back. Always on for a CUDA
+  // context (AdamW updates host tensors only, optim/adamw.h; for LoRA the
+  // copies are small); tests turn it on for the CPU to check it changes no bit.
+  bool host_optimizer_copy = false;
 };
 
 class Trainer {
@@ -123,6 +129,11 @@ class Trainer {
  private:
   void resume(const std::string& where);
   std::vector<NamedTensor> optimizer_tensors();
+  // The weights the optimizer updates and checkpoints hold: the model's
+  // trainable parameters, or their host copies.
+  std::vector<Parameter*> optimizer_parameters();
+  std::vector<NamedTensor> checkpoint_tensors();
+  void copy_values_to_model();
   void say(const std::string& line);
   double now() const;
 
@@ -133,6 +144,10 @@ class Trainer {
   parallel::Communicator* communicator_ = nullptr;
 
   std::unique_ptr<TrainingModel> model_;
+  // host_optimizer_copy: a CPU context for the optimizer and the host copies
+  // (parallel to model_->trainable_parameters()).
+  std::unique_ptr<Context> host_context_;
+  ParameterRegistry host_parameters_;
   int64_t eos_id_ = -1;
   std::unique_ptr<data::Loader> loader_;
   std::unique_ptr<optim::AdamW> optimizer_;

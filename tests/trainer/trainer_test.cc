@@ -369,6 +369,30 @@ INSTANTIATE_TEST_SUITE_P(Runs, TrainerResumeTest,
                                            ResumeCase{"FullFineTuningF16LossScaling", false, "f16"}),
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
 
+TEST_P(TrainerResumeTest, HostOptimizerCopiesChangeNoBitAndResumeToo) {
+  // The path a CUDA context takes (gradients to host copies, AdamW there,
+  // values back), checked on the CPU against the direct path.
+  std::vector<double> direct_losses;
+  Trainer direct(*context_, options("direct"), quiet_hooks(&direct_losses));
+  direct.train();
+
+  std::vector<double> losses;
+  TrainerHooks hooks = quiet_hooks();
+  hooks.host_optimizer_copy = true;
+  {
+    Trainer first(*context_, options("copied"), hooks);
+    for (int i = 0; i < 3; ++i) losses.push_back(first.train_step().loss);
+    first.save_checkpoint();
+  }
+  TrainOptions resumed_options = options("copied");
+  resumed_options.resume = "latest";
+  hooks.on_step = [&](const StepRecord& record) { losses.push_back(record.loss); };
+  Trainer resumed(*context_, resumed_options, hooks);
+  resumed.train();
+  EXPECT_EQ(losses, direct_losses);
+  EXPECT_TRUE(trainable_bytes(resumed) == trainable_bytes(direct));
+}
+
 TEST_F(TrainerTest, ResumeWithoutTheDataPositionWouldDiffer) {
   // Shows the bit-identity test can fail: the same weights and optimizer state
   // with a fresh loader give other losses.
