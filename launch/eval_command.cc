@@ -26,7 +26,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: llmft eval --config RUN.pbtxt [--set field.path=value ...] [--checkpoint latest|DIR|none] [--data GLOB]\n"
-    "       llmft eval --model DIR --data GLOB [--seq-len N] [--padded] [--append-eos] [--threads N]\n"
+    "       llmft eval --model DIR --data GLOB [--seq-len N] [--padded] [--append-eos]\n"
+    "  both: [--device cpu|cuda[:N]] [--threads N]\n"
     "  Prints the mean loss over every trained token of the data and the perplexity exp(loss).\n"
     "  --checkpoint: default the newest checkpoint of checkpoint.dir, or the base model when there is none.\n";
 
@@ -40,6 +41,21 @@ int64_t parse_positive(std::string_view flag, const std::string& text) {
   throw_bad_input("eval: ", flag, " expects a positive integer, got '", text, "'");
 }
 
+// "cpu" -> -1, "cuda" -> 0, "cuda:N" -> N.
+int parse_device(const std::string& text) {
+  if (text == "cpu") return -1;
+  if (text == "cuda") return 0;
+  if (text.starts_with("cuda:")) {
+    try {
+      size_t used = 0;
+      const int index = std::stoi(text.substr(5), &used);
+      if (used == text.size() - 5 && index >= 0) return index;
+    } catch (const std::exception&) {
+    }
+  }
+  throw_bad_input("eval: --device: expected cpu, cuda or cuda:N, found '", text, "'");
+}
+
 }  // namespace
 
 int run_eval(std::span<char*> args) {
@@ -48,6 +64,7 @@ int run_eval(std::span<char*> args) {
   std::optional<int64_t> seq_len;
   bool padded = false, append_eos = false;
   int64_t threads = 0;
+  int cuda_device = -1;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string_view arg = args[i];
     auto value = [&]() -> std::string {
@@ -70,6 +87,8 @@ int run_eval(std::span<char*> args) {
       padded = true;
     } else if (arg == "--append-eos") {
       append_eos = true;
+    } else if (arg == "--device") {
+      cuda_device = parse_device(value());
     } else if (arg == "--threads") {
       threads = parse_positive(arg, value());
     } else if (arg == "--help" || arg == "-h") {
@@ -103,7 +122,8 @@ int run_eval(std::span<char*> args) {
     what = *model_dir;
   }
 
-  auto context = Context::cpu(options.seed, static_cast<int>(threads));
+  auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
+                                  : Context::cpu(options.seed, static_cast<int>(threads));
   auto model = trainer::build_training_model(*context, options, /*for_training=*/false);
   if (config_path) {
     std::string where = checkpoint.value_or("");
