@@ -59,13 +59,48 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const Trai
     result->model->parameters().set_trainable([](const std::string&) { return true; });
     if (for_training) result->model->parameters().allocate_grads(context, DType::kF32);
   }
-  result->fingerprint_text = training_fingerprint_text(result->model->config(), options);
-  result->fingerprint = training_fingerprint(result->model->config(), options);
+  result->fingerprint_text = training_fingerprint_text(*result->model, options);
+  result->fingerprint = training_fingerprint(*result->model, options);
   return result;
 }
 
-std::string training_fingerprint_text(const ModelConfig& model_config, const TrainOptions& options) {
-  std::string text = "model=" + model_config.to_json().dump() + ";peft=";
+namespace {
+
+constexpr uint64_t kFnvOffsetBasis = 1469598103934665603ull;
+
+uint64_t fnv1a(uint64_t hash, const void* data, size_t bytes) {
+  const auto* begin = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) {
+    hash ^= begin[i];
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+}  // namespace
+
+uint64_t base_weights_sample_hash(const LlamaModel& model) {
+  uint64_t hash = kFnvOffsetBasis;
+  for (const Parameter* parameter : model.parameters().all()) {
+    const Tensor& value = parameter->value;
+    std::vector<Tensor> samples;
+    if (value.dim() <= 1) {
+      samples.push_back(value);
+    } else {
+      samples.push_back(value.slice_rows(0, 1));
+      samples.push_back(value.slice_rows(value.size(0) - 1, value.size(0)));
+    }
+    for (const Tensor& sample : samples) {
+      const Tensor host = sample.device().is_cuda() ? sample.to(default_host_allocator()) : sample;
+      hash = fnv1a(hash, host.raw_data(), host.nbytes());
+    }
+  }
+  return hash;
+}
+
+std::string training_fingerprint_text(const LlamaModel& model, const TrainOptions& options) {
+  std::string text = str_cat("model=", model.config().to_json().dump(), ";weights=", std::hex,
+                             base_weights_sample_hash(model), std::dec, ";peft=");
   if (!options.lora) return text + "none";
   LoraConfig lora_config;
   lora_config.target_modules = options.lora_target_modules;
@@ -75,12 +110,9 @@ std::string training_fingerprint_text(const ModelConfig& model_config, const Tra
   return text + ")";
 }
 
-std::string training_fingerprint(const ModelConfig& model_config, const TrainOptions& options) {
-  uint64_t hash = 1469598103934665603ull;  // FNV-1a 64 offset basis
-  for (unsigned char c : training_fingerprint_text(model_config, options)) {
-    hash ^= c;
-    hash *= 1099511628211ull;
-  }
+std::string training_fingerprint(const LlamaModel& model, const TrainOptions& options) {
+  const std::string text = training_fingerprint_text(model, options);
+  const uint64_t hash = fnv1a(kFnvOffsetBasis, text.data(), text.size());
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
   return hex;

@@ -46,13 +46,19 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const Trai
                                                     bool for_training = true);
 
 // Canonical text of what the checkpoint tensors belong to: the model's
-// config.json (every architecture field) and the PEFT method with the fields
+// config.json (every architecture field), a sample of the base weights as
+// loaded (see base_weights_sample_hash), and the PEFT method with the fields
 // that shape or scale its tensors (LoRA r, alpha, rsLoRA, resolved targets).
 // Dropout, data and optimizer settings may change across a resume and are
 // left out; dtypes are checked tensor by tensor when a checkpoint loads.
-std::string training_fingerprint_text(const ModelConfig& model_config, const TrainOptions& options);
+std::string training_fingerprint_text(const LlamaModel& model, const TrainOptions& options);
 // 16 hex digits of FNV-1a 64 over that text (short enough for error lines).
-std::string training_fingerprint(const ModelConfig& model_config, const TrainOptions& options);
+std::string training_fingerprint(const LlamaModel& model, const TrainOptions& options);
+// FNV-1a 64 over the bytes of the first and last row of every parameter (the
+// whole of 1-D ones), in registry order: two checkpoints of one architecture
+// (a base model and its instruct version) differ here, at the cost of reading
+// a few KB rather than every weight. Call it before any training changes them.
+uint64_t base_weights_sample_hash(const LlamaModel& model);
 
 // The id that ends a document: config.json's (first) eos_token_id.
 // kBadInput naming the file when the model has none.

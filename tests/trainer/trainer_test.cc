@@ -525,6 +525,17 @@ TEST_F(TrainerTest, RefusesACheckpointOfAnotherPeftConfigOrModel) {
   EXPECT_NE(message.find(expected), std::string::npos) << message;
   EXPECT_NE(message.find((root_ / "run" / "step-1").string()), std::string::npos) << message;
 
+  // The same architecture with other weights (a base model and its instruct
+  // version) is another model too.
+  {
+    LlamaModel model(*context_, trainer_test::tiny_model_config());
+    model.init_random(*context_, 8, 0.2f);
+    model.save_pretrained(root_ / "same_shape");
+  }
+  TrainOptions other_weights = lora_options("run");
+  other_weights.hf_dir = (root_ / "same_shape").string();
+  EXPECT_NE(resume_with(other_weights).find(expected), std::string::npos);
+
   // Dropout is not part of the fingerprint: changing it on resume is allowed.
   TrainOptions other_dropout = lora_options("run");
   other_dropout.lora_dropout = 0.0f;
