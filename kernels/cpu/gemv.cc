@@ -20,10 +20,16 @@
 // while OpenMP regions (training, prefill) run.
 #include <omp.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -32,38 +38,135 @@
 namespace llmft::cpu {
 namespace {
 
-// y[r] = alpha * dot(w[r, :], x) + beta * y[r] for r in [0, rows). Four rows
-// at a time share each load of x; the sums are f32 in SIMD lanes, like SGEMM's.
-LLMFT_CPU_MULTIVERSION void dot_rows(const float* w, int64_t ldw, int64_t rows, int64_t k, const float* x, float alpha,
-                                     float beta, float* y) {
-  auto store = [&](int64_t row, float sum) { y[row] = beta == 0.0f ? alpha * sum : alpha * sum + beta * y[row]; };
+// y[r] = alpha * dot(w[r, :], x) + beta * y[r] for r in [0, rows), in f32
+// with one SIMD accumulator per row (lane partial sums, then a horizontal sum,
+// as BLAS kernels do). Eight rows at a time share each load of x: eight
+// independent streams keep the loads in flight. Written with intrinsics: GCC's
+// vectorisation of the same loop (omp simd reductions, target_clones) reached
+// 14-20 GB/s on one core of the EPYC this was measured on, these 30 GB/s
+// (AVX-512) and 26 GB/s (AVX2).
+void store_row(float* y, int64_t row, float sum, float alpha, float beta) {
+  y[row] = beta == 0.0f ? alpha * sum : alpha * sum + beta * y[row];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LLMFT_GEMV_X86 1
+
+// The 16 lanes summed pairwise (halves, then quarters, ...). Through memory,
+// not _mm512_reduce_add_ps or lane shuffles, whose GCC 12 expansions trip
+// -Wuninitialized (their undefined pass-through operand).
+__attribute__((target("avx512f"))) inline float horizontal_sum(__m512 accumulator) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, accumulator);
+  for (int width = 8; width >= 1; width /= 2)
+    for (int lane = 0; lane < width; ++lane) lanes[lane] += lanes[lane + width];
+  return lanes[0];
+}
+
+template <int kRows>
+__attribute__((target("avx512f,fma"))) void dot_rows_avx512_block(const float* w, int64_t ldw, int64_t k,
+                                                                  const float* x, float* sums) {
+  __m512 accumulators[kRows];
+  for (int j = 0; j < kRows; ++j) accumulators[j] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + i);
+    for (int j = 0; j < kRows; ++j)
+      accumulators[j] = _mm512_fmadd_ps(_mm512_loadu_ps(w + j * ldw + i), xv, accumulators[j]);
+  }
+  if (i < k) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (k - i)) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
+    for (int j = 0; j < kRows; ++j)
+      accumulators[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, w + j * ldw + i), xv, accumulators[j]);
+  }
+  for (int j = 0; j < kRows; ++j) sums[j] = horizontal_sum(accumulators[j]);
+}
+
+__attribute__((target("avx512f,fma"))) void dot_rows_avx512(const float* w, int64_t ldw, int64_t rows, int64_t k,
+                                                            const float* x, float alpha, float beta, float* y) {
+  float sums[8];
   int64_t row = 0;
-  for (; row + 4 <= rows; row += 4) {
-    const float* w0 = w + row * ldw;
-    const float* w1 = w0 + ldw;
-    const float* w2 = w1 + ldw;
-    const float* w3 = w2 + ldw;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t i = 0; i < k; ++i) {
-      const float xi = x[i];
-      s0 += w0[i] * xi;
-      s1 += w1[i] * xi;
-      s2 += w2[i] * xi;
-      s3 += w3[i] * xi;
-    }
-    store(row, s0);
-    store(row + 1, s1);
-    store(row + 2, s2);
-    store(row + 3, s3);
+  for (; row + 8 <= rows; row += 8) {
+    dot_rows_avx512_block<8>(w + row * ldw, ldw, k, x, sums);
+    for (int j = 0; j < 8; ++j) store_row(y, row + j, sums[j], alpha, beta);
   }
   for (; row < rows; ++row) {
-    const float* w0 = w + row * ldw;
-    float s0 = 0.0f;
-#pragma omp simd reduction(+ : s0)
-    for (int64_t i = 0; i < k; ++i) s0 += w0[i] * x[i];
-    store(row, s0);
+    dot_rows_avx512_block<1>(w + row * ldw, ldw, k, x, sums);
+    store_row(y, row, sums[0], alpha, beta);
   }
+}
+
+template <int kRows>
+__attribute__((target("avx2,fma"))) void dot_rows_avx2_block(const float* w, int64_t ldw, int64_t k, const float* x,
+                                                             float* sums) {
+  __m256 accumulators[kRows];
+  for (int j = 0; j < kRows; ++j) accumulators[j] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    for (int j = 0; j < kRows; ++j)
+      accumulators[j] = _mm256_fmadd_ps(_mm256_loadu_ps(w + j * ldw + i), xv, accumulators[j]);
+  }
+  for (int j = 0; j < kRows; ++j) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(accumulators[j]), _mm256_extractf128_ps(accumulators[j], 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_movehdup_ps(half));
+    float sum = _mm_cvtss_f32(half);
+    for (int64_t tail = i; tail < k; ++tail) sum += w[j * ldw + tail] * x[tail];
+    sums[j] = sum;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* w, int64_t ldw, int64_t rows, int64_t k,
+                                                       const float* x, float alpha, float beta, float* y) {
+  float sums[8];
+  int64_t row = 0;
+  for (; row + 8 <= rows; row += 8) {
+    dot_rows_avx2_block<8>(w + row * ldw, ldw, k, x, sums);
+    for (int j = 0; j < 8; ++j) store_row(y, row + j, sums[j], alpha, beta);
+  }
+  for (; row < rows; ++row) {
+    dot_rows_avx2_block<1>(w + row * ldw, ldw, k, x, sums);
+    store_row(y, row, sums[0], alpha, beta);
+  }
+}
+#endif
+
+void dot_rows_portable(const float* w, int64_t ldw, int64_t rows, int64_t k, const float* x, float alpha, float beta,
+                       float* y) {
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* w_row = w + row * ldw;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k; ++i) sum += w_row[i] * x[i];
+    store_row(y, row, sum, alpha, beta);
+  }
+}
+
+using DotRows = void (*)(const float*, int64_t, int64_t, int64_t, const float*, float, float, float*);
+
+// The widest kernel this CPU runs, chosen once (the library itself is built
+// for baseline x86-64). LLMFT_CPU_GEMV=avx512|avx2|portable picks one instead,
+// so tests can run every kernel on a machine that has the widest.
+DotRows pick_dot_rows() {
+  const char* forced = std::getenv("LLMFT_CPU_GEMV");
+  const std::string choice = forced != nullptr ? forced : "";
+#ifdef LLMFT_GEMV_X86
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (choice == "avx512" && avx512) return dot_rows_avx512;
+  if (choice == "avx2" && avx2) return dot_rows_avx2;
+  if (choice.empty() && avx512) return dot_rows_avx512;
+  if (choice.empty() && avx2) return dot_rows_avx2;
+#endif
+  if (choice.empty() || choice == "portable") return dot_rows_portable;
+  throw_runtime("LLMFT_CPU_GEMV: expected avx512, avx2 or portable (one this CPU runs), found '", choice, "'");
+}
+
+void dot_rows(const float* w, int64_t ldw, int64_t rows, int64_t k, const float* x, float alpha, float beta, float* y) {
+  static const DotRows kernel = pick_dot_rows();
+  kernel(w, ldw, rows, k, x, alpha, beta, y);
 }
 
 struct GemvJob {
@@ -123,7 +226,8 @@ class GemvPool {
     // a row), so a busy machine decodes at one thread's speed, not slower.
     if (done_.load(std::memory_order_acquire) < chunks) {
       const auto wait_start = std::chrono::steady_clock::now();
-      while (done_.load(std::memory_order_acquire) < chunks) pause();
+      // Yield after a few microseconds: the helper may be waiting for this very core.
+      for (int spins = 0; done_.load(std::memory_order_acquire) < chunks; ++spins) spins < 4096 ? pause() : yield();
       if (std::chrono::steady_clock::now() - wait_start > kStall) {
         solo_span_ = std::min<int64_t>(2 * solo_span_, kMaxSoloSpan);
         solo_remaining_ = solo_span_;
@@ -133,14 +237,8 @@ class GemvPool {
     solo_span_ = kMinSoloSpan / 2;
   }
 
-  ~GemvPool() {
-    stop_.store(true, std::memory_order_seq_cst);
-    claim_.fetch_add(1ull << 32, std::memory_order_seq_cst);  // a new "epoch" wakes every sleeper
-    claim_.notify_all();
-    for (std::thread& thread : threads_) thread.join();
-  }
-
  private:
+  static void yield() { std::this_thread::yield(); }
   static void pause() {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
@@ -174,7 +272,6 @@ class GemvPool {
     uint64_t last_seen = 0;
     auto idle_since = std::chrono::steady_clock::now();
     for (int spins = 0;; ++spins) {
-      if (stop_.load(std::memory_order_acquire)) return;
       const uint64_t state = claim_.load(std::memory_order_acquire);
       if ((state >> 32) != (last_seen >> 32)) {
         last_seen = state;
@@ -199,7 +296,9 @@ class GemvPool {
         idle_since = std::chrono::steady_clock::now();
         continue;
       }
-      pause();
+      // Idle: spin a little, then give the core to whoever else wants it
+      // (returns at once on an otherwise idle core).
+      (spins & 255) == 255 ? yield() : pause();
     }
   }
 
@@ -216,7 +315,6 @@ class GemvPool {
   std::atomic<int64_t> done_{0};
   std::atomic<int> active_helpers_{0};
   std::atomic<int> sleepers_{0};
-  std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
 };
 
@@ -239,11 +337,13 @@ void sgemv(int64_t n, int64_t k, float alpha, const float* w, int64_t ldw, const
                                                std::min(most_rows, ceil_div(ceil_div(n, 8 * threads), 16) * 16));
   const int64_t chunks = ceil_div(n, chunk_rows);
   // One pool per process, like OpenMP's own team: its size follows
-  // omp_get_max_threads(), which Context::cpu sets.
-  static GemvPool pool;
-  static std::mutex pool_mutex;  // products issued from two threads at once take turns
-  std::lock_guard<std::mutex> lock(pool_mutex);
-  pool.run(GemvJob{w, ldw, n, k, x, alpha, beta, y, chunk_rows}, chunks, threads - 1);
+  // omp_get_max_threads(), which Context::cpu sets. Never destroyed: its
+  // helpers sleep until the process ends (joining them at exit would hang in
+  // a forked child, which has none of them).
+  static GemvPool* const pool = new GemvPool();
+  static std::mutex* const pool_mutex = new std::mutex();  // products issued from two threads at once take turns
+  std::lock_guard<std::mutex> lock(*pool_mutex);
+  pool->run(GemvJob{w, ldw, n, k, x, alpha, beta, y, chunk_rows}, chunks, threads - 1);
 }
 
 }  // namespace llmft::cpu
