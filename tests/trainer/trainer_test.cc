@@ -335,16 +335,25 @@ TEST_P(TrainerResumeTest, ResumedRunRepeatsTheUninterruptedLossesAndWeightsBitFo
   ASSERT_EQ(uninterrupted_losses.size(), 8u);
 
   std::vector<double> losses;
+  optim::LossScalerState saved_scaler;
   {
     Trainer first(*context_, options("interrupted"), quiet_hooks());
     for (int i = 0; i < 3; ++i) losses.push_back(first.train_step().loss);
     first.save_checkpoint();
+    if (first.loss_scaler()) saved_scaler = first.loss_scaler()->state();
   }
   TrainOptions resumed_options = options("interrupted");
   resumed_options.resume = "latest";
   Trainer resumed(*context_, resumed_options, quiet_hooks(&losses));
   ASSERT_TRUE(resumed.resumed_from().has_value());
   EXPECT_EQ(resumed.step(), 3);
+  if (resumed.loss_scaler()) {
+    // Every field, straight after the restore (later growth would refill the
+    // hysteresis counter and hide a lost one).
+    EXPECT_EQ(resumed.loss_scaler()->state().scale, saved_scaler.scale);
+    EXPECT_EQ(resumed.loss_scaler()->state().growth_tracker, saved_scaler.growth_tracker);
+    EXPECT_EQ(resumed.loss_scaler()->state().hysteresis_tracker, saved_scaler.hysteresis_tracker);
+  }
   resumed.train();
 
   ASSERT_EQ(losses.size(), uninterrupted_losses.size());
