@@ -32,7 +32,9 @@ class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    root_ = fs::temp_directory_path() / str_cat("llmft-trainer-", ::getpid(), "-", info->name());
+    std::string name = info->name();  // "Case/Param" for parameterised tests: one directory level
+    std::replace(name.begin(), name.end(), '/', '_');
+    root_ = fs::temp_directory_path() / str_cat("llmft-trainer-", ::getpid(), "-", name);
     fs::remove_all(root_);
     fs::create_directories(root_ / "data");
     write_tiny_model(root_ / "model");
