@@ -166,7 +166,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
     return;
   }
   if (m == 1 && trans_b && (!trans_a || lda == 1)) {  // one row of A against the rows of B: a GEMV
-    sgemv(n, k, alpha, b, ldb, a, beta, c);
+    gemv(n, k, alpha, b, DType::kF32, ldb, a, beta, c);
     return;
   }
   pin_blas_to_one_thread();

@@ -161,10 +161,13 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 // Row-major y[N] = alpha * W[N, K] x + beta * y (beta == 0 never reads y), W
-// with leading dimension ldw: the single-row products of decoding, which sgemm
-// hands over for M = 1. Outside a parallel region its rows are shared by
-// omp_get_max_threads() threads without a barrier (kernels/cpu/gemv.cc).
-void sgemv(int64_t n, int64_t k, float alpha, const float* w, int64_t ldw, const float* x, float beta, float* y);
+// of `w_dtype` (f32, bf16 or f16, widened in registers) with leading dimension
+// ldw, x and y f32: the single-row products of decoding, which sgemm hands
+// over for M = 1 and linear_forward for one row of 16-bit weights. Outside a
+// parallel region its rows are shared by omp_get_max_threads() threads
+// without a barrier (kernels/cpu/gemv.cc).
+void gemv(int64_t n, int64_t k, float alpha, const void* w, DType w_dtype, int64_t ldw, const float* x, float beta,
+          float* y);
 
 // Sets OpenBLAS to one thread per call (once per process); see cpu_util.cc.
 void pin_blas_to_one_thread();

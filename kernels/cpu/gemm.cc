@@ -107,6 +107,17 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
   }
   if (y.numel() == 0) return;
 
+  if (rows == 1 && weight.dtype() != DType::kF32) {
+    // One row (a decode step) with 16-bit weights: the GEMV reads them as
+    // stored, half the bytes of f32 and no f32 copy of the whole weight per call.
+    F32Copy x32(x);
+    F32Output y32(y, /*load_current=*/false);
+    if (bias != nullptr) load_floats(bias->raw_data(), bias->dtype(), 0, out_features, y32.data());
+    gemv(out_features, in_features, 1.0f, weight.raw_data(), weight.dtype(), in_features, x32.data(),
+         bias != nullptr ? 1.0f : 0.0f, y32.data());
+    y32.finish();
+    return;
+  }
   F32Copy x32(x), weight32(weight);
   F32Output y32(y, /*load_current=*/false);
   float beta = 0.0f;

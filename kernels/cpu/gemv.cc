@@ -1,11 +1,12 @@
 // The single-row product y = alpha * W x + beta * y of decoding (one token's
 // [1, K] activation against a [N, K] weight: every linear of a decode step and
-// the LM head). It reads each weight once and does 2 flops per 4 bytes read,
+// the LM head). It reads each weight once and does 2 flops per weight read,
 // so it is bound by memory bandwidth, not by arithmetic: SGEMM with M = 1
 // packs W first (a second pass over it) and runs on one thread below
-// kParallelGemmWork, which on the 2-core EPYC this was measured on left half
-// the machine's bandwidth unused (11 GB/s vs 17 GB/s for this loop on one
-// core; SmolLM2-135M streams 538 MB of f32 weights per token).
+// kParallelGemmWork; on the 2-core EPYC this was measured on it streamed
+// 11 GB/s, the kernels below 30 GB/s on one core (SmolLM2-135M reads 538 MB
+// of f32 weights per token). 16-bit weights are read as stored, not copied
+// to f32 first (linear_forward of one row sends them here).
 //
 // The rows are split into chunks that the calling thread and the helper
 // threads claim from one atomic counter, and the caller goes on as soon as
@@ -21,7 +22,14 @@
 #include <omp.h>
 
 #if defined(__x86_64__)
+// GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() as the masked-off
+// operand, which -Wuninitialized flags once inlined (GCC bug 105593, fixed in
+// GCC 13); the diagnostic state at the header's own lines is what counts.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 #include <atomic>
@@ -40,21 +48,55 @@ namespace {
 
 // y[r] = alpha * dot(w[r, :], x) + beta * y[r] for r in [0, rows), in f32
 // with one SIMD accumulator per row (lane partial sums, then a horizontal sum,
-// as BLAS kernels do). Eight rows at a time share each load of x: eight
-// independent streams keep the loads in flight. Written with intrinsics: GCC's
-// vectorisation of the same loop (omp simd reductions, target_clones) reached
-// 14-20 GB/s on one core of the EPYC this was measured on, these 30 GB/s
-// (AVX-512) and 26 GB/s (AVX2).
+// then the k % lanes tail, as BLAS kernels do). Eight rows at a time share
+// each load of x: eight independent streams keep the loads in flight. 16-bit
+// weights are widened in registers, so they cost half the bytes of f32 ones.
+// Written with intrinsics: GCC's vectorisation of the same loop (omp simd
+// reductions, target_clones) reached 14-20 GB/s on one core of the EPYC this
+// was measured on, these 30 GB/s (AVX-512) and 26 GB/s (AVX2).
+enum class WeightType { kF32, kBF16, kF16 };
+
+template <WeightType kType>
+inline float weight_at(const void* w, int64_t index) {
+  if constexpr (kType == WeightType::kF32) return static_cast<const float*>(w)[index];
+  if constexpr (kType == WeightType::kBF16) return bf16_bits_to_float(static_cast<const uint16_t*>(w)[index]);
+  return f16_bits_to_float(static_cast<const uint16_t*>(w)[index]);
+}
+
+template <WeightType kType>
+const void* weight_row(const void* w, int64_t index) {
+  const size_t bytes = kType == WeightType::kF32 ? sizeof(float) : sizeof(uint16_t);
+  return static_cast<const char*>(w) + static_cast<size_t>(index) * bytes;
+}
+
 void store_row(float* y, int64_t row, float sum, float alpha, float beta) {
   y[row] = beta == 0.0f ? alpha * sum : alpha * sum + beta * y[row];
+}
+
+using DotRows = void (*)(const void* w, int64_t ldw, int64_t rows, int64_t k, const float* x, float alpha, float beta,
+                         float* y);
+
+// Rows in blocks of 8, then one at a time, through block(w, k, x, sums).
+template <WeightType kType, int kRows, typename Block>
+inline void dot_rows_blocked(const void* w, int64_t ldw, int64_t rows, const float* x, float alpha, float beta,
+                             float* y, Block&& block) {
+  (void)x;
+  float sums[kRows];
+  int64_t row = 0;
+  for (; row + kRows <= rows; row += kRows) {
+    block.template operator()<kRows>(weight_row<kType>(w, row * ldw), sums);
+    for (int j = 0; j < kRows; ++j) store_row(y, row + j, sums[j], alpha, beta);
+  }
+  for (; row < rows; ++row) {
+    block.template operator()<1>(weight_row<kType>(w, row * ldw), sums);
+    store_row(y, row, sums[0], alpha, beta);
+  }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LLMFT_GEMV_X86 1
 
-// The 16 lanes summed pairwise (halves, then quarters, ...). Through memory,
-// not _mm512_reduce_add_ps or lane shuffles, whose GCC 12 expansions trip
-// -Wuninitialized (their undefined pass-through operand).
+// The 16 lanes summed pairwise (halves, then quarters, ...), through memory.
 __attribute__((target("avx512f"))) inline float horizontal_sum(__m512 accumulator) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, accumulator);
@@ -63,114 +105,133 @@ __attribute__((target("avx512f"))) inline float horizontal_sum(__m512 accumulato
   return lanes[0];
 }
 
-template <int kRows>
-__attribute__((target("avx512f,fma"))) void dot_rows_avx512_block(const float* w, int64_t ldw, int64_t k,
-                                                                  const float* x, float* sums) {
-  __m512 accumulators[kRows];
-  for (int j = 0; j < kRows; ++j) accumulators[j] = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    const __m512 xv = _mm512_loadu_ps(x + i);
-    for (int j = 0; j < kRows; ++j)
-      accumulators[j] = _mm512_fmadd_ps(_mm512_loadu_ps(w + j * ldw + i), xv, accumulators[j]);
+template <WeightType kType>
+__attribute__((target("avx512f,fma"))) inline __m512 load16(const void* w, int64_t index) {
+  if constexpr (kType == WeightType::kF32) {
+    return _mm512_loadu_ps(static_cast<const float*>(w) + index);
+  } else {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + index));
+    if constexpr (kType == WeightType::kBF16)
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    return _mm512_cvtph_ps(bits);
   }
-  if (i < k) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (k - i)) - 1);
-    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
-    for (int j = 0; j < kRows; ++j)
-      accumulators[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, w + j * ldw + i), xv, accumulators[j]);
-  }
-  for (int j = 0; j < kRows; ++j) sums[j] = horizontal_sum(accumulators[j]);
 }
 
-__attribute__((target("avx512f,fma"))) void dot_rows_avx512(const float* w, int64_t ldw, int64_t rows, int64_t k,
+template <WeightType kType>
+__attribute__((target("avx512f,fma"))) void dot_rows_avx512(const void* w, int64_t ldw, int64_t rows, int64_t k,
                                                             const float* x, float alpha, float beta, float* y) {
-  float sums[8];
-  int64_t row = 0;
-  for (; row + 8 <= rows; row += 8) {
-    dot_rows_avx512_block<8>(w + row * ldw, ldw, k, x, sums);
-    for (int j = 0; j < 8; ++j) store_row(y, row + j, sums[j], alpha, beta);
-  }
-  for (; row < rows; ++row) {
-    dot_rows_avx512_block<1>(w + row * ldw, ldw, k, x, sums);
-    store_row(y, row, sums[0], alpha, beta);
+  auto block = [&]<int kRows>(const void* block_w, float* sums) __attribute__((target("avx512f,fma"))) {
+    __m512 accumulators[kRows];
+    for (int j = 0; j < kRows; ++j) accumulators[j] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+      const __m512 xv = _mm512_loadu_ps(x + i);
+      for (int j = 0; j < kRows; ++j)
+        accumulators[j] = _mm512_fmadd_ps(load16<kType>(block_w, j * ldw + i), xv, accumulators[j]);
+    }
+    for (int j = 0; j < kRows; ++j) {
+      float sum = horizontal_sum(accumulators[j]);
+      for (int64_t tail = i; tail < k; ++tail) sum += weight_at<kType>(block_w, j * ldw + tail) * x[tail];
+      sums[j] = sum;
+    }
+  };
+  dot_rows_blocked<kType, 8>(w, ldw, rows, x, alpha, beta, y, block);
+}
+
+template <WeightType kType>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const void* w, int64_t index) {
+  if constexpr (kType == WeightType::kF32) {
+    return _mm256_loadu_ps(static_cast<const float*>(w) + index);
+  } else {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + index));
+    if constexpr (kType == WeightType::kBF16)
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+    return _mm256_cvtph_ps(bits);
   }
 }
 
-template <int kRows>
-__attribute__((target("avx2,fma"))) void dot_rows_avx2_block(const float* w, int64_t ldw, int64_t k, const float* x,
-                                                             float* sums) {
-  __m256 accumulators[kRows];
-  for (int j = 0; j < kRows; ++j) accumulators[j] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    for (int j = 0; j < kRows; ++j)
-      accumulators[j] = _mm256_fmadd_ps(_mm256_loadu_ps(w + j * ldw + i), xv, accumulators[j]);
-  }
-  for (int j = 0; j < kRows; ++j) {
-    __m128 half = _mm_add_ps(_mm256_castps256_ps128(accumulators[j]), _mm256_extractf128_ps(accumulators[j], 1));
-    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    half = _mm_add_ss(half, _mm_movehdup_ps(half));
-    float sum = _mm_cvtss_f32(half);
-    for (int64_t tail = i; tail < k; ++tail) sum += w[j * ldw + tail] * x[tail];
-    sums[j] = sum;
-  }
-}
-
-__attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* w, int64_t ldw, int64_t rows, int64_t k,
-                                                       const float* x, float alpha, float beta, float* y) {
-  float sums[8];
-  int64_t row = 0;
-  for (; row + 8 <= rows; row += 8) {
-    dot_rows_avx2_block<8>(w + row * ldw, ldw, k, x, sums);
-    for (int j = 0; j < 8; ++j) store_row(y, row + j, sums[j], alpha, beta);
-  }
-  for (; row < rows; ++row) {
-    dot_rows_avx2_block<1>(w + row * ldw, ldw, k, x, sums);
-    store_row(y, row, sums[0], alpha, beta);
-  }
+template <WeightType kType>
+__attribute__((target("avx2,fma,f16c"))) void dot_rows_avx2(const void* w, int64_t ldw, int64_t rows, int64_t k,
+                                                            const float* x, float alpha, float beta, float* y) {
+  auto block = [&]<int kRows>(const void* block_w, float* sums) __attribute__((target("avx2,fma,f16c"))) {
+    __m256 accumulators[kRows];
+    for (int j = 0; j < kRows; ++j) accumulators[j] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + i);
+      for (int j = 0; j < kRows; ++j)
+        accumulators[j] = _mm256_fmadd_ps(load8<kType>(block_w, j * ldw + i), xv, accumulators[j]);
+    }
+    for (int j = 0; j < kRows; ++j) {
+      __m128 half = _mm_add_ps(_mm256_castps256_ps128(accumulators[j]), _mm256_extractf128_ps(accumulators[j], 1));
+      half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+      half = _mm_add_ss(half, _mm_movehdup_ps(half));
+      float sum = _mm_cvtss_f32(half);
+      for (int64_t tail = i; tail < k; ++tail) sum += weight_at<kType>(block_w, j * ldw + tail) * x[tail];
+      sums[j] = sum;
+    }
+  };
+  dot_rows_blocked<kType, 8>(w, ldw, rows, x, alpha, beta, y, block);
 }
 #endif
 
-void dot_rows_portable(const float* w, int64_t ldw, int64_t rows, int64_t k, const float* x, float alpha, float beta,
+template <WeightType kType>
+void dot_rows_portable(const void* w, int64_t ldw, int64_t rows, int64_t k, const float* x, float alpha, float beta,
                        float* y) {
   for (int64_t row = 0; row < rows; ++row) {
-    const float* w_row = w + row * ldw;
     float sum = 0.0f;
-    for (int64_t i = 0; i < k; ++i) sum += w_row[i] * x[i];
+    for (int64_t i = 0; i < k; ++i) sum += weight_at<kType>(w, row * ldw + i) * x[i];
     store_row(y, row, sum, alpha, beta);
   }
 }
 
-using DotRows = void (*)(const float*, int64_t, int64_t, int64_t, const float*, float, float, float*);
+struct DotRowsKernels {
+  DotRows f32, bf16, f16;
 
-// The widest kernel this CPU runs, chosen once (the library itself is built
+  DotRows of(DType dtype) const {
+    switch (dtype) {
+      case DType::kF32: return f32;
+      case DType::kBF16: return bf16;
+      case DType::kF16: return f16;
+      default: throw_runtime("gemv: weights must be f32, bf16 or f16, found ", dtype_name(dtype));
+    }
+  }
+};
+
+// The widest kernels this CPU runs, chosen once (the library itself is built
 // for baseline x86-64). LLMFT_CPU_GEMV=avx512|avx2|portable picks one instead,
 // so tests can run every kernel on a machine that has the widest.
-DotRows pick_dot_rows() {
+DotRowsKernels pick_kernels() {
   const char* forced = std::getenv("LLMFT_CPU_GEMV");
   const std::string choice = forced != nullptr ? forced : "";
+  const DotRowsKernels portable{dot_rows_portable<WeightType::kF32>, dot_rows_portable<WeightType::kBF16>,
+                                dot_rows_portable<WeightType::kF16>};
 #ifdef LLMFT_GEMV_X86
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (choice == "avx512" && avx512) return dot_rows_avx512;
-  if (choice == "avx2" && avx2) return dot_rows_avx2;
-  if (choice.empty() && avx512) return dot_rows_avx512;
-  if (choice.empty() && avx2) return dot_rows_avx2;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");  // every AVX2 CPU has F16C
+  const DotRowsKernels wide512{dot_rows_avx512<WeightType::kF32>, dot_rows_avx512<WeightType::kBF16>,
+                               dot_rows_avx512<WeightType::kF16>};
+  const DotRowsKernels wide256{dot_rows_avx2<WeightType::kF32>, dot_rows_avx2<WeightType::kBF16>,
+                               dot_rows_avx2<WeightType::kF16>};
+  if (choice == "avx512" && avx512) return wide512;
+  if (choice == "avx2" && avx2) return wide256;
+  if (choice.empty() && avx512) return wide512;
+  if (choice.empty() && avx2) return wide256;
 #endif
-  if (choice.empty() || choice == "portable") return dot_rows_portable;
+  if (choice.empty() || choice == "portable") return portable;
   throw_runtime("LLMFT_CPU_GEMV: expected avx512, avx2 or portable (one this CPU runs), found '", choice, "'");
 }
 
-void dot_rows(const float* w, int64_t ldw, int64_t rows, int64_t k, const float* x, float alpha, float beta, float* y) {
-  static const DotRows kernel = pick_dot_rows();
-  kernel(w, ldw, rows, k, x, alpha, beta, y);
+DotRows dot_rows_for(DType dtype) {
+  static const DotRowsKernels kernels = pick_kernels();
+  return kernels.of(dtype);
 }
 
 struct GemvJob {
-  const float* w;
+  DotRows kernel;
+  const void* w;
+  size_t weight_bytes;  // of one element of w
   int64_t ldw, n, k;
   const float* x;
   float alpha, beta;
@@ -179,7 +240,8 @@ struct GemvJob {
 
   void run_chunk(int64_t chunk) const {
     const int64_t begin = chunk * chunk_rows, rows = std::min(chunk_rows, n - begin);
-    dot_rows(w + begin * ldw, ldw, rows, k, x, alpha, beta, y + begin);
+    kernel(static_cast<const char*>(w) + static_cast<size_t>(begin * ldw) * weight_bytes, ldw, rows, k, x, alpha, beta,
+           y + begin);
   }
 };
 
@@ -302,7 +364,7 @@ class GemvPool {
     }
   }
 
-  // A chunk is at most 256 KB of weights (tens of microseconds), so a wait this
+  // A chunk is at most 64K weights (tens of microseconds), so a wait this
   // long means a helper was descheduled mid-chunk.
   static constexpr auto kStall = std::chrono::microseconds(500);
   static constexpr int64_t kMinSoloSpan = 256, kMaxSoloSpan = 1 << 16;  // products (a decode step has ~200)
@@ -320,18 +382,20 @@ class GemvPool {
 
 }  // namespace
 
-void sgemv(int64_t n, int64_t k, float alpha, const float* w, int64_t ldw, const float* x, float beta, float* y) {
+void gemv(int64_t n, int64_t k, float alpha, const void* w, DType w_dtype, int64_t ldw, const float* x, float beta,
+          float* y) {
   if (n == 0) return;
-  // Below this many weights (256 KB of f32, ~15 us on one core) a product
-  // stays on the calling thread: handing chunks out costs about a microsecond.
+  const DotRows kernel = dot_rows_for(w_dtype);
+  // Below this many weights (~15 us on one core) a product stays on the
+  // calling thread: handing chunks out costs about a microsecond.
   constexpr int64_t kParallelWeights = 1 << 16;
   const int threads = omp_in_parallel() || inside_pool ? 1 : omp_get_max_threads();
   if (threads == 1 || n * k < kParallelWeights || n < 32) {
-    dot_rows(w, ldw, n, k, x, alpha, beta, y);
+    kernel(w, ldw, n, k, x, alpha, beta, y);
     return;
   }
   // About 8 chunks per thread (so a thread that loses its core for a while
-  // leaves little behind) of at most 256 KB of weights, whole multiples of 16 rows.
+  // leaves little behind) of at most 64K weights, whole multiples of 16 rows.
   const int64_t most_rows = std::max<int64_t>(16, (int64_t{1} << 16) / k / 16 * 16);
   const int64_t chunk_rows = std::max<int64_t>(ceil_div(n, GemvPool::kMaxChunks),
                                                std::min(most_rows, ceil_div(ceil_div(n, 8 * threads), 16) * 16));
@@ -343,7 +407,7 @@ void sgemv(int64_t n, int64_t k, float alpha, const float* w, int64_t ldw, const
   static GemvPool* const pool = new GemvPool();
   static std::mutex* const pool_mutex = new std::mutex();  // products issued from two threads at once take turns
   std::lock_guard<std::mutex> lock(*pool_mutex);
-  pool->run(GemvJob{w, ldw, n, k, x, alpha, beta, y, chunk_rows}, chunks, threads - 1);
+  pool->run(GemvJob{kernel, w, dtype_size(w_dtype), ldw, n, k, x, alpha, beta, y, chunk_rows}, chunks, threads - 1);
 }
 
 }  // namespace llmft::cpu

@@ -223,6 +223,30 @@ TEST_F(OpTable, LinearForward) {
   }
 }
 
+// One row (a decode step): f32 weights go through SGEMM's M = 1 path, 16-bit
+// ones straight to the GEMV that widens them in registers; 1003 x 301 is split
+// across threads, 9 x 7 is not. The output is f32, so the f32 tolerance holds
+// for every weight dtype (no final rounding hides a kernel's error).
+TEST_F(OpTable, LinearForwardOneRow) {
+  for (DType dtype : kFloatDTypes) {
+    for (auto [in, out] : {std::pair<int64_t, int64_t>{7, 9}, {301, 1003}}) {
+      for (bool with_bias : {false, true}) {
+        const Values x = rounded(random_values(in, 14), dtype);
+        const Values weight = rounded(random_values(out * in, 15, 0.3), dtype);
+        const Values bias = rounded(random_values(out, 16), dtype);
+        Tensor y = Tensor::empty_cpu({1, out}, DType::kF32);
+        const Tensor bias_tensor = tensor_of(bias, {out}, dtype);
+        ops::linear_forward(*context, tensor_of(x, {1, in}, dtype), tensor_of(weight, {out, in}, dtype),
+                            with_bias ? &bias_tensor : nullptr, y);
+        const Values want = reference::linear(x, weight, with_bias ? &bias : nullptr, 1, in, out);
+        report(str_cat("linear_forward ", dtype_label(dtype), "->f32 x[1, ", in, "] w[", out, ", ", in, "]",
+                       with_bias ? " +bias" : ""),
+               scaled_error(values_of(y), want), forward_tolerance(DType::kF32));
+      }
+    }
+  }
+}
+
 TEST_F(OpTable, LinearBackward) {
   const int64_t rows = 10, in = 20, out = 12;
   for (DType dtype : kFloatDTypes) {
