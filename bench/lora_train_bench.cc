@@ -28,6 +28,7 @@
 //
 // usage: lora_train_bench --config small-lora|small-full|smollm2-lora
 //                         [--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10]
+//                         [--lm-head-chunk-rows N]   (0: LlamaOptions' default)
 // Prints a table, then one machine-readable "RESULT ..." line for the script.
 #include <cblas.h>
 #include <omp.h>
@@ -90,12 +91,13 @@ struct Options {
   int64_t seq = 256;
   int warmup = 2;
   int steps = 10;
+  int64_t lm_head_chunk_rows = 0;  // 0: the model's default (LlamaOptions)
 };
 
 [[noreturn]] void usage(const std::string& problem) {
   std::fprintf(stderr,
                "lora_train_bench: %s\nusage: lora_train_bench --config small-lora|small-full|smollm2-lora "
-               "[--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10]\n",
+               "[--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10] [--lm-head-chunk-rows 0]\n",
                problem.c_str());
   std::exit(2);
 }
@@ -112,6 +114,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--seq") options.seq = std::atoll(value.c_str());
     else if (flag == "--warmup") options.warmup = std::atoi(value.c_str());
     else if (flag == "--steps") options.steps = std::atoi(value.c_str());
+    else if (flag == "--lm-head-chunk-rows") options.lm_head_chunk_rows = std::atoll(value.c_str());
     else usage("unknown flag " + flag);
   }
   if (options.config != "small-lora" && options.config != "small-full" && options.config != "smollm2-lora")
@@ -129,9 +132,11 @@ int main(int argc, char** argv) try {
   const bool lora = options.config != "small-full";
   auto context = llmft::Context::cpu(/*seed=*/0);
 
+  llmft::LlamaOptions model_options;
+  model_options.lm_head_chunk_rows = options.lm_head_chunk_rows;
   std::unique_ptr<llmft::LlamaModel> model;
   if (options.config == "smollm2-lora") {
-    model = llmft::LlamaModel::load(*context, options.model_dir);
+    model = llmft::LlamaModel::load(*context, options.model_dir, model_options);
   } else {
     nlohmann::json json = {{"architectures", {"LlamaForCausalLM"}},
                            {"hidden_size", 256},
@@ -142,7 +147,7 @@ int main(int argc, char** argv) try {
                            {"vocab_size", 4096},
                            {"max_position_embeddings", 256}};
     const llmft::ModelConfig config = llmft::ModelConfig::from_json(json, "lora_train_bench");
-    model = std::make_unique<llmft::LlamaModel>(*context, config);
+    model = std::make_unique<llmft::LlamaModel>(*context, config, model_options);
     model->init_random(*context, /*seed=*/1);
   }
   const llmft::ModelConfig& config = model->config();

@@ -12,6 +12,9 @@
 # usage: bench/run_cpu_peers.sh [--build DIR] [--rounds 2] [--steps 10] [--smollm2-steps 5]
 #                               [--configs "small-lora small-full smollm2-lora"] [--compile]
 #   --compile  also runs the PyTorch side under torch.compile (one more column)
+#   --wait-idle S  before each run, wait up to S seconds for a 2-second window in
+#              which the other processes keep less than a quarter of one core
+#              busy (from /proc/stat), and print what the window showed
 #   --openblas-detect  also runs llmft with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
 #              unset ("llmft-detect"), i.e. with the kernels OpenBLAS picks for this
 #              CPU itself. Some machines set OPENBLAS_CORETYPE=Haswell (AVX2 kernels)
@@ -29,6 +32,7 @@ smollm2_steps=5
 configs="small-lora small-full smollm2-lora"
 compile=0
 openblas_detect=0
+wait_idle=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -38,6 +42,7 @@ while [[ $# -gt 0 ]]; do
     --configs) configs=$2; shift 2 ;;
     --compile) compile=1; shift ;;
     --openblas-detect) openblas_detect=1; shift ;;
+    --wait-idle) wait_idle=$2; shift 2 ;;
     *) echo "run_cpu_peers.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -62,12 +67,39 @@ trap 'rm -f "$results"' EXIT
 
 echo "run_cpu_peers: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), rounds $rounds"
 echo "environment: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-<unset>} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-<unset>} OMP_NUM_THREADS=${OMP_NUM_THREADS:-<unset>}"
+# Busy share of all CPUs over the next 2 seconds, in percent of one core
+# (/proc/stat's first line: user nice system idle iowait irq softirq steal).
+busy_percent_of_one_core() {
+  local a b
+  read -r -a a < <(head -1 /proc/stat)
+  sleep 2
+  read -r -a b < <(head -1 /proc/stat)
+  local busy=0 total=0 i
+  for i in 1 2 3 4 5 6 7 8; do
+    total=$((total + b[i] - a[i]))
+    [[ $i == 4 || $i == 5 ]] || busy=$((busy + b[i] - a[i]))
+  done
+  echo $((total > 0 ? busy * 100 * $(nproc) / total : 0))
+}
+
+wait_for_idle() {
+  local deadline=$((SECONDS + wait_idle)) busy
+  while :; do
+    busy=$(busy_percent_of_one_core)
+    if (( busy < 25 || SECONDS >= deadline )); then
+      echo "    other processes before the run: ${busy}% of one core busy over 2 s"
+      return
+    fi
+  done
+}
+
 run_side() {  # side config round
   local side=$1 config=$2 round=$3 count=$steps
   local args=(--config "$config")
   if [[ $config == smollm2-lora ]]; then args+=(--model "$smollm2"); count=$smollm2_steps; fi
   args+=(--steps "$count" --warmup 2)
   echo "--- round $round, $side $config; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  (( wait_idle > 0 )) && wait_for_idle
   local output
   case $side in
     llmft) output=$("$bench_bin" "${args[@]}") ;;
