@@ -5,6 +5,8 @@
 // at its EOS or end-of-turn token. --batch FILE.jsonl scores held-out
 // conversations by exact match (launch/exact_match.h) and counts how many
 // generations stopped at end-of-turn by themselves.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -269,6 +271,12 @@ int run_batch(const GenerateArgs& parsed, const std::filesystem::path& model_dir
     if (!*output) throw_bad_input(*parsed.batch_output_file, ": cannot open for writing (--batch-output)");
   }
   int64_t exact = 0, stopped = 0, new_tokens = 0;
+  // A progress line on a terminal only, rewritten in place and erased before
+  // anything else is printed, so logs and pipes get just the results.
+  const bool show_progress = isatty(fileno(stderr));
+  auto erase_progress = [&] {
+    if (show_progress) std::fputs("\r\033[K", stderr);
+  };
   const auto start = std::chrono::steady_clock::now();
   for (size_t index = 0; index < items.size(); ++index) {
     const BatchItem& item = items[index];
@@ -283,6 +291,7 @@ int run_batch(const GenerateArgs& parsed, const std::filesystem::path& model_dir
     stopped += result.stopped;
     new_tokens += static_cast<int64_t>(result.tokens.size());
     if (static_cast<int64_t>(index) < parsed.show) {
+      erase_progress();
       std::printf("[%zu] prompt:    %s\n", index + 1, last_user_content(item.messages).c_str());
       std::printf("    expected:  %s\n", item.expected.c_str());
       std::printf("    generated: %s\n", generated.c_str());
@@ -299,12 +308,14 @@ int run_batch(const GenerateArgs& parsed, const std::filesystem::path& model_dir
                                      {"new_tokens", result.tokens.size()}};
       *output << line.dump() << '\n';
     }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::fprintf(stderr, "\rgenerate: %zu/%zu conversations, exact so far %lld, %.0f s", index + 1, items.size(),
-                 static_cast<long long>(exact), seconds);
+    if (show_progress) {
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::fprintf(stderr, "\rgenerate: %zu/%zu conversations, %lld exact so far, %.0f s", index + 1, items.size(),
+                   static_cast<long long>(exact), seconds);
+    }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::fprintf(stderr, "\n");
+  erase_progress();
   if (output && !output->flush()) throw_runtime(*parsed.batch_output_file, ": write failed");
   const int64_t total = static_cast<int64_t>(items.size());
   std::printf("exact_match %lld/%lld = %s\n", static_cast<long long>(exact), static_cast<long long>(total),

@@ -17,6 +17,9 @@
 //       prints N held-out prompts with the expected answer and the generations
 //       before and after fine-tuning side by side (files from
 //       `llmft generate --batch ... --batch-output`).
+//   quickstart_task prompt FILE.jsonl N
+//       prints the last user message of line N (1-based) of a held-out file,
+//       for `llmft generate --chat "$(quickstart_task prompt ...)"`.
 //
 // Deterministic: the same seed gives byte-identical files on every platform
 // (SplitMix64 draws and our own index mapping; the standard library's
@@ -216,6 +219,28 @@ std::vector<nlohmann::json> read_lines(const std::string& path) {
   return lines;
 }
 
+int prompt(std::span<char*> args) {
+  if (args.size() != 2) fail("prompt: expected FILE.jsonl N");
+  const std::string path = args[0];
+  const int64_t wanted = parse_count("prompt: N", args[1]);
+  std::ifstream in(path);
+  if (!in) fail(path + ": cannot open");
+  std::string line;
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    if (number != wanted) continue;
+    const nlohmann::json json = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (json.is_object() && json.contains("messages") && json["messages"].is_array())
+      for (auto it = json["messages"].rbegin(); it != json["messages"].rend(); ++it)
+        if (it->is_object() && it->value("role", "") == "user" && it->contains("content") &&
+            (*it)["content"].is_string()) {
+          std::printf("%s\n", (*it)["content"].get<std::string>().c_str());
+          return 0;
+        }
+    fail(path + ": line " + std::to_string(number) + ": expected {\"messages\": [...]} with a user message");
+  }
+  fail(path + ": has no line " + std::to_string(wanted));
+}
+
 // The generations of one held-out prompt, before and after, one block each.
 int compare(std::span<char*> args) {
   std::string before_path, after_path;
@@ -261,7 +286,8 @@ int compare(std::span<char*> args) {
 int main(int argc, char** argv) {
   const std::string_view usage =
       "usage: quickstart_task make --out DIR [--train N] [--heldout N] [--seed S]\n"
-      "       quickstart_task compare --before B.jsonl --after A.jsonl [--count N]\n";
+      "       quickstart_task compare --before B.jsonl --after A.jsonl [--count N]\n"
+      "       quickstart_task prompt FILE.jsonl N\n";
   if (argc < 2) {
     std::fputs(usage.data(), stderr);
     return 2;
@@ -270,9 +296,10 @@ int main(int argc, char** argv) {
   std::span<char*> rest(argv + 2, static_cast<size_t>(argc - 2));
   if (verb == "make") return make(rest);
   if (verb == "compare") return compare(rest);
+  if (verb == "prompt") return prompt(rest);
   if (verb == "--help" || verb == "-h") {
     std::fputs(usage.data(), stdout);
     return 0;
   }
-  fail("unknown verb '" + std::string(verb) + "'; expected make or compare");
+  fail("unknown verb '" + std::string(verb) + "'; expected make, compare or prompt");
 }

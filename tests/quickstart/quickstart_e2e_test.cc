@@ -156,6 +156,10 @@ TEST(QuickstartTaskTest, AnswersStateTheSentenceAndHeldOutEntitiesAreUnseen) {
     heldout_first.insert(answer.first);
     heldout_cities.insert(answer.city);
   }
+  // `prompt FILE N` prints line N's user message, for `llmft generate --chat`.
+  const CommandResult third = run(g_quickstart_task + " prompt " + (directory / "heldout.jsonl").string() + " 3");
+  ASSERT_EQ(third.exit_code, 0) << third.err;
+  EXPECT_EQ(third.out, heldout[2]["messages"][0]["content"].get<std::string>() + "\n");
   // Both splits are varied, not one entity repeated.
   EXPECT_GE(train_first.size(), 40u);
   EXPECT_GE(train_cities.size(), 40u);
@@ -173,6 +177,8 @@ TEST(QuickstartTaskTest, BadArgumentsAreOneLineExitTwo) {
       {"make --out /tmp/x --bogus", "unexpected argument '--bogus'"},
       {"compare --before /nonexistent/b.jsonl --after /nonexistent/a.jsonl", "/nonexistent/b.jsonl: cannot open"},
       {"compare --before x", "--before FILE and --after FILE are required"},
+      {"prompt /nonexistent/h.jsonl 1", "/nonexistent/h.jsonl: cannot open"},
+      {"prompt /nonexistent/h.jsonl", "prompt: expected FILE.jsonl N"},
   };
   for (const auto& [arguments, message] : cases) {
     const CommandResult result = run(g_quickstart_task + " " + arguments);
