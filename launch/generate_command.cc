@@ -408,6 +408,7 @@ int run_generate(std::span<char*> args) {
     if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
     std::printf("\n");
   }
+  std::fflush(stdout);  // the completion before the statistics line, also when stdout is a pipe
   std::fprintf(stderr, "generate: %zu prompt tokens, %zu new tokens (%s) in %.2f s (%.1f tokens/s; load %.2f s)\n",
                prompt_ids.size(), result.tokens.size(), result.stopped ? "stopped at EOS" : "max-new-tokens", seconds,
                seconds > 0 ? static_cast<double>(result.tokens.size()) / seconds : 0.0,
