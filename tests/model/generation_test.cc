@@ -234,6 +234,11 @@ TEST(Generate, GreedyMatchesArgmaxOfFullRecompute) {
   EXPECT_TRUE(stopped.stopped);
   EXPECT_EQ(stopped.tokens, std::vector<int32_t>(result.tokens.begin(), result.tokens.begin() + first + 1));
 
+  // The timing split: the prefill (prompt + first token) and one decode step per later token.
+  EXPECT_GT(result.prefill_seconds, 0.0);
+  EXPECT_GT(result.decode_seconds, 0.0);
+  EXPECT_EQ(result.decode_steps(), 9);
+
   // Streaming sees the same tokens in order.
   std::vector<int32_t> streamed;
   generate(*context, *model, prompt, options, [&](int32_t token) { streamed.push_back(token); });
