@@ -38,8 +38,8 @@ constexpr const char* kUsage =
     "                      [--print-ids] [--render-only] [--no-generation-prompt] [--special-tokens-in-content]\n"
     "  --prompt: plain text (BOS added as the tokenizer config says). --chat: one user turn through the\n"
     "  model's chat template; --messages: a JSON list of {\"role\", \"content\"} (or {\"messages\": [...]}).\n"
-    "  Temperature 0 (the default) is greedy; decoding runs one row at a time, so on a busy machine\n"
-    "  --threads 1 can be several times faster than the default. --render-only prints the rendered\n"
+    "  Temperature 0 (the default) is greedy. On a machine whose cores are busy with other work,\n"
+    "  --threads 1 can make the prompt's prefill faster than the default. --render-only prints the rendered\n"
     "  template instead of generating; --print-ids prints token ids (of the rendering, or of the\n"
     "  completion) instead of text. Special-token text inside message contents stays text unless\n"
     "  --special-tokens-in-content.\n"
@@ -409,9 +409,14 @@ int run_generate(std::span<char*> args) {
     std::printf("\n");
   }
   std::fflush(stdout);  // the completion before the statistics line, also when stdout is a pipe
-  std::fprintf(stderr, "generate: %zu prompt tokens, %zu new tokens (%s) in %.2f s (%.1f tokens/s; load %.2f s)\n",
+  const auto per_second = [](double count, double wall) { return wall > 0 ? count / wall : 0.0; };
+  std::fprintf(stderr,
+               "generate: %zu prompt tokens, %zu new tokens (%s) in %.2f s (%.1f tokens/s; prefill %.1f tokens/s, "
+               "decode %.1f tokens/s; load %.2f s)\n",
                prompt_ids.size(), result.tokens.size(), result.stopped ? "stopped at EOS" : "max-new-tokens", seconds,
-               seconds > 0 ? static_cast<double>(result.tokens.size()) / seconds : 0.0,
+               per_second(static_cast<double>(result.tokens.size()), seconds),
+               per_second(static_cast<double>(prompt_ids.size()), result.prefill_seconds),
+               per_second(static_cast<double>(result.decode_steps()), result.decode_seconds),
                std::chrono::duration<double>(start - load_start).count());
   return 0;
 }
