@@ -50,4 +50,24 @@ inline void require_last_dim(std::string_view op, std::string_view arg, const Te
   }
 }
 
+// adamw_update (kernels/ops.h): dtypes, element counts and hyperparameters.
+// Call after the backend's device checks.
+inline void require_adamw_update_args(std::string_view op, const Tensor& value, const Tensor& master,
+                                      const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& grad,
+                                      int64_t step, float beta1, float beta2) {
+  require_float(op, "value", value);
+  require_float(op, "grad", grad);
+  require_dtype(op, "master", master, DType::kF32);
+  require_dtype(op, "exp_avg", exp_avg, DType::kF32);
+  require_dtype(op, "exp_avg_sq", exp_avg_sq, DType::kF32);
+  require_numel(op, "master", master, value.numel());
+  require_numel(op, "exp_avg", exp_avg, value.numel());
+  require_numel(op, "exp_avg_sq", exp_avg_sq, value.numel());
+  require_numel(op, "grad", grad, value.numel());
+  if (step < 1) throw_runtime(op, ": step must be >= 1 (the count after incrementing), found ", step);
+  if (!(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f)) {
+    throw_runtime(op, ": betas must lie in [0, 1), found (", beta1, ", ", beta2, ")");
+  }
+}
+
 }  // namespace llmft::kernels

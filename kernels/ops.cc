@@ -105,4 +105,9 @@ GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors) 
   return LLMFT_DISPATCH(context, gradient_stats(context, tensors));
 }
 
+void adamw_update(Context& context, Tensor& value, Tensor& master, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const Tensor& grad, const AdamWUpdate& update) {
+  LLMFT_DISPATCH(context, adamw_update(context, value, master, exp_avg, exp_avg_sq, grad, update));
+}
+
 }  // namespace llmft::ops

@@ -134,4 +134,29 @@ struct GradientStats {
 };
 GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors);
 
+// ---- AdamW update (Loshchilov & Hutter 2019), torch.optim.AdamW semantics ------------
+// One fused elementwise pass per parameter (optim/adamw.h documents the step):
+//   g = grad * grad_multiplier;  p = master * (1 - lr * weight_decay)
+//   exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
+//   exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+//   master     = p - lr / (1 - beta1^step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2^step) + eps)
+//   value      = round(master) in value's dtype (round-to-nearest-even)
+// master, exp_avg, exp_avg_sq: f32; value and grad: f32, bf16 or f16; all with
+// the same number of elements. An f32 value may share master's storage (then
+// it is not written twice). step >= 1 (the count after incrementing, as torch).
+// Pass weight_decay 0 for parameters excluded from decay. The scalars are
+// derived on the host in double, as torch does with Python floats, and both
+// backends give the same bits.
+struct AdamWUpdate {
+  float lr = 0.0f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  int64_t step = 1;
+  float grad_multiplier = 1.0f;  // e.g. 1 / loss_scale: un-scaling fused into the update
+};
+void adamw_update(Context& context, Tensor& value, Tensor& master, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const Tensor& grad, const AdamWUpdate& update);
+
 }  // namespace llmft::ops

@@ -53,7 +53,8 @@ class AdamW {
  public:
   // `parameters` usually ParameterRegistry::all(); frozen ones are skipped.
   // Masters start as the values converted to f32; moments start at zero.
-  // Host (CPU-context) tensors only for now: there is no CUDA update kernel yet.
+  // Values and gradients live on the context's device, and so does the state:
+  // the update is ops::adamw_update (kernels/cpu/adamw.cc, kernels/cuda/adamw.cu).
   AdamW(Context& context, const std::vector<Parameter*>& parameters, AdamWConfig config);
 
   // One update of every trainable parameter with learning rate `lr`, reading

@@ -57,7 +57,13 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   adamw.eps = static_cast<float>(options_.eps);
   adamw.weight_decay = static_cast<float>(options_.weight_decay);
   if (options_.exclude_norms_and_biases_from_decay) adamw.exclude_from_decay = optim::is_norm_or_bias;
-  if (hooks_.host_optimizer_copy || context_.is_cuda()) {
+  // AdamW runs on the context's device (ops::adamw_update), so a CUDA run keeps
+  // masters and moments on the GPU and never copies weights or gradients to
+  // the host. The one exception is data parallelism over a CUDA context: the
+  // communicator reduces host f32 buffers (parallel/), so the optimizer works
+  // on host copies there until gradients are reduced with NCCL on the device.
+  const bool host_reduction = context_.is_cuda() && communicator_->size() > 1;
+  if (hooks_.host_optimizer_copy || host_reduction) {
     host_context_ = Context::cpu(context_.seed());
     for (Parameter* parameter : model_->trainable_parameters()) {
       Parameter& copy =

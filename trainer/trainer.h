@@ -91,9 +91,10 @@ struct TrainerHooks {
   std::function<double()> clock;
   // Keep the optimizer's parameters as host copies of the trainable weights:
   // gradients are copied to the host after the backward, reduced, clipped and
-  // applied there, and the new values copied back. Always on for a CUDA
-  // context (AdamW updates host tensors only, optim/adamw.h; for LoRA the
-  // copies are small); tests turn it on for the CPU to check it changes no bit.
+  // applied there, and the new values copied back. On for a CUDA context only
+  // with data parallelism (the communicator reduces host buffers); otherwise
+  // AdamW runs on the device (optim/adamw.h). Tests turn it on for the CPU to
+  // check it changes no bit.
   bool host_optimizer_copy = false;
 };
 

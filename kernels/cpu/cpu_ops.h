@@ -52,4 +52,7 @@ void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed
 
 ops::GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors);
 
+void adamw_update(Context& context, Tensor& value, Tensor& master, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const Tensor& grad, const ops::AdamWUpdate& update);
+
 }  // namespace llmft::cpu

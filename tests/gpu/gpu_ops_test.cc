@@ -555,6 +555,51 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
       }});
 }
 
+// AdamW: three fused updates of every value x gradient dtype, with weight
+// decay, a loss-scale multiplier and gradients that change sign between
+// steps. Both backends use the same host-derived scalars and round every
+// operation the same way (kernels/cuda/adamw.cu), so the bits must match.
+void add_adamw_cases(std::vector<OpCase>& table) {
+  const Shape shape = {7, 301};
+  for (DType value_dtype : kFloatDTypes) {
+    for (DType grad_dtype : kFloatDTypes) {
+      for (bool decay : {true, false}) {
+        // An f32 value is the master itself (optim/adamw.h); bf16/f16 values get their own master.
+        table.push_back(OpCase{
+            "adamw_update/value_" + label(value_dtype) + "/grad_" + label(grad_dtype) + (decay ? "/decay" : "/no_decay") +
+                "/3_steps",
+            0.0,
+            [=] {
+              return Inputs{random_tensor(shape, DType::kF32, 111, 0.5f), random_tensor(shape, grad_dtype, 112, 64.0f),
+                            random_tensor(shape, grad_dtype, 113, 64.0f), random_tensor(shape, grad_dtype, 114, 64.0f)};
+            },
+            [=](Context& context, const Inputs& in) {
+              Tensor master = place(context, in[0]);
+              Tensor value = master;
+              if (value_dtype != DType::kF32) {
+                value = context.empty(shape, value_dtype);
+                ops::cast(context, master, value);
+              }
+              Tensor exp_avg = context.zeros(shape, DType::kF32), exp_avg_sq = context.zeros(shape, DType::kF32);
+              for (int64_t step = 1; step <= 3; ++step) {
+                Tensor grad = place(context, in[static_cast<size_t>(step)]);
+                ops::AdamWUpdate update;
+                update.lr = 1e-2f * static_cast<float>(step);
+                update.beta1 = 0.9f;
+                update.beta2 = 0.95f;
+                update.eps = 1e-6f;
+                update.weight_decay = decay ? 0.1f : 0.0f;
+                update.step = step;
+                update.grad_multiplier = 1.0f / 64.0f;
+                ops::adamw_update(context, value, master, exp_avg, exp_avg_sq, grad, update);
+              }
+              return Outputs{{"value", value}, {"master", master}, {"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}};
+            }});
+      }
+    }
+  }
+}
+
 const std::vector<OpCase>& op_table() {
   static const std::vector<OpCase> table = [] {
     std::vector<OpCase> rows;
@@ -567,6 +612,7 @@ const std::vector<OpCase>& op_table() {
     add_attention_cases(rows);
     add_cross_entropy_cases(rows);
     add_elementwise_cases(rows);
+    add_adamw_cases(rows);
     return rows;
   }();
   return table;
@@ -704,6 +750,20 @@ TEST(CudaOpErrorsTest, CrossEntropyRejectsATargetOutsideTheVocabularyNamingItsRo
   Tensor targets = context.upload(int_tensor({3}, {-100, 10, 2}));
   Tensor losses = context.empty({3}, DType::kF32), lse = context.empty({3}, DType::kF32);
   expect_bad_input([&] { ops::cross_entropy_forward(context, logits, targets, losses, lse); }, "target 10 of row 1");
+}
+
+TEST(CudaOpErrorsTest, AdamWUpdateRejectsAHostGradientNamingIt) {
+  SKIP_WITHOUT_CUDA();
+  Context& gpu = cuda_context();
+  Tensor master = gpu.zeros({4}, DType::kF32), exp_avg = gpu.zeros({4}, DType::kF32),
+         exp_avg_sq = gpu.zeros({4}, DType::kF32);
+  const Tensor host_grad = Tensor::zeros_cpu({4}, DType::kF32);
+  try {
+    ops::adamw_update(gpu, master, master, exp_avg, exp_avg_sq, host_grad, ops::AdamWUpdate{});
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("adamw_update: grad"), std::string::npos) << error.what();
+  }
 }
 
 TEST(CudaOpErrorsTest, CastReportsAnI64ThatDoesNotFitI32) {

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "core/context.h"
+#include "core/error.h"
 #include "core/philox.h"
 #include "core/tensor.h"
 #include "kernels/ops.h"
@@ -632,6 +633,77 @@ TEST_F(OpTable, Elementwise) {
   Tensor ids = Tensor::empty_cpu({4}, DType::kI32);
   ops::fill(*context, ids, 7.0f);
   EXPECT_EQ(ids.data<int32_t>()[3], 7);
+}
+
+// adamw_update against torch.optim.AdamW's formula written out in double
+// (torch/optim/adamw.py, _single_tensor_adamw) on the same rounded gradients,
+// three steps. The op computes in fp32, so the master agrees to fp32 accuracy;
+// the value must be exactly the master rounded to its dtype. The golden tests
+// in tests/optim hold the same kernel against torch itself.
+TEST_F(OpTable, AdamWUpdate) {
+  const Shape shape{3, 347};
+  const int64_t count = shape_numel(shape);
+  const double lr = 2e-2, beta1 = 0.9, beta2 = 0.99, eps = 1e-6, weight_decay = 0.05, multiplier = 0.25;
+  for (DType value_dtype : kFloatDTypes) {
+    for (DType grad_dtype : {DType::kF32, DType::kBF16}) {
+      Values want_master = rounded(random_values(count, 131, 0.5), DType::kF32);
+      Values want_m(count, 0.0), want_v(count, 0.0);
+      Tensor master = tensor_of(want_master, shape, DType::kF32);
+      Tensor value = master;
+      if (value_dtype != DType::kF32) value = tensor_of(want_master, shape, value_dtype);
+      Tensor exp_avg = Tensor::zeros_cpu(shape, DType::kF32), exp_avg_sq = Tensor::zeros_cpu(shape, DType::kF32);
+      for (int64_t step = 1; step <= 3; ++step) {
+        const Values grad = rounded(random_values(count, 131 + static_cast<uint64_t>(step), 4.0), grad_dtype);
+        const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+        const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+        for (int64_t i = 0; i < count; ++i) {
+          const double g = grad[i] * multiplier;
+          want_master[i] *= 1.0 - lr * weight_decay;
+          want_m[i] = beta1 * want_m[i] + (1.0 - beta1) * g;
+          want_v[i] = beta2 * want_v[i] + (1.0 - beta2) * g * g;
+          want_master[i] -= lr / bias_correction1 * want_m[i] / (std::sqrt(want_v[i] / bias_correction2) + eps);
+        }
+        ops::AdamWUpdate update;
+        update.lr = static_cast<float>(lr);
+        update.beta1 = static_cast<float>(beta1);
+        update.beta2 = static_cast<float>(beta2);
+        update.eps = static_cast<float>(eps);
+        update.weight_decay = static_cast<float>(weight_decay);
+        update.step = step;
+        update.grad_multiplier = static_cast<float>(multiplier);
+        ops::adamw_update(*context, value, master, exp_avg, exp_avg_sq, tensor_of(grad, shape, grad_dtype), update);
+      }
+      const std::string row = str_cat("adamw_update value ", dtype_label(value_dtype), " grad ", dtype_label(grad_dtype));
+      // The step moves each element by about lr; its fp32 error is relative to that.
+      double master_error = 0.0;
+      const Values got_master = values_of(master);
+      for (int64_t i = 0; i < count; ++i) master_error = std::max(master_error, std::fabs(got_master[i] - want_master[i]));
+      report(row + " master (3 steps), error / lr", master_error / lr, 1e-4);
+      report(row + " exp_avg", scaled_error(values_of(exp_avg), want_m), 1e-5);
+      report(row + " exp_avg_sq", scaled_error(values_of(exp_avg_sq), want_v), 1e-5);
+      report(row + " value == round(master)", scaled_error(values_of(value), rounded(values_of(master), value_dtype)),
+             0.0);
+    }
+  }
+}
+
+TEST_F(OpTable, AdamWUpdateRejectsMismatchedState) {
+  Tensor value = Tensor::zeros_cpu({4}, DType::kBF16), master = Tensor::zeros_cpu({4}, DType::kF32);
+  Tensor exp_avg = Tensor::zeros_cpu({5}, DType::kF32), exp_avg_sq = Tensor::zeros_cpu({4}, DType::kF32);
+  const Tensor grad = Tensor::zeros_cpu({4}, DType::kF32);
+  try {
+    ops::adamw_update(*context, value, master, exp_avg, exp_avg_sq, grad, ops::AdamWUpdate{});
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("adamw_update: exp_avg has 5 elements"), std::string::npos)
+        << error.what();
+  }
+  Tensor bf16_moment = Tensor::zeros_cpu({4}, DType::kBF16);
+  EXPECT_THROW(ops::adamw_update(*context, value, master, bf16_moment, exp_avg_sq, grad, ops::AdamWUpdate{}), Error);
+  ops::AdamWUpdate step_zero;
+  step_zero.step = 0;
+  Tensor good_avg = Tensor::zeros_cpu({4}, DType::kF32);
+  EXPECT_THROW(ops::adamw_update(*context, value, master, good_avg, exp_avg_sq, grad, step_zero), Error);
 }
 
 TEST_F(OpTable, LargeElementwiseRunsThreadedChunks) {
