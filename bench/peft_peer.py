@@ -25,6 +25,19 @@ lora_train_bench.cc.
 usage: .venv/bin/python bench/peft_peer.py --config small-lora [--model DIR]
        [--batch 4] [--seq 256] [--warmup 2] [--steps 10] [--attn sdpa|eager] [--compile]
 Prints the step times and one "RESULT ..." line.
+
+GPU mode, the peer of bench/gpu_lora_bench.cc (run together by
+bench/run_gpu_peers.sh): --config tinyllama-1.1b (or tiny, the CPU smoke
+shape) with --device cuda --dtype bf16: the TinyLlama-1.1B shape in bf16
+built directly on the device (random init), LoRA r 8 / alpha 16 / dropout 0
+on all seven linears with PEFT's default fp32 adapter weights (as llmft's fp32
+masters), torch.optim.AdamW(fused=True), the loss on logits.float().
+--attn sdpa (PyTorch picks its flash / memory-efficient kernel) or
+flash_attention_2 (needs the flash-attn package); --gradient-checkpointing
+(non-reentrant) matches gpu_lora_bench --recompute. The RESULT line adds MFU
+with gpu_lora_bench's FLOP convention (4 N + 6 N_lora + 6 L T d_attn per
+token, causal) against --peak-tflops (default 989, H100 SXM dense bf16) and
+torch.cuda.max_memory_allocated.
 """
 import argparse
 import math
@@ -54,7 +67,19 @@ def token_ids(batch, seq, vocab):
 def build_model(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if args.config == "smollm2-lora":
+    if args.config in GPU_SHAPES:
+        config = LlamaConfig(**GPU_SHAPES[args.config], tie_word_embeddings=False, rms_norm_eps=1e-5,
+                             rope_theta=10000.0, max_position_embeddings=max(args.seq, 2048))
+        config._attn_implementation = args.attn
+        torch.manual_seed(1)
+        # Built in place on the device and in the compute dtype: a 1.1B model
+        # initialised on the host and then moved would take longer than the run.
+        previous_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(DTYPES[args.dtype])
+        with torch.device(args.device):
+            model = LlamaForCausalLM(config)
+        torch.set_default_dtype(previous_dtype)
+    elif args.config == "smollm2-lora":
         model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=args.attn)
     else:
         config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
@@ -71,22 +96,54 @@ def build_model(args):
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"])
         model = get_peft_model(model, lora_config)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model
 
 
+# The shapes of bench/gpu_lora_bench.cc (TinyLlama/TinyLlama-1.1B config.json; tiny: its CPU smoke shape).
+GPU_SHAPES = {
+    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                           num_key_value_heads=4, vocab_size=32000),
+    "tiny": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512),
+}
+DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
+
+
+def step_flops(config, lora_params, batch, seq):
+    """FLOPs of one step in gpu_lora_bench.cc's convention: per token 4 N (frozen
+    matmul weights, LM head included) + 6 N_lora + 6 L T d_attn (causal attention)."""
+    d, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    matmul_params = layers * (d * (q + 2 * kv) + q * d + 3 * d * inter) + config.vocab_size * d
+    per_token = 4 * matmul_params + 6 * lora_params + 6 * layers * seq * q
+    return per_token * batch * seq
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True, choices=["small-lora", "small-full", "smollm2-lora"])
+    parser.add_argument("--config", required=True,
+                        choices=["small-lora", "small-full", "smollm2-lora", "tinyllama-1.1b", "tiny"])
     parser.add_argument("--model")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     parser.add_argument("--compile", action="store_true")
+    # GPU mode (tinyllama-1.1b / tiny): see the module docstring.
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
+    gpu_mode = args.config in GPU_SHAPES
+    if not gpu_mode and (args.device != "cpu" or args.gradient_checkpointing):
+        sys.exit("peft_peer.py: --device cuda and --gradient-checkpointing are for --config tinyllama-1.1b or tiny")
     if args.config == "smollm2-lora" and not args.model:
         sys.exit("peft_peer.py: smollm2-lora needs --model DIR")
     torch.set_num_threads(args.threads)
@@ -94,6 +151,7 @@ def main():
     model = build_model(args)
     vocab = model.config.vocab_size
     inputs, targets = token_ids(args.batch, args.seq, vocab)
+    inputs, targets = inputs.to(args.device), targets.to(args.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
     forward = torch.compile(model) if args.compile else model
@@ -101,11 +159,15 @@ def main():
     def train_step():
         optimizer.zero_grad(set_to_none=True)
         logits = forward(input_ids=inputs).logits
+        if gpu_mode:
+            logits = logits.float()  # the loss in fp32, as llmft's cross-entropy
         loss = F.cross_entropy(logits.view(-1, vocab), targets.view(-1))
         loss.backward()
         optimizer.step()
         return loss.item()
 
+    if gpu_mode and args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     first_loss = None
     start = time.perf_counter()
     for step in range(args.warmup):
@@ -124,6 +186,26 @@ def main():
     tokens = args.batch * args.seq
     best, median = min(times), statistics.median(times)
     side = "pytorch-compile" if args.compile else "pytorch"
+    if gpu_mode:
+        # loss.item() in train_step has drained the stream, so the times are complete.
+        flops = step_flops(model.config, sum(p.numel() for p in trainable), args.batch, args.seq)
+        peak = args.peak_tflops * 1e12
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
+        device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+        print(f"peft_peer {args.config} on {device_name}: torch {torch.__version__}, {args.dtype}, attention "
+              f"{args.attn}{', gradient checkpointing' if args.gradient_checkpointing else ''}"
+              f"{', torch.compile' if args.compile else ''}; batch {args.batch} x seq {args.seq}; "
+              f"{args.warmup} warm-up ({warmup_seconds:.1f} s) + {args.steps} timed steps")
+        print("step times (s): " + " ".join(f"{t:.4f}" for t in times))
+        print(f"tokens/s best {tokens / best:.0f}, median {tokens / median:.0f}; MFU best "
+              f"{100 * flops / best / peak:.1f}% of {args.peak_tflops:.0f} TFLOP/s; peak memory {peak_gib:.2f} GiB; "
+              f"loss first {first_loss:.4f}, last {loss:.4f} (ln V = {math.log(vocab):.4f})")
+        print(f"RESULT side={side} config={args.config} device={args.device} dtype={args.dtype} batch={args.batch} "
+              f"seq={args.seq} recompute={int(args.gradient_checkpointing)} tokens_per_s_best={tokens / best:.1f} "
+              f"tokens_per_s_median={tokens / median:.1f} step_s_best={best:.4f} mfu_best={flops / best / peak:.4f} "
+              f"mfu_median={flops / median / peak:.4f} peak_gib={peak_gib:.2f} loss_first={first_loss:.4f} "
+              f"loss_last={loss:.4f}")
+        return
     n_trainable = sum(p.numel() for p in trainable)
     print(f"peft_peer {args.config}: torch {torch.__version__}, {torch.get_num_threads()} threads, attention "
           f"{args.attn}{', torch.compile' if args.compile else ''}; trainable {n_trainable / 1e6:.3f}M; batch "
