@@ -176,13 +176,16 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
     return;
   }
   // Split C into row bands (or column bands when C is wide), each an
-  // independent GEMM on a sub-block of A (or B). A few bands per thread, taken
-  // dynamically, keep both cores busy when one of them is briefly taken by
-  // another process; bands are multiples of 16 so the kernels' register tiles
-  // stay whole and at least 64 wide so re-packing the shared operand stays cheap.
+  // independent GEMM on a sub-block of A (or B); bands are multiples of 16 so
+  // the kernels' register tiles stay whole and at least 64 wide. One band per
+  // thread rather than four: every band re-packs the shared operand, and on a
+  // quiet 2-core Zen 5 the 1024-row training GEMMs of the small Llama ran 5-12%
+  // faster this way (OpenBLAS AVX2 and AVX-512 kernels), a full fine-tuning
+  // step 1-7% (bench/RESULTS.md). The price: a core taken by another process
+  // can no longer be balanced against by handing its bands to the free one.
   const bool split_rows = m >= n;
   const int64_t extent = split_rows ? m : n;
-  const int64_t band = std::max<int64_t>(64, ceil_div(ceil_div(extent, 4 * threads), 16) * 16);
+  const int64_t band = std::max<int64_t>(64, ceil_div(ceil_div(extent, threads), 16) * 16);
   const int64_t bands = ceil_div(extent, band);
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int64_t index = 0; index < bands; ++index) {
