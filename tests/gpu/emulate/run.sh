@@ -24,4 +24,13 @@ for f in "$work"/src/*.cc; do compile "$f" -include "$here/shim.h" -Wno-unknown-
 compile "$root/tests/gpu/gpu_ops_test.cc" -DGTEST_HAS_PTHREAD=1
 wait
 g++ "${objects[@]}" -o "$work/gpu_ops_test" -lgtest -lgtest_main -lopenblas -fopenmp -lpthread
+# tests/gpu/optim_gpu_test (AdamW with device state, clipping, loss scaler) on
+# the same emulated backend: the kernel objects plus the optimizer sources.
+kernel_objects=("${objects[@]:0:${#objects[@]}-1}")
+objects=()
+for f in "$root"/optim/{adamw,grad_clip,loss_scaler}.cc; do compile "$f"; done
+compile "$root/tests/gpu/optim_gpu_test.cc" -DGTEST_HAS_PTHREAD=1
+wait
+g++ "${kernel_objects[@]}" "${objects[@]}" -o "$work/optim_gpu_test" -lgtest -lgtest_main -lopenblas -fopenmp -lpthread
 "$work/gpu_ops_test" "$@"
+"$work/optim_gpu_test" "$@"
