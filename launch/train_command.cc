@@ -30,8 +30,8 @@ constexpr const char* kUsage =
     "  RUN.pbtxt is an llmft.TrainConfig in Protobuf text format (fields, defaults and ranges: proto/llmft.proto;\n"
     "  commented examples: examples/*.pbtxt). --set overrides one field; repeated fields take a comma list.\n"
     "  --check: load, validate and print the resolved config (every default written out), then exit.\n"
-    "  --device: where the model runs (default cpu); on CUDA the AdamW update runs on host copies of the\n"
-    "  trainable weights. --threads N: CPU threads (default: OpenMP's).\n"
+    "  --device: where the model and the AdamW update run (default cpu); with data parallelism on CUDA the\n"
+    "  update runs on host copies of the trainable weights. --threads N: CPU threads (default: OpenMP's).\n"
     "  Resume: --set checkpoint.resume=latest (or a step-N directory). SIGTERM/SIGINT checkpoint at the next\n"
     "  step boundary and exit with 128 + the signal number.\n";
 

@@ -381,8 +381,8 @@ INSTANTIATE_TEST_SUITE_P(Runs, TrainerResumeTest,
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
 
 TEST_P(TrainerResumeTest, HostOptimizerCopiesChangeNoBitAndResumeToo) {
-  // The path a CUDA context takes (gradients to host copies, AdamW there,
-  // values back), checked on the CPU against the direct path.
+  // The path a CUDA context takes under data parallelism (gradients to host
+  // copies, AdamW there, values back), checked on the CPU against the direct path.
   std::vector<double> direct_losses;
   Trainer direct(*context_, options("direct"), quiet_hooks(&direct_losses));
   direct.train();
