@@ -16,8 +16,10 @@ torch.optim.AdamW(fused=True) with its defaults (lr 1e-4 here, weight decay
 0.01), zero_grad(set_to_none=True). The loss is F.cross_entropy over the
 logits against the next-token targets (the same targets as llmft, not
 transformers' internal shift, which would drop the last position).
---compile wraps the model in torch.compile (inductor) and is reported as a
-separate row by run_cpu_peers.sh.
+--compile wraps the model in torch.compile (inductor, default mode) and is
+reported as a separate column by run_cpu_peers.sh (small Llama on this VM: 43 s
+to compile cold, 7 s from the inductor cache, 1.03-1.16x eager's tokens/s;
+bench/RESULTS.md).
 
 Token ids: SplitMix64(i) mod vocab over B x (T + 1) positions, as
 lora_train_bench.cc.
