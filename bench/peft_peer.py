@@ -18,7 +18,7 @@ logits against the next-token targets (the same targets as llmft, not
 transformers' internal shift, which would drop the last position).
 --compile wraps the model in torch.compile (inductor, default mode) and is
 reported as a separate column by run_cpu_peers.sh (small Llama on this VM: 43 s
-to compile cold, 7 s from the inductor cache, 1.03-1.16x eager's tokens/s;
+to compile cold, 7 s from the inductor cache, 1.01-1.16x eager's tokens/s;
 bench/RESULTS.md).
 
 Token ids: SplitMix64(i) mod vocab over B x (T + 1) positions, as
