@@ -14,6 +14,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "model/gguf_convert.h"
 #include "model/gguf_reader.h"
@@ -31,18 +32,14 @@ struct ConvertArgs {
 
 ConvertArgs parse_args(std::span<char*> args) {
   ConvertArgs parsed;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string_view arg = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw_bad_input("convert: ", arg, " needs a value");
-      return args[++i];
-    };
+  for (ArgCursor cursor("convert", args); cursor.next();) {
+    const std::string_view arg = cursor.arg();
     if (arg == "--gguf") {
-      parsed.gguf = value();
+      parsed.gguf = cursor.value();
     } else if (arg == "--out") {
-      parsed.out = value();
+      parsed.out = cursor.value();
     } else if (arg == "--dtype") {
-      const std::string text = value();
+      const std::string text = cursor.value();
       std::optional<DType> dtype = parse_dtype(text);
       if (!dtype || (*dtype != DType::kF32 && *dtype != DType::kBF16))
         throw_bad_input("convert: --dtype: expected f32 or bf16, found '", text, "'");

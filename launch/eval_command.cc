@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "trainer/checkpoint.h"
 #include "trainer/train_options.h"
@@ -31,66 +32,34 @@ constexpr const char* kUsage =
     "  Prints the mean loss over every trained token of the data and the perplexity exp(loss).\n"
     "  --checkpoint: default the newest checkpoint of checkpoint.dir, or the base model when there is none.\n";
 
-int64_t parse_positive(std::string_view flag, const std::string& text) {
-  try {
-    size_t used = 0;
-    const long long value = std::stoll(text, &used);
-    if (used == text.size() && value > 0) return value;
-  } catch (const std::exception&) {
-  }
-  throw_bad_input("eval: ", flag, " expects a positive integer, got '", text, "'");
-}
-
-// "cpu" -> -1, "cuda" -> 0, "cuda:N" -> N.
-int parse_device(const std::string& text) {
-  if (text == "cpu") return -1;
-  if (text == "cuda") return 0;
-  if (text.starts_with("cuda:")) {
-    try {
-      size_t used = 0;
-      const int index = std::stoi(text.substr(5), &used);
-      if (used == text.size() - 5 && index >= 0) return index;
-    } catch (const std::exception&) {
-    }
-  }
-  throw_bad_input("eval: --device: expected cpu, cuda or cuda:N, found '", text, "'");
-}
-
 }  // namespace
 
 int run_eval(std::span<char*> args) {
-  std::optional<std::string> config_path, model_dir, data, checkpoint;
-  std::vector<std::string> overrides;
+  ConfigArgs config;
+  std::optional<std::string> model_dir, data, checkpoint;
   std::optional<int64_t> seq_len;
   bool padded = false, append_eos = false;
   int64_t threads = 0;
   int cuda_device = -1;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view arg = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw_bad_input("eval: ", arg, " needs a value");
-      return args[++i];
-    };
-    if (arg == "--config") {
-      config_path = value();
-    } else if (arg == "--set") {
-      overrides.push_back(value());
-    } else if (arg == "--checkpoint") {
-      checkpoint = value();
+  for (ArgCursor cursor("eval", args); cursor.next();) {
+    const std::string_view arg = cursor.arg();
+    if (config.take(cursor)) continue;
+    if (arg == "--checkpoint") {
+      checkpoint = cursor.value();
     } else if (arg == "--model") {
-      model_dir = value();
+      model_dir = cursor.value();
     } else if (arg == "--data") {
-      data = value();
+      data = cursor.value();
     } else if (arg == "--seq-len") {
-      seq_len = parse_positive(arg, value());
+      seq_len = cursor.int_value(1);
     } else if (arg == "--padded") {
       padded = true;
     } else if (arg == "--append-eos") {
       append_eos = true;
     } else if (arg == "--device") {
-      cuda_device = parse_device(value());
+      cuda_device = cursor.device_value();
     } else if (arg == "--threads") {
-      threads = parse_positive(arg, value());
+      threads = cursor.int_value(1);
     } else if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
@@ -98,20 +67,20 @@ int run_eval(std::span<char*> args) {
       throw_bad_input("eval: unexpected argument '", arg, "'; see llmft eval --help");
     }
   }
-  if (config_path.has_value() == model_dir.has_value())
+  if (config.path.has_value() == model_dir.has_value())
     throw_bad_input("eval: give exactly one of --config RUN.pbtxt or --model DIR; see llmft eval --help");
 
   trainer::TrainOptions options;
   std::string what;
-  if (config_path) {
+  if (config.path) {
     if (seq_len || padded || append_eos)
       throw_bad_input("eval: --seq-len, --padded and --append-eos go with --model; with --config use --set data.*");
-    options = trainer::load_train_options(*config_path, overrides);
+    options = trainer::load_train_options(*config.path, config.overrides);
     if (data) options.validation_files = {*data};
     if (options.validation_files.empty())
-      throw_bad_input(*config_path, ": field 'data.validation_files' is empty; write it or pass --data GLOB");
+      throw_bad_input(*config.path, ": field 'data.validation_files' is empty; write it or pass --data GLOB");
   } else {
-    if (checkpoint || !overrides.empty()) throw_bad_input("eval: --checkpoint and --set go with --config");
+    if (checkpoint || !config.overrides.empty()) throw_bad_input("eval: --checkpoint and --set go with --config");
     if (!data) throw_bad_input("eval: --model needs --data GLOB");
     options.source = "--model " + *model_dir;
     options.hf_dir = *model_dir;
@@ -125,7 +94,7 @@ int run_eval(std::span<char*> args) {
   auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
                                   : Context::cpu(options.seed, static_cast<int>(threads));
   auto model = trainer::build_training_model(*context, options, /*for_training=*/false);
-  if (config_path) {
+  if (config.path) {
     std::string where = checkpoint.value_or("");
     if (where.empty()) where = trainer::latest_checkpoint(options.checkpoint_dir) ? "latest" : "none";
     if (where == "none") {

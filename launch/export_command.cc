@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "trainer/checkpoint.h"
 #include "trainer/export.h"
@@ -38,30 +39,23 @@ constexpr const char* kUsage =
 }  // namespace
 
 int run_export(std::span<char*> args) {
-  std::optional<std::string> config_path, merged_dir, adapter_dir, dtype_name;
+  ConfigArgs config;
+  std::optional<std::string> merged_dir, adapter_dir, dtype_name;
   std::string checkpoint = "latest";
-  std::vector<std::string> overrides;
   uint64_t max_shard_bytes = kDefaultMaxShardBytes;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view arg = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw_bad_input("export: ", arg, " needs a value");
-      return args[++i];
-    };
-    if (arg == "--config") {
-      config_path = value();
-    } else if (arg == "--set") {
-      overrides.push_back(value());
-    } else if (arg == "--checkpoint") {
-      checkpoint = value();
+  for (ArgCursor cursor("export", args); cursor.next();) {
+    const std::string_view arg = cursor.arg();
+    if (config.take(cursor)) continue;
+    if (arg == "--checkpoint") {
+      checkpoint = cursor.value();
     } else if (arg == "--merged") {
-      merged_dir = value();
+      merged_dir = cursor.value();
     } else if (arg == "--adapter") {
-      adapter_dir = value();
+      adapter_dir = cursor.value();
     } else if (arg == "--dtype") {
-      dtype_name = value();
+      dtype_name = cursor.value();
     } else if (arg == "--max-shard-size") {
-      max_shard_bytes = trainer::parse_byte_size(value());
+      max_shard_bytes = trainer::parse_byte_size(cursor.value());
     } else if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
@@ -69,11 +63,11 @@ int run_export(std::span<char*> args) {
       throw_bad_input("export: unexpected argument '", arg, "'; see llmft export --help");
     }
   }
-  if (!config_path) throw_bad_input("export: --config is required; see llmft export --help");
+  if (!config.path) throw_bad_input("export: --config is required; see llmft export --help");
   if (!merged_dir && !adapter_dir) throw_bad_input("export: give --merged OUT and/or --adapter OUT");
-  const trainer::TrainOptions options = trainer::load_train_options(*config_path, overrides);
+  const trainer::TrainOptions options = trainer::load_train_options(*config.path, config.overrides);
   if (adapter_dir && !options.lora)
-    throw_bad_input("export: --adapter: ", *config_path,
+    throw_bad_input("export: --adapter: ", *config.path,
                     " is a full fine-tuning run (peft none), which has no adapter; use --merged OUT for the trained "
                     "weights");
   std::optional<DType> dtype;

@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
+#include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "launch/exact_match.h"
 #include "model/generation.h"
@@ -67,13 +68,6 @@ struct GenerateArgs {
   bool special_tokens_in_content = false;
 };
 
-int64_t parse_integer(std::string_view option, const std::string& text) {
-  char* end = nullptr;
-  const long long value = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0') throw_bad_input("generate: ", option, ": expected an integer, found '", text, "'");
-  return value;
-}
-
 float parse_number(std::string_view option, const std::string& text) {
   char* end = nullptr;
   const float value = std::strtof(text.c_str(), &end);
@@ -83,40 +77,30 @@ float parse_number(std::string_view option, const std::string& text) {
 
 GenerateArgs parse_args(std::span<char*> args) {
   GenerateArgs parsed;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view arg = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw_bad_input("generate: ", arg, " needs a value");
-      return args[++i];
-    };
-    if (arg == "--model") parsed.model = value();
-    else if (arg == "--prompt") parsed.prompt = value();
-    else if (arg == "--chat") parsed.chat = value();
-    else if (arg == "--system") parsed.system = value();
-    else if (arg == "--messages") parsed.messages_file = value();
-    else if (arg == "--batch") parsed.batch_file = value();
-    else if (arg == "--batch-output") parsed.batch_output_file = value();
-    else if (arg == "--show") parsed.show = parse_integer(arg, value());
-    else if (arg == "--chat-template") parsed.chat_template_file = value();
-    else if (arg == "--max-new-tokens") parsed.max_new_tokens = parse_integer(arg, value());
-    else if (arg == "--temperature") parsed.sampling.temperature = parse_number(arg, value());
-    else if (arg == "--top-k") parsed.sampling.top_k = parse_integer(arg, value());
-    else if (arg == "--top-p") parsed.sampling.top_p = parse_number(arg, value());
-    else if (arg == "--seed") parsed.sampling.seed = static_cast<uint64_t>(parse_integer(arg, value()));
-    else if (arg == "--threads") parsed.threads = parse_integer(arg, value());
-    else if (arg == "--device") {
-      const std::string text = value();
-      if (text == "cpu") parsed.cuda_device = -1;
-      else if (text == "cuda") parsed.cuda_device = 0;
-      else if (text.starts_with("cuda:")) parsed.cuda_device = static_cast<int>(parse_integer(arg, text.substr(5)));
-      else throw_bad_input("generate: --device: expected cpu, cuda or cuda:N, found '", text, "'");
-      if (parsed.cuda_device < -1) throw_bad_input("generate: --device: negative CUDA device in '", text, "'");
-    } else if (arg == "--print-ids") parsed.print_ids = true;
+  for (ArgCursor cursor("generate", args); cursor.next();) {
+    const std::string_view arg = cursor.arg();
+    if (arg == "--model") parsed.model = cursor.value();
+    else if (arg == "--prompt") parsed.prompt = cursor.value();
+    else if (arg == "--chat") parsed.chat = cursor.value();
+    else if (arg == "--system") parsed.system = cursor.value();
+    else if (arg == "--messages") parsed.messages_file = cursor.value();
+    else if (arg == "--batch") parsed.batch_file = cursor.value();
+    else if (arg == "--batch-output") parsed.batch_output_file = cursor.value();
+    else if (arg == "--show") parsed.show = cursor.int_value();
+    else if (arg == "--chat-template") parsed.chat_template_file = cursor.value();
+    else if (arg == "--max-new-tokens") parsed.max_new_tokens = cursor.int_value();
+    else if (arg == "--temperature") parsed.sampling.temperature = parse_number(arg, cursor.value());
+    else if (arg == "--top-k") parsed.sampling.top_k = cursor.int_value();
+    else if (arg == "--top-p") parsed.sampling.top_p = parse_number(arg, cursor.value());
+    else if (arg == "--seed") parsed.sampling.seed = static_cast<uint64_t>(cursor.int_value());
+    else if (arg == "--threads") parsed.threads = cursor.int_value();
+    else if (arg == "--device") parsed.cuda_device = cursor.device_value();
+    else if (arg == "--print-ids") parsed.print_ids = true;
     else if (arg == "--render-only") parsed.render_only = true;
     else if (arg == "--no-generation-prompt") parsed.generation_prompt = false;
     else if (arg == "--special-tokens-in-content") parsed.special_tokens_in_content = true;
     else if (arg == "--dtype") {
-      const std::string text = value();
+      const std::string text = cursor.value();
       std::optional<DType> dtype = parse_dtype(text);
       if (!dtype || (*dtype != DType::kF32 && *dtype != DType::kBF16))
         throw_bad_input("generate: --dtype: expected f32 or bf16, found '", text, "'");

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "core/error.h"
+#include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "model/model_config.h"
 #include "model/safetensors.h"
@@ -26,25 +27,13 @@ struct InspectArgs {
   int64_t lora_rank = 8;
 };
 
-int64_t parse_positive(std::string_view flag, const char* text) {
-  char* end = nullptr;
-  long long value = std::strtoll(text, &end, 10);
-  if (end == text || *end != '\0' || value <= 0)
-    throw_bad_input("inspect: ", flag, ": expected a positive integer, found '", text, "'");
-  return value;
-}
-
 InspectArgs parse_args(std::span<char*> args) {
   InspectArgs parsed;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string_view arg = args[i];
-    auto value = [&]() -> const char* {
-      if (i + 1 >= args.size()) throw_bad_input("inspect: ", arg, " needs a value");
-      return args[++i];
-    };
-    if (arg == "--seq-len") parsed.seq_len = parse_positive(arg, value());
-    else if (arg == "--batch-size") parsed.batch_size = parse_positive(arg, value());
-    else if (arg == "--lora-rank") parsed.lora_rank = parse_positive(arg, value());
+  for (ArgCursor cursor("inspect", args); cursor.next();) {
+    const std::string_view arg = cursor.arg();
+    if (arg == "--seq-len") parsed.seq_len = cursor.int_value(1);
+    else if (arg == "--batch-size") parsed.batch_size = cursor.int_value(1);
+    else if (arg == "--lora-rank") parsed.lora_rank = cursor.int_value(1);
     else if (!arg.empty() && arg[0] == '-') throw_bad_input("inspect: unknown option '", arg, "'");
     else if (parsed.model_dir.empty()) parsed.model_dir = arg;
     else throw_bad_input("inspect: unexpected argument '", arg, "' (one MODEL_DIR only)");

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "launch/cli_args.h"
 #include "launch/commands.h"
 
 namespace llmft::launch {
@@ -28,15 +29,11 @@ constexpr const char* kUsage =
 int run_tokenize(std::span<char*> args) {
   std::optional<std::string> tokenizer_path, text, input;
   bool ordinary = false, add_special_tokens = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view arg = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw_bad_input("tokenize: ", arg, " needs a value");
-      return args[++i];
-    };
-    if (arg == "--tokenizer") tokenizer_path = value();
-    else if (arg == "--text") text = value();
-    else if (arg == "--input") input = value();
+  for (ArgCursor cursor("tokenize", args); cursor.next();) {
+    const std::string_view arg = cursor.arg();
+    if (arg == "--tokenizer") tokenizer_path = cursor.value();
+    else if (arg == "--text") text = cursor.value();
+    else if (arg == "--input") input = cursor.value();
     else if (arg == "--ordinary") ordinary = true;
     else if (arg == "--add-special-tokens") add_special_tokens = true;
     else if (arg == "--help" || arg == "-h") {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "trainer/stop_signal.h"
 #include "trainer/train_options.h"
@@ -35,57 +36,22 @@ constexpr const char* kUsage =
     "  Resume: --set checkpoint.resume=latest (or a step-N directory). SIGTERM/SIGINT checkpoint at the next\n"
     "  step boundary and exit with 128 + the signal number.\n";
 
-// "cpu" -> -1, "cuda" -> 0, "cuda:N" -> N.
-int parse_device(const std::string& text) {
-  if (text == "cpu") return -1;
-  if (text == "cuda") return 0;
-  if (text.starts_with("cuda:")) {
-    try {
-      size_t used = 0;
-      const int index = std::stoi(text.substr(5), &used);
-      if (used == text.size() - 5 && index >= 0) return index;
-    } catch (const std::exception&) {
-    }
-  }
-  throw_bad_input("train: --device: expected cpu, cuda or cuda:N, found '", text, "'");
-}
-
-int64_t parse_count(std::string_view flag, const std::string& text) {
-  try {
-    size_t used = 0;
-    const long long value = std::stoll(text, &used);
-    if (used == text.size() && value >= 0) return value;
-  } catch (const std::exception&) {
-  }
-  throw_bad_input("train: ", flag, " expects a non-negative integer, got '", text, "'");
-}
-
 }  // namespace
 
 int run_train(std::span<char*> args) {
-  std::optional<std::string> config_path;
-  std::vector<std::string> overrides;
+  ConfigArgs config;
   bool check = false;
   int64_t threads = 0;
   int cuda_device = -1;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string_view arg = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw_bad_input("train: ", arg, " needs a value");
-      return args[++i];
-    };
-    if (arg == "--config") {
-      config_path = value();
-    } else if (arg == "--set") {
-      overrides.push_back(value());
-    } else if (arg.starts_with("--set=")) {
-      overrides.emplace_back(arg.substr(6));
-    } else if (arg == "--check") {
+  for (ArgCursor cursor("train", args); cursor.next();) {
+    const std::string_view arg = cursor.arg();
+    if (config.take(cursor)) continue;
+    if (arg == "--check") {
       check = true;
     } else if (arg == "--device") {
-      cuda_device = parse_device(value());
+      cuda_device = cursor.device_value();
     } else if (arg == "--threads") {
-      threads = parse_count(arg, value());
+      threads = cursor.int_value(0);
     } else if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
@@ -93,13 +59,13 @@ int run_train(std::span<char*> args) {
       throw_bad_input("train: unexpected argument '", arg, "'; see llmft train --help");
     }
   }
-  if (!config_path) throw_bad_input("train: --config is required; see llmft train --help");
+  if (!config.path) throw_bad_input("train: --config is required; see llmft train --help");
   if (check) {
-    const std::string text = trainer::resolved_train_config_text(*config_path, overrides);
+    const std::string text = trainer::resolved_train_config_text(*config.path, config.overrides);
     std::fwrite(text.data(), 1, text.size(), stdout);
     return 0;
   }
-  const trainer::TrainOptions options = trainer::load_train_options(*config_path, overrides);
+  const trainer::TrainOptions options = trainer::load_train_options(*config.path, config.overrides);
   auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
                                   : Context::cpu(options.seed, static_cast<int>(threads));
   trainer::TrainerHooks hooks;
