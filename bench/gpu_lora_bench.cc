@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/philox.h"
 #include "model/llama.h"
@@ -52,20 +53,8 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// SplitMix64 (Steele et al. 2014) of the position index: the same ids in C++
-// and in Python's 64-bit integer arithmetic (peft_peer.py token_ids).
-uint64_t splitmix64(uint64_t value) {
-  value += 0x9E3779B97F4A7C15ull;
-  value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ull;
-  value = (value ^ (value >> 27)) * 0x94D049BB133111EBull;
-  return value ^ (value >> 31);
-}
+using llmft::bench::Clock;
+using llmft::bench::seconds_since;
 
 struct Options {
   std::string config = "tinyllama-1.1b";
@@ -181,24 +170,15 @@ int main(int argc, char** argv) try {
   const float learning_rate = 1e-4f;
 
   const int64_t batch_size = options.batch, seq_len = options.seq, tokens = batch_size * seq_len;
-  std::vector<int32_t> inputs, targets;
-  for (int64_t s = 0; s < batch_size; ++s)
-    for (int64_t t = 0; t < seq_len; ++t) {
-      const uint64_t position = static_cast<uint64_t>(s * (seq_len + 1) + t);
-      inputs.push_back(static_cast<int32_t>(splitmix64(position) % static_cast<uint64_t>(config.vocab_size)));
-      targets.push_back(static_cast<int32_t>(splitmix64(position + 1) % static_cast<uint64_t>(config.vocab_size)));
-    }
-  llmft::Batch batch;
-  batch.input_ids = context->upload(llmft::Tensor::from_ints({batch_size, seq_len}, inputs));
-  batch.targets = context->upload(llmft::Tensor::from_ints({batch_size, seq_len}, targets));
+  llmft::Batch batch = llmft::bench::splitmix_batch(batch_size, seq_len, config.vocab_size);
+  batch.input_ids = context->upload(batch.input_ids);
+  batch.targets = context->upload(batch.targets);
   context->synchronize();
   const double setup_seconds = seconds_since(setup_start);
 
   // FLOPs per step (see the header comment).
-  const double d = static_cast<double>(config.hidden_size), inter = static_cast<double>(config.intermediate_size);
-  const double q = static_cast<double>(config.q_size()), kv = static_cast<double>(config.kv_size());
-  const double layers = static_cast<double>(config.num_hidden_layers);
-  const double matmul_params = layers * (d * (q + 2 * kv) + q * d + 3 * d * inter) + config.vocab_size * d;
+  const double q = static_cast<double>(config.q_size()), layers = static_cast<double>(config.num_hidden_layers);
+  const double matmul_params = llmft::bench::matmul_weight_count(config);
   double lora_params = 0.0;
   for (const llmft::Parameter* parameter : lora.parameters().all())
     lora_params += static_cast<double>(parameter->value.numel());
@@ -227,9 +207,7 @@ int main(int argc, char** argv) try {
     times.push_back(seconds_since(start));
     if (std::isnan(first_loss)) first_loss = loss;
   }
-  std::vector<double> sorted = times;
-  std::sort(sorted.begin(), sorted.end());
-  const double best = sorted.front(), median = sorted[sorted.size() / 2];
+  const auto [best, median] = llmft::bench::best_and_median(times);
   const double tokens_best = token_count / best, tokens_median = token_count / median;
   const double peak = options.peak_tflops * 1e12;
   const double mfu_best = step_flops / best / peak, mfu_median = step_flops / median / peak;

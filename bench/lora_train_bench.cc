@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "model/llama.h"
 #include "optim/adamw.h"
@@ -50,39 +51,9 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// SplitMix64 (Steele et al. 2014) of the position index: the same ids in C++
-// and in Python's 64-bit integer arithmetic (peft_peer.py token_ids).
-uint64_t splitmix64(uint64_t value) {
-  value += 0x9E3779B97F4A7C15ull;
-  value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ull;
-  value = (value ^ (value >> 27)) * 0x94D049BB133111EBull;
-  return value ^ (value >> 31);
-}
-
-// Best-of-20 OpenBLAS SGEMM rate for n^3 on `threads` threads (OpenBLAS's own
-// pool); the CPU kernels pin OpenBLAS to one thread and split GEMMs over
-// OpenMP (kernels/cpu/cpu_util.cc), so the pinning is restored afterwards.
-double sgemm_gflops(int n, int threads) {
-  const int previous_threads = openblas_get_num_threads();
-  openblas_set_num_threads(threads);
-  std::vector<float> a(static_cast<size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size(), 0.0f);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-  double best = 1e30;
-  for (int repeat = 0; repeat < 20; ++repeat) {
-    Clock::time_point start = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
-                n);
-    best = std::min(best, seconds_since(start));
-  }
-  openblas_set_num_threads(previous_threads);
-  return 2.0 * n * n * static_cast<double>(n) / best / 1e9;
-}
+using llmft::bench::Clock;
+using llmft::bench::seconds_since;
+using llmft::bench::sgemm_gflops;
 
 struct Options {
   std::string config;
@@ -170,22 +141,11 @@ int main(int argc, char** argv) try {
   const float learning_rate = 1e-4f;
 
   const int64_t batch_size = options.batch, seq_len = options.seq, tokens = batch_size * seq_len;
-  std::vector<int32_t> inputs, targets;
-  for (int64_t s = 0; s < batch_size; ++s)
-    for (int64_t t = 0; t < seq_len; ++t) {
-      const uint64_t position = static_cast<uint64_t>(s * (seq_len + 1) + t);
-      inputs.push_back(static_cast<int32_t>(splitmix64(position) % static_cast<uint64_t>(config.vocab_size)));
-      targets.push_back(static_cast<int32_t>(splitmix64(position + 1) % static_cast<uint64_t>(config.vocab_size)));
-    }
-  llmft::Batch batch;
-  batch.input_ids = llmft::Tensor::from_ints({batch_size, seq_len}, inputs);
-  batch.targets = llmft::Tensor::from_ints({batch_size, seq_len}, targets);
+  const llmft::Batch batch = llmft::bench::splitmix_batch(batch_size, seq_len, config.vocab_size);
 
   // FLOPs per step (see the header comment).
-  const double d = static_cast<double>(config.hidden_size), inter = static_cast<double>(config.intermediate_size);
-  const double q = static_cast<double>(config.q_size()), kv = static_cast<double>(config.kv_size());
-  const double layers = static_cast<double>(config.num_hidden_layers);
-  const double matmul_params = layers * (d * (q + 2 * kv) + q * d + 3 * d * inter) + config.vocab_size * d;
+  const double q = static_cast<double>(config.q_size()), layers = static_cast<double>(config.num_hidden_layers);
+  const double matmul_params = llmft::bench::matmul_weight_count(config);
   double lora_params = 0.0;
   if (lora_model)
     for (const llmft::Parameter* parameter : lora_model->parameters().all())
@@ -196,7 +156,7 @@ int main(int argc, char** argv) try {
   const double step_flops = matmul_flops + attention_flops;
 
   const int threads = omp_get_max_threads();
-  const double sgemm_before = sgemm_gflops(1024, threads);
+  const double sgemm_before = sgemm_gflops(1024, threads, /*repeats=*/20);
 
   // One training step as the trainer runs it: zero, forward+backward, update.
   double loss = 0.0, first_loss = 0.0;
@@ -216,12 +176,10 @@ int main(int argc, char** argv) try {
     times.push_back(seconds_since(start));
     if (options.warmup == 0 && step == 0) first_loss = loss;
   }
-  const double sgemm_after = sgemm_gflops(1024, threads);
+  const double sgemm_after = sgemm_gflops(1024, threads, /*repeats=*/20);
   const double ceiling = std::max(sgemm_before, sgemm_after);
 
-  std::vector<double> sorted = times;
-  std::sort(sorted.begin(), sorted.end());
-  const double best = sorted.front(), median = sorted[sorted.size() / 2];
+  const auto [best, median] = llmft::bench::best_and_median(times);
   const double tokens_best = static_cast<double>(tokens) / best, tokens_median = static_cast<double>(tokens) / median;
 
   std::printf("lora_train_bench %s: hidden %lld, intermediate %lld, %lld layers, %lld/%lld heads, vocab %lld, %s; "

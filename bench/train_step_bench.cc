@@ -25,37 +25,15 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/philox.h"
 #include "model/llama.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Best-of-30 OpenBLAS SGEMM rate for n^3 (2·n^3 FLOPs per call) on every
-// core with OpenBLAS's own threads. The CPU kernels pin OpenBLAS to one
-// thread and split GEMMs over OpenMP themselves (kernels/cpu/cpu_util.cc), so
-// the pinning is restored afterwards. Best-of: the machine is shared, and the
-// ceiling is what it can do when nothing else runs.
-double sgemm_gflops(int n, int threads) {
-  const int previous_threads = openblas_get_num_threads();
-  openblas_set_num_threads(threads);
-  std::vector<float> a(static_cast<size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size(), 0.0f);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-  double best = 1e30;
-  for (int repeat = 0; repeat < 30; ++repeat) {
-    Clock::time_point start = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
-                n);
-    best = std::min(best, seconds_since(start));
-  }
-  openblas_set_num_threads(previous_threads);
-  return 2.0 * n * n * static_cast<double>(n) / best / 1e9;
-}
+using llmft::bench::Clock;
+using llmft::bench::seconds_since;
+using llmft::bench::sgemm_gflops;
 
 struct StepTiming {
   double best_seconds = 0.0;
@@ -75,9 +53,9 @@ StepTiming time_steps(llmft::Context& context, llmft::LlamaModel& model, const l
     timing.loss = model.forward_backward(context, batch).loss;
     times.push_back(seconds_since(start));
   }
-  std::sort(times.begin(), times.end());
-  timing.best_seconds = times.front();
-  timing.median_seconds = times[times.size() / 2];
+  const llmft::bench::BestMedian best_median = llmft::bench::best_and_median(times);
+  timing.best_seconds = best_median.best;
+  timing.median_seconds = best_median.median;
   timing.peak_bytes = llmft::default_host_allocator().peak_bytes_in_use();
   return timing;
 }
@@ -114,10 +92,8 @@ int main(int argc, char** argv) {
   batch.input_ids = llmft::Tensor::from_ints({batch_size, seq_len}, inputs);
   batch.targets = llmft::Tensor::from_ints({batch_size, seq_len}, targets);
 
-  const double d = static_cast<double>(config.hidden_size), inter = static_cast<double>(config.intermediate_size);
-  const double q = static_cast<double>(config.q_size()), kv = static_cast<double>(config.kv_size());
-  const double layers = static_cast<double>(config.num_hidden_layers);
-  const double matmul_params = layers * (d * (q + 2 * kv) + q * d + 3 * d * inter) + config.vocab_size * d;
+  const double q = static_cast<double>(config.q_size()), layers = static_cast<double>(config.num_hidden_layers);
+  const double matmul_params = llmft::bench::matmul_weight_count(config);
   const double step_flops = 6.0 * matmul_params * static_cast<double>(tokens) +
                             12.0 * layers * static_cast<double>(seq_len) * q * static_cast<double>(tokens);
 
@@ -131,17 +107,17 @@ int main(int argc, char** argv) {
     model.forward(*context, batch);
     forward_times.push_back(seconds_since(start));
   }
-  std::sort(forward_times.begin(), forward_times.end());
+  const llmft::bench::BestMedian forward = llmft::bench::best_and_median(forward_times);
 
-  const double sgemm_1024 = sgemm_gflops(1024, threads);
-  const double sgemm_512 = sgemm_gflops(512, threads);
+  const double sgemm_1024 = sgemm_gflops(1024, threads, /*repeats=*/30);
+  const double sgemm_512 = sgemm_gflops(512, threads, /*repeats=*/30);
   StepTiming saved = time_steps(*context, model, batch, steps);
   model.set_activation_policy(llmft::ActivationPolicy::kRecompute);
   StepTiming recomputed = time_steps(*context, model, batch, steps);
   model.set_activation_policy(llmft::ActivationPolicy::kSaveAll);
   // The machine is shared: bracket the run and keep the best of each size.
-  const double sgemm_1024_after = sgemm_gflops(1024, threads);
-  const double sgemm_512_after = sgemm_gflops(512, threads);
+  const double sgemm_1024_after = sgemm_gflops(1024, threads, /*repeats=*/30);
+  const double sgemm_512_after = sgemm_gflops(512, threads, /*repeats=*/30);
   const double best_1024 = std::max(sgemm_1024, sgemm_1024_after), best_512 = std::max(sgemm_512, sgemm_512_after);
   const double ceiling = std::max(best_1024, best_512);
 
@@ -161,10 +137,9 @@ int main(int argc, char** argv) {
   std::printf("%-34s %12s %12s %12s %10.1f %12.2f\n", "OpenBLAS SGEMM 512^3", "-", "-", "-", best_512,
               best_512 / ceiling);
   {
-    const double gflops = forward_flops / forward_times.front() / 1e9;
-    std::printf("%-34s %12.3f %12.3f %12.0f %10.1f %12.2f\n", "llmft forward only (loss)", forward_times.front(),
-                forward_times[forward_times.size() / 2], static_cast<double>(tokens) / forward_times.front(), gflops,
-                gflops / ceiling);
+    const double gflops = forward_flops / forward.best / 1e9;
+    std::printf("%-34s %12.3f %12.3f %12.0f %10.1f %12.2f\n", "llmft forward only (loss)", forward.best,
+                forward.median, static_cast<double>(tokens) / forward.best, gflops, gflops / ceiling);
   }
   for (const auto& [name, timing] : {std::pair<const char*, StepTiming>{"llmft train step, save activations", saved},
                                      {"llmft train step, recompute blocks", recomputed}}) {
