@@ -14,30 +14,12 @@
 #include <filesystem>
 
 #include "model/generation.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace llmft {
 namespace {
 
 constexpr double kCrossBackendTolerance = 1e-4;
-
-std::string no_cuda_reason() {
-  if (!cuda_backend_built()) return "this binary was built without the CUDA backend (-DLLMFT_CUDA=OFF)";
-  if (cuda_device_count() == 0) return "no GPU is visible to the CUDA runtime";
-  return "";
-}
-
-#define SKIP_WITHOUT_CUDA()                                   \
-  do {                                                        \
-    if (!cuda_backend_built() || cuda_device_count() == 0) {  \
-      GTEST_SKIP() << "no CUDA device: " << no_cuda_reason(); \
-    }                                                         \
-  } while (0)
-
-// One CUDA context for the binary, never destroyed (see gpu_ops_test.cc).
-Context& cuda_context() {
-  static Context* const context = Context::cuda(0, /*seed=*/0).release();
-  return *context;
-}
 
 std::filesystem::path testdata(const std::string& name) {
   return std::filesystem::path(LLMFT_SOURCE_DIR) / "tests/testdata/model" / name;

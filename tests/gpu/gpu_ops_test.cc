@@ -29,32 +29,10 @@
 #include "core/philox.h"
 #include "core/tensor.h"
 #include "kernels/ops.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace llmft {
 namespace {
-
-// ---- Skipping and the shared CUDA context ------------------------------------
-std::string no_cuda_reason() {
-  if (!cuda_backend_built()) return "this binary was built without the CUDA backend (-DLLMFT_CUDA=OFF)";
-  if (cuda_device_count() == 0) return "no GPU is visible to the CUDA runtime";
-  return "";
-}
-
-#define SKIP_WITHOUT_CUDA()                                   \
-  do {                                                        \
-    if (!cuda_backend_built() || cuda_device_count() == 0) {  \
-      GTEST_SKIP() << "no CUDA device: " << no_cuda_reason(); \
-    }                                                         \
-  } while (0)
-
-// One CUDA context for the whole binary: creating one allocates the cuBLASLt
-// workspace, which would dominate a table of small rows. Deliberately never
-// destroyed: a static destructor would run after the CUDA runtime may have
-// begun tearing down at exit.
-Context& cuda_context() {
-  static Context* const context = Context::cuda(0, /*seed=*/0).release();
-  return *context;
-}
 
 // ---- Inputs ----------------------------------------------------------------------
 Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed, float scale = 1.0f) {

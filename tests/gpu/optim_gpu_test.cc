@@ -19,15 +19,10 @@
 #include "optim/adamw.h"
 #include "optim/grad_clip.h"
 #include "optim/loss_scaler.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace llmft {
 namespace {
-
-#define SKIP_WITHOUT_CUDA()                                                                       \
-  do {                                                                                            \
-    if (!cuda_backend_built()) GTEST_SKIP() << "built without the CUDA backend (-DLLMFT_CUDA=OFF)"; \
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU is visible to the CUDA runtime";        \
-  } while (0)
 
 Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed, float scale) {
   PhiloxGenerator generator(seed);

@@ -15,6 +15,7 @@
 
 #include <cstdio>
 
+#include "tests/gpu/gpu_test_util.h"
 #include "tests/model/packing_cases.h"
 
 namespace llmft {
@@ -24,26 +25,6 @@ using namespace packing;
 
 constexpr double kSameBackendTolerance = 2e-5;
 constexpr double kCrossBackendTolerance = 1e-4;
-
-std::string no_cuda_reason() {
-  if (!cuda_backend_built()) return "this binary was built without the CUDA backend (-DLLMFT_CUDA=OFF)";
-  if (cuda_device_count() == 0) return "no GPU is visible to the CUDA runtime";
-  return "";
-}
-
-#define SKIP_WITHOUT_CUDA()                                   \
-  do {                                                        \
-    if (!cuda_backend_built() || cuda_device_count() == 0) {  \
-      GTEST_SKIP() << "no CUDA device: " << no_cuda_reason(); \
-    }                                                         \
-  } while (0)
-
-// One CUDA context for the binary (see gpu_ops_test.cc: never destroyed, so no
-// static destructor runs after the CUDA runtime began tearing down).
-Context& cuda_context() {
-  static Context* const context = Context::cuda(0, /*seed=*/0).release();
-  return *context;
-}
 
 double max_of(const std::vector<double>& values) {
   double result = 0.0;

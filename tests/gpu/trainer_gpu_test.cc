@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "tests/gpu/gpu_test_util.h"
 #include "tests/trainer/trainer_fixture.h"
 #include "trainer/trainer.h"
 
@@ -25,12 +26,6 @@ namespace llmft::trainer {
 namespace {
 
 namespace fs = std::filesystem;
-
-#define SKIP_WITHOUT_CUDA()                                                                       \
-  do {                                                                                            \
-    if (!cuda_backend_built()) GTEST_SKIP() << "built without the CUDA backend (-DLLMFT_CUDA=OFF)"; \
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU is visible to the CUDA runtime";        \
-  } while (0)
 
 class TrainerGpuTest : public ::testing::Test {
  protected:
