@@ -5,7 +5,6 @@
 // every bad argument or directory is one error line with exit code 2.
 // usage: generate_e2e_test LLMFT_BINARY
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +14,7 @@
 #include "core/error.h"
 #include "data/tokenizer.h"
 #include "model/generation.h"
+#include "tests/test_util.h"
 
 namespace llmft {
 namespace {
@@ -23,25 +23,10 @@ namespace fs = std::filesystem;
 
 std::string g_llmft;  // set by main() from argv
 
-struct CommandResult {
-  int exit_code;
-  std::string out, err;
-};
+using testing::CommandResult;
 
-CommandResult run(const std::string& arguments) {
-  const fs::path err_path = fs::temp_directory_path() / "llmft_generate_e2e_stderr.txt";
-  const std::string command = g_llmft + " " + arguments + " 2>" + err_path.string();
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return {-1, "", "popen failed"};
-  std::string out;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) out.append(buffer, n);
-  const int status = pclose(pipe);
-  std::ifstream err_file(err_path);
-  std::stringstream err;
-  err << err_file.rdbuf();
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, err.str()};
-}
+// `llmft ARGUMENTS`.
+CommandResult run(const std::string& arguments) { return testing::run_command(g_llmft + " " + arguments); }
 
 std::vector<int32_t> parse_ids(const std::string& line) {
   std::vector<int32_t> ids;

@@ -10,7 +10,6 @@
 // - quickstart_task compare: prints before/after side by side.
 // usage: quickstart_e2e_test LLMFT_BINARY QUICKSTART_TASK_BINARY
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -24,6 +23,7 @@
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "model/generation.h"
+#include "tests/test_util.h"
 
 namespace llmft {
 namespace {
@@ -32,25 +32,9 @@ namespace fs = std::filesystem;
 
 std::string g_llmft, g_quickstart_task;  // set by main() from argv
 
-struct CommandResult {
-  int exit_code;
-  std::string out, err;
-};
+using testing::CommandResult;
 
-CommandResult run(const std::string& command_line) {
-  const fs::path err_path = fs::temp_directory_path() / "llmft_quickstart_e2e_stderr.txt";
-  const std::string command = command_line + " 2>" + err_path.string();
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return {-1, "", "popen failed"};
-  std::string out;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) out.append(buffer, n);
-  const int status = pclose(pipe);
-  std::ifstream err_file(err_path);
-  std::stringstream err;
-  err << err_file.rdbuf();
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, err.str()};
-}
+CommandResult run(const std::string& command_line) { return testing::run_command(command_line); }
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
