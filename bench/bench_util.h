@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -61,6 +62,22 @@ inline Batch splitmix_batch(int64_t batch_size, int64_t seq_len, int64_t vocab_s
   batch.input_ids = Tensor::from_ints({batch_size, seq_len}, inputs);
   batch.targets = Tensor::from_ints({batch_size, seq_len}, targets);
   return batch;
+}
+
+// The "small" model of train_step_bench and lora_train_bench (small-lora,
+// small-full; peft_peer.py builds the same): Llama hidden 256, intermediate
+// 768, 4 layers, 8 heads / 4 KV heads (head_dim 32), vocab 4096, untied head,
+// positions up to 256. `source` names the program in config errors.
+inline ModelConfig small_llama_config(const std::string& source) {
+  const nlohmann::json json = {{"architectures", {"LlamaForCausalLM"}},
+                               {"hidden_size", 256},
+                               {"intermediate_size", 768},
+                               {"num_hidden_layers", 4},
+                               {"num_attention_heads", 8},
+                               {"num_key_value_heads", 4},
+                               {"vocab_size", 4096},
+                               {"max_position_embeddings", 256}};
+  return ModelConfig::from_json(json, source);
 }
 
 // N of the FLOP formulas: the weights that take part in a matmul (q, k, v, o,

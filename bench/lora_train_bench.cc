@@ -109,15 +109,7 @@ int main(int argc, char** argv) try {
   if (options.config == "smollm2-lora") {
     model = llmft::LlamaModel::load(*context, options.model_dir, model_options);
   } else {
-    nlohmann::json json = {{"architectures", {"LlamaForCausalLM"}},
-                           {"hidden_size", 256},
-                           {"intermediate_size", 768},
-                           {"num_hidden_layers", 4},
-                           {"num_attention_heads", 8},
-                           {"num_key_value_heads", 4},
-                           {"vocab_size", 4096},
-                           {"max_position_embeddings", 256}};
-    const llmft::ModelConfig config = llmft::ModelConfig::from_json(json, "lora_train_bench");
+    const llmft::ModelConfig config = llmft::bench::small_llama_config("lora_train_bench");
     model = std::make_unique<llmft::LlamaModel>(*context, config, model_options);
     model->init_random(*context, /*seed=*/1);
   }

@@ -64,15 +64,7 @@ StepTiming time_steps(llmft::Context& context, llmft::LlamaModel& model, const l
 
 int main(int argc, char** argv) {
   const int steps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 10;
-  nlohmann::json json = {{"architectures", {"LlamaForCausalLM"}},
-                         {"hidden_size", 256},
-                         {"intermediate_size", 768},
-                         {"num_hidden_layers", 4},
-                         {"num_attention_heads", 8},
-                         {"num_key_value_heads", 4},
-                         {"vocab_size", 4096},
-                         {"max_position_embeddings", 256}};
-  const llmft::ModelConfig config = llmft::ModelConfig::from_json(json, "train_step_bench");
+  const llmft::ModelConfig config = llmft::bench::small_llama_config("train_step_bench");
   const int64_t batch_size = 4, seq_len = 256, tokens = batch_size * seq_len;
 
   auto context = llmft::Context::cpu(/*seed=*/0);
