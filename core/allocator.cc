@@ -15,24 +15,85 @@ void Allocator::record_allocation(size_t bytes) {
 
 void Allocator::record_deallocation(size_t bytes) { bytes_in_use_.fetch_sub(bytes); }
 
+namespace {
+
+// The class a block of `bytes` is cached under; 0 for blocks too small to cache
+// (glibc's arenas reuse those without page faults).
+size_t host_size_class(size_t bytes) {
+  if (bytes < HostAllocator::kMinCachedBytes) return 0;
+  return (bytes + HostAllocator::kCacheGranule - 1) / HostAllocator::kCacheGranule * HostAllocator::kCacheGranule;
+}
+
+}  // namespace
+
+HostAllocator::~HostAllocator() { release_cached(); }
+
 void* HostAllocator::allocate(size_t bytes) {
   constexpr size_t kAlignment = 64;
-  size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-  if (rounded == 0) rounded = kAlignment;
-  void* pointer = std::aligned_alloc(kAlignment, rounded);
-  if (pointer == nullptr) throw_runtime("host allocation of ", bytes, " bytes failed (out of memory)");
+  const size_t size_class = host_size_class(bytes);
+  void* pointer = nullptr;
+  if (size_class != 0) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto cached = free_blocks_.find(size_class);
+    if (cached != free_blocks_.end() && !cached->second.empty()) {
+      pointer = cached->second.back();
+      cached->second.pop_back();
+      cached_bytes_ -= size_class;
+    }
+  }
+  if (pointer == nullptr) {
+    size_t rounded = size_class != 0 ? size_class : (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    if (rounded == 0) rounded = kAlignment;
+    pointer = std::aligned_alloc(kAlignment, rounded);
+    if (pointer == nullptr) {
+      release_cached();  // give cached blocks back, then try once more
+      pointer = std::aligned_alloc(kAlignment, rounded);
+    }
+    if (pointer == nullptr)
+      throw_runtime("host allocation of ", bytes, " bytes failed (out of memory; ", bytes_in_use(), " bytes in use)");
+  }
   record_allocation(bytes);
   return pointer;
 }
 
 void HostAllocator::deallocate(void* pointer, size_t bytes) {
-  std::free(pointer);
+  const size_t size_class = host_size_class(bytes);
   record_deallocation(bytes);
+  if (size_class != 0) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // Cache while the cache holds less than the peak in use: a step's freed
+    // buffers (at most the peak, plus page rounding) all stay for the next step.
+    if (cached_bytes_ < peak_bytes_in_use()) {
+      free_blocks_[size_class].push_back(pointer);
+      cached_bytes_ += size_class;
+      return;
+    }
+  }
+  std::free(pointer);
+}
+
+size_t HostAllocator::cached_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cached_bytes_;
+}
+
+void HostAllocator::release_cached() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  release_cached_locked();
+}
+
+void HostAllocator::release_cached_locked() {
+  for (auto& [size_class, blocks] : free_blocks_)
+    for (void* block : blocks) std::free(block);
+  free_blocks_.clear();
+  cached_bytes_ = 0;
 }
 
 HostAllocator& default_host_allocator() {
-  static HostAllocator allocator;
-  return allocator;
+  // Never destroyed: a host tensor in static storage may be freed after this
+  // function's statics would be, and it must still find the cache.
+  static HostAllocator* allocator = new HostAllocator();
+  return *allocator;
 }
 
 }  // namespace llmft
