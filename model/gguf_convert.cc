@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "model/model_config.h"
 
 namespace llmft::gguf {
 namespace {
@@ -487,7 +488,7 @@ HfModel convert_gguf(const GgufFile& file, const ConvertOptions& options) {
   if (tokenizer.bos) config["bos_token_id"] = *tokenizer.bos;
   if (tokenizer.eos) config["eos_token_id"] = *tokenizer.eos;
   if (tokenizer.pad) config["pad_token_id"] = *tokenizer.pad;
-  config["torch_dtype"] = options.dtype == DType::kBF16 ? "bfloat16" : "float32";
+  config["torch_dtype"] = torch_dtype_name(options.dtype);
 
   json& generation = model.generation_config;
   if (tokenizer.bos) generation["bos_token_id"] = *tokenizer.bos;

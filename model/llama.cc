@@ -31,14 +31,6 @@ Tensor cache_rows(const Tensor& buffer, int64_t begin, int64_t end) {
   return buffer.reshape({buffer.size(0), buffer.size(1) * buffer.size(2)}).slice_rows(begin, end);
 }
 
-const char* torch_dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kBF16: return "bfloat16";
-    case DType::kF16: return "float16";
-    default: return "float32";
-  }
-}
-
 }  // namespace
 
 struct LlamaModel::Layer {

@@ -248,6 +248,14 @@ ModelConfig ModelConfig::from_json(const json& object, const std::string& source
   return config;
 }
 
+const char* torch_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return "bfloat16";
+    case DType::kF16: return "float16";
+    default: return "float32";
+  }
+}
+
 ModelConfig ModelConfig::load(const std::filesystem::path& path) {
   std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
   std::ifstream in(file);

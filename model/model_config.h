@@ -14,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/dtype.h"
+
 namespace llmft {
 
 // Position-interpolation schemes for RoPE frequencies (transformers'
@@ -28,6 +30,10 @@ struct RopeScaling {
   double high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
 };
+
+// config.json's "torch_dtype" name of a storage dtype: "bfloat16", "float16",
+// otherwise "float32".
+const char* torch_dtype_name(DType dtype);
 
 struct ModelConfig {
   std::string architecture = "LlamaForCausalLM";  // the HF class name in "architectures"

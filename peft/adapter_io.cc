@@ -2,7 +2,6 @@
 
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
@@ -15,22 +14,6 @@ namespace {
 
 constexpr const char* kConfigFile = "adapter_config.json";
 constexpr const char* kWeightsFile = "adapter_model.safetensors";
-
-std::string shape_text(const Shape& shape) {
-  std::ostringstream text;
-  text << "[";
-  for (size_t i = 0; i < shape.size(); ++i) text << (i ? ", " : "") << shape[i];
-  text << "]";
-  return text.str();
-}
-
-const char* torch_dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kBF16: return "bfloat16";
-    case DType::kF16: return "float16";
-    default: return "float32";
-  }
-}
 
 }  // namespace
 
@@ -157,12 +140,12 @@ void load_lora_adapter_weights(LoraModel& lora, const std::filesystem::path& dir
     const std::string name = kPeftTensorPrefix + parameter->name;
     expected.insert(name);
     if (!weights.contains(name))
-      throw_bad_input(file, ": tensor '", name, "' is missing (expected shape ", shape_text(parameter->value.shape()),
+      throw_bad_input(file, ": tensor '", name, "' is missing (expected shape ", shape_to_string(parameter->value.shape()),
                       ")");
     const SafetensorsEntry& entry = weights.entry(name);
     if (entry.shape != parameter->value.shape())
-      throw_bad_input(file, ": tensor '", name, "': expected shape ", shape_text(parameter->value.shape()), ", found ",
-                      shape_text(entry.shape));
+      throw_bad_input(file, ": tensor '", name, "': expected shape ", shape_to_string(parameter->value.shape()), ", found ",
+                      shape_to_string(entry.shape));
     Tensor host = weights.tensor_as(name, parameter->value.dtype());
     parameter->value.copy_from(host);
   }
