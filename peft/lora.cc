@@ -51,16 +51,20 @@ LoraAdapter::LoraAdapter(const Linear& base, Parameter& lora_a, Parameter& lora_
       dropout_(dropout),
       dropout_seed_(dropout_seed) {}
 
+LoraAdapter::DownProjection LoraAdapter::down_project(Context& context, const Tensor& x) const {
+  DownProjection result{x, Tensor()};
+  if (dropout_active()) {
+    result.dropped = context.empty(x.shape(), x.dtype());
+    ops::dropout_forward(context, x, dropout_, dropout_seed_, dropout_offset(), result.dropped);
+  }
+  result.hidden = context.empty({x.size(0), lora_a_.value.size(0)}, x.dtype());
+  ops::linear_forward(context, result.dropped, lora_a_.value, nullptr, result.hidden);
+  return result;
+}
+
 void LoraAdapter::forward(Context& context, const Tensor& x, Tensor& y_accumulate) {
   if (merged_) return;
-  const int64_t rows = x.size(0), rank = lora_a_.value.size(0);
-  Tensor dropped = x;
-  if (dropout_active()) {
-    dropped = context.empty(x.shape(), x.dtype());
-    ops::dropout_forward(context, x, dropout_, dropout_seed_, dropout_offset(), dropped);
-  }
-  Tensor hidden = context.empty({rows, rank}, x.dtype());
-  ops::linear_forward(context, dropped, lora_a_.value, nullptr, hidden);
+  const Tensor hidden = down_project(context, x).hidden;
   // y += scaling · hidden Bᵀ, accumulated by the GEMM itself (beta = 1).
   ops::gemm(context, hidden, lora_b_.value, y_accumulate, /*trans_a=*/false, /*trans_b=*/true, scaling_, 1.0f);
 }
@@ -68,13 +72,7 @@ void LoraAdapter::forward(Context& context, const Tensor& x, Tensor& y_accumulat
 void LoraAdapter::backward(Context& context, const Tensor& dy, const Tensor& x, Tensor* dx_accumulate) {
   if (merged_) throw_runtime(base_.name(), ": LoRA backward on a merged adapter (unmerge before training)");
   const int64_t rows = x.size(0), rank = lora_a_.value.size(0);
-  Tensor dropped = x;
-  if (dropout_active()) {
-    dropped = context.empty(x.shape(), x.dtype());
-    ops::dropout_forward(context, x, dropout_, dropout_seed_, dropout_offset(), dropped);
-  }
-  Tensor hidden = context.empty({rows, rank}, x.dtype());
-  ops::linear_forward(context, dropped, lora_a_.value, nullptr, hidden);
+  const auto [dropped, hidden] = down_project(context, x);
 
   // dhidden = scaling · dy B   [rows, r]
   Tensor dhidden = context.empty({rows, rank}, x.dtype());

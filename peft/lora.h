@@ -74,6 +74,13 @@ class LoraAdapter : public LinearAdapter {
  private:
   bool dropout_active() const { return training_ && dropout_ > 0.0f; }
   uint64_t dropout_offset() const { return dropout_step_ << 40; }  // 2^40 elements per step and adapter
+  // dropout(x) (x itself when dropout is off) and hidden = dropout(x) Aᵀ [rows, r];
+  // the backward recomputes both with the same mask as the forward.
+  struct DownProjection {
+    Tensor dropped;
+    Tensor hidden;
+  };
+  DownProjection down_project(Context& context, const Tensor& x) const;
 
   const Linear& base_;
   Parameter& lora_a_;
