@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "data/tokenizer.h"
 #include "model/generation.h"
+#include "tests/model/tiny_chat_model.h"
 #include "tests/test_util.h"
 
 namespace llmft {
@@ -41,15 +42,7 @@ class GenerateE2eTest : public ::testing::Test {
     directory_ = fs::temp_directory_path() / "llmft_generate_e2e_model";
     fs::remove_all(directory_);
     fs::create_directories(directory_);
-    const fs::path source = fs::path(LLMFT_SOURCE_DIR) / "tests/testdata";
-    fs::copy_file(source / "tokenizer/metaspace/tokenizer.json", directory_ / "tokenizer.json");
-    std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(directory_ / "tokenizer.json");
-    ModelConfig config = ModelConfig::load(source / "model/tiny_llama/config.json");
-    config.vocab_size = tokenizer->vocab_size();
-    auto context = Context::cpu(0, 2);
-    LlamaModel model(*context, config);
-    model.init_random(*context, /*seed=*/3, /*stddev=*/0.3f);  // peaked logits: no near ties for greedy
-    model.save_pretrained(directory_);
+    testing::write_tiny_chat_model(directory_, /*seed=*/3);
     std::ofstream(directory_ / "generation_config.json") << R"({"eos_token_id": 2})";
   }
   static void TearDownTestSuite() { fs::remove_all(directory_); }

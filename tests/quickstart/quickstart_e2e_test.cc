@@ -23,6 +23,7 @@
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "model/generation.h"
+#include "tests/model/tiny_chat_model.h"
 #include "tests/test_util.h"
 
 namespace llmft {
@@ -181,15 +182,7 @@ class GenerateBatchTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     directory_ = fresh_directory("llmft_quickstart_e2e_model");
-    const fs::path source = fs::path(LLMFT_SOURCE_DIR) / "tests/testdata";
-    fs::copy_file(source / "tokenizer/metaspace/tokenizer.json", directory_ / "tokenizer.json");
-    std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(directory_ / "tokenizer.json");
-    ModelConfig config = ModelConfig::load(source / "model/tiny_llama/config.json");
-    config.vocab_size = tokenizer->vocab_size();
-    auto context = Context::cpu(0, 2);
-    LlamaModel model(*context, config);
-    model.init_random(*context, /*seed=*/5, /*stddev=*/0.3f);  // peaked logits: no near ties for greedy
-    model.save_pretrained(directory_);
+    testing::write_tiny_chat_model(directory_, /*seed=*/5);
     nlohmann::json tokenizer_config = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"chat_template", kChatTemplate}};
     std::ofstream(directory_ / "tokenizer_config.json") << tokenizer_config.dump();
 
