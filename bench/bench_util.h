@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -20,6 +22,23 @@
 namespace llmft::bench {
 
 using Clock = std::chrono::steady_clock;
+
+// A command-line number of a benchmark: the whole of `value` must parse and
+// lie in [minimum, +inf), else one line "<bench>: <flag>: expected ..., found
+// '<value>'" on stderr and exit 2 (std::atoi would turn "abc" into 0).
+inline double parse_number(const char* bench, const std::string& flag, const std::string& value, double minimum,
+                           bool integer) {
+  char* end = nullptr;
+  const double number = value.empty() ? 0.0 : std::strtod(value.c_str(), &end);
+  const bool whole = !value.empty() && *end == '\0' &&
+                     (!integer || number == static_cast<double>(static_cast<int64_t>(number)));
+  if (!whole || !(number >= minimum)) {
+    std::fprintf(stderr, "%s: %s: expected %s >= %g, found '%s'\n", bench, flag.c_str(),
+                 integer ? "an integer" : "a number", minimum, value.c_str());
+    std::exit(2);
+  }
+  return number;
+}
 
 inline double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();

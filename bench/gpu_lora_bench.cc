@@ -87,14 +87,17 @@ Options parse(int argc, char** argv) {
     }
     if (i + 1 >= argc) usage("flag " + flag + " needs a value");
     const std::string value = argv[++i];
+    const auto number = [&](double minimum, bool integer) {
+      return llmft::bench::parse_number("gpu_lora_bench", flag, value, minimum, integer);
+    };
     if (flag == "--config") options.config = value;
     else if (flag == "--device") options.device = value;
     else if (flag == "--dtype") options.dtype = value;
-    else if (flag == "--batch") options.batch = std::atoll(value.c_str());
-    else if (flag == "--seq") options.seq = std::atoll(value.c_str());
-    else if (flag == "--warmup") options.warmup = std::atoi(value.c_str());
-    else if (flag == "--steps") options.steps = std::atoi(value.c_str());
-    else if (flag == "--peak-tflops") options.peak_tflops = std::atof(value.c_str());
+    else if (flag == "--batch") options.batch = static_cast<int64_t>(number(1, true));
+    else if (flag == "--seq") options.seq = static_cast<int64_t>(number(1, true));
+    else if (flag == "--warmup") options.warmup = static_cast<int>(number(0, true));
+    else if (flag == "--steps") options.steps = static_cast<int>(number(1, true));
+    else if (flag == "--peak-tflops") options.peak_tflops = number(1e-9, false);
     else usage("unknown flag " + flag);
   }
   if (options.config != "tinyllama-1.1b" && options.config != "tiny")
@@ -103,8 +106,6 @@ Options parse(int argc, char** argv) {
     usage("--device must be cuda or cpu, found '" + options.device + "'");
   if (options.dtype != "bf16" && options.dtype != "f16" && options.dtype != "f32")
     usage("--dtype must be bf16, f16 or f32, found '" + options.dtype + "'");
-  if (options.batch < 1 || options.seq < 1 || options.warmup < 0 || options.steps < 1 || !(options.peak_tflops > 0))
-    usage("--batch, --seq, --steps and --peak-tflops must be positive and --warmup >= 0");
   return options;
 }
 

@@ -79,20 +79,21 @@ Options parse(int argc, char** argv) {
     const std::string flag = argv[i];
     if (i + 1 >= argc) usage("flag " + flag + " needs a value");
     const std::string value = argv[++i];
+    const auto number = [&](double minimum, bool integer) {
+      return llmft::bench::parse_number("lora_train_bench", flag, value, minimum, integer);
+    };
     if (flag == "--config") options.config = value;
     else if (flag == "--model") options.model_dir = value;
-    else if (flag == "--batch") options.batch = std::atoll(value.c_str());
-    else if (flag == "--seq") options.seq = std::atoll(value.c_str());
-    else if (flag == "--warmup") options.warmup = std::atoi(value.c_str());
-    else if (flag == "--steps") options.steps = std::atoi(value.c_str());
-    else if (flag == "--lm-head-chunk-rows") options.lm_head_chunk_rows = std::atoll(value.c_str());
+    else if (flag == "--batch") options.batch = static_cast<int64_t>(number(1, true));
+    else if (flag == "--seq") options.seq = static_cast<int64_t>(number(1, true));
+    else if (flag == "--warmup") options.warmup = static_cast<int>(number(0, true));
+    else if (flag == "--steps") options.steps = static_cast<int>(number(1, true));
+    else if (flag == "--lm-head-chunk-rows") options.lm_head_chunk_rows = static_cast<int64_t>(number(0, true));
     else usage("unknown flag " + flag);
   }
   if (options.config != "small-lora" && options.config != "small-full" && options.config != "smollm2-lora")
     usage("--config must be small-lora, small-full or smollm2-lora, found '" + options.config + "'");
   if (options.config == "smollm2-lora" && options.model_dir.empty()) usage("smollm2-lora needs --model DIR");
-  if (options.batch < 1 || options.seq < 1 || options.warmup < 0 || options.steps < 1)
-    usage("--batch, --seq and --steps must be >= 1 and --warmup >= 0");
   return options;
 }
 
