@@ -21,6 +21,18 @@ class Allocator {
   virtual void deallocate(void* pointer, size_t bytes) = 0;
   virtual Device device() const = 0;
 
+  // Stream-ordered reuse (PyTorch's CUDACachingAllocator::recordStream): the
+  // block holding `pointer` (its start or any address inside it, so views
+  // qualify) is also used by work queued on `cuda_stream` (a cudaStream_t),
+  // not only on the context's stream. When such a block is freed it is not
+  // handed out again until the work queued on those streams up to the free
+  // has completed. No-op for host memory and for pointers this allocator did
+  // not hand out.
+  virtual void record_stream(void* /*pointer*/, void* /*cuda_stream*/) {}
+  // `cuda_stream` is about to be destroyed and all its queued work has
+  // completed: forget it wherever it was recorded (its handle may be reused).
+  virtual void forget_stream(void* /*cuda_stream*/) {}
+
   size_t bytes_in_use() const { return bytes_in_use_.load(); }
   size_t peak_bytes_in_use() const { return peak_bytes_.load(); }
   void reset_peak() { peak_bytes_.store(bytes_in_use_.load()); }
@@ -79,7 +91,10 @@ HostAllocator& default_host_allocator();
 
 // A caching device allocator (CUDA backend only): freed blocks are kept in
 // size-class free lists and reused, so the steady-state training step makes no
-// cudaMalloc/cudaFree calls (which synchronise the device).
+// cudaMalloc/cudaFree calls (which synchronise the device). Reuse is safe
+// without synchronising because every allocation is used on the context's
+// one stream, in order; a block also used on another stream (NCCL's) is
+// declared with record_stream and waits for that stream before reuse.
 // Returns nullptr when the CUDA backend is not built.
 std::unique_ptr<Allocator> make_cuda_caching_allocator(int device_index);
 

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "launch/cli_args.h"
 #include "launch/commands.h"
+#include "parallel/parallel_context.h"
 #include "trainer/stop_signal.h"
 #include "trainer/train_options.h"
 #include "trainer/trainer.h"
@@ -31,10 +32,38 @@ constexpr const char* kUsage =
     "  RUN.pbtxt is an llmft.TrainConfig in Protobuf text format (fields, defaults and ranges: proto/llmft.proto;\n"
     "  commented examples: examples/*.pbtxt). --set overrides one field; repeated fields take a comma list.\n"
     "  --check: load, validate and print the resolved config (every default written out), then exit.\n"
-    "  --device: where the model and the AdamW update run (default cpu); with data parallelism on CUDA the\n"
-    "  update runs on host copies of the trainable weights. --threads N: CPU threads (default: OpenMP's).\n"
+    "  --device: where the model and the AdamW update run (default cpu); under mpirun each rank of a node\n"
+    "  takes GPU <local rank>. --threads N: CPU threads per rank (default: OpenMP's).\n"
+    "  Data parallelism: mpirun -np N llmft train ... (parallel.dp defaults to N; see README).\n"
     "  Resume: --set checkpoint.resume=latest (or a step-N directory). SIGTERM/SIGINT checkpoint at the next\n"
     "  step boundary and exit with 128 + the signal number.\n";
+
+int train(const trainer::TrainOptions& options, parallel::ParallelContext& grid, int cuda_device, int64_t threads) {
+  // With several ranks on a node, rank i uses GPU i of the node.
+  if (cuda_device >= 0 && grid.world_size() > 1) cuda_device = grid.cuda_device_for_rank(cuda_device_count());
+  auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
+                                  : Context::cpu(options.seed, static_cast<int>(threads));
+  trainer::TrainerHooks hooks;
+  hooks.parallel = &grid;
+  hooks.stop_requested = &trainer::install_stop_signal_handlers();
+  trainer::Trainer trainer(*context, options, hooks);
+  const trainer::TrainResult result = trainer.train();
+  if (result.reason == trainer::StopReason::kStopRequested) {
+    if (grid.world_rank() == 0)
+      std::fprintf(stderr,
+                   "llmft train: stopped by signal %d at step %lld/%lld; checkpoint %s is complete; continue with "
+                   "--set checkpoint.resume=latest\n",
+                   result.stop_signal, static_cast<long long>(result.final_step),
+                   static_cast<long long>(options.total_steps),
+                   result.checkpoint ? result.checkpoint->string().c_str() : "(none: no step was taken)");
+    return 128 + result.stop_signal;
+  }
+  if (grid.world_rank() == 0)
+    std::printf("finished at step %lld/%lld%s%s\n", static_cast<long long>(result.final_step),
+                static_cast<long long>(options.total_steps), result.checkpoint ? "; checkpoint " : "",
+                result.checkpoint ? result.checkpoint->string().c_str() : "");
+  return 0;
+}
 
 }  // namespace
 
@@ -66,25 +95,18 @@ int run_train(std::span<char*> args) {
     return 0;
   }
   const trainer::TrainOptions options = trainer::load_train_options(*config.path, config.overrides);
-  auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
-                                  : Context::cpu(options.seed, static_cast<int>(threads));
-  trainer::TrainerHooks hooks;
-  hooks.stop_requested = &trainer::install_stop_signal_handlers();
-  trainer::Trainer trainer(*context, options, hooks);
-  const trainer::TrainResult result = trainer.train();
-  if (result.reason == trainer::StopReason::kStopRequested) {
-    const int signal_number = trainer::stop_signal_number();
-    std::fprintf(stderr,
-                 "llmft train: stopped by signal %d at step %lld/%lld; checkpoint %s is complete; continue with "
-                 "--set checkpoint.resume=latest\n",
-                 signal_number, static_cast<long long>(result.final_step), static_cast<long long>(options.total_steps),
-                 result.checkpoint ? result.checkpoint->string().c_str() : "(none: no step was taken)");
-    return 128 + signal_number;
+  // The process grid: MPI under mpirun/srun, one process otherwise.
+  auto grid = parallel::ParallelContext::from_launcher(options.tp, options.timeout_s);
+  try {
+    return train(options, *grid, cuda_device, threads);
+  } catch (const Error& error) {
+    if (grid->world_size() == 1) throw;
+    // Other ranks may be waiting for this one in a collective: end the job
+    // (mpirun reports it) rather than leave them to the hang guard.
+    std::fprintf(stderr, "llmft train: error: %s [%s]\n", error.what(), grid->describe().c_str());
+    grid->abort_job(error.exit_code());
+    throw;
   }
-  std::printf("finished at step %lld/%lld%s%s\n", static_cast<long long>(result.final_step),
-              static_cast<long long>(options.total_steps), result.checkpoint ? "; checkpoint " : "",
-              result.checkpoint ? result.checkpoint->string().c_str() : "");
-  return 0;
 }
 
 }  // namespace llmft::launch

@@ -416,8 +416,10 @@ void fill_train_config_defaults(TrainConfig& config) {
   if (!precision.has_hysteresis()) precision.set_hysteresis(1);
 
   ParallelConfig& parallel = *config.mutable_parallel();
-  if (!parallel.has_dp()) parallel.set_dp(1);
+  // parallel.dp stays unset: it defaults to the launched world size / tp.
   if (!parallel.has_tp()) parallel.set_tp(1);
+  if (!parallel.has_bucket_mb()) parallel.set_bucket_mb(25.0);
+  if (!parallel.has_timeout_s()) parallel.set_timeout_s(600.0);
 
   CheckpointConfig& checkpoint = *config.mutable_checkpoint();
   if (!checkpoint.has_dir()) checkpoint.set_dir("checkpoints");
@@ -499,7 +501,9 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
   check.greater("precision.hysteresis", precision.hysteresis(), int64_t{0});
 
   const ParallelConfig& parallel = config.parallel();
-  check.at_least("parallel.dp", parallel.dp(), int64_t{1});
+  if (parallel.has_dp()) check.at_least("parallel.dp", parallel.dp(), int64_t{1});
+  check.greater("parallel.bucket_mb", parallel.bucket_mb(), 0.0);
+  check.greater("parallel.timeout_s", parallel.timeout_s(), 0.0);
   if (parallel.tp() != 1)
     check.fail("parallel.tp", str_cat(parallel.tp(),
                                       " not supported, expected 1 (tensor parallelism is not "

@@ -495,6 +495,10 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
   ops::rmsnorm_backward(context, dnormed, hidden_states, final_norm_->value, final_rstd, dresidual,
                         grad_of(final_norm_));
   normed = dnormed = Tensor();
+  const auto stage_complete = [&](int64_t stage) {
+    if (gradient_stage_hook_) gradient_stage_hook_(stage);
+  };
+  stage_complete(static_cast<int64_t>(num_layers));
   for (size_t l = num_layers; l-- > 0;) {
     BlockActivations& activations = saved[l];
     if (policies_[l] == ActivationPolicy::kRecompute) {
@@ -503,6 +507,7 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
     }
     block_backward(context, step, static_cast<int64_t>(l), activations, dresidual);
     activations = BlockActivations();
+    stage_complete(static_cast<int64_t>(l));
   }
   Tensor dembeddings = dresidual;
   if (virtual_tokens > 0) {
@@ -518,7 +523,25 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
     prompt_hook_->backward(context, dprompt);
   }
   if (Tensor* dtable = grad_of(embed_tokens_)) ops::embedding_backward(context, ids, dembeddings, *dtable);
+  stage_complete(-1);
   return result;
+}
+
+int64_t LlamaModel::gradient_stage(const std::string& name) const {
+  const size_t at = name.find("layers.");
+  if (at != std::string::npos && (at == 0 || name[at - 1] == '.')) {
+    size_t end = at + 7;
+    int64_t layer = 0;
+    bool digits = false;
+    for (; end < name.size() && name[end] >= '0' && name[end] <= '9'; ++end, digits = true)
+      layer = layer * 10 + (name[end] - '0');
+    if (digits && end < name.size() && name[end] == '.' && layer < static_cast<int64_t>(layers_.size())) return layer;
+  }
+  // A tied LM head's weight is model.embed_tokens.weight, final only at -1.
+  if (name.rfind("lm_head.", 0) == 0 || name.find(".lm_head.") != std::string::npos)
+    return static_cast<int64_t>(layers_.size());
+  if (name == final_norm_->name) return static_cast<int64_t>(layers_.size());
+  return -1;
 }
 
 // ---- Incremental decoding -----------------------------------------------------------

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -124,6 +125,17 @@ class LlamaModel {
   void set_activation_policy(ActivationPolicy policy);
   void set_activation_policy(int64_t layer, ActivationPolicy policy);
   void set_prompt_embedding_hook(PromptEmbeddingHook* hook) { prompt_hook_ = hook; }
+  // Called by forward_backward's backward as gradients become final, by
+  // stage: num_layers once the LM head and the final norm are done, then l
+  // after block l (l = N-1 .. 0), then -1 at the very end (embedding, prompt
+  // embeddings). Data parallelism starts each gradient bucket's all-reduce
+  // from here (parallel/gradient_buckets.h). Empty: no calls.
+  void set_gradient_stage_hook(std::function<void(int64_t stage)> hook) { gradient_stage_hook_ = std::move(hook); }
+  // The stage after which the gradient of the parameter named `name` (the
+  // model's, or an adapter's on one of its modules) is final: the block
+  // index for names with "layers.<l>.", num_layers for the LM head and the
+  // final norm (a tied head's weight is the embedding's), -1 for the rest.
+  int64_t gradient_stage(const std::string& name) const;
   void set_attention_prefix_hook(AttentionPrefixHook* hook) { prefix_hook_ = hook; }
 
   // Loss (and optionally logits f32 [B, P+T, V] on the context's device,
@@ -167,6 +179,7 @@ class LlamaModel {
   Tensor inv_freq_;  // f32 [head_dim / 2] on the device
   PromptEmbeddingHook* prompt_hook_ = nullptr;
   AttentionPrefixHook* prefix_hook_ = nullptr;
+  std::function<void(int64_t)> gradient_stage_hook_;
 };
 
 }  // namespace llmft

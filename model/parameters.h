@@ -11,16 +11,10 @@
 #include <vector>
 
 #include "core/context.h"
+#include "core/parameter.h"
 #include "core/tensor.h"
 
 namespace llmft {
-
-struct Parameter {
-  std::string name;  // "model.layers.3.self_attn.q_proj.weight"
-  Tensor value;      // in the model's compute dtype, on the context's device
-  Tensor grad;       // defined only while trainable (after allocate_grads)
-  bool trainable = true;
-};
 
 class ParameterRegistry {
  public:

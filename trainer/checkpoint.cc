@@ -59,7 +59,8 @@ json state_to_json(const CheckpointState& state, const std::map<std::string, uin
            {{"scale", state.loss_scale},
             {"good_steps", state.loss_scale_good_steps},
             {"hysteresis_tracker", state.loss_scale_hysteresis_tracker}}},
-          {"data_loader", state.data_loader_state},
+          {"data_loader", state.data_loader_states.empty() ? std::string() : state.data_loader_states.front()},
+          {"data_loader_ranks", state.data_loader_states},
           {"rng", rng},
           {"fingerprint", state.fingerprint},
           {"files", files}};
@@ -282,7 +283,19 @@ CheckpointReader CheckpointReader::open(const std::string& where, const std::fil
   state.loss_scale_good_steps = int_field(scaler, "good_steps", state_path, "loss_scaler.");
   if (scaler.contains("hysteresis_tracker"))
     state.loss_scale_hysteresis_tracker = int_field(scaler, "hysteresis_tracker", state_path, "loss_scaler.");
-  state.data_loader_state = string_field(root, "data_loader", state_path);
+  if (root.contains("data_loader_ranks")) {
+    const json& ranks = root["data_loader_ranks"];
+    if (!ranks.is_array() || ranks.empty())
+      throw_bad_input(state_path, ": field 'data_loader_ranks' must be a non-empty array of strings, found ",
+                      ranks.dump().substr(0, 80));
+    for (const json& position : ranks) {
+      if (!position.is_string())
+        throw_bad_input(state_path, ": field 'data_loader_ranks' must hold strings, found ", position.dump().substr(0, 80));
+      state.data_loader_states.push_back(position.get<std::string>());
+    }
+  } else {
+    state.data_loader_states = {string_field(root, "data_loader", state_path)};
+  }
   for (const auto& [name, position] : object_field(root, "rng", state_path).items()) {
     const std::string where_rng = str_cat("rng.", name, ".");
     if (!position.is_object()) throw_bad_input(state_path, ": field 'rng.", name, "' must be an object");

@@ -1,8 +1,9 @@
 // Crash-safe training checkpoints: RUN_DIR/step-<N>/ holding
 //   trainable.safetensors  the trainable weights, by name
 //   optimizer.safetensors  the optimizer's fp32 state tensors, by name
-//   state.json             step, schedule position, loss scaler, data-loader
-//                          state, RNG positions, model/PEFT fingerprint,
+//   state.json             step, schedule position, loss scaler, every
+//                          data-parallel rank's data-loader state, RNG
+//                          positions, model/PEFT fingerprint,
 //                          format version and the byte size of each file
 //
 // Writing (after LevelDB's env_posix.cc: fsync the file, rename, then fsync
@@ -55,7 +56,11 @@ struct CheckpointState {
   int64_t loss_scale_good_steps = 0;       // steps since the scale last changed
   int64_t loss_scale_hysteresis_tracker = 1;  // overflows still tolerated before backing off (optional
                                              // in state.json; 1 when absent)
-  std::string data_loader_state;           // opaque to the checkpoint (the loader's own encoding)
+  // Each data-parallel rank's loader position, by dp rank (opaque to the
+  // checkpoint: the loader's own encoding). state.json keeps them under
+  // "data_loader_ranks", and rank 0's also under "data_loader", the field
+  // of one-process checkpoints, which are read as one rank.
+  std::vector<std::string> data_loader_states;
   std::map<std::string, RngPosition> rng;  // named random streams (dropout, shuffling, ...)
   // Identifies the model + PEFT configuration the tensors belong to (the
   // caller's hash or canonical text); a reader with a different one refuses.

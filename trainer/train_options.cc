@@ -76,7 +76,11 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
   options.growth_interval = precision.growth_interval();
   options.hysteresis = precision.hysteresis();
 
-  options.dp = config.parallel().dp();
+  const ParallelConfig& parallel = config.parallel();
+  options.dp = parallel.has_dp() ? parallel.dp() : 0;
+  options.tp = parallel.tp();
+  options.bucket_mb = parallel.bucket_mb();
+  options.timeout_s = parallel.timeout_s();
 
   const CheckpointConfig& checkpoint = config.checkpoint();
   options.checkpoint_dir = checkpoint.dir();

@@ -72,7 +72,10 @@ struct TrainOptions {
   int64_t hysteresis = 1;
 
   // parallel
-  int64_t dp = 1;
+  int64_t dp = 0;  // 0: the launched world size / tp
+  int64_t tp = 1;
+  double bucket_mb = 25.0;
+  double timeout_s = 600.0;
 
   // checkpoint
   std::string checkpoint_dir = "checkpoints";

@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include <chrono>
+#include <csignal>
 #include <climits>
 #include <cmath>
 #include <limits>
@@ -8,6 +9,7 @@
 
 #include "core/error.h"
 #include "optim/grad_clip.h"
+#include "trainer/stop_signal.h"
 
 namespace llmft::trainer {
 namespace {
@@ -42,10 +44,19 @@ Batch to_model_batch(Context& context, const data::Batch& batch) {
 
 Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     : context_(context), options_(std::move(options)), hooks_(std::move(hooks)) {
-  communicator_ = hooks_.communicator ? hooks_.communicator : &single_process_;
-  if (options_.dp != communicator_->size())
-    throw_bad_input(options_.source, ": field 'parallel.dp': ", options_.dp, ", but the run has ",
-                    communicator_->size(), " process(es); set it to the mpirun -np count");
+  if (!hooks_.parallel) single_process_ = parallel::ParallelContext::single_process();
+  parallel_ = hooks_.parallel ? hooks_.parallel : single_process_.get();
+  dp_ = &parallel_->dp();
+  // What was launched decides the grid; a config that says otherwise stops
+  // the run before any work.
+  if (options_.tp != parallel_->tp_size())
+    throw_bad_input(options_.source, ": field 'parallel.tp': ", options_.tp, ", but the process grid has tp ",
+                    parallel_->tp_size());
+  if (options_.dp != 0 && options_.dp != parallel_->dp_size())
+    throw_bad_input(options_.source, ": field 'parallel.dp': ", options_.dp, ", but ", parallel_->world_size(),
+                    " process(es) were launched (mpirun -np ", parallel_->world_size(), ") with tp ",
+                    parallel_->tp_size(), ", which makes dp ", parallel_->dp_size(),
+                    "; set it to that or leave it out");
 
   model_ = build_training_model(context_, options_);
   const ModelConfig& model_config = model_->model->config();
@@ -59,10 +70,10 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   if (options_.exclude_norms_and_biases_from_decay) adamw.exclude_from_decay = optim::is_norm_or_bias;
   // AdamW runs on the context's device (ops::adamw_update), so a CUDA run keeps
   // masters and moments on the GPU and never copies weights or gradients to
-  // the host. The one exception is data parallelism over a CUDA context: the
-  // communicator reduces host f32 buffers (parallel/), so the optimizer works
-  // on host copies there until gradients are reduced with NCCL on the device.
-  const bool host_reduction = context_.is_cuda() && communicator_->size() > 1;
+  // the host. The one exception is data parallelism over a CUDA context with
+  // a host-memory communicator (MPI): the optimizer then works on host copies.
+  // With NCCL the gradients are reduced on the device.
+  const bool host_reduction = context_.is_cuda() && dp_->size() > 1 && !dp_->device_memory();
   if (hooks_.host_optimizer_copy || host_reduction) {
     host_context_ = Context::cpu(context_.seed());
     for (Parameter* parameter : model_->trainable_parameters()) {
@@ -73,6 +84,22 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     host_parameters_.allocate_grads(*host_context_, DType::kF32);
   }
   optimizer_ = std::make_unique<optim::AdamW>(host_context_ ? *host_context_ : context_, optimizer_parameters(), adamw);
+
+  // Data parallelism: the optimizer's gradients move into flat buckets. On
+  // the model's own gradients, each bucket's all-reduce starts as soon as the
+  // backward has completed it (the model reports stages); on host copies
+  // everything is reduced after the copy.
+  if (dp_->size() > 1) {
+    std::vector<Parameter*> parameters = optimizer_parameters();
+    std::vector<int64_t> stages;
+    for (Parameter* parameter : parameters)
+      stages.push_back(host_context_ ? -1 : model_->model->gradient_stage(parameter->name));
+    const auto bucket_bytes = static_cast<size_t>(options_.bucket_mb * 1024.0 * 1024.0);
+    buckets_ = std::make_unique<parallel::GradientBuckets>(host_context_ ? *host_context_ : context_, *dp_,
+                                                           parameters, stages, std::max<size_t>(bucket_bytes, 1));
+    if (!host_context_)
+      model_->model->set_gradient_stage_hook([this](int64_t stage) { buckets_->stage_complete(stage); });
+  }
 
   optim::LrScheduleConfig schedule;
   schedule.kind = optim::parse_schedule_kind(options_.schedule_kind, options_.source + ": schedule.kind");
@@ -93,7 +120,7 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     scaler_ = std::make_unique<optim::LossScaler>(scaler);
   }
 
-  if (communicator_->rank() == 0) {
+  if (parallel_->world_rank() == 0) {
     checkpoints_ = std::make_unique<CheckpointWriter>(
         options_.checkpoint_dir, options_.keep_last == 0 ? INT_MAX : static_cast<int>(options_.keep_last));
   }
@@ -108,10 +135,10 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     resume(*resume_from);
   } else {
     loader_ = std::make_unique<data::Loader>(
-        make_loader_options(options_, model_config, eos_id_, false, communicator_->rank(), communicator_->size()));
+        make_loader_options(options_, model_config, eos_id_, false, dp_->rank(), dp_->size()));
   }
 
-  if (communicator_->rank() == 0 && (!options_.jsonl_path.empty() || !options_.tensorboard_dir.empty())) {
+  if (parallel_->world_rank() == 0 && (!options_.jsonl_path.empty() || !options_.tensorboard_dir.empty())) {
     MetricsWriterOptions metrics;
     metrics.jsonl_path = options_.jsonl_path;
     metrics.tensorboard_dir = options_.tensorboard_dir;
@@ -119,12 +146,14 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   }
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (model_) model_->model->set_gradient_stage_hook({});
+}
 
 double Trainer::now() const { return hooks_.clock ? hooks_.clock() : steady_seconds(); }
 
 void Trainer::say(const std::string& line) {
-  if (!hooks_.progress || communicator_->rank() != 0) return;
+  if (!hooks_.progress || parallel_->world_rank() != 0) return;
   std::fprintf(hooks_.progress, "%s\n", line.c_str());
   std::fflush(hooks_.progress);
 }
@@ -176,15 +205,24 @@ void Trainer::resume(const std::string& where) {
   }
   if (auto dropout = state.rng.find(kDropoutStream); dropout != state.rng.end())
     dropout_micro_steps_ = dropout->second.position;
-  loader_ = std::make_unique<data::Loader>(make_loader_options(options_, model_->model->config(), eos_id_, false,
-                                                               communicator_->rank(), communicator_->size()),
-                                           state.data_loader_state);
+  // Each data-parallel rank continues from its own loader position.
+  const std::vector<std::string>& positions = state.data_loader_states;
+  if (static_cast<int>(positions.size()) != dp_->size())
+    throw_bad_input(source, "/state.json: field 'data_loader_ranks': the checkpoint holds the loader positions of ",
+                    positions.size(), " data-parallel rank(s), but this run has dp ", dp_->size(),
+                    "; resume with mpirun -np ", positions.size() * static_cast<size_t>(parallel_->tp_size()),
+                    " (resuming at another layout is planned)");
+  loader_ = std::make_unique<data::Loader>(
+      make_loader_options(options_, model_->model->config(), eos_id_, false, dp_->rank(), dp_->size()),
+      positions[static_cast<size_t>(dp_->rank())]);
   step_ = state.step;
   last_checkpoint_step_ = step_;
   resumed_from_ = reader.directory();
 }
 
 StepRecord Trainer::train_step() {
+  const double step_start = now();
+  parallel_->set_step(step_ + 1);
   model_->trainable_registry().zero_grads(context_);
   model_->set_training(true);
 
@@ -202,16 +240,20 @@ StepRecord Trainer::train_step() {
   }
   StepRecord record;
   record.step = step_ + 1;
-  record.trained_tokens = communicator_->all_reduce_sum(local_tokens);
-  record.input_tokens =
-      communicator_->all_reduce_sum(options_.grad_accumulation_steps * options_.batch_size * options_.seq_len);
+  record.trained_tokens = dp_->all_reduce_sum(local_tokens, "trained-token count all-reduce");
+  record.input_tokens = static_cast<int64_t>(dp_->size()) * options_.grad_accumulation_steps * options_.batch_size *
+                        options_.seq_len;
   const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
   record.loss_scale = loss_scale;
 
-  // 2. Each micro-batch weighted by its share of the step's tokens.
+  // 2. Each micro-batch weighted by its share of the step's tokens (on every
+  // rank), so the sum over ranks is the gradient of the step's mean. Only the
+  // last micro-batch's backward communicates: its buckets' all-reduces start
+  // as the backward completes them.
   double loss_sum = 0.0;
   for (size_t i = 0; i < micro_batches.size(); ++i) {
     const uint64_t dropout_step = dropout_micro_steps_++;
+    if (buckets_ && !host_context_ && i + 1 == micro_batches.size()) buckets_->begin_reduction();
     if (micro_tokens[i] == 0) continue;  // contributes nothing to loss or gradient
     if (model_->lora) model_->lora->set_dropout_step(dropout_step);
     const double weight = static_cast<double>(micro_tokens[i]) / static_cast<double>(record.trained_tokens);
@@ -219,30 +261,34 @@ StepRecord Trainer::train_step() {
                                                         static_cast<float>(loss_scale * weight));
     loss_sum += result.loss * static_cast<double>(result.num_target_tokens);
   }
-  loss_sum = communicator_->all_reduce_sum(loss_sum);
-  record.loss = record.trained_tokens > 0 ? loss_sum / static_cast<double>(record.trained_tokens) : 0.0;
 
-  // 3. Sum of the ranks' gradients (each already divided by the global count).
+  // 3. Sum of the ranks' gradients (each already divided by the global
+  // count): wait for the buckets still in flight. After it every rank holds
+  // the same gradients, so the non-finite check and the clipping norm below
+  // agree on every rank without another reduction.
   std::vector<Parameter*> parameters = optimizer_parameters();
   if (host_context_) {
     std::vector<Parameter*> model_parameters = model_->trainable_parameters();
     for (size_t i = 0; i < parameters.size(); ++i) parameters[i]->grad.copy_from(model_parameters[i]->grad);
+    if (buckets_) buckets_->begin_reduction();
   }
-  if (communicator_->size() > 1) {
-    for (Parameter* parameter : parameters) {
-      if (parameter->grad.device().is_cuda() || parameter->grad.dtype() != DType::kF32)
-        throw_runtime("data-parallel gradient all-reduce needs host f32 gradients, found ", parameter->grad.to_string(),
-                      " for ", parameter->name);
-      communicator_->all_reduce_sum(
-          std::span<float>(parameter->grad.data<float>(), static_cast<size_t>(parameter->grad.numel())));
-    }
+  if (buckets_) {
+    const parallel::BucketStepStats& stats = buckets_->finish();
+    record.allreduce_bytes = stats.bytes;
+    record.buckets = stats.buckets;
+    record.buckets_during_backward = stats.launched_during_backward;
+    record.communication_seconds = stats.communication_seconds;
+    record.exposed_communication_seconds = stats.exposed_seconds;
   }
+  loss_sum = dp_->all_reduce_sum(loss_sum, "loss all-reduce");
+  record.loss = record.trained_tokens > 0 ? loss_sum / static_cast<double>(record.trained_tokens) : 0.0;
 
   record.learning_rate = schedule_->lr(optimizer_->step_count());
   ++step_;
   if (record.trained_tokens == 0) {
     record.skipped = true;
     say(str_cat("step ", record.step, ": no trained token in the batch (every target is -100); update skipped"));
+    record.seconds = now() - step_start;
     return record;
   }
 
@@ -254,6 +300,7 @@ StepRecord Trainer::train_step() {
     if (!scaler_->check_and_update(optimizer_context, grads)) {
       record.skipped = true;
       record.grad_norm = std::numeric_limits<double>::infinity();
+      record.seconds = now() - step_start;
       return record;
     }
   }
@@ -268,10 +315,11 @@ StepRecord Trainer::train_step() {
                   "); the run diverged — resume from an earlier checkpoint with a lower optimizer.lr");
   optimizer_->step(static_cast<float>(record.learning_rate), static_cast<float>(1.0 / loss_scale));
   copy_values_to_model();
+  record.seconds = now() - step_start;
   return record;
 }
 
-EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& loader) {
+EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& loader, parallel::Communicator* dp) {
   EvalResult result;
   double loss_sum = 0.0;
   while (std::optional<data::Batch> batch = loader.next()) {
@@ -279,6 +327,11 @@ EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& load
     loss_sum += step.loss * static_cast<double>(step.num_target_tokens);
     result.trained_tokens += step.num_target_tokens;
     result.rows += batch->input_ids.size(0);
+  }
+  if (dp && dp->size() > 1) {
+    loss_sum = dp->all_reduce_sum(loss_sum, "evaluation loss all-reduce");
+    result.trained_tokens = dp->all_reduce_sum(result.trained_tokens, "evaluation token-count all-reduce");
+    result.rows = dp->all_reduce_sum(result.rows, "evaluation row-count all-reduce");
   }
   if (result.trained_tokens == 0)
     throw_bad_input(
@@ -292,15 +345,27 @@ EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& load
 
 EvalResult Trainer::evaluate() {
   model_->set_training(false);
-  data::Loader loader(make_loader_options(options_, model_->model->config(), eos_id_, true));
-  EvalResult result = evaluate_loss(context_, *model_->model, loader);
+  // The validation split is dealt over the data-parallel ranks like the
+  // training split (record g to rank g % dp) and the sums reduced.
+  data::Loader loader(
+      make_loader_options(options_, model_->model->config(), eos_id_, true, dp_->rank(), dp_->size()));
+  EvalResult result = evaluate_loss(context_, *model_->model, loader, dp_);
   model_->set_training(true);
   return result;
 }
 
 std::filesystem::path Trainer::save_checkpoint() {
   last_checkpoint_step_ = step_;
-  if (!checkpoints_) return {};
+  // Every data-parallel rank's loader position, so that a dp > 1 run resumes
+  // exactly; the weights and moments are replicated, rank 0's are written.
+  std::vector<std::string> loader_states = dp_->all_gather_strings(loader_->state(), "loader-state all-gather");
+  std::filesystem::path written;
+  if (checkpoints_) written = write_checkpoint(std::move(loader_states));
+  parallel_->world().barrier("checkpoint barrier");
+  return written;
+}
+
+std::filesystem::path Trainer::write_checkpoint(std::vector<std::string> loader_states) {
   CheckpointState state;
   state.step = step_;
   state.schedule_position = optimizer_->step_count();
@@ -309,7 +374,7 @@ std::filesystem::path Trainer::save_checkpoint() {
     state.loss_scale_good_steps = scaler_->state().growth_tracker;
     state.loss_scale_hysteresis_tracker = scaler_->state().hysteresis_tracker;
   }
-  state.data_loader_state = loader_->state();
+  state.data_loader_states = std::move(loader_states);
   state.rng[kDropoutStream] = {options_.seed, dropout_micro_steps_};
   state.fingerprint = model_->fingerprint;
   return checkpoints_->write(state, checkpoint_tensors(), optimizer_tensors());
@@ -328,8 +393,14 @@ TrainResult Trainer::train() {
   std::optional<double> last_grad_norm;
 
   while (step_ < total_steps) {
-    if (hooks_.stop_requested && hooks_.stop_requested->load()) {
+    // A signal may reach one rank only (or each at a different moment):
+    // every rank stops at the step where any rank saw it.
+    int64_t stop_here = 0;
+    if (hooks_.stop_requested && hooks_.stop_requested->load())
+      stop_here = stop_signal_number() > 0 ? stop_signal_number() : SIGTERM;
+    if (const int64_t agreed = parallel_->world().all_reduce_max(stop_here, "stop-signal agreement"); agreed != 0) {
       result.reason = StopReason::kStopRequested;
+      result.stop_signal = static_cast<int>(agreed);
       break;
     }
     const StepRecord record = train_step();

@@ -40,6 +40,8 @@
 #include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"
 #include "parallel/communicator.h"
+#include "parallel/gradient_buckets.h"
+#include "parallel/parallel_context.h"
 #include "trainer/checkpoint.h"
 #include "trainer/metrics.h"
 #include "trainer/train_options.h"
@@ -56,6 +58,13 @@ struct StepRecord {
   double grad_norm = 0.0;   // global L2 norm before clipping, un-scaled
   bool skipped = false;     // no update: non-finite gradient (f16) or no trained token
   double loss_scale = 1.0;  // the scale the step ran with (1 unless f16)
+  // Data parallelism (zero with one rank): this rank's gradient all-reduce.
+  int64_t allreduce_bytes = 0;                 // bytes all-reduced per step
+  int64_t buckets = 0;                         // gradient buckets all-reduced
+  int64_t buckets_during_backward = 0;         // of those, started while the backward ran
+  double communication_seconds = 0.0;         // the bucket all-reduces' own durations
+  double exposed_communication_seconds = 0.0;  // waited for after the backward
+  double seconds = 0.0;                        // wall time of the whole step
 };
 
 struct EvalResult {
@@ -66,24 +75,30 @@ struct EvalResult {
 };
 
 // Mean cross-entropy of `model` (as it is: set dropout off first) over every
-// batch of `loader` until it ends.
-EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& loader);
+// batch of `loader` until it ends; with `dp`, every data-parallel rank's
+// loader holds its share of the split and the sums are reduced over ranks.
+EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& loader,
+                         parallel::Communicator* dp = nullptr);
 
 enum class StopReason { kFinished, kStopRequested };
 
 struct TrainResult {
   StopReason reason = StopReason::kFinished;
+  // kStopRequested: the signal every rank agreed on (the largest number any
+  // rank received; SIGTERM when the flag was set without one).
+  int stop_signal = 0;
   int64_t final_step = 0;
   std::optional<std::filesystem::path> checkpoint;  // written at the end (or on the stop request)
 };
 
 struct TrainerHooks {
-  // Ranks for the token count and gradient sum; null: one process.
-  parallel::Communicator* communicator = nullptr;
+  // The process grid (world, dp and tp groups); null: one process.
+  parallel::ParallelContext* parallel = nullptr;
   // Progress and eval lines; null: silent.
   std::FILE* progress = stdout;
   // Polled at every step boundary (set by a SIGTERM/SIGINT handler, see
-  // trainer/stop_signal.h); when it reads true the loop checkpoints and returns.
+  // trainer/stop_signal.h); when it reads true on any rank, every rank
+  // (agreeing through an all-reduce) checkpoints and returns at that step.
   const std::atomic<bool>* stop_requested = nullptr;
   // Called after every optimizer step (tests record the losses).
   std::function<void(const StepRecord&)> on_step;
@@ -115,7 +130,10 @@ class Trainer {
   StepRecord train_step();
   // Mean loss over the validation split (dropout off).
   EvalResult evaluate();
-  // Writes step-<step()> into options.checkpoint_dir (rank 0 only).
+  // Writes step-<step()> into options.checkpoint_dir: every rank's loader
+  // position gathered to rank 0, which writes, then a barrier so that no rank
+  // goes on (or exits) before the checkpoint is complete. Collective; the
+  // path is empty on ranks other than 0.
   std::filesystem::path save_checkpoint();
 
   int64_t step() const { return step_; }
@@ -129,6 +147,8 @@ class Trainer {
 
  private:
   void resume(const std::string& where);
+  // Rank 0's part of save_checkpoint.
+  std::filesystem::path write_checkpoint(std::vector<std::string> loader_states);
   std::vector<NamedTensor> optimizer_tensors();
   // The weights the optimizer updates and checkpoints hold: the model's
   // trainable parameters, or their host copies.
@@ -141,8 +161,11 @@ class Trainer {
   Context& context_;
   TrainOptions options_;
   TrainerHooks hooks_;
-  parallel::SingleProcessCommunicator single_process_;
-  parallel::Communicator* communicator_ = nullptr;
+  std::unique_ptr<parallel::ParallelContext> single_process_;
+  parallel::ParallelContext* parallel_ = nullptr;
+  parallel::Communicator* dp_ = nullptr;  // parallel_->dp()
+  // Data parallelism: the gradients' flat buffers and their all-reduces.
+  std::unique_ptr<parallel::GradientBuckets> buckets_;
 
   std::unique_ptr<TrainingModel> model_;
   // host_optimizer_copy: a CPU context for the optimizer and the host copies

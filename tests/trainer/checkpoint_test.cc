@@ -105,7 +105,8 @@ CheckpointState make_state(int64_t step) {
   state.schedule_position = step * 2 + 1;
   state.loss_scale = 65536.0 / 3.0;  // not a short decimal: the JSON text must round-trip it exactly
   state.loss_scale_good_steps = 17 + step;
-  state.data_loader_state = R"({"shard": 3, "offset": 12345, "epoch": 1, "note": "quote \" and\nnewline"})";
+  state.data_loader_states = {R"({"shard": 3, "offset": 12345, "epoch": 1, "note": "quote \" and\nnewline"})",
+                              R"({"shard": 4, "offset": 7})"};
   state.rng["dropout"] = {0xfedcba9876543210ull, 1000 + static_cast<uint64_t>(step)};
   state.rng["shuffle"] = {42, 7};
   state.fingerprint = kFingerprint;
@@ -124,7 +125,7 @@ void expect_checkpoint(const fs::path& run_dir, const std::string& where, int64_
   EXPECT_EQ(found.schedule_position, expected.schedule_position);
   EXPECT_EQ(found.loss_scale, expected.loss_scale);
   EXPECT_EQ(found.loss_scale_good_steps, expected.loss_scale_good_steps);
-  EXPECT_EQ(found.data_loader_state, expected.data_loader_state);
+  EXPECT_EQ(found.data_loader_states, expected.data_loader_states);
   ASSERT_EQ(found.rng.size(), 2u);
   EXPECT_EQ(found.rng.at("dropout").seed, 0xfedcba9876543210ull);
   EXPECT_EQ(found.rng.at("dropout").position, 1000 + static_cast<uint64_t>(step));

@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "../test_util.h"
+#include "parallel/in_process_communicator.h"
+#include "parallel/parallel_context.h"
 #include "peft/adapter_io.h"
 #include "trainer/export.h"
 #include "trainer/stop_signal.h"
@@ -211,42 +213,6 @@ TEST_F(TrainerTest, AccumulationFourTimesBatchTwoGivesTheGradientAndUpdateOfBatc
 
 // ---- Data parallelism through the Communicator --------------------------------
 
-// Ranks as threads of this process: each reduction gathers every rank's
-// values, sums them in rank order (so every rank gets identical bits), and
-// waits until all have read before the slots are reused.
-class ThreadCommunicator final : public parallel::Communicator {
- public:
-  struct Shared {
-    explicit Shared(int size) : barrier(size), slots(static_cast<size_t>(size)) {}
-    std::barrier<> barrier;
-    std::vector<std::vector<double>> slots;
-  };
-  ThreadCommunicator(Shared& shared, int rank) : shared_(shared), rank_(rank) {}
-  int rank() const override { return rank_; }
-  int size() const override { return static_cast<int>(shared_.slots.size()); }
-  void all_reduce_sum(std::span<float> values) override {
-    std::vector<double> sums = reduce(std::vector<double>(values.begin(), values.end()));
-    for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(sums[i]);
-  }
-  double all_reduce_sum(double value) override { return reduce({value})[0]; }
-  int64_t all_reduce_sum(int64_t value) override {
-    return static_cast<int64_t>(reduce({static_cast<double>(value)})[0]);
-  }
-
- private:
-  std::vector<double> reduce(std::vector<double> mine) {
-    shared_.slots[static_cast<size_t>(rank_)] = std::move(mine);
-    shared_.barrier.arrive_and_wait();
-    std::vector<double> sums(shared_.slots[0].size(), 0.0);
-    for (const std::vector<double>& slot : shared_.slots)
-      for (size_t i = 0; i < sums.size(); ++i) sums[i] += slot[i];
-    shared_.barrier.arrive_and_wait();
-    return sums;
-  }
-  Shared& shared_;
-  int rank_;
-};
-
 TEST_F(TrainerTest, TwoDataParallelRanksTrainLikeOneProcessWithTheirRowsTogether) {
   // Padded rows in file order; the loader deals record g to rank g % 2, so
   // ranks 0 and 1 (batch 2 each) see rows {0, 2} and {1, 3}: together the
@@ -266,22 +232,24 @@ TEST_F(TrainerTest, TwoDataParallelRanksTrainLikeOneProcessWithTheirRowsTogether
   Trainer single(*context_, options_for(4, 1), quiet_hooks());
   const StepRecord expected = single.train_step();
 
-  ThreadCommunicator::Shared shared(2);
-  std::vector<std::unique_ptr<ThreadCommunicator>> communicators;
-  std::vector<std::unique_ptr<Context>> contexts;
-  std::vector<std::unique_ptr<Trainer>> ranks;
-  for (int rank = 0; rank < 2; ++rank) {
-    communicators.push_back(std::make_unique<ThreadCommunicator>(shared, rank));
-    contexts.push_back(Context::cpu());
-    TrainerHooks hooks = quiet_hooks();
-    hooks.communicator = communicators.back().get();
-    ranks.push_back(std::make_unique<Trainer>(*contexts.back(), options_for(2, 2), hooks));
-  }
+  // Ranks as threads of this process (parallel/in_process_communicator.h):
+  // each builds its grid and trainer, then takes one step.
+  std::shared_ptr<parallel::InProcessGroup> group = parallel::InProcessGroup::create(2);
+  std::vector<std::unique_ptr<parallel::ParallelContext>> grids(2);
+  std::vector<std::unique_ptr<Context>> contexts(2);
+  std::vector<std::unique_ptr<Trainer>> ranks(2);
   std::vector<StepRecord> records(2);
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank)
-    threads.emplace_back(
-        [&, rank] { records[static_cast<size_t>(rank)] = ranks[static_cast<size_t>(rank)]->train_step(); });
+    threads.emplace_back([&, rank] {
+      const auto r = static_cast<size_t>(rank);
+      grids[r] = parallel::ParallelContext::over(group->communicator(rank));
+      contexts[r] = Context::cpu();
+      TrainerHooks hooks = quiet_hooks();
+      hooks.parallel = grids[r].get();
+      ranks[r] = std::make_unique<Trainer>(*contexts[r], options_for(2, 2), hooks);
+      records[r] = ranks[r]->train_step();
+    });
   for (std::thread& thread : threads) thread.join();
 
   for (const StepRecord& record : records) {
@@ -302,7 +270,7 @@ TEST_F(TrainerTest, TwoDataParallelRanksTrainLikeOneProcessWithTheirRowsTogether
   TrainOptions wrong = options_for(2, 2);
   EXPECT_NE(testing::bad_input_message([&] {
               Trainer trainer(*context_, wrong, quiet_hooks());
-            }).find("field 'parallel.dp': 2, but the run has 1 process(es)"),
+            }).find("field 'parallel.dp': 2, but 1 process(es) were launched (mpirun -np 1) with tp 1, which makes dp 1"),
             std::string::npos);
 }
 

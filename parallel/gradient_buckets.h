@@ -1,0 +1,79 @@
+// Data-parallel gradient buckets (DESIGN.md "Distributed design"; the
+// scheme of PyTorch DDP, Li et al. 2020, "PyTorch Distributed"): the
+// gradients of the trainable parameters live in flat buffers cut into
+// buckets of about `bucket_bytes`, ordered as the backward completes them,
+// and each bucket's all-reduce starts asynchronously as soon as the backward
+// has finished its last gradient, so communication overlaps the rest of the
+// backward.
+//
+// Completion is reported by stage: the model's backward finishes stages in
+// descending order (the LM head and final norm, then blocks N-1 .. 0, then
+// everything else at stage -1; model/llama.h gradient_stage), and after
+// stage_complete(s) every parameter of stage >= s has its final gradient.
+// Buckets hold parameters sorted by (stage descending, registration order
+// descending), so they complete in bucket order on every rank and are
+// launched in the same order everywhere (the collective contract).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/context.h"
+#include "core/parameter.h"
+#include "parallel/communicator.h"
+
+namespace llmft::parallel {
+
+struct BucketStepStats {
+  int64_t buckets = 0;
+  int64_t launched_during_backward = 0;  // buckets started before the backward's last stage (-1)
+  int64_t bytes = 0;                    // bytes all-reduced by this rank in the step
+  double communication_seconds = 0.0;  // the all-reduces' own durations, summed
+  double exposed_seconds = 0.0;        // time finish() waited for them after the backward
+  // Share of communication that ran while the backward was computing.
+  double hidden_fraction() const {
+    return communication_seconds > 0 ? 1.0 - std::min(1.0, exposed_seconds / communication_seconds) : 1.0;
+  }
+};
+
+class GradientBuckets {
+ public:
+  // Re-points every parameter's gradient (f32, on `context`'s device, whose
+  // memory `communicator` must take) into zeroed flat bucket buffers.
+  // `stages[i]` is parameters[i]'s completion stage. `bucket_bytes` >= 1.
+  GradientBuckets(Context& context, Communicator& communicator, std::vector<Parameter*> parameters,
+                  std::vector<int64_t> stages, size_t bucket_bytes);
+  ~GradientBuckets();
+
+  // Starts the reduction of an optimizer step's gradients (call before the
+  // backward of the step's last micro-batch); earlier micro-batches only
+  // accumulate and communicate nothing.
+  void begin_reduction();
+  // The backward has completed `stage`: launches every bucket now complete.
+  void stage_complete(int64_t stage);
+  // Launches what is left and waits for every bucket: the gradients are then
+  // the sum over ranks. Returns the step's figures.
+  const BucketStepStats& finish(double (*clock)() = nullptr);
+
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  int64_t total_bytes() const;
+  const BucketStepStats& last_stats() const { return stats_; }
+
+ private:
+  struct Bucket {
+    Tensor flat;          // f32 [elements]
+    int64_t min_stage = 0;  // complete once this stage is
+    std::unique_ptr<Work> work;
+  };
+  void launch_through(size_t end);
+
+  Communicator& communicator_;
+  std::vector<Bucket> buckets_;
+  size_t launched_ = 0;
+  bool reducing_ = false;
+  BucketStepStats stats_;
+};
+
+}  // namespace llmft::parallel

@@ -1,0 +1,262 @@
+// Data parallelism through MPI, run under mpirun -np 2 and -np 4 exactly as
+// users launch jobs (one thread per rank).
+//
+// 1. DP = world size trains like one process with the same global batch:
+//    every rank also runs the one-process reference itself (batch_size x
+//    world rows per micro-batch) and compares per-step losses and final
+//    trainable weights, for full fine-tuning and LoRA, with gradient
+//    accumulation 2 and packed rows.
+//    Why the two are comparable: with shuffle_buffer 0 the loader deals
+//    record g of the epoch's order to rank g % dp, so the ranks' micro-batch
+//    i together hold the reference's micro-batch i documents; every document
+//    is exactly half a row (8 tokens, seq_len 16), so packing never cuts one
+//    and doc_start keeps the two documents of a row apart: the step's
+//    gradient is the same sum of per-document terms, grouped differently.
+//    Tolerance: fp32 sums in another order (per-rank partial sums, then the
+//    all-reduce) differ by ~1e-7 relative per step; AdamW normalises each
+//    update to ~lr, so weights after 5 steps at lr 1e-3 agree to ~1e-6
+//    (measured below 5e-7; bound 1e-5), losses to 1e-5 relative.
+//    Every rank must end with bit-identical weights (replicas never drift).
+// 2. A run stopped at step 3 by a stop request seen on rank 1 only stops
+//    every rank at step 3, and its resume (per-rank shuffled loaders, LoRA
+//    dropout) repeats the uninterrupted run's losses bit for bit; the
+//    checkpoint holds a different loader position per rank (the control:
+//    restoring rank 0's on every rank would repeat rank 0's data).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "../trainer/trainer_fixture.h"
+#include "core/error.h"
+#include "mpi_test_main.h"
+#include "nlohmann/json.hpp"
+#include "trainer/trainer.h"
+
+namespace llmft::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using parallel::testing_support::mpi_grid;
+
+// FNV-1a 64 of every trainable tensor's bytes, as hex.
+std::string weights_hash(Trainer& trainer) {
+  uint64_t hash = 1469598103934665603ull;
+  for (const NamedTensor& tensor : trainer.model().trainable_tensors()) {
+    const auto* bytes = static_cast<const uint8_t*>(tensor.tensor.raw_data());
+    for (size_t i = 0; i < tensor.tensor.nbytes(); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  }
+  return str_cat(std::hex, hash);
+}
+
+class DataParallelTrainer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    parallel::Communicator& world = mpi_grid()->world();
+    // Rank 0 writes the model and the shards; every rank reads them.
+    std::string root;
+    if (world.rank() == 0) {
+      const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+      root = (fs::temp_directory_path() / str_cat("llmft-dp-", ::getpid(), "-", info->name())).string();
+      fs::remove_all(root);
+      fs::create_directories(fs::path(root) / "data");
+      trainer_test::write_tiny_model(fs::path(root) / "model");
+      // Documents of exactly 8 tokens (half a row), every other one trained
+      // on its second half only.
+      std::vector<data::TokenExample> documents;
+      for (data::TokenExample& document : trainer_test::random_documents(400, 21, 1)) {
+        while (document.input_ids.size() < 8) document.input_ids.push_back(3 + document.input_ids.size());
+        document.input_ids.resize(8);
+        if (!document.loss_mask.empty()) document.loss_mask = {0, 0, 0, 0, 1, 1, 1, 1};
+        documents.push_back(document);
+      }
+      trainer_test::write_shard(fs::path(root) / "data" / "train-00000-of-00002.tfrecord",
+                                {documents.begin(), documents.begin() + 200});
+      trainer_test::write_shard(fs::path(root) / "data" / "train-00001-of-00002.tfrecord",
+                                {documents.begin() + 200, documents.end()});
+    }
+    root_ = world.all_gather_strings(root, "test root")[0];
+    context_ = Context::cpu(0, 1);
+  }
+  void TearDown() override {
+    mpi_grid()->world().barrier("test teardown");
+    if (mpi_grid()->world_rank() == 0) fs::remove_all(root_);
+  }
+
+  TrainOptions options(bool lora, const std::string& run, int64_t batch_size) const {
+    TrainOptions options;
+    options.source = "test";
+    options.hf_dir = (root_ / "model").string();
+    options.lora = lora;
+    options.lora_r = 4;
+    options.lora_alpha = 8.0f;
+    options.lora_dropout = 0.0f;  // masks are keyed by row within a rank's batch
+    options.lora_target_modules = {"all-linear"};
+    options.train_files = {(root_ / "data" / "train-*-of-00002.tfrecord").string()};
+    options.seq_len = 16;
+    options.batch_size = batch_size;
+    options.grad_accumulation_steps = 2;
+    options.packed = true;
+    options.shuffle_buffer = 0;
+    options.seed = 5;
+    options.lr = lora ? 1e-2 : 1e-3;
+    options.schedule_kind = "cosine";
+    options.warmup_steps = 1;
+    options.total_steps = 5;
+    options.checkpoint_dir = (root_ / str_cat(run, "-rank", mpi_grid()->world_rank())).string();
+    options.log_every_n_steps = 0;
+    return options;
+  }
+
+  TrainerHooks hooks(std::vector<double>* losses, parallel::ParallelContext* grid) const {
+    TrainerHooks hooks;
+    hooks.progress = nullptr;
+    hooks.parallel = grid;
+    hooks.on_step = [losses](const StepRecord& record) { losses->push_back(record.loss); };
+    return hooks;
+  }
+
+  void expect_same_as_one_process(bool lora) {
+    parallel::ParallelContext& grid = *mpi_grid();
+    const int world = grid.world_size();
+    std::vector<double> reference_losses, losses;
+    Trainer reference(*context_, options(lora, "reference", 2 * world), hooks(&reference_losses, nullptr));
+    reference.train();
+    TrainOptions dp_options = options(lora, "dp", 2);
+    dp_options.dp = world;
+    dp_options.bucket_mb = 0.004;  // ~4 KB buckets: many, most complete before the backward ends
+    TrainerHooks dp_hooks = hooks(&losses, &grid);
+    std::vector<StepRecord> records;
+    dp_hooks.on_step = [&](const StepRecord& record) {
+      losses.push_back(record.loss);
+      records.push_back(record);
+    };
+    Trainer data_parallel(*context_, dp_options, dp_hooks);
+    data_parallel.train();
+    // Every trainable gradient is all-reduced once per step, in buckets that
+    // start during the backward, except those holding a gradient that is
+    // final only at its end (the embedding's).
+    int64_t trainable_bytes = 0;
+    for (Parameter* parameter : data_parallel.model().trainable_parameters())
+      trainable_bytes += parameter->value.numel() * 4;
+    for (const StepRecord& record : records) {
+      EXPECT_EQ(record.allreduce_bytes, trainable_bytes);
+      EXPECT_GT(record.buckets, 2);
+      if (lora) {
+        EXPECT_EQ(record.buckets_during_backward, record.buckets);  // LoRA lives in the blocks
+      } else {
+        EXPECT_GT(record.buckets_during_backward, 0);
+        EXPECT_LT(record.buckets_during_backward, record.buckets);  // the embedding's waits for the end
+      }
+    }
+
+    ASSERT_EQ(losses.size(), reference_losses.size());
+    for (size_t i = 0; i < losses.size(); ++i)
+      EXPECT_NEAR(losses[i], reference_losses[i], 1e-5 * std::abs(reference_losses[i])) << "step " << i + 1;
+    double worst = 0.0;
+    std::vector<NamedTensor> expected = reference.model().trainable_tensors();
+    std::vector<NamedTensor> found = data_parallel.model().trainable_tensors();
+    ASSERT_EQ(expected.size(), found.size());
+    for (size_t t = 0; t < expected.size(); ++t) {
+      const std::vector<float> a = expected[t].tensor.to_floats(), b = found[t].tensor.to_floats();
+      for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
+    }
+    EXPECT_LT(worst, 1e-5);
+    if (grid.world_rank() == 0)
+      std::printf("dp %d vs one process (%s): max |weight difference| %.3g over %zu steps\n", world,
+                  lora ? "LoRA" : "full", worst, losses.size());
+    // Replicas are identical bit for bit.
+    const std::vector<std::string> hashes = grid.world().all_gather_strings(weights_hash(data_parallel), "hashes");
+    for (const std::string& hash : hashes) EXPECT_EQ(hash, hashes[0]);
+  }
+
+  fs::path root_;
+  std::unique_ptr<Context> context_;
+};
+
+TEST_F(DataParallelTrainer, FullFineTuningMatchesOneProcessWithTheSameGlobalBatch) {
+  expect_same_as_one_process(/*lora=*/false);
+}
+
+TEST_F(DataParallelTrainer, LoraMatchesOneProcessWithTheSameGlobalBatch) { expect_same_as_one_process(/*lora=*/true); }
+
+TEST_F(DataParallelTrainer, StopSeenByRankOneStopsEveryRankAndResumeRepeatsTheLossesBitForBit) {
+  parallel::ParallelContext& grid = *mpi_grid();
+  auto resumable = [&](const std::string& run) {
+    TrainOptions o = options(/*lora=*/true, run, 2);
+    o.shuffle_buffer = 16;  // per-rank shuffle buffers: each rank's position matters
+    o.lora_dropout = 0.1f;
+    o.total_steps = 6;
+    o.resume = "latest";
+    // One checkpoint directory for the job (rank 0 writes it).
+    o.checkpoint_dir = (root_ / run).string();
+    return o;
+  };
+  std::vector<double> uninterrupted;
+  {
+    Trainer trainer(*context_, resumable("uninterrupted"), hooks(&uninterrupted, &grid));
+    trainer.train();
+  }
+
+  std::vector<double> first_part;
+  std::atomic<bool> stop{false};
+  TrainerHooks stopping = hooks(&first_part, &grid);
+  const bool is_rank_one = grid.world_rank() == 1;
+  stopping.on_step = [&](const StepRecord& record) {
+    first_part.push_back(record.loss);
+    if (is_rank_one && record.step == 3) stop = true;  // as if SIGTERM reached rank 1 only
+  };
+  stopping.stop_requested = &stop;
+  TrainResult stopped;
+  {
+    Trainer trainer(*context_, resumable("stopped"), stopping);
+    stopped = trainer.train();
+  }
+  EXPECT_EQ(stopped.reason, StopReason::kStopRequested);
+  EXPECT_EQ(stopped.final_step, 3) << "every rank stops at the step where rank 1 saw the request";
+  EXPECT_EQ(first_part.size(), 3u);
+
+  // Each rank's loader position is in the checkpoint, and they differ.
+  if (grid.world_rank() == 0) {
+    std::ifstream file(root_ / "stopped" / "step-3" / "state.json");
+    const nlohmann::json state = nlohmann::json::parse(file);
+    ASSERT_EQ(state["data_loader_ranks"].size(), static_cast<size_t>(grid.dp_size()));
+    EXPECT_NE(state["data_loader_ranks"][0], state["data_loader_ranks"][1]);
+  }
+
+  std::vector<double> second_part;
+  {
+    Trainer trainer(*context_, resumable("stopped"), hooks(&second_part, &grid));
+    ASSERT_TRUE(trainer.resumed_from().has_value());
+    trainer.train();
+  }
+  std::vector<double> resumed = first_part;
+  resumed.insert(resumed.end(), second_part.begin(), second_part.end());
+  ASSERT_EQ(resumed.size(), uninterrupted.size());
+  for (size_t i = 0; i < resumed.size(); ++i) EXPECT_EQ(resumed[i], uninterrupted[i]) << "step " << i + 1;
+}
+
+TEST_F(DataParallelTrainer, AConfigWhoseDpDisagreesWithTheLaunchStopsBeforeAnyWork) {
+  parallel::ParallelContext& grid = *mpi_grid();
+  TrainOptions wrong = options(false, "wrong", 2);
+  wrong.dp = grid.world_size() + 1;
+  std::vector<double> losses;
+  try {
+    Trainer trainer(*context_, wrong, hooks(&losses, &grid));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(error.what()).find(str_cat("field 'parallel.dp': ", grid.world_size() + 1, ", but ",
+                                                     grid.world_size(), " process(es) were launched")),
+              std::string::npos)
+        << error.what();
+  }
+}
+
+}  // namespace
+}  // namespace llmft::trainer
+
+int main(int argc, char** argv) { return llmft::parallel::testing_support::run_mpi_tests(argc, argv); }
