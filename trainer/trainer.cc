@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "optim/grad_clip.h"
+#include "parallel/nccl_communicator.h"
 #include "trainer/stop_signal.h"
 
 namespace llmft::trainer {
@@ -73,7 +74,15 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   // the host. The one exception is data parallelism over a CUDA context with
   // a host-memory communicator (MPI): the optimizer then works on host copies.
   // With NCCL the gradients are reduced on the device.
-  const bool host_reduction = context_.is_cuda() && dp_->size() > 1 && !dp_->device_memory();
+  // CUDA with data parallelism: gradients are all-reduced on the device by
+  // NCCL (bootstrapped over the host communicator, which keeps the scalar
+  // reductions); builds without NCCL fall back to host copies.
+  if (context_.is_cuda() && dp_->size() > 1 && !dp_->device_memory() && parallel::nccl_communicator_built()) {
+    device_dp_ = parallel::make_nccl_communicator(*dp_, context_, options_.timeout_s,
+                                                  [grid = parallel_](int code) { grid->abort_job(code); });
+  }
+  parallel::Communicator& gradient_dp = device_dp_ ? *device_dp_ : *dp_;
+  const bool host_reduction = context_.is_cuda() && dp_->size() > 1 && !gradient_dp.device_memory();
   if (hooks_.host_optimizer_copy || host_reduction) {
     host_context_ = Context::cpu(context_.seed());
     for (Parameter* parameter : model_->trainable_parameters()) {
@@ -95,7 +104,7 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     for (Parameter* parameter : parameters)
       stages.push_back(host_context_ ? -1 : model_->model->gradient_stage(parameter->name));
     const auto bucket_bytes = static_cast<size_t>(options_.bucket_mb * 1024.0 * 1024.0);
-    buckets_ = std::make_unique<parallel::GradientBuckets>(host_context_ ? *host_context_ : context_, *dp_,
+    buckets_ = std::make_unique<parallel::GradientBuckets>(host_context_ ? *host_context_ : context_, gradient_dp,
                                                            parameters, stages, std::max<size_t>(bucket_bytes, 1));
     if (!host_context_)
       model_->model->set_gradient_stage_hook([this](int64_t stage) { buckets_->stage_complete(stage); });

@@ -164,6 +164,8 @@ class Trainer {
   std::unique_ptr<parallel::ParallelContext> single_process_;
   parallel::ParallelContext* parallel_ = nullptr;
   parallel::Communicator* dp_ = nullptr;  // parallel_->dp()
+  // CUDA: NCCL over the dp group, for the gradient buckets (device memory).
+  std::unique_ptr<parallel::Communicator> device_dp_;
   // Data parallelism: the gradients' flat buffers and their all-reduces.
   std::unique_ptr<parallel::GradientBuckets> buckets_;
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# e2e under mpirun, as users launch jobs: `mpirun -np 2 llmft train` trains
+# data-parallel (job tokens/s on the progress line, rank 0 alone writes
+# metrics and checkpoints); a SIGTERM sent to rank 1 only stops both ranks at
+# the same step with one complete checkpoint and exit 143; the resumed run
+# repeats the uninterrupted run's per-step losses bit for bit (the JSONL
+# losses, printed with 17 significant digits); a config whose parallel.dp
+# disagrees with the launch is one error line before any work.
+# usage: train_mpi_e2e.sh MPIEXEC LLMFT_BINARY MAKE_TINY_RUN_BINARY
+set -u
+mpiexec=$1 llmft=$2 make_tiny_run=$3
+work=$(mktemp -d "${TMPDIR:-/tmp}/llmft-mpi-e2e.XXXXXX")
+trap 'pkill -KILL -f "$work/" 2>/dev/null; rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+launch=("$mpiexec" --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -np 2)
+
+"$make_tiny_run" "$work" || fail "fixture writer exited $?"
+write_config() {  # NAME TOTAL_STEPS
+  cat > "$work/$1.pbtxt" <<PBTXT
+model { hf_dir: "$work/model" }
+peft { lora { r: 4 alpha: 8 dropout: 0.05 target_modules: "all-linear" } }
+data {
+  train_files: "$work/data/train-*-of-00002.tfrecord"
+  validation_files: "$work/data/valid.tfrecord"
+  seq_len: 16 batch_size: 2 grad_accumulation_steps: 2 shuffle_buffer: 8
+}
+optimizer { lr: 1e-2 }
+schedule { kind: CONSTANT total_steps: $2 }
+checkpoint { dir: "$work/$1/checkpoints" keep_last: 2 }
+logging { every_n_steps: 1 jsonl_path: "$work/$1/metrics.jsonl" }
+PBTXT
+}
+losses() { grep -o '"loss": *[-0-9.e+]*' "$1" | sed 's/.*: *//'; }
+
+# 1. A long run; SIGTERM to rank 1 alone once it has taken 5 steps.
+write_config stopped 100000
+"${launch[@]}" "$llmft" train --config "$work/stopped.pbtxt" --threads 1 >"$work/stopped.log" 2>&1 &
+job=$!
+rank1=""
+for _ in $(seq 600); do
+  sleep 0.1
+  [ -f "$work/stopped/metrics.jsonl" ] && [ "$(wc -l <"$work/stopped/metrics.jsonl")" -ge 5 ] || continue
+  for pid in $(pgrep -f "llmft train --config $work/stopped.pbtxt"); do
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && rank1=$pid
+  done
+  [ -n "$rank1" ] && break
+done
+[ -n "$rank1" ] || fail "no rank 1 process after 60 s: $(cat "$work/stopped.log")"
+kill -TERM "$rank1"
+wait "$job"
+status=$?
+[ "$status" -eq 143 ] || fail "mpirun exited $status after SIGTERM to rank 1 (expected 143): $(cat "$work/stopped.log")"
+grep -q "stopped by signal 15 at step" "$work/stopped.log" || fail "no stop line: $(cat "$work/stopped.log")"
+stopped_step=$(sed -n 's/.*stopped by signal 15 at step \([0-9]*\)\/.*/\1/p' "$work/stopped.log" | head -1)
+[ "$(ls "$work/stopped/checkpoints")" = "step-$stopped_step" ] ||
+  fail "expected exactly checkpoint step-$stopped_step, found: $(ls -a "$work/stopped/checkpoints")"
+[ "$(grep -c '"step"' "$work/stopped/metrics.jsonl")" -eq "$stopped_step" ] ||
+  fail "metrics.jsonl should hold steps 1..$stopped_step once each (rank 0 writes)"
+grep -q "^step 1/100000 | loss .* tok/s" "$work/stopped.log" || fail "no progress line: $(head "$work/stopped.log")"
+
+# 2. Resume to step k + 4; an uninterrupted run of k + 4 steps gives the same losses.
+total=$((stopped_step + 4))
+"${launch[@]}" "$llmft" train --config "$work/stopped.pbtxt" --threads 1 --set checkpoint.resume=latest \
+  --set schedule.total_steps=$total >"$work/resumed.log" 2>&1 || fail "resume exited $?: $(cat "$work/resumed.log")"
+grep -q "resumed from $work/stopped/checkpoints/step-$stopped_step at step $stopped_step/$total" "$work/resumed.log" ||
+  fail "no resume line: $(cat "$work/resumed.log")"
+write_config straight "$total"
+"${launch[@]}" "$llmft" train --config "$work/straight.pbtxt" --threads 1 >"$work/straight.log" 2>&1 ||
+  fail "uninterrupted run exited $?: $(cat "$work/straight.log")"
+[ "$(losses "$work/stopped/metrics.jsonl")" = "$(losses "$work/straight/metrics.jsonl")" ] ||
+  fail "resumed losses differ from the uninterrupted run's:
+$(paste <(losses "$work/stopped/metrics.jsonl") <(losses "$work/straight/metrics.jsonl"))"
+echo "SIGTERM to rank 1 stopped both ranks at step $stopped_step; resumed to $total with identical losses"
+
+# 3. parallel.dp disagreeing with the launch: exit 2, one line per rank, no work.
+out=$("${launch[@]}" "$llmft" train --config "$work/straight.pbtxt" --set parallel.dp=3 2>&1)
+status=$?
+[ "$status" -eq 2 ] || fail "dp mismatch: mpirun exited $status: $out"
+echo "$out" | grep -q "field 'parallel.dp': 3, but 2 process(es) were launched (mpirun -np 2) with tp 1, which makes dp 2" ||
+  fail "dp mismatch: no error line: $out"
+echo "dp mismatch: $(echo "$out" | grep -m1 "parallel.dp")"
