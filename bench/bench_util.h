@@ -65,15 +65,15 @@ inline uint64_t splitmix64(uint64_t value) {
   return value ^ (value >> 31);
 }
 
-// Token ids SplitMix64(i) mod vocab for i = 0, 1, ... over B x (T + 1)
-// positions, sequence s taking positions s(T+1) .. s(T+1)+T; inputs are the
-// first T, targets the last T (peft_peer.py computes the same ids). Host
-// tensors.
-inline Batch splitmix_batch(int64_t batch_size, int64_t seq_len, int64_t vocab_size) {
+// Token ids SplitMix64(i) mod vocab for i = first, first + 1, ... over
+// B x (T + 1) positions, sequence s taking positions first + s(T+1) ..
+// first + s(T+1)+T; inputs are the first T, targets the last T (peft_peer.py
+// and ddp_peer.py compute the same ids). Host tensors.
+inline Batch splitmix_batch(int64_t batch_size, int64_t seq_len, int64_t vocab_size, int64_t first = 0) {
   std::vector<int32_t> inputs, targets;
   for (int64_t s = 0; s < batch_size; ++s)
     for (int64_t t = 0; t < seq_len; ++t) {
-      const uint64_t position = static_cast<uint64_t>(s * (seq_len + 1) + t);
+      const uint64_t position = static_cast<uint64_t>(first + s * (seq_len + 1) + t);
       inputs.push_back(static_cast<int32_t>(splitmix64(position) % static_cast<uint64_t>(vocab_size)));
       targets.push_back(static_cast<int32_t>(splitmix64(position + 1) % static_cast<uint64_t>(vocab_size)));
     }

@@ -30,12 +30,18 @@ GradientBuckets::GradientBuckets(Context& context, Communicator& communicator, s
 
   // Cut the ordered list into buckets of about bucket_bytes (a parameter
   // larger than that gets a bucket of its own), then lay each bucket's
-  // gradients out in one flat buffer.
+  // gradients out in one flat buffer. Two cuts beyond the size: the first
+  // bucket holds at most kFirstBucketBytes, as DDP's, so communication
+  // starts early in the backward; and gradients final only at its very end
+  // (stage -1: the embedding) never share a bucket with earlier ones, which
+  // they would otherwise hold back.
   std::vector<std::vector<size_t>> members;
   size_t bytes_in_bucket = 0;
   for (size_t index : order) {
     const size_t bytes = static_cast<size_t>(parameters[index]->value.numel()) * sizeof(float);
-    if (members.empty() || (bytes_in_bucket > 0 && bytes_in_bucket + bytes > bucket_bytes)) {
+    const size_t limit = members.size() <= 1 ? std::min(bucket_bytes, kFirstBucketBytes) : bucket_bytes;
+    const bool crosses_into_last_stage = !members.empty() && stages[index] < 0 && stages[members.back().back()] >= 0;
+    if (members.empty() || crosses_into_last_stage || (bytes_in_bucket > 0 && bytes_in_bucket + bytes > limit)) {
       members.emplace_back();
       bytes_in_bucket = 0;
     }

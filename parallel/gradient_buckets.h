@@ -40,6 +40,11 @@ struct BucketStepStats {
 
 class GradientBuckets {
  public:
+  // PyTorch DDP's first-bucket cap (torch.distributed's
+  // _DEFAULT_FIRST_BUCKET_BYTES), for the same reason: the first all-reduce
+  // starts soon after the backward does.
+  static constexpr size_t kFirstBucketBytes = size_t{1} << 20;
+
   // Re-points every parameter's gradient (f32, on `context`'s device, whose
   // memory `communicator` must take) into zeroed flat bucket buffers.
   // `stages[i]` is parameters[i]'s completion stage. `bucket_bytes` >= 1.

@@ -1,7 +1,9 @@
 #include "parallel/mpi_communicator.h"
 
 #include <mpi.h>
+#include <sys/prctl.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -51,6 +53,10 @@ struct MpiJob {
   // Runs on the MPI thread: starts the collective (a non-blocking call, or a
   // blocking one that leaves MPI_REQUEST_NULL) and returns its MPI error code.
   std::function<int(MPI_Request*)> start;
+
+  // Set once a thread blocks in wait(): from then on nothing competes for the
+  // core, and the MPI thread polls without sleeping.
+  std::atomic<bool> waited{false};
 
   std::mutex mutex;
   std::condition_variable finished;
@@ -102,6 +108,7 @@ class MpiRuntime {
   }
 
   static void wait(MpiJob& job) {
+    job.waited.store(true);
     std::unique_lock lock(job.mutex);
     job.finished.wait(lock, [&] { return job.done; });
     if (!job.error.empty()) throw_runtime(job.what, " failed on rank ", job.rank, " of ", job.size, " (host ",
@@ -120,6 +127,9 @@ class MpiRuntime {
 
  private:
   void run() {
+    // Short sleeps between polls: the default 50 us timer slack would stretch
+    // each one to the slack, and a large message needs a poll per fragment.
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     int provided = 0;
     int code = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
     if (code == MPI_SUCCESS) {
@@ -175,12 +185,14 @@ class MpiRuntime {
                      timeout_message(job.what, timeout_seconds_, job.step, job.rank, job.size).c_str());
         abort_job(1);
       }
-      // Spin briefly (latency of small collectives), then sleep between polls
-      // so the compute thread keeps the core.
-      if (polls < 64) {
+      // While the caller computes (the backward), sleep between polls so its
+      // thread keeps the core; once it waits for this collective, or for
+      // the first polls (latency of small collectives), only yield. A large
+      // message moves in many fragments, each needing a poll to progress.
+      if (polls < 64 || job.waited.load(std::memory_order_relaxed)) {
         std::this_thread::yield();
       } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(20));
+        std::this_thread::sleep_for(std::chrono::microseconds(10));
       }
     }
     std::lock_guard lock(job.mutex);
