@@ -154,8 +154,10 @@ data::LoaderOptions make_loader_options(const TrainOptions& options, const Model
   loader.eos_id = eos_id;
   loader.pad_id = eos_id >= 0 ? eos_id : 0;  // padding has target -100 and its own attention segment
   loader.vocab_size = model_config.vocab_size;
-  loader.dp_rank = validation ? 0 : dp_rank;
-  loader.dp_size = validation ? 1 : dp_size;
+  // The validation split is dealt over the data-parallel ranks too (the
+  // trainer sums the ranks' losses and token counts).
+  loader.dp_rank = dp_rank;
+  loader.dp_size = dp_size;
   loader.seed = options.seed;
   loader.shuffle_shards = !validation;
   loader.shuffle_buffer = validation ? 0 : static_cast<size_t>(options.shuffle_buffer);

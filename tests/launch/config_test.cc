@@ -168,8 +168,10 @@ TEST(TrainConfig, UnwrittenFieldsTakeTheDefaultsTheProtoDocuments) {
   EXPECT_EQ(config.precision().backoff_factor(), 0.5f);
   EXPECT_EQ(config.precision().growth_interval(), 2000);
   EXPECT_EQ(config.precision().hysteresis(), 1);
-  EXPECT_EQ(config.parallel().dp(), 1);
+  EXPECT_FALSE(config.parallel().has_dp());  // the launched world size / tp, known only at run time
   EXPECT_EQ(config.parallel().tp(), 1);
+  EXPECT_EQ(config.parallel().bucket_mb(), 25.0);
+  EXPECT_EQ(config.parallel().timeout_s(), 600.0);
   EXPECT_EQ(config.checkpoint().dir(), "checkpoints");
   EXPECT_EQ(config.checkpoint().every_n_steps(), 0);
   EXPECT_EQ(config.checkpoint().keep_last(), 3);

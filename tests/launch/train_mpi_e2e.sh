@@ -4,8 +4,11 @@
 # metrics and checkpoints); a SIGTERM sent to rank 1 only stops both ranks at
 # the same step with one complete checkpoint and exit 143; the resumed run
 # repeats the uninterrupted run's per-step losses bit for bit (the JSONL
-# losses, printed with 17 significant digits); a config whose parallel.dp
-# disagrees with the launch is one error line before any work.
+# losses, printed with 17 significant digits); evaluation split over the two
+# ranks counts the same tokens and gives the loss of a one-process `llmft
+# eval` of the same checkpoint; a config whose parallel.dp disagrees with the
+# launch, and more ranks on a node than GPUs, are one error line before any
+# work.
 # usage: train_mpi_e2e.sh MPIEXEC LLMFT_BINARY MAKE_TINY_RUN_BINARY
 set -u
 mpiexec=$1 llmft=$2 make_tiny_run=$3
@@ -15,19 +18,19 @@ fail() { echo "FAIL: $*"; exit 1; }
 launch=("$mpiexec" --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -np 2)
 
 "$make_tiny_run" "$work" || fail "fixture writer exited $?"
-write_config() {  # NAME TOTAL_STEPS
+write_config() {  # NAME TOTAL_STEPS [EVAL_EVERY]
   cat > "$work/$1.pbtxt" <<PBTXT
 model { hf_dir: "$work/model" }
 peft { lora { r: 4 alpha: 8 dropout: 0.05 target_modules: "all-linear" } }
 data {
   train_files: "$work/data/train-*-of-00002.tfrecord"
   validation_files: "$work/data/valid.tfrecord"
-  seq_len: 16 batch_size: 2 grad_accumulation_steps: 2 shuffle_buffer: 8
+  seq_len: 16 batch_size: 2 grad_accumulation_steps: 2 shuffle_buffer: 8 batch_mode: PADDED
 }
 optimizer { lr: 1e-2 }
 schedule { kind: CONSTANT total_steps: $2 }
 checkpoint { dir: "$work/$1/checkpoints" keep_last: 2 }
-logging { every_n_steps: 1 jsonl_path: "$work/$1/metrics.jsonl" }
+logging { every_n_steps: 1 jsonl_path: "$work/$1/metrics.jsonl" eval_every_n_steps: ${3:-0} }
 PBTXT
 }
 losses() { grep -o '"loss": *[-0-9.e+]*' "$1" | sed 's/.*: *//'; }
@@ -64,13 +67,22 @@ total=$((stopped_step + 4))
   --set schedule.total_steps=$total >"$work/resumed.log" 2>&1 || fail "resume exited $?: $(cat "$work/resumed.log")"
 grep -q "resumed from $work/stopped/checkpoints/step-$stopped_step at step $stopped_step/$total" "$work/resumed.log" ||
   fail "no resume line: $(cat "$work/resumed.log")"
-write_config straight "$total"
+write_config straight "$total" "$total"
 "${launch[@]}" "$llmft" train --config "$work/straight.pbtxt" --threads 1 >"$work/straight.log" 2>&1 ||
   fail "uninterrupted run exited $?: $(cat "$work/straight.log")"
 [ "$(losses "$work/stopped/metrics.jsonl")" = "$(losses "$work/straight/metrics.jsonl")" ] ||
   fail "resumed losses differ from the uninterrupted run's:
 $(paste <(losses "$work/stopped/metrics.jsonl") <(losses "$work/straight/metrics.jsonl"))"
 echo "SIGTERM to rank 1 stopped both ranks at step $stopped_step; resumed to $total with identical losses"
+
+# The final evaluation, dealt over 2 ranks, against one process on the final checkpoint.
+split=$(sed -n "s/^eval step $total: loss \([^ ]*\) | perplexity [^ ]* | \([0-9]*\) tokens$/\1 \2/p" "$work/straight.log")
+[ -n "$split" ] || fail "no eval line at step $total: $(cat "$work/straight.log")"
+single=$("$llmft" eval --config "$work/straight.pbtxt" | sed -n 's/^loss \([^ ]*\) perplexity [^ ]* tokens \([0-9]*\) .*/\1 \2/p')
+[ -n "$single" ] || fail "llmft eval printed no loss line"
+echo "$split $single" | awk '{ d = $1 - $3; if (d < 0) d = -d; if ($2 != $4 || d > 1e-5 * $3) exit 1 }' ||
+  fail "eval over 2 ranks (loss tokens: $split) differs from one process ($single)"
+echo "evaluation over 2 ranks: loss and tokens $split; one process: $single"
 
 # 3. parallel.dp disagreeing with the launch: exit 2, one line per rank, no work.
 out=$("${launch[@]}" "$llmft" train --config "$work/straight.pbtxt" --set parallel.dp=3 2>&1)
@@ -79,3 +91,10 @@ status=$?
 echo "$out" | grep -q "field 'parallel.dp': 3, but 2 process(es) were launched (mpirun -np 2) with tp 1, which makes dp 2" ||
   fail "dp mismatch: no error line: $out"
 echo "dp mismatch: $(echo "$out" | grep -m1 "parallel.dp")"
+
+# 4. Rank i of a node takes GPU i: more ranks than GPUs is one error line
+# (this machine has none; with CUDA, the count of visible GPUs).
+out=$("${launch[@]}" "$llmft" train --config "$work/straight.pbtxt" --device cuda 2>&1)
+status=$?
+[ "$status" -eq 2 ] || fail "ranks > GPUs: mpirun exited $status: $out"
+echo "$out" | grep -q "this node runs 2 ranks but has [01] visible GPU(s)" || fail "ranks > GPUs: no error line: $out"

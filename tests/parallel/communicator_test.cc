@@ -150,9 +150,10 @@ TEST(GradientBuckets, LaunchEachBucketOnceItsLastStageCompletesAndSumOverRanks) 
       parameters.push_back(&storage[i]);
       stages.push_back(stage_of[i]);
     }
-    // 32-byte buckets: [p3 p2] [p1 p0] in completion order.
+    // 32-byte buckets in completion order: [p3 p2] [p1] [p0]; p0, final only
+    // at the end of the backward, gets a bucket of its own.
     GradientBuckets buckets(*context, communicator, parameters, stages, 32);
-    ASSERT_EQ(buckets.num_buckets(), 2);
+    ASSERT_EQ(buckets.num_buckets(), 3);
     EXPECT_EQ(buckets.total_bytes(), 64);
     for (size_t i = 0; i < storage.size(); ++i) {
       ASSERT_EQ(storage[i].grad.shape(), (Shape{2, 2}));
@@ -164,15 +165,33 @@ TEST(GradientBuckets, LaunchEachBucketOnceItsLastStageCompletesAndSumOverRanks) 
     EXPECT_EQ(buckets.last_stats().buckets, 0);
     buckets.stage_complete(1);  // p3, p2: the first bucket
     EXPECT_EQ(buckets.last_stats().buckets, 1);
-    buckets.stage_complete(0);
-    EXPECT_EQ(buckets.last_stats().buckets, 1);
+    buckets.stage_complete(0);  // p1 too
+    EXPECT_EQ(buckets.last_stats().buckets, 2);
+    buckets.stage_complete(-1);  // the end: p0, not counted as overlapping
+    EXPECT_EQ(buckets.last_stats().buckets, 3);
     const BucketStepStats& stats = buckets.finish();
-    EXPECT_EQ(stats.buckets, 2);
+    EXPECT_EQ(stats.buckets, 3);
+    EXPECT_EQ(stats.launched_during_backward, 2);
     EXPECT_EQ(stats.bytes, 64);
     for (size_t i = 0; i < storage.size(); ++i)
       for (int k = 0; k < 4; ++k)
         EXPECT_EQ(storage[i].grad.data<float>()[k], static_cast<float>(100 + 2 * (10 * i + k))) << "p" << i;
   });
+}
+
+TEST(GradientBuckets, TheFirstBucketIsCappedLikeDdpsSoCommunicationStartsEarly) {
+  auto context = Context::cpu();
+  SingleProcessCommunicator communicator;
+  // Ten 512 KiB parameters of one stage, 25 MiB buckets: the first bucket
+  // stops at 1 MiB (two parameters), the rest share the second.
+  std::vector<Parameter> storage(10);
+  std::vector<Parameter*> parameters;
+  for (Parameter& parameter : storage) {
+    parameter.value = Tensor::zeros_cpu({128 * 1024}, DType::kF32);
+    parameters.push_back(&parameter);
+  }
+  GradientBuckets buckets(*context, communicator, parameters, std::vector<int64_t>(10, 0), size_t{25} << 20);
+  EXPECT_EQ(buckets.num_buckets(), 2);
 }
 
 TEST(GradientBuckets, AParameterLargerThanABucketGetsOneOfItsOwn) {

@@ -396,6 +396,7 @@ TEST_F(TrainerTest, ResumeWithoutTheDataPositionWouldDiffer) {
     return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   }());
   state["data_loader"] = fresh_state["data_loader"];
+  state["data_loader_ranks"] = fresh_state["data_loader_ranks"];
   std::ofstream(state_path) << state.dump();
   TrainOptions resumed_options = lora_options("interrupted");
   resumed_options.resume = "latest";
