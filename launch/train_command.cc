@@ -9,7 +9,10 @@
 // the checkpoint is complete and resumable, but the run is not finished, so
 // `llmft train ... && llmft export ...` must not go on to export. A second
 // signal terminates at once.
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,7 +36,8 @@ constexpr const char* kUsage =
     "  commented examples: examples/*.pbtxt). --set overrides one field; repeated fields take a comma list.\n"
     "  --check: load, validate and print the resolved config (every default written out), then exit.\n"
     "  --device: where the model and the AdamW update run (default cpu); under mpirun each rank of a node\n"
-    "  takes GPU <local rank>. --threads N: CPU threads per rank (default: OpenMP's).\n"
+    "  takes GPU <local rank>. --threads N: CPU threads per rank (default: OpenMP's; under mpirun, the node's\n"
+    "  cores / its ranks unless OMP_NUM_THREADS is set).\n"
     "  Data parallelism: mpirun -np N llmft train ... (parallel.dp defaults to N; see README).\n"
     "  Resume: --set checkpoint.resume=latest (or a step-N directory). SIGTERM/SIGINT checkpoint at the next\n"
     "  step boundary and exit with 128 + the signal number.\n";
@@ -41,6 +45,11 @@ constexpr const char* kUsage =
 int train(const trainer::TrainOptions& options, parallel::ParallelContext& grid, int cuda_device, int64_t threads) {
   // With several ranks on a node, rank i uses GPU i of the node.
   if (cuda_device >= 0 && grid.world_size() > 1) cuda_device = grid.cuda_device_for_rank(cuda_device_count());
+  // Several ranks on one node share its cores: unless told otherwise
+  // (--threads, OMP_NUM_THREADS), each takes its share rather than OpenMP's
+  // default of every core (torchrun likewise sets OMP_NUM_THREADS=1).
+  if (threads == 0 && grid.local_size() > 1 && std::getenv("OMP_NUM_THREADS") == nullptr)
+    threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / grid.local_size());
   auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
                                   : Context::cpu(options.seed, static_cast<int>(threads));
   trainer::TrainerHooks hooks;
