@@ -71,12 +71,10 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   if (options_.exclude_norms_and_biases_from_decay) adamw.exclude_from_decay = optim::is_norm_or_bias;
   // AdamW runs on the context's device (ops::adamw_update), so a CUDA run keeps
   // masters and moments on the GPU and never copies weights or gradients to
-  // the host. The one exception is data parallelism over a CUDA context with
-  // a host-memory communicator (MPI): the optimizer then works on host copies.
-  // With NCCL the gradients are reduced on the device.
-  // CUDA with data parallelism: gradients are all-reduced on the device by
-  // NCCL (bootstrapped over the host communicator, which keeps the scalar
-  // reductions); builds without NCCL fall back to host copies.
+  // the host. With data parallelism on CUDA the gradients are all-reduced on
+  // the device by NCCL (bootstrapped over the host communicator, which keeps
+  // the scalar reductions); only a communicator of host memory (a build
+  // without NCCL) makes the optimizer work on host copies.
   if (context_.is_cuda() && dp_->size() > 1 && !dp_->device_memory() && parallel::nccl_communicator_built()) {
     device_dp_ = parallel::make_nccl_communicator(*dp_, context_, options_.timeout_s,
                                                   [grid = parallel_](int code) { grid->abort_job(code); });

@@ -233,6 +233,23 @@ TEST_F(DataParallelTrainer, StopSeenByRankOneStopsEveryRankAndResumeRepeatsTheLo
     ASSERT_TRUE(trainer.resumed_from().has_value());
     trainer.train();
   }
+  // The checkpoint belongs to this layout: one process cannot continue it.
+  {
+    TrainOptions alone = resumable("stopped");
+    std::vector<double> unused;
+    try {
+      Trainer trainer(*context_, alone, hooks(&unused, nullptr));
+      ADD_FAILURE() << "a dp " << grid.dp_size() << " checkpoint resumed in one process";
+    } catch (const Error& error) {
+      EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+      EXPECT_NE(std::string(error.what()).find(str_cat("field 'data_loader_ranks': the checkpoint holds the loader "
+                                                       "positions of ", grid.dp_size(),
+                                                       " data-parallel rank(s), but this run has dp 1")),
+                std::string::npos)
+          << error.what();
+    }
+  }
+
   std::vector<double> resumed = first_part;
   resumed.insert(resumed.end(), second_part.begin(), second_part.end());
   ASSERT_EQ(resumed.size(), uninterrupted.size());
