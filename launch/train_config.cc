@@ -421,6 +421,10 @@ void fill_train_config_defaults(TrainConfig& config) {
   if (!parallel.has_bucket_mb()) parallel.set_bucket_mb(25.0);
   if (!parallel.has_timeout_s()) parallel.set_timeout_s(600.0);
 
+  MemoryConfig& memory = *config.mutable_memory();
+  if (!memory.has_activation_checkpointing()) memory.set_activation_checkpointing(NONE);
+  if (!memory.has_checkpoint_every_n_layers()) memory.set_checkpoint_every_n_layers(1);
+
   CheckpointConfig& checkpoint = *config.mutable_checkpoint();
   if (!checkpoint.has_dir()) checkpoint.set_dir("checkpoints");
   if (!checkpoint.has_every_n_steps()) checkpoint.set_every_n_steps(0);
@@ -508,6 +512,11 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
     check.fail("parallel.tp", str_cat(parallel.tp(),
                                       " not supported, expected 1 (tensor parallelism is not "
                                       "implemented yet)"));
+
+  const MemoryConfig& memory = config.memory();
+  if (memory.activation_checkpointing() == ACTIVATION_CHECKPOINTING_UNSPECIFIED)
+    check.fail("memory.activation_checkpointing", "ACTIVATION_CHECKPOINTING_UNSPECIFIED, expected NONE, FULL or SELECTIVE");
+  check.at_least("memory.checkpoint_every_n_layers", memory.checkpoint_every_n_layers(), int64_t{1});
 
   const CheckpointConfig& checkpoint = config.checkpoint();
   check.non_empty("checkpoint.dir", checkpoint.dir(), "a directory");

@@ -70,6 +70,8 @@ struct LlamaModel::BlockActivations {
     attention_norm = attention_rstd = q = k = v = attention_out = lse = mid = mlp_norm = mlp_rstd = gate = up =
         act = Tensor();
   }
+  // ActivationPolicy::kSelective: what recompute_selective rebuilds.
+  void release_recomputable() { attention_norm = attention_rstd = mlp_norm = mlp_rstd = act = Tensor(); }
 };
 
 LlamaModel::LlamaModel(Context& context, const ModelConfig& config, const LlamaOptions& options)
@@ -292,6 +294,23 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
   ops::add(context, output, a.mid, output);
 }
 
+// kSelective: the norms and SwiGLU from the kept input, mid, gate and up,
+// with the very ops and arguments of block_forward, so bit for bit the same.
+void LlamaModel::recompute_selective(Context& context, int64_t layer_index, BlockActivations& a) {
+  const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const int64_t n = a.input.size(0), hidden = config_.hidden_size;
+  const DType dtype = a.input.dtype();
+  a.attention_norm = context.empty({n, hidden}, dtype);
+  a.attention_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.input, layer.input_norm->value, eps, a.attention_norm, a.attention_rstd);
+  a.mlp_norm = context.empty({n, hidden}, dtype);
+  a.mlp_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.mid, layer.post_attention_norm->value, eps, a.mlp_norm, a.mlp_rstd);
+  a.act = context.empty(a.gate.shape(), dtype);
+  ops::swiglu_forward(context, a.gate, a.up, a.act);
+}
+
 // In: dresidual = dL/d(block output). Out: dresidual = dL/d(block input). The
 // residual stream's gradient is updated in place; the activations' buffers are
 // reused for their own gradients where they are dead.
@@ -431,6 +450,7 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
     Tensor output;
     block_forward(context, step, static_cast<int64_t>(l), activations, output);
     if (!backward || policies_[l] == ActivationPolicy::kRecompute) activations.release_all_but_input();
+    if (backward && policies_[l] == ActivationPolicy::kSelective) activations.release_recomputable();
     hidden_states = output;
   }
 
@@ -504,6 +524,8 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
     if (policies_[l] == ActivationPolicy::kRecompute) {
       Tensor recomputed_output;  // equal to the next block's input, which is kept
       block_forward(context, step, static_cast<int64_t>(l), activations, recomputed_output);
+    } else if (policies_[l] == ActivationPolicy::kSelective) {
+      recompute_selective(context, static_cast<int64_t>(l), activations);
     }
     block_backward(context, step, static_cast<int64_t>(l), activations, dresidual);
     activations = BlockActivations();

@@ -36,6 +36,13 @@ namespace llmft {
 enum class ActivationPolicy {
   kSaveAll,    // keep every intermediate of the block for the backward
   kRecompute,  // keep the block input only; rerun the block forward in the backward
+  // Keep the block input and the outputs of the expensive ops (q, k, v after
+  // RoPE, the attention output and its log-sum-exp, the residual after
+  // attention, gate, up); recompute the cheap ones in the backward (both
+  // RMSNorms and SwiGLU): Megatron's selective recompute trade (Korthikanti
+  // et al. 2022), which frees [N, D] x 2 + [N, I] per block for elementwise
+  // work only. The recomputed tensors are bitwise the saved ones.
+  kSelective,
 };
 
 struct LlamaOptions {
@@ -167,6 +174,7 @@ class LlamaModel {
                      Tensor& output);
   void block_backward(Context& context, StepState& step, int64_t layer, BlockActivations& activations,
                       Tensor& dresidual);
+  void recompute_selective(Context& context, int64_t layer, BlockActivations& activations);
 
   ModelConfig config_;
   LlamaOptions options_;

@@ -76,6 +76,12 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
   options.growth_interval = precision.growth_interval();
   options.hysteresis = precision.hysteresis();
 
+  const MemoryConfig& memory = config.memory();
+  options.activation_checkpointing = memory.activation_checkpointing() == FULL        ? "full"
+                                     : memory.activation_checkpointing() == SELECTIVE ? "selective"
+                                                                                     : "none";
+  options.checkpoint_every_n_layers = memory.checkpoint_every_n_layers();
+
   const ParallelConfig& parallel = config.parallel();
   options.dp = parallel.has_dp() ? parallel.dp() : 0;
   options.tp = parallel.tp();

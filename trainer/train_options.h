@@ -71,6 +71,11 @@ struct TrainOptions {
   int64_t growth_interval = 2000;
   int64_t hysteresis = 1;
 
+  // memory: gradient checkpointing "none", "full" or "selective" of blocks
+  // 0, k, 2k, ... (k = checkpoint_every_n_layers)
+  std::string activation_checkpointing = "none";
+  int64_t checkpoint_every_n_layers = 1;
+
   // parallel
   int64_t dp = 0;  // 0: the launched world size / tp
   int64_t tp = 1;

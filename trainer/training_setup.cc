@@ -45,6 +45,15 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const Trai
 
   auto result = std::make_unique<TrainingModel>();
   result->model = LlamaModel::load(context, options.hf_dir, llama_options);
+  if (options.activation_checkpointing != "none") {
+    if (options.checkpoint_every_n_layers < 1)
+      throw_bad_input(options.source, ": field 'memory.checkpoint_every_n_layers': ", options.checkpoint_every_n_layers,
+                      ", expected >= 1");
+    const ActivationPolicy policy = options.activation_checkpointing == "full" ? ActivationPolicy::kRecompute
+                                                                               : ActivationPolicy::kSelective;
+    for (int64_t layer = 0; layer < result->model->config().num_hidden_layers; ++layer)
+      if (layer % options.checkpoint_every_n_layers == 0) result->model->set_activation_policy(layer, policy);
+  }
   if (options.lora) {
     LoraConfig lora_config;
     lora_config.r = options.lora_r;

@@ -172,6 +172,8 @@ TEST(TrainConfig, UnwrittenFieldsTakeTheDefaultsTheProtoDocuments) {
   EXPECT_EQ(config.parallel().tp(), 1);
   EXPECT_EQ(config.parallel().bucket_mb(), 25.0);
   EXPECT_EQ(config.parallel().timeout_s(), 600.0);
+  EXPECT_EQ(config.memory().activation_checkpointing(), NONE);
+  EXPECT_EQ(config.memory().checkpoint_every_n_layers(), 1);
   EXPECT_EQ(config.checkpoint().dir(), "checkpoints");
   EXPECT_EQ(config.checkpoint().every_n_steps(), 0);
   EXPECT_EQ(config.checkpoint().keep_last(), 3);
@@ -313,6 +315,11 @@ TEST(TrainConfigErrors, OutOfRangeNamesFieldValueAndRange) {
             "run.pbtxt: field 'peft.lora.alpha': -0.3 out of range, expected > 0");
   EXPECT_EQ(load_error(kMinimal, {"precision.growth_factor=1"}),
             "run.pbtxt: field 'precision.growth_factor': 1 out of range, expected > 1");
+  EXPECT_EQ(load_error(kMinimal, {"memory.checkpoint_every_n_layers=0"}),
+            "run.pbtxt: field 'memory.checkpoint_every_n_layers': 0 out of range, expected >= 1");
+  EXPECT_EQ(load_error(kMinimal, {"parallel.bucket_mb=0"}),
+            "run.pbtxt: field 'parallel.bucket_mb': 0 out of range, expected > 0");
+  EXPECT_EQ(load_error(kMinimal, {"parallel.dp=0"}), "run.pbtxt: field 'parallel.dp': 0 out of range, expected >= 1");
   EXPECT_EQ(load_error(std::string(kMinimal) + "optimizer { lr: 0 }\n"),
             "run.pbtxt: field 'optimizer.lr': 0 out of range, expected > 0");
   EXPECT_EQ(load_error(std::string(kMinimal) + "optimizer { beta2: 1 }\n"),
