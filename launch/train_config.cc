@@ -414,6 +414,7 @@ void fill_train_config_defaults(TrainConfig& config) {
   if (!precision.has_backoff_factor()) precision.set_backoff_factor(0.5f);
   if (!precision.has_growth_interval()) precision.set_growth_interval(2000);
   if (!precision.has_hysteresis()) precision.set_hysteresis(1);
+  if (!precision.has_loss_scaling()) precision.set_loss_scaling(precision.compute_dtype() == FLOAT16);
 
   ParallelConfig& parallel = *config.mutable_parallel();
   // parallel.dp stays unset: it defaults to the launched world size / tp.
@@ -503,6 +504,9 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
   check.in_range("precision.backoff_factor", precision.backoff_factor(), 0.0f, true, 1.0f, true);
   check.greater("precision.growth_interval", precision.growth_interval(), int64_t{0});
   check.greater("precision.hysteresis", precision.hysteresis(), int64_t{0});
+  if (precision.compute_dtype() == FLOAT16 && !precision.loss_scaling())
+    check.fail("precision.loss_scaling",
+               "false with compute_dtype FLOAT16, expected true (f16 gradients underflow without loss scaling)");
 
   const ParallelConfig& parallel = config.parallel();
   if (parallel.has_dp()) check.at_least("parallel.dp", parallel.dp(), int64_t{1});

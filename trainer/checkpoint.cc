@@ -58,7 +58,8 @@ json state_to_json(const CheckpointState& state, const std::map<std::string, uin
           {"loss_scaler",
            {{"scale", state.loss_scale},
             {"good_steps", state.loss_scale_good_steps},
-            {"hysteresis_tracker", state.loss_scale_hysteresis_tracker}}},
+            {"hysteresis_tracker", state.loss_scale_hysteresis_tracker},
+            {"skipped_steps", state.skipped_steps}}},
           {"data_loader", state.data_loader_states.empty() ? std::string() : state.data_loader_states.front()},
           {"data_loader_ranks", state.data_loader_states},
           {"rng", rng},
@@ -283,6 +284,8 @@ CheckpointReader CheckpointReader::open(const std::string& where, const std::fil
   state.loss_scale_good_steps = int_field(scaler, "good_steps", state_path, "loss_scaler.");
   if (scaler.contains("hysteresis_tracker"))
     state.loss_scale_hysteresis_tracker = int_field(scaler, "hysteresis_tracker", state_path, "loss_scaler.");
+  if (scaler.contains("skipped_steps"))
+    state.skipped_steps = int_field(scaler, "skipped_steps", state_path, "loss_scaler.");
   if (root.contains("data_loader_ranks")) {
     const json& ranks = root["data_loader_ranks"];
     if (!ranks.is_array() || ranks.empty())

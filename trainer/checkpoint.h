@@ -56,6 +56,7 @@ struct CheckpointState {
   int64_t loss_scale_good_steps = 0;       // steps since the scale last changed
   int64_t loss_scale_hysteresis_tracker = 1;  // overflows still tolerated before backing off (optional
                                              // in state.json; 1 when absent)
+  int64_t skipped_steps = 0;               // overflow-skipped steps so far (optional; 0 when absent)
   // Each data-parallel rank's loader position, by dp rank (opaque to the
   // checkpoint: the loader's own encoding). state.json keeps them under
   // "data_loader_ranks", and rank 0's also under "data_loader", the field

@@ -196,6 +196,11 @@ std::string format_progress_line(const ProgressLine& line) {
     std::snprintf(text, sizeof(text), " | MFU %.0f%%", *line.model_flops_utilization * 100.0);
     result += text;
   }
+  if (line.loss_scale) {
+    std::snprintf(text, sizeof(text), " | scale %g", *line.loss_scale);
+    result += text;
+  }
+  if (line.skipped_steps) result += str_cat(" | skipped ", *line.skipped_steps);
   if (line.eta_seconds) result += str_cat(" | ETA ", format_duration(*line.eta_seconds));
   return result;
 }

@@ -75,6 +75,7 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
   options.backoff_factor = precision.backoff_factor();
   options.growth_interval = precision.growth_interval();
   options.hysteresis = precision.hysteresis();
+  options.loss_scaling = precision.loss_scaling();
 
   const MemoryConfig& memory = config.memory();
   options.activation_checkpointing = memory.activation_checkpointing() == FULL        ? "full"

@@ -116,8 +116,9 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   schedule.min_lr_ratio = options_.min_lr_ratio;
   schedule_ = std::make_unique<optim::LrSchedule>(schedule);
 
-  // Loss scaling only for f16 (proto: PrecisionConfig); bf16 has fp32's range.
-  if (parse_float_dtype(options_.compute_dtype, "precision.compute_dtype") == DType::kF16) {
+  // Loss scaling always for f16, on request for bf16/f32 (proto:
+  // PrecisionConfig.loss_scaling); bf16 has fp32's exponent range.
+  if (options_.loss_scaling || parse_float_dtype(options_.compute_dtype, "precision.compute_dtype") == DType::kF16) {
     optim::LossScalerConfig scaler;
     scaler.init_scale = options_.init_scale;
     scaler.growth_factor = options_.growth_factor;
@@ -223,6 +224,7 @@ void Trainer::resume(const std::string& where) {
       make_loader_options(options_, model_->model->config(), eos_id_, false, dp_->rank(), dp_->size()),
       positions[static_cast<size_t>(dp_->rank())]);
   step_ = state.step;
+  skipped_steps_ = state.skipped_steps;
   last_checkpoint_step_ = step_;
   resumed_from_ = reader.directory();
 }
@@ -287,6 +289,8 @@ StepRecord Trainer::train_step() {
     record.communication_seconds = stats.communication_seconds;
     record.exposed_communication_seconds = stats.exposed_seconds;
   }
+  if (hooks_.inspect_gradients) hooks_.inspect_gradients(record.step, parameters);
+  record.skipped_steps = skipped_steps_;
   loss_sum = dp_->all_reduce_sum(loss_sum, "loss all-reduce");
   record.loss = record.trained_tokens > 0 ? loss_sum / static_cast<double>(record.trained_tokens) : 0.0;
 
@@ -306,6 +310,7 @@ StepRecord Trainer::train_step() {
     for (Parameter* parameter : parameters) grads.push_back(parameter->grad);
     if (!scaler_->check_and_update(optimizer_context, grads)) {
       record.skipped = true;
+      record.skipped_steps = ++skipped_steps_;
       record.grad_norm = std::numeric_limits<double>::infinity();
       record.seconds = now() - step_start;
       return record;
@@ -382,6 +387,7 @@ std::filesystem::path Trainer::write_checkpoint(std::vector<std::string> loader_
     state.loss_scale_hysteresis_tracker = scaler_->state().hysteresis_tracker;
   }
   state.data_loader_states = std::move(loader_states);
+  state.skipped_steps = skipped_steps_;
   state.rng[kDropoutStream] = {options_.seed, dropout_micro_steps_};
   state.fingerprint = model_->fingerprint;
   return checkpoints_->write(state, checkpoint_tensors(), optimizer_tensors());
@@ -432,13 +438,20 @@ TrainResult Trainer::train() {
       line.tokens_per_second = window_seconds > 0 ? static_cast<double>(window_input) / window_seconds : 0.0;
       const double seconds_per_step = (time - start_time) / static_cast<double>(step_ - first_step);
       line.eta_seconds = seconds_per_step * static_cast<double>(total_steps - step_);
+      if (scaler_) {
+        line.loss_scale = scaler_->scale();
+        line.skipped_steps = skipped_steps_;
+      }
       say(format_progress_line(line));
       if (metrics_) {
         ScalarValues values = {{"loss", line.loss},
                                {"lr", line.learning_rate},
                                {"grad_norm", last_grad_norm.value_or(0.0)},
                                {"tokens_per_second", line.tokens_per_second}};
-        if (scaler_) values.emplace_back("loss_scale", record.loss_scale);
+        if (scaler_) {
+          values.emplace_back("loss_scale", scaler_->scale());
+          values.emplace_back("skipped_steps", static_cast<double>(skipped_steps_));
+        }
         metrics_->log_scalars(step_, values);
       }
       window_start = time;

@@ -57,7 +57,8 @@ struct StepRecord {
   double learning_rate = 0.0;
   double grad_norm = 0.0;   // global L2 norm before clipping, un-scaled
   bool skipped = false;     // no update: non-finite gradient (f16) or no trained token
-  double loss_scale = 1.0;  // the scale the step ran with (1 unless f16)
+  double loss_scale = 1.0;  // the scale the step ran with (1 without loss scaling)
+  int64_t skipped_steps = 0;  // overflow-skipped steps of the run so far, this one included
   // Data parallelism (zero with one rank): this rank's gradient all-reduce.
   int64_t allreduce_bytes = 0;                 // bytes all-reduced per step
   int64_t buckets = 0;                         // gradient buckets all-reduced
@@ -102,6 +103,10 @@ struct TrainerHooks {
   const std::atomic<bool>* stop_requested = nullptr;
   // Called after every optimizer step (tests record the losses).
   std::function<void(const StepRecord&)> on_step;
+  // Called with the step number and the optimizer's parameters once their
+  // gradients are complete (summed over ranks, still loss-scaled), before
+  // the non-finite check: fault injection for tests (STYLE.md 12).
+  std::function<void(int64_t step, const std::vector<Parameter*>& parameters)> inspect_gradients;
   // Injectable wall clock (seconds) for tokens/s and ETA.
   std::function<double()> clock;
   // Keep the optimizer's parameters as host copies of the trainable weights:
@@ -139,7 +144,7 @@ class Trainer {
   int64_t step() const { return step_; }
   TrainingModel& model() { return *model_; }
   optim::AdamW& optimizer() { return *optimizer_; }
-  // Null unless the compute dtype is f16.
+  // Null without loss scaling (on for f16, optional otherwise).
   const optim::LossScaler* loss_scaler() const { return scaler_.get(); }
   const TrainOptions& options() const { return options_; }
   // Where the run resumed from, if it did.
@@ -187,6 +192,7 @@ class Trainer {
   // pure function of seed, counter and element), checkpointed as the rng
   // stream "lora_dropout".
   uint64_t dropout_micro_steps_ = 0;
+  int64_t skipped_steps_ = 0;  // updates skipped for a non-finite gradient
   int64_t last_checkpoint_step_ = -1;
   std::optional<std::filesystem::path> resumed_from_;
 };

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "../test_util.h"
@@ -304,6 +305,70 @@ TEST_F(TrainerTest, ActivationCheckpointingTrainsBitForBitLikeKeepingEverything)
     if (lora) {
       EXPECT_NE(run("selective", 1, 6).first, none.first) << "the control: another seed differs";
     }
+  }
+}
+
+// ---- Overflow skipping ---------------------------------------------------------
+
+// Loss scaling on request for bf16: an Inf injected into one gradient skips
+// that step (weights, masters, moments and the schedule bit for bit as
+// before it), backs the scale off, counts the skip, and training goes on.
+// With hysteresis 2 (Megatron's rule) the first overflow keeps the scale and
+// the second backs it off; both steps are skipped.
+TEST_F(TrainerTest, AnInjectedInfSkipsTheStepUntouchedBacksTheScaleOffAndTrainingGoesOn) {
+  for (int64_t hysteresis : {1, 2}) {
+    TrainOptions options = lora_options(str_cat("overflow-", hysteresis));
+    options.compute_dtype = options.weights_dtype = "bf16";
+    options.loss_scaling = true;
+    options.init_scale = 1024.0f;
+    options.hysteresis = hysteresis;
+    options.total_steps = 6;
+    const std::set<int64_t> inject = hysteresis == 1 ? std::set<int64_t>{3} : std::set<int64_t>{3, 4};
+    Trainer* trainer = nullptr;
+    auto snapshot = [&] {
+      std::vector<std::vector<float>> state;
+      for (const NamedTensor& tensor : trainer->model().trainable_tensors()) state.push_back(tensor.tensor.to_floats());
+      for (optim::AdamWParameterState& moments : trainer->optimizer().states())
+        for (const Tensor* tensor : {&moments.master, &moments.exp_avg, &moments.exp_avg_sq})
+          state.push_back(tensor->to_floats());
+      return state;
+    };
+    std::vector<StepRecord> records;
+    std::vector<std::vector<float>> before_overflow;
+    std::vector<double> scales_after;
+    TrainerHooks hooks = quiet_hooks();
+    hooks.inspect_gradients = [&](int64_t step, const std::vector<Parameter*>& parameters) {
+      if (step == *inject.begin()) before_overflow = snapshot();
+      if (inject.count(step)) parameters.back()->grad.data<float>()[0] = std::numeric_limits<float>::infinity();
+    };
+    hooks.on_step = [&](const StepRecord& record) {
+      records.push_back(record);
+      scales_after.push_back(trainer->loss_scaler()->scale());
+      if (record.step == *inject.rbegin()) {
+        EXPECT_TRUE(snapshot() == before_overflow) << "weights or optimizer state changed by a skipped step";
+      }
+    };
+    Trainer run(*context_, options, hooks);
+    trainer = &run;
+    const TrainResult result = run.train();
+    EXPECT_EQ(result.final_step, 6);
+    ASSERT_EQ(records.size(), 6u);
+    for (const StepRecord& record : records) {
+      SCOPED_TRACE(str_cat("hysteresis ", hysteresis, ", step ", record.step));
+      EXPECT_EQ(record.skipped, inject.count(record.step) == 1);
+      EXPECT_TRUE(std::isfinite(record.loss));
+    }
+    const StepRecord& last_skipped = records[static_cast<size_t>(*inject.rbegin() - 1)];
+    EXPECT_EQ(last_skipped.skipped_steps, static_cast<int64_t>(inject.size()));
+    EXPECT_EQ(records.back().skipped_steps, static_cast<int64_t>(inject.size()));
+    // The schedule did not advance: the step after the skips runs at the lr
+    // the first skipped step had.
+    EXPECT_EQ(records[static_cast<size_t>(*inject.rbegin())].learning_rate,
+              records[static_cast<size_t>(*inject.begin() - 1)].learning_rate);
+    // Scale: 1024 until the back-off, then 512 (growth_interval 2000: no growth).
+    EXPECT_EQ(scales_after[static_cast<size_t>(*inject.begin() - 1)], hysteresis == 1 ? 512.0 : 1024.0);
+    EXPECT_EQ(scales_after.back(), 512.0);
+    EXPECT_FALSE(before_overflow.empty());
   }
 }
 
