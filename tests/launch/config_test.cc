@@ -172,6 +172,7 @@ TEST(TrainConfig, UnwrittenFieldsTakeTheDefaultsTheProtoDocuments) {
   EXPECT_EQ(config.parallel().tp(), 1);
   EXPECT_EQ(config.parallel().bucket_mb(), 25.0);
   EXPECT_EQ(config.parallel().timeout_s(), 600.0);
+  EXPECT_FALSE(config.precision().loss_scaling());  // on only for FLOAT16 unless written
   EXPECT_EQ(config.memory().activation_checkpointing(), NONE);
   EXPECT_EQ(config.memory().checkpoint_every_n_layers(), 1);
   EXPECT_EQ(config.checkpoint().dir(), "checkpoints");
@@ -315,6 +316,9 @@ TEST(TrainConfigErrors, OutOfRangeNamesFieldValueAndRange) {
             "run.pbtxt: field 'peft.lora.alpha': -0.3 out of range, expected > 0");
   EXPECT_EQ(load_error(kMinimal, {"precision.growth_factor=1"}),
             "run.pbtxt: field 'precision.growth_factor': 1 out of range, expected > 1");
+  EXPECT_EQ(load_error(std::string(kMinimal) + "precision { compute_dtype: FLOAT16 loss_scaling: false }\n"),
+            "run.pbtxt: field 'precision.loss_scaling': false with compute_dtype FLOAT16, expected true (f16 "
+            "gradients underflow without loss scaling)");
   EXPECT_EQ(load_error(kMinimal, {"memory.checkpoint_every_n_layers=0"}),
             "run.pbtxt: field 'memory.checkpoint_every_n_layers': 0 out of range, expected >= 1");
   EXPECT_EQ(load_error(kMinimal, {"parallel.bucket_mb=0"}),
