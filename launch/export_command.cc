@@ -76,9 +76,12 @@ int run_export(std::span<char*> args) {
     throw_bad_input("export: ", options.checkpoint_dir,
                     ": no checkpoint (step-<N> directory) to export; train first or pass --checkpoint DIR");
 
+  // Exported from fp32 (the masters of a bf16/f16 run), stored in --dtype,
+  // by default the run's compute dtype.
+  if (!dtype) dtype = trainer::parse_float_dtype(options.compute_dtype, "precision.compute_dtype");
   auto context = Context::cpu(options.seed);
-  auto model = trainer::build_training_model(*context, options, /*for_training=*/false);
-  const std::filesystem::path source = trainer::load_checkpoint_weights(*model, options, checkpoint);
+  std::filesystem::path source;
+  auto model = trainer::load_fp32_model_for_export(*context, options, checkpoint, &source);
   if (merged_dir) {
     const std::vector<std::string> copied =
         trainer::export_merged(*model, options.hf_dir, *merged_dir, dtype, max_shard_bytes);

@@ -322,6 +322,27 @@ CheckpointReader CheckpointReader::open(const std::string& where, const std::fil
 void CheckpointReader::load_trainable(std::span<const NamedTensor> into) const { load(kTrainableFile, into); }
 void CheckpointReader::load_optimizer(std::span<const NamedTensor> into) const { load(kOptimizerFile, into); }
 
+void CheckpointReader::load_fp32_weights(std::span<const NamedTensor> into) const {
+  SafetensorsFile optimizer = SafetensorsFile::open(directory_ / kOptimizerFile);
+  SafetensorsFile trainable = SafetensorsFile::open(directory_ / kTrainableFile);
+  for (const NamedTensor& named : into) {
+    LLMFT_CHECK(named.tensor.dtype() == DType::kF32, "load_fp32_weights into ", named.tensor.to_string());
+    const std::string master = named.name + ".master";
+    SafetensorsFile& file = optimizer.contains(master) ? optimizer : trainable;
+    const std::string& name = optimizer.contains(master) ? master : named.name;
+    if (!file.contains(name))
+      throw_bad_input(trainable.path(), ": no tensor '", named.name, "' (expected ",
+                      shape_text(dtype_name(named.tensor.dtype()), named.tensor.shape()), ")");
+    const SafetensorsEntry& entry = file.entry(name);
+    if (entry.dtype != DType::kF32 || entry.shape != named.tensor.shape())
+      throw_bad_input(file.path(), ": tensor '", name, "': expected ",
+                      shape_text(dtype_name(DType::kF32), named.tensor.shape()), ", found ",
+                      shape_text(entry.dtype ? dtype_name(*entry.dtype) : entry.dtype_name, entry.shape));
+    Tensor destination = named.tensor;
+    destination.copy_from(file.tensor(name));
+  }
+}
+
 void CheckpointReader::load(const std::string& file_name, std::span<const NamedTensor> into) const {
   SafetensorsFile file = SafetensorsFile::open(directory_ / file_name);
   std::map<std::string, const NamedTensor*> wanted;

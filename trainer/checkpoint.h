@@ -128,6 +128,10 @@ class CheckpointReader {
   // vs found dtype/shape.
   void load_trainable(std::span<const NamedTensor> into) const;
   void load_optimizer(std::span<const NamedTensor> into) const;
+  // The fp32 value of each trainable tensor into f32 `into`: its AdamW master
+  // ("<name>.master" in optimizer.safetensors) where the run kept one (16-bit
+  // compute), else the trainable value itself, which is then f32.
+  void load_fp32_weights(std::span<const NamedTensor> into) const;
 
  private:
   void load(const std::string& file_name, std::span<const NamedTensor> into) const;

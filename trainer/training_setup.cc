@@ -88,7 +88,7 @@ uint64_t fnv1a(uint64_t hash, const void* data, size_t bytes) {
 
 }  // namespace
 
-uint64_t base_weights_sample_hash(const LlamaModel& model) {
+uint64_t base_weights_sample_hash(const LlamaModel& model, DType dtype) {
   uint64_t hash = kFnvOffsetBasis;
   for (const Parameter* parameter : model.parameters().all()) {
     const Tensor& value = parameter->value;
@@ -100,7 +100,10 @@ uint64_t base_weights_sample_hash(const LlamaModel& model) {
       samples.push_back(value.slice_rows(value.size(0) - 1, value.size(0)));
     }
     for (const Tensor& sample : samples) {
-      const Tensor host = sample.device().is_cuda() ? sample.to(default_host_allocator()) : sample;
+      Tensor host = sample.device().is_cuda() ? sample.to(default_host_allocator()) : sample;
+      // In the run's compute dtype (rounded as loading in it rounds), so an
+      // fp32 copy of a bf16 run's model has the run's fingerprint.
+      if (host.dtype() != dtype) host = Tensor::from_floats(host.shape(), host.to_floats(), dtype);
       hash = fnv1a(hash, host.raw_data(), host.nbytes());
     }
   }
@@ -109,7 +112,9 @@ uint64_t base_weights_sample_hash(const LlamaModel& model) {
 
 std::string training_fingerprint_text(const LlamaModel& model, const TrainOptions& options) {
   std::string text = str_cat("model=", model.config().to_json().dump(), ";weights=", std::hex,
-                             base_weights_sample_hash(model), std::dec, ";peft=");
+                             base_weights_sample_hash(model, parse_float_dtype(options.compute_dtype,
+                                                                               "precision.compute_dtype")),
+                             std::dec, ";peft=");
   if (!options.lora) return text + "none";
   LoraConfig lora_config;
   lora_config.target_modules = options.lora_target_modules;
@@ -176,6 +181,20 @@ data::LoaderOptions make_loader_options(const TrainOptions& options, const Model
   loader.names.loss_mask = options.loss_mask_feature;
   loader.reader.skip_corrupt_records = options.skip_corrupt_records;
   return loader;
+}
+
+std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, const TrainOptions& options,
+                                                          const std::string& where, std::filesystem::path* source) {
+  TrainOptions fp32 = options;
+  fp32.compute_dtype = fp32.weights_dtype = "f32";
+  std::unique_ptr<TrainingModel> model = build_training_model(context, fp32, /*for_training=*/false);
+  // The run's fingerprint: its base-weight sample hashed in its compute dtype.
+  model->fingerprint = training_fingerprint(*model->model, options);
+  model->fingerprint_text = training_fingerprint_text(*model->model, options);
+  CheckpointReader reader = CheckpointReader::open(where, options.checkpoint_dir, model->fingerprint);
+  reader.load_fp32_weights(model->trainable_tensors());
+  if (source) *source = reader.directory();
+  return model;
 }
 
 std::filesystem::path load_checkpoint_weights(TrainingModel& model, const TrainOptions& options,

@@ -58,7 +58,9 @@ std::string training_fingerprint(const LlamaModel& model, const TrainOptions& op
 // whole of 1-D ones), in registry order: two checkpoints of one architecture
 // (a base model and its instruct version) differ here, at the cost of reading
 // a few KB rather than every weight. Call it before any training changes them.
-uint64_t base_weights_sample_hash(const LlamaModel& model);
+// The sample is hashed as `dtype` values (converted when the model holds
+// another dtype).
+uint64_t base_weights_sample_hash(const LlamaModel& model, DType dtype);
 
 // The id that ends a document: config.json's (first) eos_token_id.
 // kBadInput naming the file when the model has none.
@@ -80,5 +82,13 @@ data::LoaderOptions make_loader_options(const TrainOptions& options, const Model
 // fingerprint check. Returns the checkpoint's directory.
 std::filesystem::path load_checkpoint_weights(TrainingModel& model, const TrainOptions& options,
                                               const std::string& where);
+
+// The model of checkpoint `where` for export, in fp32 whatever the run's
+// compute dtype: the base from options.hf_dir in f32 and the trainable
+// weights from their fp32 AdamW masters (a bf16/f16 run's 16-bit copies lose
+// what the masters kept). `source` receives the checkpoint's directory.
+std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, const TrainOptions& options,
+                                                          const std::string& where,
+                                                          std::filesystem::path* source = nullptr);
 
 }  // namespace llmft::trainer

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -305,6 +306,34 @@ TEST_F(TrainerTest, ActivationCheckpointingTrainsBitForBitLikeKeepingEverything)
     if (lora) {
       EXPECT_NE(run("selective", 1, 6).first, none.first) << "the control: another seed differs";
     }
+  }
+}
+
+// ---- Export from the fp32 masters ----------------------------------------------
+
+// A bf16 run's export is built from its fp32 AdamW masters, not from the
+// bf16 copies the model computed with (which is the control: they differ).
+TEST_F(TrainerTest, ExportOfABf16RunUsesTheFp32Masters) {
+  for (bool lora : {true, false}) {
+    TrainOptions options = lora ? lora_options("bf16-export-lora") : full_options("bf16-export-full");
+    options.compute_dtype = options.weights_dtype = "bf16";
+    options.total_steps = 3;
+    Trainer trainer(*context_, options, quiet_hooks());
+    trainer.train();
+    std::map<std::string, std::vector<float>> masters, bf16_values;
+    for (optim::AdamWParameterState& state : trainer.optimizer().states()) {
+      masters[state.parameter->name] = state.master.to_floats();
+      bf16_values[state.parameter->name] = state.parameter->value.to_floats();
+    }
+    auto exported = load_fp32_model_for_export(*context_, options, "latest");
+    bool differs_from_bf16 = false;
+    for (const NamedTensor& tensor : exported->trainable_tensors()) {
+      ASSERT_EQ(tensor.tensor.dtype(), DType::kF32) << tensor.name;
+      ASSERT_TRUE(masters.count(tensor.name)) << tensor.name;
+      EXPECT_TRUE(tensor.tensor.to_floats() == masters[tensor.name]) << tensor.name << " is not its master";
+      differs_from_bf16 |= tensor.tensor.to_floats() != bf16_values[tensor.name];
+    }
+    EXPECT_TRUE(differs_from_bf16) << "the masters equal their bf16 copies: the test cannot tell them apart";
   }
 }
 
