@@ -63,12 +63,14 @@ struct Options {
   int warmup = 2;
   int steps = 10;
   int64_t lm_head_chunk_rows = 0;  // 0: the model's default (LlamaOptions)
+  std::string recompute = "none";   // activation checkpointing of every block: none, selective, full
 };
 
 [[noreturn]] void usage(const std::string& problem) {
   std::fprintf(stderr,
                "lora_train_bench: %s\nusage: lora_train_bench --config small-lora|small-full|smollm2-lora "
-               "[--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10] [--lm-head-chunk-rows 0]\n",
+               "[--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10] [--lm-head-chunk-rows 0]\n"
+               "       [--recompute none|selective|full]\n",
                problem.c_str());
   std::exit(2);
 }
@@ -89,11 +91,14 @@ Options parse(int argc, char** argv) {
     else if (flag == "--warmup") options.warmup = static_cast<int>(number(0, true));
     else if (flag == "--steps") options.steps = static_cast<int>(number(1, true));
     else if (flag == "--lm-head-chunk-rows") options.lm_head_chunk_rows = static_cast<int64_t>(number(0, true));
+    else if (flag == "--recompute") options.recompute = value;
     else usage("unknown flag " + flag);
   }
   if (options.config != "small-lora" && options.config != "small-full" && options.config != "smollm2-lora")
     usage("--config must be small-lora, small-full or smollm2-lora, found '" + options.config + "'");
   if (options.config == "smollm2-lora" && options.model_dir.empty()) usage("smollm2-lora needs --model DIR");
+  if (options.recompute != "none" && options.recompute != "selective" && options.recompute != "full")
+    usage("--recompute must be none, selective or full, found '" + options.recompute + "'");
   return options;
 }
 
@@ -115,6 +120,9 @@ int main(int argc, char** argv) try {
     model->init_random(*context, /*seed=*/1);
   }
   const llmft::ModelConfig& config = model->config();
+  if (options.recompute != "none")
+    model->set_activation_policy(options.recompute == "full" ? llmft::ActivationPolicy::kRecompute
+                                                             : llmft::ActivationPolicy::kSelective);
 
   std::unique_ptr<llmft::LoraModel> lora_model;
   llmft::ParameterRegistry* trainable = &model->parameters();
@@ -163,10 +171,16 @@ int main(int argc, char** argv) try {
     if (step == 0) first_loss = loss;
   }
   std::vector<double> times;
+  // Activation memory: the allocator's peak during a step above what stays
+  // allocated between steps (weights, gradients, optimizer state).
+  size_t step_peak_bytes = 0;
   for (int step = 0; step < options.steps; ++step) {
+    const size_t resident = context->allocator().bytes_in_use();
+    context->allocator().reset_peak();
     Clock::time_point start = Clock::now();
     train_step();
     times.push_back(seconds_since(start));
+    step_peak_bytes = std::max(step_peak_bytes, context->allocator().peak_bytes_in_use() - resident);
     if (options.warmup == 0 && step == 0) first_loss = loss;
   }
   const double sgemm_after = sgemm_gflops(1024, threads, /*repeats=*/20);
@@ -201,10 +215,14 @@ int main(int argc, char** argv) try {
               tokens_best, tokens_median, gflops, gflops / ceiling);
   std::printf("loss: first step %.4f, last step %.4f (ln V = %.4f); SGEMM before / after %.1f / %.1f GFLOP/s\n",
               first_loss, loss, std::log(static_cast<double>(config.vocab_size)), sgemm_before, sgemm_after);
+  std::printf("activation checkpointing %s: peak memory of a step above the resident weights, gradients and "
+              "optimizer state %.1f MiB\n",
+              options.recompute.c_str(), static_cast<double>(step_peak_bytes) / (1 << 20));
   std::printf("RESULT side=llmft config=%s tokens_per_s_best=%.1f tokens_per_s_median=%.1f step_s_best=%.4f "
-              "gflops=%.1f sgemm_gflops=%.1f loss_first=%.4f loss_last=%.4f openblas=%s\n",
+              "gflops=%.1f sgemm_gflops=%.1f loss_first=%.4f loss_last=%.4f openblas=%s recompute=%s "
+              "step_peak_mib=%.1f\n",
               options.config.c_str(), tokens_best, tokens_median, best, gflops, ceiling, first_loss, loss,
-              openblas_get_corename());
+              openblas_get_corename(), options.recompute.c_str(), static_cast<double>(step_peak_bytes) / (1 << 20));
   return 0;
 } catch (const std::exception& error) {
   std::fprintf(stderr, "lora_train_bench: %s\n", error.what());
