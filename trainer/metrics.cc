@@ -196,6 +196,10 @@ std::string format_progress_line(const ProgressLine& line) {
     std::snprintf(text, sizeof(text), " | MFU %.0f%%", *line.model_flops_utilization * 100.0);
     result += text;
   }
+  if (line.communication_hidden) {
+    std::snprintf(text, sizeof(text), " | comm %.0f%% hidden", *line.communication_hidden * 100.0);
+    result += text;
+  }
   if (line.loss_scale) {
     std::snprintf(text, sizeof(text), " | scale %g", *line.loss_scale);
     result += text;

@@ -96,6 +96,9 @@ struct ProgressLine {
   double tokens_per_second = 0.0;
   std::optional<double> model_flops_utilization;  // a fraction: 0.41 prints "41%"
   std::optional<double> eta_seconds;
+  // Data parallelism: the share of the gradient all-reduce time that ran
+  // behind the backward.
+  std::optional<double> communication_hidden;
   // With loss scaling: the current scale and the overflow-skipped steps.
   std::optional<double> loss_scale;
   std::optional<int64_t> skipped_steps;

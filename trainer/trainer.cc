@@ -403,6 +403,8 @@ TrainResult Trainer::train() {
   double window_loss_sum = 0.0;
   int64_t window_trained = 0;
   int64_t window_input = 0;
+  double window_communication = 0.0, window_exposed = 0.0;  // data parallelism: gradient all-reduce seconds
+  int64_t window_steps = 0;
   std::optional<double> last_grad_norm;
 
   while (step_ < total_steps) {
@@ -421,6 +423,9 @@ TrainResult Trainer::train() {
     window_loss_sum += record.loss * static_cast<double>(record.trained_tokens);
     window_trained += record.trained_tokens;
     window_input += record.input_tokens;
+    window_communication += record.communication_seconds;
+    window_exposed += record.exposed_communication_seconds;
+    ++window_steps;
     if (!record.skipped) last_grad_norm = record.grad_norm;
 
     const bool log_now =
@@ -438,6 +443,8 @@ TrainResult Trainer::train() {
       line.tokens_per_second = window_seconds > 0 ? static_cast<double>(window_input) / window_seconds : 0.0;
       const double seconds_per_step = (time - start_time) / static_cast<double>(step_ - first_step);
       line.eta_seconds = seconds_per_step * static_cast<double>(total_steps - step_);
+      if (buckets_ && window_communication > 0.0)
+        line.communication_hidden = 1.0 - std::min(1.0, window_exposed / window_communication);
       if (scaler_) {
         line.loss_scale = scaler_->scale();
         line.skipped_steps = skipped_steps_;
@@ -448,6 +455,11 @@ TrainResult Trainer::train() {
                                {"lr", line.learning_rate},
                                {"grad_norm", last_grad_norm.value_or(0.0)},
                                {"tokens_per_second", line.tokens_per_second}};
+        if (buckets_) {
+          const double steps = static_cast<double>(window_steps);
+          values.emplace_back("allreduce_ms", 1e3 * window_communication / steps);
+          values.emplace_back("exposed_allreduce_ms", 1e3 * window_exposed / steps);
+        }
         if (scaler_) {
           values.emplace_back("loss_scale", scaler_->scale());
           values.emplace_back("skipped_steps", static_cast<double>(skipped_steps_));
@@ -458,6 +470,8 @@ TrainResult Trainer::train() {
       window_loss_sum = 0.0;
       window_trained = 0;
       window_input = 0;
+      window_communication = window_exposed = 0.0;
+      window_steps = 0;
     }
     if (options_.eval_every_n_steps > 0 && step_ % options_.eval_every_n_steps == 0) {
       const EvalResult eval = evaluate();

@@ -339,6 +339,21 @@ TEST(ProgressLine, LeavesOutUnknownParts) {
   EXPECT_EQ(format_progress_line(line), "step 1/10 | loss 10.0000 | lr 0.0e+00 | 1,000 tok/s");
 }
 
+TEST(ProgressLine, DataParallelAndLossScalingParts) {
+  ProgressLine line;
+  line.step = 7;
+  line.total_steps = 10;
+  line.loss = 1.5;
+  line.learning_rate = 1e-3;
+  line.tokens_per_second = 2000;
+  line.communication_hidden = 0.436;
+  line.loss_scale = 32768.0;
+  line.skipped_steps = 2;
+  line.eta_seconds = 3.0;
+  EXPECT_EQ(format_progress_line(line),
+            "step 7/10 | loss 1.5000 | lr 1.0e-03 | 2,000 tok/s | comm 44% hidden | scale 32768 | skipped 2 | ETA 3s");
+}
+
 TEST(ProgressLine, DurationsInHoursMinutesAndSeconds) {
   EXPECT_EQ(format_duration(0.0), "0s");
   EXPECT_EQ(format_duration(0.4), "0s");
