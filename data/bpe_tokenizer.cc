@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "data/tokenizer_unicode.h"
 
 namespace llmft {
@@ -784,7 +785,7 @@ std::unique_ptr<BpeTokenizer> load_bpe_tokenizer(const std::filesystem::path& to
     std::stringstream buffer;
     buffer << in.rdbuf();
     try {
-      return json::parse(buffer.str());
+      return parse_json<json>(buffer.str(), path.string());
     } catch (const json::parse_error& error) {
       throw_bad_input(path.string(), ": not valid JSON: ", error.what());
     }

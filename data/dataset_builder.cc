@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "core/philox.h"
 #include "data/example.h"
 #include "data/tfrecord.h"
@@ -190,7 +191,12 @@ bool is_chat_format(InputFormat format) {
 }
 
 InputFormat detect_input_format(std::string_view line) {
-  json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  json record;
+  try {
+    record = parse_json<json>(line, "", /*allow_exceptions=*/false);
+  } catch (const Error&) {
+    return InputFormat::kAuto;  // nested too deep: RecordTokenizer::tokenize says so with the line
+  }
   if (record.is_discarded() || !record.is_object()) return InputFormat::kAuto;
   return detect_format(record);
 }
@@ -352,7 +358,7 @@ RecordTokenizer::RecordTokenizer(const Tokenizer& tokenizer, const DatasetBuildO
 TokenizedRecord RecordTokenizer::tokenize(std::string_view line) {
   json record;
   try {
-    record = json::parse(line);
+    record = parse_json<json>(line, "");  // the caller prefixes file and line
   } catch (const json::parse_error& error) {
     throw_bad_input("not valid JSON: ", error.what());
   }

@@ -17,8 +17,10 @@
 //                                            ("input" may be absent or empty: then the
 //                                            instruction alone), and one assistant turn, output
 // Any other key, a wrong type, an unknown role, an empty conversation, an
-// empty assistant message, or (unless train_on is kAll) a conversation with no
-// assistant message is a bad record: one line "<file>:<line>: <field>: ...".
+// empty assistant message, (unless train_on is kAll) a conversation with no
+// assistant message, JSON nested deeper than kMaxJsonDepth (core/json_depth.h),
+// or a render that passes the template's ChatTemplateLimits is a bad record:
+// one line "<file>:<line>: <field>: ...".
 //
 // Tokens of a record:
 //   text:        prefix_ids + encode(text) + suffix_ids    (BOS/EOS as the tokenizer config says)

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "data/sentencepiece_shim.h"
 #include "data/tokenizer_unicode.h"
 
@@ -79,7 +80,7 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::filesystem::path& mode
     std::ifstream in(config_path, std::ios::binary);
     std::stringstream buffer;
     buffer << in.rdbuf();
-    nlohmann::json config = nlohmann::json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
+    nlohmann::json config = parse_json(buffer.str(), config_path.string(), /*allow_exceptions=*/false);
     if (config.is_discarded() || !config.is_object()) throw_bad_input(config_path.string(), ": not a JSON object");
     for (auto [key, flag] : {std::pair{"add_bos_token", &add_bos}, std::pair{"add_eos_token", &add_eos}}) {
       if (!config.contains(key) || config[key].is_null()) continue;

@@ -15,7 +15,10 @@ add_library(llmft_tokenizer
   ${CMAKE_CURRENT_SOURCE_DIR}/tokenizer_pretokenizer.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/bpe_tokenizer.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/sentencepiece_tokenizer.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/chat_template.cc)
+  ${CMAKE_CURRENT_SOURCE_DIR}/chat_template.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/chat_template_parser.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/chat_template_renderer.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/chat_template_value.cc)
 target_include_directories(llmft_tokenizer PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(llmft_tokenizer PUBLIC llmft_core nlohmann_json::nlohmann_json ${CMAKE_DL_LIBS}
   PRIVATE llmft_warnings)

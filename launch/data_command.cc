@@ -30,6 +30,7 @@ constexpr const char* kUsage =
     "                   [--compression none|gzip|zlib]\n"
     "                   [--format text|prompt-completion|messages|sharegpt|alpaca] [--chat-template FILE]\n"
     "                   [--train-on assistant|last|all] [--special-tokens-in-content] [--end-of-turn TOKEN]\n"
+    "                   [--template-limits output_mb=N,loop_iterations=N,range=N,built_mb=N,depth=N]\n"
     "      JSONL lines -> tf.Example records (input_ids, loss_mask) in <output>-NNNNN-of-MMMMM.tfrecord\n"
     "      and, with --val-fraction, <output>-val-00000-of-00001.tfrecord. The format is detected from\n"
     "      the first record's keys unless --format names it: {\"text\"}, {\"prompt\", \"completion\"},\n"
@@ -40,6 +41,11 @@ constexpr const char* kUsage =
     "      end-of-turn token (--train-on assistant), the last one (last), or every token (all).\n"
     "      Records longer than --seq-len keep their first seq-len tokens. --compression gzip|zlib\n"
     "      compresses whole files, named *.tfrecord.gz|.zlib.\n"
+    "      A template's render is bounded (an error names the template line and the limit): a\n"
+    "      conversation of at most output_mb=16 MiB, loop_iterations=10000000 per render, range()\n"
+    "      and built lists of range=100000 items, built_mb=1024 MiB of strings built or copied, and\n"
+    "      depth=200 levels of nesting; --template-limits raises any of them (built_mb follows\n"
+    "      output_mb unless given). A JSON record nested deeper than 512 levels is a bad record.\n"
     "  llmft data inspect FILE [--limit N | --records N] [--tokenizer DIR_OR_FILE] [--json | --show-mask]\n"
     "      prints records (ids, loss mask, and text when a tokenizer is given); --limit 0 prints all\n"
     "      (default 10). A .gz/.zlib file is read as GZIP/ZLIB. --json prints one JSON object per\n"
@@ -130,13 +136,14 @@ std::string human_count(uint64_t count) {
 // tokenizer directory's own (tokenizer_config.json / chat_template.jinja).
 // bos/eos text comes from the directory's tokenizer_config.json either way.
 ModelChatTemplate load_data_chat_template(const std::string& tokenizer_path,
-                                                const std::optional<std::string>& template_file) {
+                                          const std::optional<std::string>& template_file,
+                                          const ChatTemplateLimits& limits) {
   std::filesystem::path directory = tokenizer_path;
   if (!std::filesystem::is_directory(directory)) directory = directory.parent_path();
-  if (!template_file) return load_chat_template(directory);
+  if (!template_file) return load_chat_template(directory, limits);
   ModelChatTemplate from_directory = [&]() -> ModelChatTemplate {
     try {
-      return load_chat_template(directory);
+      return load_chat_template(directory, limits);
     } catch (const Error&) {
       return {ChatTemplate("", "(none)"), "", ""};  // a template file needs no template in the directory
     }
@@ -144,7 +151,7 @@ ModelChatTemplate load_data_chat_template(const std::string& tokenizer_path,
   std::ifstream in(*template_file, std::ios::binary);
   if (!in) throw_bad_input(*template_file, ": cannot open the chat template");
   std::string source((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return ModelChatTemplate{ChatTemplate(std::move(source), *template_file), from_directory.bos_token,
+  return ModelChatTemplate{ChatTemplate(std::move(source), *template_file, limits), from_directory.bos_token,
                            from_directory.eos_token};
 }
 
@@ -168,7 +175,7 @@ int run_build(std::span<char*> args) {
   }
   arguments.check_known({"input", "tokenizer", "output", "shards", "seq-len", "val-fraction", "seed",
                          "skip-bad-records", "compression", "format", "chat-template", "train-on",
-                         "special-tokens-in-content", "end-of-turn"});
+                         "special-tokens-in-content", "end-of-turn", "template-limits"});
   if (!arguments.positional().empty())
     throw_bad_input("data build: unexpected argument \"", arguments.positional()[0], "\"\n", kUsage);
   data::DatasetBuildOptions options;
@@ -198,6 +205,9 @@ int run_build(std::span<char*> args) {
   options.chat.special_tokens_in_content = arguments.get("special-tokens-in-content").has_value();
   for (const auto& [name, value] : arguments.all())
     if (name == "end-of-turn") options.chat.end_of_turn_tokens.push_back(value);
+  const std::optional<std::string> limits_text = arguments.get("template-limits");
+  const ChatTemplateLimits template_limits =
+      limits_text ? parse_chat_template_limits(*limits_text, "--template-limits") : ChatTemplateLimits{};
 
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_path);
   std::fprintf(stderr, "tokenizer: %s\n", tokenizer->description().c_str());
@@ -206,7 +216,7 @@ int run_build(std::span<char*> args) {
   data::InputFormat expected_format =
       options.format == data::InputFormat::kAuto ? first_record_format(options.input_path) : options.format;
   if (data::is_chat_format(expected_format)) {
-    chat_template.emplace(load_data_chat_template(tokenizer_path, arguments.get("chat-template")));
+    chat_template.emplace(load_data_chat_template(tokenizer_path, arguments.get("chat-template"), template_limits));
     options.chat_template = &*chat_template;
     std::fprintf(stderr, "chat template: %s\n", chat_template->chat_template.origin().c_str());
   }

@@ -20,6 +20,7 @@
 #include "core/context.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "launch/cli_args.h"
@@ -37,13 +38,16 @@ constexpr const char* kUsage =
     "                      [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
     "                      [--dtype f32|bf16] [--device cpu|cuda[:N]] [--threads N] [--chat-template FILE]\n"
     "                      [--print-ids] [--render-only] [--no-generation-prompt] [--special-tokens-in-content]\n"
+    "                      [--template-limits output_mb=N,loop_iterations=N,range=N,built_mb=N,depth=N]\n"
     "  --prompt: plain text (BOS added as the tokenizer config says). --chat: one user turn through the\n"
     "  model's chat template; --messages: a JSON list of {\"role\", \"content\"} (or {\"messages\": [...]}).\n"
     "  Temperature 0 (the default) is greedy. On a machine whose cores are busy with other work,\n"
     "  --threads 1 can make the prompt's prefill faster than the default. --render-only prints the rendered\n"
     "  template instead of generating; --print-ids prints token ids (of the rendering, or of the\n"
     "  completion) instead of text. Special-token text inside message contents stays text unless\n"
-    "  --special-tokens-in-content.\n"
+    "  --special-tokens-in-content. The chat template's render is bounded (output_mb=16 MiB,\n"
+    "  loop_iterations=10000000, range=100000 items, built_mb=1024 MiB built or copied, depth=200\n"
+    "  levels); --template-limits raises any of them (built_mb follows output_mb unless given).\n"
     "  --batch: one conversation per line, {\"messages\": [...], \"expected\": \"...\"}; each is rendered with\n"
     "  the generation prompt and decoded (greedy by default), --show N of them (default 3) are printed with\n"
     "  their expected answer, then `exact_match K/N = P%` (a generation matches when it equals \"expected\"\n"
@@ -66,6 +70,7 @@ struct GenerateArgs {
   bool render_only = false;
   bool generation_prompt = true;
   bool special_tokens_in_content = false;
+  ChatTemplateLimits template_limits;
 };
 
 float parse_number(std::string_view option, const std::string& text) {
@@ -99,6 +104,8 @@ GenerateArgs parse_args(std::span<char*> args) {
     else if (arg == "--render-only") parsed.render_only = true;
     else if (arg == "--no-generation-prompt") parsed.generation_prompt = false;
     else if (arg == "--special-tokens-in-content") parsed.special_tokens_in_content = true;
+    else if (arg == "--template-limits")
+      parsed.template_limits = parse_chat_template_limits(cursor.value(), "generate: --template-limits");
     else if (arg == "--dtype") {
       const std::string text = cursor.value();
       std::optional<DType> dtype = parse_dtype(text);
@@ -145,7 +152,7 @@ void check_messages(const nlohmann::ordered_json& messages, const std::string& w
 nlohmann::ordered_json read_messages(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw_bad_input(path, ": cannot open the messages file");
-  nlohmann::ordered_json json = nlohmann::ordered_json::parse(in, nullptr, /*allow_exceptions=*/false);
+  nlohmann::ordered_json json = parse_json<nlohmann::ordered_json>(in, path, /*allow_exceptions=*/false);
   if (json.is_discarded()) throw_bad_input(path, ": not valid JSON");
   if (json.is_object() && json.contains("messages")) json = json["messages"];
   check_messages(json, path);
@@ -168,7 +175,7 @@ std::vector<BatchItem> read_batch(const std::string& path) {
   for (int64_t line = 1; std::getline(in, text); ++line) {
     if (trim_ascii_whitespace(text).empty()) continue;
     const std::string where = str_cat(path, ": line ", line);
-    nlohmann::ordered_json json = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    nlohmann::ordered_json json = parse_json<nlohmann::ordered_json>(text, where, /*allow_exceptions=*/false);
     if (json.is_discarded() || !json.is_object())
       throw_bad_input(where, ": expected a JSON object {\"messages\": [...], \"expected\": \"...\"}");
     if (!json.contains("messages")) throw_bad_input(where, ": missing field \"messages\"");
@@ -215,17 +222,17 @@ std::string join_ids(std::span<const int32_t> ids) {
 // The chat template a run renders with: the model's own, or --chat-template
 // FILE with the model's bos/eos text.
 ModelChatTemplate load_template(const GenerateArgs& parsed, const std::filesystem::path& model_directory) {
-  if (!parsed.chat_template_file) return load_chat_template(model_directory);
+  if (!parsed.chat_template_file) return load_chat_template(model_directory, parsed.template_limits);
   ModelChatTemplate from_model_config = [&]() -> ModelChatTemplate {
     try {
-      return load_chat_template(model_directory);  // for its bos/eos text
+      return load_chat_template(model_directory, parsed.template_limits);  // for its bos/eos text
     } catch (const Error&) { return {ChatTemplate("", "(none)"), "", ""}; }
   }();
   std::ifstream in(*parsed.chat_template_file, std::ios::binary);
   if (!in) throw_bad_input(*parsed.chat_template_file, ": cannot open the chat template");
   std::string source((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return ModelChatTemplate{ChatTemplate(std::move(source), *parsed.chat_template_file), from_model_config.bos_token,
-                           from_model_config.eos_token};
+  return ModelChatTemplate{ChatTemplate(std::move(source), *parsed.chat_template_file, parsed.template_limits),
+                           from_model_config.bos_token, from_model_config.eos_token};
 }
 
 RenderedChat render(const ModelChatTemplate& model_template, const nlohmann::ordered_json& messages,

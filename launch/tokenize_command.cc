@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "data/tokenizer.h"
 #include "launch/cli_args.h"
 #include "launch/commands.h"
@@ -67,7 +68,7 @@ int run_tokenize(std::span<char*> args) {
   if (!in) throw_bad_input(*input, ": cannot open");
   std::string line;
   for (int64_t line_number = 1; std::getline(in, line); ++line_number) {
-    nlohmann::json parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    nlohmann::json parsed = parse_json(line, str_cat(*input, ": line ", line_number), /*allow_exceptions=*/false);
     if (parsed.is_discarded() || !parsed.is_string())
       throw_bad_input(*input, ": line ", line_number, ": expected a JSON string");
     print_ids(parsed.get<std::string>());

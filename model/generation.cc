@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "core/philox.h"
 
 namespace llmft {
@@ -121,7 +122,7 @@ namespace {
 void add_eos_ids(const std::filesystem::path& file, std::vector<int32_t>& ids) {
   if (!std::filesystem::exists(file)) return;
   std::ifstream in(file);
-  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json json = parse_json(in, file.string(), /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) throw_bad_input(file.string(), ": not a JSON object");
   if (!json.contains("eos_token_id") || json["eos_token_id"].is_null()) return;
   const nlohmann::json& field = json["eos_token_id"];

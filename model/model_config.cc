@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "model/safetensors.h"  // write_file_atomically
 
 namespace llmft {
@@ -262,7 +263,7 @@ ModelConfig ModelConfig::load(const std::filesystem::path& path) {
   if (!in) throw_bad_input(file.string(), ": cannot open the model config (config.json)");
   json object;
   try {
-    object = json::parse(in);
+    object = parse_json<json>(in, file.string());
   } catch (const json::parse_error& error) {
     throw_bad_input(file.string(), ": not valid JSON: ", error.what());
   }

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 
 namespace llmft {
 namespace {
@@ -181,7 +182,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& file_path) {
   std::string_view header_text(reinterpret_cast<const char*>(base + 8), header_bytes);
   json header;
   try {
-    header = json::parse(header_text);
+    header = parse_json<json>(header_text, str_cat(path, ": header"));
   } catch (const json::parse_error& error) {
     throw_bad_input(path, ": header is not valid JSON: ", error.what());
   }
@@ -410,7 +411,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& d
   if (!in) throw_bad_input(index_name, ": cannot open");
   json index;
   try {
-    index = json::parse(in);
+    index = parse_json<json>(in, index_name);
   } catch (const json::parse_error& error) {
     throw_bad_input(index_name, ": not valid JSON: ", error.what());
   }

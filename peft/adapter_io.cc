@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 
 namespace llmft {
 
@@ -61,7 +62,7 @@ LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
   if (!in) throw_bad_input(file, ": cannot open the adapter config");
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(in);
+    json = parse_json(in, file);
   } catch (const nlohmann::json::exception& error) {
     throw_bad_input(file, ": not valid JSON (", error.what(), ")");
   }
