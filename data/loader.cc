@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "core/philox.h"
 
 namespace llmft::data {
@@ -536,7 +537,7 @@ std::string state_to_json(const LoaderState& state, const LoaderPipeline& pipeli
 LoaderState state_from_json(const std::string& text, const LoaderPipeline& pipeline) {
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(text);
+    json = parse_json(text, "loader state");
   } catch (const std::exception& error) {
     throw_bad_input("loader state: not valid JSON: ", error.what());
   }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 
 namespace llmft::trainer {
 namespace {
@@ -256,7 +257,7 @@ CheckpointReader CheckpointReader::open(const std::string& where, const std::fil
 
   json root;
   try {
-    root = json::parse(ops.read(state_path));
+    root = parse_json(ops.read(state_path), state_path);
   } catch (const json::parse_error& error) {
     throw_bad_input(state_path, ": not valid JSON: ", error.what());
   }
