@@ -165,7 +165,7 @@ int main(int argc, char** argv) try {
         options.config.c_str(), world, static_cast<long long>(options.batch), static_cast<long long>(options.seq),
         1e3 * step_time.median, 1e3 * step_time.best, tokens / step_time.median,
         world * tokens / step_time.median, static_cast<long long>(world > 1 ? trainable_bytes : 0), comm_ms,
-        exposed_ms, comm_ms > 0 ? 1.0 - std::min(1.0, exposed_ms / comm_ms) : 1.0);
+        exposed_ms, llmft::parallel::hidden_fraction(comm_ms, exposed_ms));
   }
   return 0;
 } catch (const llmft::Error& error) {

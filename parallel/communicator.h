@@ -23,7 +23,6 @@
 // which rank and host, did not complete.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>

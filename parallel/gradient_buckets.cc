@@ -1,19 +1,12 @@
 #include "parallel/gradient_buckets.h"
 
 #include <algorithm>
-#include <chrono>
 #include <numeric>
 
+#include "core/clock.h"
 #include "core/error.h"
 
 namespace llmft::parallel {
-namespace {
-double steady_seconds() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-}  // namespace
-
 GradientBuckets::GradientBuckets(Context& context, Communicator& communicator, std::vector<Parameter*> parameters,
                                  std::vector<int64_t> stages, size_t bucket_bytes)
     : communicator_(communicator) {
@@ -111,16 +104,16 @@ void GradientBuckets::stage_complete(int64_t stage) {
   if (stage >= 0) stats_.launched_during_backward = stats_.buckets;
 }
 
-const BucketStepStats& GradientBuckets::finish(double (*clock)()) {
+const BucketStepStats& GradientBuckets::finish() {
   if (!reducing_) throw_runtime("GradientBuckets: finish without begin_reduction");
   launch_through(buckets_.size());
-  const double start = clock ? clock() : steady_seconds();
+  const double start = steady_seconds();
   for (Bucket& bucket : buckets_) {
     bucket.work->wait();
     stats_.communication_seconds += bucket.work->seconds();
     bucket.work.reset();
   }
-  stats_.exposed_seconds = (clock ? clock() : steady_seconds()) - start;
+  stats_.exposed_seconds = steady_seconds() - start;
   reducing_ = false;
   return stats_;
 }

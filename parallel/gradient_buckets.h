@@ -15,6 +15,7 @@
 // launched in the same order everywhere (the collective contract).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -26,6 +27,12 @@
 
 namespace llmft::parallel {
 
+// The share of `communication_seconds` that ran behind compute, given the
+// part of it a step waited for (`exposed_seconds`); 1 without communication.
+inline double hidden_fraction(double communication_seconds, double exposed_seconds) {
+  return communication_seconds > 0 ? 1.0 - std::min(1.0, exposed_seconds / communication_seconds) : 1.0;
+}
+
 struct BucketStepStats {
   int64_t buckets = 0;
   int64_t launched_during_backward = 0;  // buckets started before the backward's last stage (-1)
@@ -33,9 +40,7 @@ struct BucketStepStats {
   double communication_seconds = 0.0;  // the all-reduces' own durations, summed
   double exposed_seconds = 0.0;        // time finish() waited for them after the backward
   // Share of communication that ran while the backward was computing.
-  double hidden_fraction() const {
-    return communication_seconds > 0 ? 1.0 - std::min(1.0, exposed_seconds / communication_seconds) : 1.0;
-  }
+  double hidden_fraction() const { return parallel::hidden_fraction(communication_seconds, exposed_seconds); }
 };
 
 class GradientBuckets {
@@ -60,7 +65,7 @@ class GradientBuckets {
   void stage_complete(int64_t stage);
   // Launches what is left and waits for every bucket: the gradients are then
   // the sum over ranks. Returns the step's figures.
-  const BucketStepStats& finish(double (*clock)() = nullptr);
+  const BucketStepStats& finish();
 
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   int64_t total_bytes() const;

@@ -14,16 +14,12 @@
 #include <string>
 #include <thread>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "parallel/host_reduce.h"
 
 namespace llmft::parallel {
 namespace {
-
-double seconds_now() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
 
 std::string mpi_error_text(int code) {
   char text[MPI_MAX_ERROR_STRING] = {};
@@ -173,14 +169,14 @@ class MpiRuntime {
   }
 
   void execute(MpiJob& job) {
-    const double start = seconds_now();
+    const double start = steady_seconds();
     MPI_Request request = MPI_REQUEST_NULL;
     int code = job.start(&request);
     int flag = 0;
     for (int polls = 0; code == MPI_SUCCESS && !flag; ++polls) {
       code = MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
       if (flag || code != MPI_SUCCESS) break;
-      if (seconds_now() - start > timeout_seconds_) {
+      if (steady_seconds() - start > timeout_seconds_) {
         std::fprintf(stderr, "llmft: error: %s\n",
                      timeout_message(job.what, timeout_seconds_, job.step, job.rank, job.size).c_str());
         abort_job(1);
@@ -196,7 +192,7 @@ class MpiRuntime {
       }
     }
     std::lock_guard lock(job.mutex);
-    job.seconds = seconds_now() - start;
+    job.seconds = steady_seconds() - start;
     if (code != MPI_SUCCESS) job.error = mpi_error_text(code);
     job.done = true;
     job.finished.notify_all();

@@ -1,12 +1,12 @@
 #include "trainer/trainer.h"
 
-#include <chrono>
 #include <csignal>
 #include <climits>
 #include <cmath>
 #include <limits>
 #include <span>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "optim/grad_clip.h"
 #include "parallel/nccl_communicator.h"
@@ -16,11 +16,6 @@ namespace llmft::trainer {
 namespace {
 
 constexpr const char* kDropoutStream = "lora_dropout";
-
-double steady_seconds() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
 
 int64_t count_trained_tokens(const Tensor& targets) {
   const int32_t* data = targets.data<int32_t>();
@@ -230,7 +225,6 @@ void Trainer::resume(const std::string& where) {
 }
 
 StepRecord Trainer::train_step() {
-  const double step_start = now();
   parallel_->set_step(step_ + 1);
   model_->trainable_registry().zero_grads(context_);
   model_->set_training(true);
@@ -299,7 +293,6 @@ StepRecord Trainer::train_step() {
   if (record.trained_tokens == 0) {
     record.skipped = true;
     say(str_cat("step ", record.step, ": no trained token in the batch (every target is -100); update skipped"));
-    record.seconds = now() - step_start;
     return record;
   }
 
@@ -312,8 +305,7 @@ StepRecord Trainer::train_step() {
       record.skipped = true;
       record.skipped_steps = ++skipped_steps_;
       record.grad_norm = std::numeric_limits<double>::infinity();
-      record.seconds = now() - step_start;
-      return record;
+        return record;
     }
   }
 
@@ -327,7 +319,6 @@ StepRecord Trainer::train_step() {
                   "); the run diverged — resume from an earlier checkpoint with a lower optimizer.lr");
   optimizer_->step(static_cast<float>(record.learning_rate), static_cast<float>(1.0 / loss_scale));
   copy_values_to_model();
-  record.seconds = now() - step_start;
   return record;
 }
 
@@ -444,7 +435,7 @@ TrainResult Trainer::train() {
       const double seconds_per_step = (time - start_time) / static_cast<double>(step_ - first_step);
       line.eta_seconds = seconds_per_step * static_cast<double>(total_steps - step_);
       if (buckets_ && window_communication > 0.0)
-        line.communication_hidden = 1.0 - std::min(1.0, window_exposed / window_communication);
+        line.communication_hidden = parallel::hidden_fraction(window_communication, window_exposed);
       if (scaler_) {
         line.loss_scale = scaler_->scale();
         line.skipped_steps = skipped_steps_;

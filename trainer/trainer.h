@@ -65,7 +65,6 @@ struct StepRecord {
   int64_t buckets_during_backward = 0;         // of those, started while the backward ran
   double communication_seconds = 0.0;         // the bucket all-reduces' own durations
   double exposed_communication_seconds = 0.0;  // waited for after the backward
-  double seconds = 0.0;                        // wall time of the whole step
 };
 
 struct EvalResult {
