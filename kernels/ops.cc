@@ -93,12 +93,14 @@ void fill(Context& context, Tensor& x, float value) { LLMFT_DISPATCH(context, fi
 
 void cast(Context& context, const Tensor& src, Tensor& dst) { LLMFT_DISPATCH(context, cast(context, src, dst)); }
 
-void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y) {
-  LLMFT_DISPATCH(context, dropout_forward(context, x, p, seed, offset, y));
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y,
+                     DropoutLayout layout) {
+  LLMFT_DISPATCH(context, dropout_forward(context, x, p, seed, offset, y, layout));
 }
 
-void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx) {
-  LLMFT_DISPATCH(context, dropout_backward(context, dy, p, seed, offset, dx));
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx,
+                      DropoutLayout layout) {
+  LLMFT_DISPATCH(context, dropout_backward(context, dy, p, seed, offset, dx, layout));
 }
 
 GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors) {

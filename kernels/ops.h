@@ -121,8 +121,21 @@ void cast(Context& context, const Tensor& src, Tensor& dst);
 // Element i is kept when philox_uniform_at(seed, offset + i) >= p and scaled by
 // 1 / (1 - p). The mask is a pure function of (seed, offset, i): the backward
 // and a recomputed forward regenerate it instead of storing it.
-void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y);
-void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx);
+//
+// With a DropoutLayout, x is a column slice of a wider tensor (the input of a
+// row-parallel LoRA under tensor parallelism, DESIGN.md "Anything random is
+// keyed by global element offsets"): element (row, column) of x, with x seen
+// as [rows, columns], draws number offset + row * row_stride + column_offset +
+// column, which is the number the same element of the full tensor draws.
+struct DropoutLayout {
+  int64_t row_stride = 0;  // 0: x's own column count (x is the whole tensor)
+  int64_t column_offset = 0;
+  bool contiguous(int64_t columns) const { return (row_stride == 0 || row_stride == columns) && column_offset == 0; }
+};
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y,
+                     DropoutLayout layout = {});
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx,
+                      DropoutLayout layout = {});
 
 // ---- Gradient statistics ------------------------------------------------------
 // One pass over every tensor: sum of squares (fp32 per element, accumulated in

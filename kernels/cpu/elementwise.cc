@@ -115,14 +115,22 @@ void cast(Context& context, const Tensor& src, Tensor& dst) {
 
 namespace {
 
-// y = x * keep / (1 - p), keep = philox_uniform_at(seed, offset + i) >= p. One
-// Philox block yields the draws of four consecutive elements, so it is
-// computed once per four elements instead of once per element.
-void apply_dropout(std::string_view op, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y) {
+// y = x * keep / (1 - p), keep = philox_uniform_at(seed, stream index) >= p,
+// where element i of x has stream index offset + i, or with a non-contiguous
+// layout offset + row * row_stride + column_offset + column. One Philox block
+// yields the draws of four consecutive stream indices, so it is computed once
+// per block index instead of once per element.
+void apply_dropout(std::string_view op, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y,
+                   ops::DropoutLayout layout) {
   require_float(op, "input", x);
   require_float(op, "output", y);
   require_numel(op, "output", y, x.numel());
   if (!(p >= 0.0f && p < 1.0f)) throw_bad_input(op, ": dropout probability must be in [0, 1), found ", p);
+  const int64_t columns = x.dim() == 0 ? 1 : x.size(-1);
+  const bool contiguous = layout.contiguous(columns);
+  if (!contiguous && layout.row_stride < layout.column_offset + columns)
+    throw_bad_input(op, ": dropout layout row stride ", layout.row_stride, " < column offset ", layout.column_offset,
+                    " + ", columns, " columns");
   const float keep_scale = 1.0f / (1.0f - p);
   FloatReader reader(x);
   FloatWriter writer(y);
@@ -131,9 +139,17 @@ void apply_dropout(std::string_view op, const Tensor& x, float p, uint64_t seed,
     const float* in = reader.read(begin, count, in_scratch);
     float* out = writer.open(begin, count, out_scratch);
     PhiloxCounter block{};
+    uint64_t block_index = ~uint64_t{0};
     for (int64_t i = 0; i < count; ++i) {
-      const uint64_t element = offset + static_cast<uint64_t>(begin + i);
-      if (i == 0 || (element & 3u) == 0) block = philox_block(seed, element >> 2);
+      const int64_t index = begin + i;
+      const uint64_t element =
+          contiguous ? offset + static_cast<uint64_t>(index)
+                     : offset + static_cast<uint64_t>(index / columns * layout.row_stride + layout.column_offset +
+                                                      index % columns);
+      if ((element >> 2) != block_index) {
+        block_index = element >> 2;
+        block = philox_block(seed, block_index);
+      }
       const bool keep = philox_uniform(block.word[element & 3u]) >= p;
       out[i] = keep ? in[i] * keep_scale : 0.0f;
     }
@@ -143,13 +159,15 @@ void apply_dropout(std::string_view op, const Tensor& x, float p, uint64_t seed,
 
 }  // namespace
 
-void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y) {
-  apply_dropout("dropout_forward", x, p, seed, offset, y);
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y,
+                     ops::DropoutLayout layout) {
+  apply_dropout("dropout_forward", x, p, seed, offset, y, layout);
 }
 
 // The mask is regenerated from (seed, offset), so the backward is the same map.
-void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx) {
-  apply_dropout("dropout_backward", dy, p, seed, offset, dx);
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx,
+                      ops::DropoutLayout layout) {
+  apply_dropout("dropout_backward", dy, p, seed, offset, dx, layout);
 }
 
 ops::GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors) {

@@ -47,8 +47,10 @@ void scale(Context& context, Tensor& x, float alpha);
 void fill(Context& context, Tensor& x, float value);
 void cast(Context& context, const Tensor& src, Tensor& dst);
 
-void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y);
-void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx);
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y,
+                     ops::DropoutLayout layout);
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx,
+                      ops::DropoutLayout layout);
 
 ops::GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors);
 

@@ -44,8 +44,25 @@ __global__ void dropout_kernel(const X* x, Y* y, int64_t n, float p, float keep_
   }
 }
 
+// A column slice of a wider tensor (ops::DropoutLayout): one thread per
+// element, each drawing the Philox block of its own stream index. Up to four
+// times the Philox work of dropout_kernel, paid only by row-parallel LoRA
+// under tensor parallelism, whose inputs are [rows, in / tp].
+template <typename X, typename Y>
+__global__ void strided_dropout_kernel(const X* x, Y* y, int64_t n, int64_t columns, int64_t row_stride,
+                                       int64_t column_offset, float p, float keep_scale, uint64_t seed,
+                                       uint64_t offset) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t element = offset + static_cast<uint64_t>(i / columns * row_stride + column_offset + i % columns);
+    const PhiloxCounter draws = philox_block(seed, element >> 2);
+    const bool keep = philox_uniform(draws.word[element & 3u]) >= p;
+    y[i] = from_float<Y>(keep ? to_float(x[i]) * keep_scale : 0.0f);
+  }
+}
+
 void apply_dropout(Context& context, std::string_view op, const Tensor& x, float p, uint64_t seed, uint64_t offset,
-                   Tensor& y) {
+                   Tensor& y, ops::DropoutLayout layout) {
   require_on_context(op, "input", x, context);
   require_on_context(op, "output", y, context);
   require_float(op, "input", x);
@@ -55,6 +72,24 @@ void apply_dropout(Context& context, std::string_view op, const Tensor& x, float
   const int64_t n = x.numel();
   if (n == 0) return;
   const float keep_scale = 1.0f / (1.0f - p);
+  const int64_t columns = x.dim() == 0 ? 1 : x.size(-1);
+  if (!layout.contiguous(columns)) {
+    if (layout.row_stride < layout.column_offset + columns)
+      throw_bad_input(op, ": dropout layout row stride ", layout.row_stride, " < column offset ",
+                      layout.column_offset, " + ", columns, " columns");
+    const unsigned blocks = grid_for(context, n, kThreads);
+    dispatch_float(x.dtype(), op, [&](auto x_tag) {
+      using X = typename decltype(x_tag)::type;
+      dispatch_float(y.dtype(), op, [&](auto y_tag) {
+        using Y = typename decltype(y_tag)::type;
+        strided_dropout_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(
+            static_cast<const X*>(x.raw_data()), static_cast<Y*>(y.raw_data()), n, columns, layout.row_stride,
+            layout.column_offset, p, keep_scale, seed, offset);
+        LLMFT_CUDA_CHECK_LAUNCH();
+      });
+    });
+    return;
+  }
   const int64_t philox_blocks =
       static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> 2) - (offset >> 2) + 1);
   const unsigned blocks = grid_for(context, philox_blocks, kThreads);
@@ -97,13 +132,15 @@ __global__ void gradient_stats_kernel(const T* values, int64_t n, DeviceGradient
 
 }  // namespace
 
-void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y) {
-  apply_dropout(context, "dropout_forward", x, p, seed, offset, y);
+void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y,
+                     ops::DropoutLayout layout) {
+  apply_dropout(context, "dropout_forward", x, p, seed, offset, y, layout);
 }
 
 // The mask is regenerated from (seed, offset), so the backward is the same map.
-void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx) {
-  apply_dropout(context, "dropout_backward", dy, p, seed, offset, dx);
+void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx,
+                      ops::DropoutLayout layout) {
+  apply_dropout(context, "dropout_backward", dy, p, seed, offset, dx, layout);
 }
 
 ops::GradientStats gradient_stats(Context& context, std::span<const Tensor> tensors) {

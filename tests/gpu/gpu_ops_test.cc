@@ -498,6 +498,21 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
                                }
                                return Outputs{{"y", y}};
                              }});
+      // A column slice of a wider tensor (row-parallel LoRA's input).
+      if (shape.size() == 2)
+        table.push_back(OpCase{std::string(backward ? "dropout_backward/" : "dropout_forward/") + name + "/slice", 0.0,
+                               [=] { return Inputs{random_tensor(shape, dtype, 99)}; },
+                               [=](Context& context, const Inputs& in) {
+                                 Tensor x = place(context, in[0]);
+                                 Tensor y = context.empty(shape, dtype);
+                                 const ops::DropoutLayout layout{3 * shape[1] + 1, shape[1] + 2};
+                                 if (backward) {
+                                   ops::dropout_backward(context, x, 0.3f, 1234, 6, y, layout);
+                                 } else {
+                                   ops::dropout_forward(context, x, 0.3f, 1234, 6, y, layout);
+                                 }
+                                 return Outputs{{"y", y}};
+                               }});
     }
   }
   table.push_back(OpCase{"cast/i32_to_i64/7", 0.0,

@@ -82,6 +82,35 @@ TEST_F(OpContract, DropoutIsAPureFunctionOfSeedAndOffset) {
   for (int64_t i = 0; i < count - 5; ++i) ASSERT_EQ(shifted.data<float>()[i], first.data<float>()[i + 5]) << i;
 }
 
+// Tensor parallelism: a column slice of a wider tensor, with its layout,
+// draws exactly the mask the same columns of the whole tensor draw.
+TEST_F(OpContract, DropoutOfAColumnSliceWithItsLayoutEqualsTheSliceOfTheWholeTensorsDropout) {
+  const int64_t rows = 37, columns = 22, offset = 3;
+  const Tensor full = Tensor::from_floats({rows, columns}, random_floats(rows * columns, 4));
+  Tensor full_out = Tensor::empty_cpu({rows, columns}, DType::kF32);
+  ops::dropout_forward(*context, full, 0.4f, 77, offset, full_out);
+  for (const auto& [begin, width] : std::vector<std::pair<int64_t, int64_t>>{{0, 11}, {11, 11}, {5, 7}, {21, 1}}) {
+    std::vector<float> slice_values;
+    const std::vector<float> values = full.to_floats();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = begin; c < begin + width; ++c) slice_values.push_back(values[r * columns + c]);
+    const Tensor slice = Tensor::from_floats({rows, width}, slice_values);
+    Tensor out = Tensor::empty_cpu({rows, width}, DType::kF32);
+    ops::dropout_forward(*context, slice, 0.4f, 77, offset, out, ops::DropoutLayout{columns, begin});
+    Tensor back = Tensor::empty_cpu({rows, width}, DType::kF32);
+    ops::dropout_backward(*context, slice, 0.4f, 77, offset, back, ops::DropoutLayout{columns, begin});
+    const std::vector<float> expected = full_out.to_floats();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < width; ++c) {
+        ASSERT_EQ(out.data<float>()[r * width + c], expected[r * columns + begin + c]) << r << ", " << c;
+        ASSERT_EQ(back.data<float>()[r * width + c], expected[r * columns + begin + c]) << r << ", " << c;
+      }
+  }
+  Tensor out = Tensor::empty_cpu({rows, 11}, DType::kF32);
+  expect_error([&] { ops::dropout_forward(*context, out, 0.4f, 77, 0, out, ops::DropoutLayout{12, 5}); },
+               ErrorKind::kBadInput, {"dropout_forward", "row stride 12"});
+}
+
 TEST_F(OpContract, DropoutBackwardAppliesTheForwardMask) {
   const int64_t count = 5000;
   const float p = 0.25f;
