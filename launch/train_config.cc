@@ -512,10 +512,7 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
   if (parallel.has_dp()) check.at_least("parallel.dp", parallel.dp(), int64_t{1});
   check.greater("parallel.bucket_mb", parallel.bucket_mb(), 0.0);
   check.greater("parallel.timeout_s", parallel.timeout_s(), 0.0);
-  if (parallel.tp() != 1)
-    check.fail("parallel.tp", str_cat(parallel.tp(),
-                                      " not supported, expected 1 (tensor parallelism is not "
-                                      "implemented yet)"));
+  check.at_least("parallel.tp", parallel.tp(), int64_t{1});
 
   const MemoryConfig& memory = config.memory();
   if (memory.activation_checkpointing() == ACTIVATION_CHECKPOINTING_UNSPECIFIED)

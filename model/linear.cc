@@ -75,15 +75,22 @@ int64_t ParameterRegistry::num_elements(bool trainable_only) const {
 
 // ---- Linear ---------------------------------------------------------------------
 
-Linear::Linear(std::string name, Parameter* weight, Parameter* bias, ShardKind shard_kind)
-    : name_(std::move(name)), weight_(weight), bias_(bias), shard_kind_(shard_kind) {
+Linear::Linear(std::string name, Parameter* weight, Parameter* bias, ShardKind shard_kind,
+               parallel::Communicator* tensor_parallel)
+    : name_(std::move(name)),
+      weight_(weight),
+      bias_(bias),
+      shard_kind_(shard_kind),
+      tensor_parallel_(shard_kind == ShardKind::kNone ? nullptr : tensor_parallel) {
   LLMFT_CHECK(weight_ != nullptr && weight_->value.dim() == 2, name_, ": weight must be [out, in]");
-  if (shard_kind_ != ShardKind::kNone)
-    throw_runtime(name_, ": tensor-parallel (column/row) linear layers are not implemented yet");
+  LLMFT_CHECK(shard_kind_ == ShardKind::kNone || tensor_parallel_ != nullptr, name_,
+              ": a tensor-parallel linear needs its group");
 }
 
 void Linear::forward(Context& context, const Tensor& x, Tensor& y) const {
-  ops::linear_forward(context, x, weight_->value, bias_ != nullptr ? &bias_->value : nullptr, y);
+  // Row-parallel: the ranks' outputs are summed, so the bias enters once.
+  const bool add_bias = bias_ != nullptr && !(shard_kind_ == ShardKind::kRow && tensor_parallel_->rank() != 0);
+  ops::linear_forward(context, x, weight_->value, add_bias ? &bias_->value : nullptr, y);
   for (const auto& adapter : adapters_) adapter->forward(context, x, y);
 }
 

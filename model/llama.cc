@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "kernels/ops.h"
+#include "parallel/shard.h"
 
 namespace llmft {
 namespace {
@@ -77,40 +78,77 @@ struct LlamaModel::BlockActivations {
 LlamaModel::LlamaModel(Context& context, const ModelConfig& config, const LlamaOptions& options)
     : config_(config), options_(options) {
   LLMFT_CHECK(is_floating(options.compute_dtype) && is_floating(options.grad_dtype), "float dtypes required");
-  const DType dtype = options.compute_dtype;
+  if (options_.tensor_parallel != nullptr && options_.tensor_parallel->size() == 1) options_.tensor_parallel = nullptr;
+  parallel::Communicator* tp = options_.tensor_parallel;
+  tp_size_ = tp != nullptr ? tp->size() : 1;
+  tp_rank_ = tp != nullptr ? tp->rank() : 0;
+  // Megatron's column split gives each rank whole heads (and whole KV heads,
+  // so a query head's KV group is on its rank) and whole SwiGLU rows.
+  for (const auto& [field, value] : {std::pair<const char*, int64_t>{"num_attention_heads", config.num_attention_heads},
+                                     {"num_key_value_heads", config.num_key_value_heads},
+                                     {"intermediate_size", config.intermediate_size}})
+    if (value % tp_size_ != 0)
+      throw_bad_input("config.json: field '", field, "': ", value, " does not divide by parallel.tp ", tp_size_,
+                      " (tensor parallelism splits attention heads, KV heads and the MLP evenly; use a tp that "
+                      "divides all three)");
+  local_heads_ = config.num_attention_heads / tp_size_;
+  local_kv_heads_ = config.num_key_value_heads / tp_size_;
+  local_intermediate_ = config.intermediate_size / tp_size_;
   const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
   const int64_t q_size = config.q_size(), kv_size = config.kv_size();
+  constexpr int kReplicated = -1, kRows = 0, kColumns = 1;
 
-  embed_tokens_ = &parameters_.add(context, "model.embed_tokens.weight", {config.vocab_size, hidden}, dtype);
+  embed_tokens_ = &add_parameter(context, "model.embed_tokens.weight", {config.vocab_size, hidden}, kReplicated);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     const std::string prefix = str_cat("model.layers.", i, ".");
     auto layer = std::make_unique<Layer>();
-    auto linear = [&](const std::string& module, int64_t out, int64_t in, bool bias) {
+    // Column-parallel: W [out, in] and the bias split by output rows;
+    // row-parallel: W split by input columns, the bias replicated.
+    auto linear = [&](const std::string& module, int64_t out, int64_t in, bool bias, ShardKind kind) {
       const std::string name = prefix + module;
-      Parameter* weight = &parameters_.add(context, name + ".weight", {out, in}, dtype);
-      Parameter* bias_parameter = bias ? &parameters_.add(context, name + ".bias", {out}, dtype) : nullptr;
-      return std::make_unique<Linear>(name, weight, bias_parameter);
+      const bool split = tp != nullptr;
+      Parameter* weight = &add_parameter(context, name + ".weight", {out, in},
+                                         !split ? kReplicated : kind == ShardKind::kColumn ? kRows : kColumns);
+      Parameter* bias_parameter =
+          bias ? &add_parameter(context, name + ".bias", {out}, split && kind == ShardKind::kColumn ? kRows : kReplicated)
+               : nullptr;
+      return std::make_unique<Linear>(name, weight, bias_parameter, split ? kind : ShardKind::kNone, tp);
     };
-    layer->input_norm = &parameters_.add(context, prefix + "input_layernorm.weight", {hidden}, dtype);
-    layer->q = linear("self_attn.q_proj", q_size, hidden, config.qkv_bias);
-    layer->k = linear("self_attn.k_proj", kv_size, hidden, config.qkv_bias);
-    layer->v = linear("self_attn.v_proj", kv_size, hidden, config.qkv_bias);
-    layer->o = linear("self_attn.o_proj", hidden, q_size, config.o_bias);
-    layer->post_attention_norm = &parameters_.add(context, prefix + "post_attention_layernorm.weight", {hidden}, dtype);
-    layer->gate = linear("mlp.gate_proj", inter, hidden, false);
-    layer->up = linear("mlp.up_proj", inter, hidden, false);
-    layer->down = linear("mlp.down_proj", hidden, inter, false);
+    layer->input_norm = &add_parameter(context, prefix + "input_layernorm.weight", {hidden}, kReplicated);
+    layer->q = linear("self_attn.q_proj", q_size, hidden, config.qkv_bias, ShardKind::kColumn);
+    layer->k = linear("self_attn.k_proj", kv_size, hidden, config.qkv_bias, ShardKind::kColumn);
+    layer->v = linear("self_attn.v_proj", kv_size, hidden, config.qkv_bias, ShardKind::kColumn);
+    layer->o = linear("self_attn.o_proj", hidden, q_size, config.o_bias, ShardKind::kRow);
+    layer->post_attention_norm =
+        &add_parameter(context, prefix + "post_attention_layernorm.weight", {hidden}, kReplicated);
+    layer->gate = linear("mlp.gate_proj", inter, hidden, false, ShardKind::kColumn);
+    layer->up = linear("mlp.up_proj", inter, hidden, false, ShardKind::kColumn);
+    layer->down = linear("mlp.down_proj", hidden, inter, false, ShardKind::kRow);
     layers_.push_back(std::move(layer));
   }
-  final_norm_ = &parameters_.add(context, "model.norm.weight", {hidden}, dtype);
+  final_norm_ = &add_parameter(context, "model.norm.weight", {hidden}, kReplicated);
   Parameter* head = config.tie_word_embeddings
                         ? embed_tokens_
-                        : &parameters_.add(context, "lm_head.weight", {config.vocab_size, hidden}, dtype);
+                        : &add_parameter(context, "lm_head.weight", {config.vocab_size, hidden}, kReplicated);
   lm_head_ = std::make_unique<Linear>("lm_head", head, nullptr);
   policies_.assign(static_cast<size_t>(config.num_hidden_layers), options.activation_policy);
 
   std::vector<float> inv_freq = config.rope_inv_freq();
   inv_freq_ = context.upload(Tensor::from_floats({static_cast<int64_t>(inv_freq.size())}, inv_freq));
+}
+
+Parameter& LlamaModel::add_parameter(Context& context, const std::string& name, const Shape& full_shape,
+                                     int split_dim) {
+  const ParameterShard shard = parallel::even_shard(full_shape, split_dim, tp_size_, tp_rank_);
+  Parameter& parameter =
+      parameters_.add(context, name, shard.sharded() ? parallel::shard_shape(shard, tp_size_) : full_shape,
+                      options_.compute_dtype);
+  parameter.shard = shard;
+  return parameter;
+}
+
+void LlamaModel::reduce_over_tensor_parallel(Tensor& partial, std::string_view what) const {
+  if (options_.tensor_parallel != nullptr) options_.tensor_parallel->all_reduce(partial, parallel::ReduceOp::kSum, what);
 }
 
 LlamaModel::~LlamaModel() = default;
@@ -129,23 +167,26 @@ std::unique_ptr<LlamaModel> LlamaModel::load(Context& context, const std::filesy
 void LlamaModel::init_random(Context& context, uint64_t seed, float stddev) {
   PhiloxGenerator generator(seed);
   for (Parameter* parameter : parameters_.all()) {
-    std::vector<float> values(static_cast<size_t>(parameter->value.numel()));
+    const Shape& full_shape = parameter->full_shape();
+    std::vector<float> values(static_cast<size_t>(shape_numel(full_shape)));
     const bool is_norm = parameter->name.ends_with("norm.weight");
     const bool is_bias = parameter->name.ends_with(".bias");
     for (float& value : values) value = is_norm ? 1.0f : is_bias ? 0.0f : stddev * generator.next_normal();
-    parameter->value.copy_from(Tensor::from_floats(parameter->value.shape(), values, parameter->value.dtype()));
+    const Tensor full = Tensor::from_floats(full_shape, values, parameter->value.dtype());
+    parameter->value.copy_from(parallel::take_shard(full, parameter->shard, tp_size_));
   }
 }
 
 void LlamaModel::load_weights(Context& context, const SafetensorsCheckpoint& checkpoint) {
   for (Parameter* parameter : parameters_.all()) {
+    const Shape& full_shape = parameter->full_shape();
     if (!checkpoint.contains(parameter->name))
       throw_bad_input(checkpoint.directory(), ": missing tensor '", parameter->name, "' (expected shape ",
-                      shape_to_string(parameter->value.shape()), " for ", config_.architecture, ")");
+                      shape_to_string(full_shape), " for ", config_.architecture, ")");
     const SafetensorsEntry& entry = checkpoint.entry(parameter->name);
-    if (entry.shape != parameter->value.shape())
+    if (entry.shape != full_shape)
       throw_bad_input(checkpoint.file_of(parameter->name).path(), ": tensor '", parameter->name, "': expected shape ",
-                      shape_to_string(parameter->value.shape()), ", found ", shape_to_string(entry.shape));
+                      shape_to_string(full_shape), ", found ", shape_to_string(entry.shape));
   }
   for (const std::string& name : checkpoint.tensor_names()) {
     if (parameters_.find(name) != nullptr) continue;
@@ -155,15 +196,29 @@ void LlamaModel::load_weights(Context& context, const SafetensorsCheckpoint& che
     throw_bad_input(checkpoint.file_of(name).path(), ": unexpected tensor '", name, "' (not a parameter of ",
                     config_.architecture, " with this config.json)");
   }
-  for (Parameter* parameter : parameters_.all())
-    parameter->value.copy_from(checkpoint.tensor_as(parameter->name, parameter->value.dtype()));
+  for (Parameter* parameter : parameters_.all()) {
+    const DType dtype = parameter->value.dtype();
+    if (!parameter->shard.sharded()) {
+      parameter->value.copy_from(checkpoint.tensor_as(parameter->name, dtype));
+      continue;
+    }
+    // Only this rank's slice is read from the mapping and converted.
+    Tensor slice = parallel::take_shard(checkpoint.tensor(parameter->name), parameter->shard, tp_size_);
+    if (slice.dtype() != dtype) slice = Tensor::from_floats(slice.shape(), slice.to_floats(), dtype);
+    parameter->value.copy_from(slice);
+  }
   context.synchronize();
 }
 
 std::vector<NamedTensor> LlamaModel::state_dict(std::optional<DType> dtype) const {
   std::vector<NamedTensor> tensors;
   for (const Parameter* parameter : parameters_.all()) {
-    Tensor host = parameter->value.device().is_cpu() ? parameter->value : parameter->value.to(default_host_allocator());
+    Tensor host =
+        parameter->shard.sharded()
+            ? parallel::gather_shards(*options_.tensor_parallel, parameter->value, parameter->shard,
+                                      str_cat("state_dict gather of ", parameter->name))
+        : parameter->value.device().is_cpu() ? parameter->value
+                                              : parameter->value.to(default_host_allocator());
     if (dtype && *dtype != host.dtype()) host = Tensor::from_floats(host.shape(), host.to_floats(), *dtype);
     tensors.push_back({parameter->name, host});
   }
@@ -217,8 +272,8 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
   const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
   const DType dtype = options_.compute_dtype;
   const int64_t n = step.rows, b = step.batch, t = step.time, p = step.num_prefix;
-  const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
-  const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+  const int64_t hidden = config_.hidden_size, heads = local_heads_;
+  const int64_t kv_heads = local_kv_heads_, head_dim = config_.head_dim;
   const float eps = static_cast<float>(config_.rms_norm_eps);
 
   // Attention half: x + o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x)))).
@@ -276,10 +331,11 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
   ops::attention_forward(context, a.q, a.k, a.v, step.attention, a.attention_out, a.lse);
   a.mid = context.empty({n, hidden}, dtype);
   layer.o->forward(context, a.attention_out.reshape({n, heads * head_dim}), a.mid);
+  reduce_over_tensor_parallel(a.mid, "attention output all-reduce (tensor parallel)");
   ops::add(context, a.mid, a.input, a.mid);
 
   // MLP half: mid + down(silu(gate(norm(mid))) * up(norm(mid))).
-  const int64_t inter = config_.intermediate_size;
+  const int64_t inter = local_intermediate_;
   a.mlp_norm = context.empty({n, hidden}, dtype);
   a.mlp_rstd = context.empty({n}, DType::kF32);
   ops::rmsnorm_forward(context, a.mid, layer.post_attention_norm->value, eps, a.mlp_norm, a.mlp_rstd);
@@ -291,6 +347,7 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
   ops::swiglu_forward(context, a.gate, a.up, a.act);
   output = context.empty({n, hidden}, dtype);
   layer.down->forward(context, a.act, output);
+  reduce_over_tensor_parallel(output, "MLP output all-reduce (tensor parallel)");
   ops::add(context, output, a.mid, output);
 }
 
@@ -319,16 +376,18 @@ void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer
   const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
   const DType dtype = options_.compute_dtype;
   const int64_t n = step.rows, b = step.batch, t = step.time, p = step.num_prefix;
-  const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
-  const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+  const int64_t hidden = config_.hidden_size, heads = local_heads_;
+  const int64_t kv_heads = local_kv_heads_, head_dim = config_.head_dim;
 
-  // MLP half.
-  Tensor dact = context.empty({n, config_.intermediate_size}, dtype);
+  // MLP half. Under tensor parallelism dresidual is whole on every rank; the
+  // input gradient of the column-parallel gate/up is this rank's share.
+  Tensor dact = context.empty({n, local_intermediate_}, dtype);
   layer.down->backward(context, dresidual, a.act, &dact);
   ops::swiglu_backward(context, dact, a.gate, a.up, a.gate, a.up);  // gate/up now hold dgate/dup
   Tensor dnorm = context.empty({n, hidden}, dtype);
   layer.gate->backward(context, a.gate, a.mlp_norm, &dnorm);
   layer.up->backward(context, a.up, a.mlp_norm, &dnorm, /*accumulate_dx=*/true);
+  reduce_over_tensor_parallel(dnorm, "MLP input gradient all-reduce (tensor parallel)");
   Tensor dnorm_input = context.empty({n, hidden}, dtype);
   ops::rmsnorm_backward(context, dnorm, a.mid, layer.post_attention_norm->value, a.mlp_rstd, dnorm_input,
                         grad_of(layer.post_attention_norm));
@@ -364,6 +423,7 @@ void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer
   layer.q->backward(context, dq.reshape({n, heads * head_dim}), a.attention_norm, &dnorm);
   layer.k->backward(context, dk_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
   layer.v->backward(context, dv_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
+  reduce_over_tensor_parallel(dnorm, "attention input gradient all-reduce (tensor parallel)");
   ops::rmsnorm_backward(context, dnorm, a.input, layer.input_norm->value, a.attention_rstd, dnorm_input,
                         grad_of(layer.input_norm));
   ops::add(context, dresidual, dnorm_input, dresidual);  // dL/dinput
@@ -572,7 +632,7 @@ int64_t LlamaModel::gradient_stage(const std::string& name) const {
 // when the cache was made for another model), doubles them when full.
 void LlamaModel::reserve_cache(Context& context, KvCache& cache, int64_t rows, int64_t prefix_rows) const {
   const size_t num_layers = layers_.size();
-  const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+  const int64_t kv_heads = local_kv_heads_, head_dim = config_.head_dim;
   const DType dtype = options_.compute_dtype;
   const Tensor& sample = embed_tokens_->value;
   const bool fits = cache.keys.size() == num_layers && cache.values.size() == num_layers &&
@@ -616,7 +676,7 @@ Tensor LlamaModel::forward_incremental(Context& context, std::span<const int32_t
   reserve_cache(context, cache, rows, prefix_rows);
   const size_t num_layers = layers_.size();
   if (prefix_rows > 0) {
-    const int64_t kv_heads = config_.num_key_value_heads, head_dim = config_.head_dim;
+    const int64_t kv_heads = local_kv_heads_, head_dim = config_.head_dim;
     Tensor prefix_k = context.empty({prefix_rows, kv_heads, head_dim}, dtype);
     Tensor prefix_v = context.empty({prefix_rows, kv_heads, head_dim}, dtype);
     for (size_t l = 0; l < num_layers; ++l) {

@@ -52,6 +52,13 @@ struct LlamaOptions {
   // Rows of logits computed at once by the LM head + cross-entropy; 0 picks
   // about 4M logits (16 MB in fp32) per chunk.
   int64_t lm_head_chunk_rows = 0;
+  // Tensor parallelism (Megatron layout, DESIGN.md): the group this rank's
+  // slices of q, k, v, gate, up (column-parallel: heads, KV heads and the
+  // intermediate size split) and o, down (row-parallel) are reduced over;
+  // norms, embedding and LM head are replicated. Collectives take the
+  // model's tensors (host memory on the CPU, device memory on CUDA: NCCL).
+  // Null or size 1: the whole model on this rank. The caller keeps it alive.
+  parallel::Communicator* tensor_parallel = nullptr;
 };
 
 // One batch of token sequences, on the host or the context's device.
@@ -98,6 +105,9 @@ class AttentionPrefixHook {
 class LlamaModel {
  public:
   // Parameters allocated but not initialised; use init_random or load_weights.
+  // Under tensor parallelism each holds its slice (Parameter::shard); kBadInput
+  // naming config.json's field when heads, KV heads or the intermediate size
+  // do not divide by the group's size.
   LlamaModel(Context& context, const ModelConfig& config, const LlamaOptions& options = {});
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
@@ -108,19 +118,26 @@ class LlamaModel {
   static std::unique_ptr<LlamaModel> load(Context& context, const std::filesystem::path& directory,
                                           const LlamaOptions& options = {});
   // Normal(0, stddev) weights (transformers' initializer_range is 0.02), unit
-  // norm weights, zero biases; drawn from Philox(seed) in registration order.
+  // norm weights, zero biases; drawn from Philox(seed) in registration order,
+  // at full shape then sliced, so every tp layout gets the same model.
   void init_random(Context& context, uint64_t seed, float stddev = 0.02f);
-  // Every parameter from `checkpoint`; errors name the file, the tensor and the
-  // expected shape for missing, unexpected and mis-shaped tensors.
+  // Every parameter from `checkpoint` (this rank's slice only, under tensor
+  // parallelism); errors name the file, the tensor and the expected (full)
+  // shape for missing, unexpected and mis-shaped tensors.
   void load_weights(Context& context, const SafetensorsCheckpoint& checkpoint);
   // Writes config.json and the weights (in `dtype`, default the compute
   // dtype) as a transformers-loadable directory, sharded above max_shard_bytes.
   void save_pretrained(const std::filesystem::path& directory, std::optional<DType> dtype = std::nullopt,
                        uint64_t max_shard_bytes = kDefaultMaxShardBytes) const;
-  // Parameters by HF name (host copies converted to `dtype` when given).
+  // Parameters by HF name (host copies converted to `dtype` when given), full
+  // tensors: gathered over the tensor-parallel group (collective; the group
+  // must take host memory) when the model is sharded.
   std::vector<NamedTensor> state_dict(std::optional<DType> dtype = std::nullopt) const;
 
+  // The whole model's configuration (global head counts and sizes).
   const ModelConfig& config() const { return config_; }
+  int tensor_parallel_size() const { return tp_size_; }
+  parallel::Communicator* tensor_parallel() const { return options_.tensor_parallel; }
   const LlamaOptions& options() const { return options_; }
   ParameterRegistry& parameters() { return parameters_; }
   const ParameterRegistry& parameters() const { return parameters_; }
@@ -175,9 +192,18 @@ class LlamaModel {
   void block_backward(Context& context, StepState& step, int64_t layer, BlockActivations& activations,
                       Tensor& dresidual);
   void recompute_selective(Context& context, int64_t layer, BlockActivations& activations);
+  // Sums a row-parallel partial output (forward) or a column-parallel partial
+  // input gradient (backward) over the tensor-parallel group.
+  void reduce_over_tensor_parallel(Tensor& partial, std::string_view what) const;
+  // Registers a parameter of full shape `full_shape`, this rank's slice of
+  // dimension `split_dim` (-1: replicated).
+  Parameter& add_parameter(Context& context, const std::string& name, const Shape& full_shape, int split_dim);
 
   ModelConfig config_;
   LlamaOptions options_;
+  int tp_size_ = 1, tp_rank_ = 0;
+  // This rank's share of the attention heads, KV heads and MLP width.
+  int64_t local_heads_ = 0, local_kv_heads_ = 0, local_intermediate_ = 0;
   ParameterRegistry parameters_;
   Parameter* embed_tokens_ = nullptr;
   Parameter* final_norm_ = nullptr;

@@ -9,6 +9,11 @@ namespace llmft::optim {
 
 ClipResult clip_grad_norm(Context& context, std::span<Tensor> grads, double max_norm) {
   const ops::GradientStats stats = ops::gradient_stats(context, std::span<const Tensor>(grads.data(), grads.size()));
+  return clip_with_stats(context, grads, stats, max_norm);
+}
+
+ClipResult clip_with_stats(Context& context, std::span<Tensor> grads, const ops::GradientStats& stats,
+                           double max_norm) {
   ClipResult result;
   result.all_finite = stats.all_finite;
   result.norm = stats.all_finite ? std::sqrt(stats.sum_of_squares) : std::numeric_limits<double>::infinity();

@@ -8,6 +8,7 @@
 
 #include "core/context.h"
 #include "core/tensor.h"
+#include "kernels/ops.h"
 #include "model/parameters.h"
 
 namespace llmft::optim {
@@ -27,5 +28,11 @@ ClipResult clip_grad_norm(Context& context, std::span<Tensor> grads, double max_
 // differ only by the 1e-6 guard. AdamW::step's grad_multiplier then un-scales.
 // The gradients of the trainable parameters that have one.
 ClipResult clip_grad_norm(Context& context, const std::vector<Parameter*>& parameters, double max_norm);
+// The clipping step alone, from statistics the caller gathered over every
+// gradient of the model (sharded over tensor-parallel ranks, or optimizer
+// shards: summed over the group, replicated tensors counted once): scales
+// `grads` (this rank's) by the coefficient of the global norm.
+ClipResult clip_with_stats(Context& context, std::span<Tensor> grads, const ops::GradientStats& global,
+                           double max_norm);
 
 }  // namespace llmft::optim

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "kernels/ops.h"
+#include "parallel/shard.h"
 
 namespace llmft {
 
@@ -51,20 +52,35 @@ LoraAdapter::LoraAdapter(const Linear& base, Parameter& lora_a, Parameter& lora_
       dropout_(dropout),
       dropout_seed_(dropout_seed) {}
 
+ops::DropoutLayout LoraAdapter::dropout_layout() const {
+  // A row-parallel input is this rank's column slice of the whole input.
+  if (!row_parallel()) return {};
+  return ops::DropoutLayout{full_in_features(), lora_a_.shard.offset};
+}
+
 LoraAdapter::DownProjection LoraAdapter::down_project(Context& context, const Tensor& x) const {
   DownProjection result{x, Tensor()};
   if (dropout_active()) {
     result.dropped = context.empty(x.shape(), x.dtype());
-    ops::dropout_forward(context, x, dropout_, dropout_seed_, dropout_offset(), result.dropped);
+    ops::dropout_forward(context, x, dropout_, dropout_seed_, dropout_offset(x.size(0)), result.dropped,
+                         dropout_layout());
   }
   result.hidden = context.empty({x.size(0), lora_a_.value.size(0)}, x.dtype());
   ops::linear_forward(context, result.dropped, lora_a_.value, nullptr, result.hidden);
+  // Row-parallel: each rank holds a slice of the input features; the sum is
+  // the whole model's hidden.
+  if (row_parallel())
+    base_.tensor_parallel()->all_reduce(result.hidden, parallel::ReduceOp::kSum,
+                                        "LoRA hidden all-reduce (row-parallel, tensor parallel)");
   return result;
 }
 
 void LoraAdapter::forward(Context& context, const Tensor& x, Tensor& y_accumulate) {
   if (merged_) return;
   const Tensor hidden = down_project(context, x).hidden;
+  // Row-parallel: y is this rank's partial sum, which the block reduces, so
+  // B·hidden (the same on every rank) enters once.
+  if (row_parallel() && base_.tensor_parallel()->rank() != 0) return;
   // y += scaling · hidden Bᵀ, accumulated by the GEMM itself (beta = 1).
   ops::gemm(context, hidden, lora_b_.value, y_accumulate, /*trans_a=*/false, /*trans_b=*/true, scaling_, 1.0f);
 }
@@ -74,24 +90,33 @@ void LoraAdapter::backward(Context& context, const Tensor& dy, const Tensor& x, 
   const int64_t rows = x.size(0), rank = lora_a_.value.size(0);
   const auto [dropped, hidden] = down_project(context, x);
 
-  // dhidden = scaling · dy B   [rows, r]
+  // dhidden = scaling · dy B   [rows, r]; column-parallel: this rank's share
+  // (dy and B hold its output rows).
   Tensor dhidden = context.empty({rows, rank}, x.dtype());
   ops::gemm(context, dy, lora_b_.value, dhidden, false, false, scaling_, 0.0f);
   // dB += scaling · dyᵀ hidden   [out, r]
   if (lora_b_.trainable && lora_b_.grad.defined())
     ops::gemm(context, dy, hidden, lora_b_.grad, true, false, scaling_, 1.0f);
+  // dx += dhidden A (through the dropout); column-parallel: a share of the
+  // input gradient, which the block's reduction sums with the base's.
+  if (dx_accumulate != nullptr) {
+    if (!dropout_active()) {
+      ops::gemm(context, dhidden, lora_a_.value, *dx_accumulate, false, false, 1.0f, 1.0f);
+    } else {
+      Tensor ddropped = context.empty(x.shape(), x.dtype());
+      ops::gemm(context, dhidden, lora_a_.value, ddropped, false, false, 1.0f, 0.0f);
+      ops::dropout_backward(context, ddropped, dropout_, dropout_seed_, dropout_offset(rows), ddropped,
+                            dropout_layout());
+      ops::add(context, *dx_accumulate, ddropped, *dx_accumulate);
+    }
+  }
+  // The replicated A of a column-parallel linear needs the whole dhidden.
+  if (column_parallel())
+    base_.tensor_parallel()->all_reduce(dhidden, parallel::ReduceOp::kSum,
+                                        "LoRA dhidden all-reduce (column-parallel, tensor parallel)");
   // dA += dhiddenᵀ dropout(x)   [r, in]
   if (lora_a_.trainable && lora_a_.grad.defined())
     ops::gemm(context, dhidden, dropped, lora_a_.grad, true, false, 1.0f, 1.0f);
-  if (dx_accumulate == nullptr) return;
-  if (!dropout_active()) {
-    ops::gemm(context, dhidden, lora_a_.value, *dx_accumulate, false, false, 1.0f, 1.0f);
-    return;
-  }
-  Tensor ddropped = context.empty(x.shape(), x.dtype());
-  ops::gemm(context, dhidden, lora_a_.value, ddropped, false, false, 1.0f, 0.0f);
-  ops::dropout_backward(context, ddropped, dropout_, dropout_seed_, dropout_offset(), ddropped);
-  ops::add(context, *dx_accumulate, ddropped, *dx_accumulate);
 }
 
 // ---- LoraModel ------------------------------------------------------------------
@@ -120,20 +145,34 @@ LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraConfig& conf
   const float scaling = config_.scaling();
   const DType dtype = model.options().compute_dtype;
   PhiloxGenerator generator(config_.seed);
+  const int tp_size = model.tensor_parallel_size();
+  const int tp_rank = model.tensor_parallel() != nullptr ? model.tensor_parallel()->rank() : 0;
   for (Linear* linear : model.linears()) {
     const std::string type = module_type(linear->name());
     if (std::find(targets.begin(), targets.end(), type) == targets.end()) continue;
-    const int64_t in = linear->in_features(), out = linear->out_features();
-    Parameter& lora_a = parameters_.add(context, linear->name() + ".lora_A.weight", {config_.r, in}, dtype);
-    Parameter& lora_b = parameters_.add(context, linear->name() + ".lora_B.weight", {out, config_.r}, dtype);
+    const Shape& base_shape = linear->weight().full_shape();
+    const int64_t out = base_shape[0], in = base_shape[1];
+    // Tensor parallelism: B split like a column-parallel W's rows, A like a
+    // row-parallel W's columns; the other one replicated.
+    const ParameterShard a_shard = parallel::even_shard(
+        {config_.r, in}, linear->shard_kind() == ShardKind::kRow ? 1 : -1, tp_size, tp_rank);
+    const ParameterShard b_shard = parallel::even_shard(
+        {out, config_.r}, linear->shard_kind() == ShardKind::kColumn ? 0 : -1, tp_size, tp_rank);
+    const Shape a_shape = a_shard.sharded() ? parallel::shard_shape(a_shard, tp_size) : Shape{config_.r, in};
+    const Shape b_shape = b_shard.sharded() ? parallel::shard_shape(b_shard, tp_size) : Shape{out, config_.r};
+    Parameter& lora_a = parameters_.add(context, linear->name() + ".lora_A.weight", a_shape, dtype);
+    Parameter& lora_b = parameters_.add(context, linear->name() + ".lora_B.weight", b_shape, dtype);
+    lora_a.shard = a_shard;
+    lora_b.shard = b_shard;
     // torch.nn.init.kaiming_uniform_(A, a=sqrt(5)) (PEFT's init_lora_weights=True):
     // gain = sqrt(2 / (1 + a²)), bound = gain · sqrt(3 / fan_in), fan_in = in.
+    // Drawn at full shape, then this rank's slice taken.
     const double negative_slope = std::sqrt(5.0);
     const double gain = std::sqrt(2.0 / (1.0 + negative_slope * negative_slope));
     const double bound = gain * std::sqrt(3.0 / static_cast<double>(in));
-    std::vector<float> values(static_cast<size_t>(lora_a.value.numel()));
+    std::vector<float> values(static_cast<size_t>(config_.r * in));
     for (float& value : values) value = static_cast<float>(bound * (2.0 * generator.next_uniform() - 1.0));
-    lora_a.value.copy_from(Tensor::from_floats(lora_a.value.shape(), values, dtype));
+    lora_a.value.copy_from(parallel::take_shard(Tensor::from_floats({config_.r, in}, values, dtype), a_shard, tp_size));
     ops::fill(context, lora_b.value, 0.0f);  // B = 0: the adapted model starts equal to the base
     auto adapter = std::make_shared<LoraAdapter>(*linear, lora_a, lora_b, scaling, config_.dropout,
                                                  mix_seed(config_.seed ^ mix_seed(adapters_.size())));
@@ -173,6 +212,10 @@ void LoraModel::set_dropout_step(uint64_t step) {
   for (auto& adapter : adapters_) adapter->set_dropout_step(step);
 }
 
+void LoraModel::set_data_parallel_rank(int rank) {
+  for (auto& adapter : adapters_) adapter->set_data_parallel_rank(rank);
+}
+
 void LoraModel::apply_delta(Context& context, float sign) {
   for (const auto& adapter : adapters_) {
     Parameter& weight = adapter->base().weight();
@@ -200,6 +243,9 @@ void LoraModel::unmerge(Context& context) {
 }
 
 std::vector<NamedTensor> LoraModel::merged_state_dict(std::optional<DType> dtype) const {
+  if (model_.tensor_parallel_size() > 1)
+    throw_runtime("LoRA merged_state_dict: the model is split over ", model_.tensor_parallel_size(),
+                  " tensor-parallel ranks; export from the (layout-free) training checkpoint instead");
   const DType out_dtype = dtype.value_or(model_.options().compute_dtype);
   std::vector<NamedTensor> tensors = model_.state_dict(DType::kF32);  // host fp32 (copies where converted)
   for (NamedTensor& named : tensors) {

@@ -9,6 +9,17 @@
 // The LoRA parameters live in the LoraModel's own registry under PEFT's
 // module names ("model.layers.0.self_attn.q_proj.lora_A.weight"), trainable,
 // with fp32 gradients; every base parameter is frozen and has no gradient.
+//
+// Tensor parallelism (DESIGN.md "Tensor parallelism"): on a column-parallel
+// linear (q, k, v, gate, up) A is replicated and B split by output rows; the
+// input gradient's share goes into the block's reduction, and dhidden = dy B
+// is all-reduced ([rows, r]) for A's gradient. On a row-parallel linear (o,
+// down) A is split by input columns and B replicated: hidden = x Aᵀ is
+// all-reduced ([rows, r]) and B·hidden added to the partial output once (by
+// tp rank 0). So replicated LoRA matrices get the same gradient on every tp
+// rank and no gradient is reduced over tp. A is drawn at full shape and then
+// sliced, and dropout masks are keyed by the element's offset in the whole
+// input (ops::DropoutLayout), so every layout trains the same model.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/ops.h"
 #include "model/llama.h"
 
 namespace llmft {
@@ -67,13 +79,25 @@ class LoraAdapter : public LinearAdapter {
   // the same step regenerate it. The trainer advances `step` per micro-batch.
   void set_training(bool training) { training_ = training; }
   void set_dropout_step(uint64_t step) { dropout_step_ = step; }
+  // Data parallelism: this rank's rows are rows rank * N .. of the global
+  // batch for the dropout masks, so ranks draw different masks.
+  void set_data_parallel_rank(int rank) { data_parallel_rank_ = rank; }
   // While merged, W already holds scaling·B·A and the adapter adds nothing.
   void set_merged(bool merged) { merged_ = merged; }
   bool merged() const { return merged_; }
 
  private:
   bool dropout_active() const { return training_ && dropout_ > 0.0f; }
-  uint64_t dropout_offset() const { return dropout_step_ << 40; }  // 2^40 elements per step and adapter
+  // 2^40 elements per step and adapter; x's rows start at global row
+  // data_parallel_rank * rows.
+  uint64_t dropout_offset(int64_t rows) const {
+    return (dropout_step_ << 40) + static_cast<uint64_t>(data_parallel_rank_) * static_cast<uint64_t>(rows) *
+                                       static_cast<uint64_t>(full_in_features());
+  }
+  int64_t full_in_features() const { return lora_a_.full_shape()[1]; }
+  ops::DropoutLayout dropout_layout() const;
+  bool row_parallel() const { return base_.shard_kind() == ShardKind::kRow; }
+  bool column_parallel() const { return base_.shard_kind() == ShardKind::kColumn; }
   // dropout(x) (x itself when dropout is off) and hidden = dropout(x) Aᵀ [rows, r];
   // the backward recomputes both with the same mask as the forward.
   struct DownProjection {
@@ -89,6 +113,7 @@ class LoraAdapter : public LinearAdapter {
   float dropout_;
   uint64_t dropout_seed_;
   uint64_t dropout_step_ = 0;
+  int data_parallel_rank_ = 0;
   bool training_ = true;
   bool merged_ = false;
 };
@@ -120,6 +145,7 @@ class LoraModel {
 
   void set_training(bool training);
   void set_dropout_step(uint64_t step);
+  void set_data_parallel_rank(int rank);
 
   // W += scaling · B A (unmerge: -=), computed in fp32 and cast back to W's
   // dtype. Merging twice or unmerging an unmerged model is an error.
@@ -129,7 +155,8 @@ class LoraModel {
 
   // The base model's weights with every adapter merged (W + scaling · B A in
   // fp32, then cast to `dtype`, default the compute dtype), as host tensors
-  // under HF names; the model itself is left untouched.
+  // under HF names; the model itself is left untouched. Not under tensor
+  // parallelism (export from the layout-free checkpoint instead).
   std::vector<NamedTensor> merged_state_dict(std::optional<DType> dtype = std::nullopt) const;
 
  private:

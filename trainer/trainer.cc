@@ -9,6 +9,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "optim/grad_clip.h"
+#include "parallel/shard.h"
 #include "parallel/nccl_communicator.h"
 #include "trainer/stop_signal.h"
 
@@ -54,7 +55,22 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
                     parallel_->tp_size(), ", which makes dp ", parallel_->dp_size(),
                     "; set it to that or leave it out");
 
-  model_ = build_training_model(context_, options_);
+  // Tensor parallelism: the model's block-level collectives take its own
+  // tensors, so on CUDA they run over NCCL.
+  parallel::Communicator* model_tp = nullptr;
+  if (parallel_->tp_size() > 1) {
+    model_tp = &parallel_->tp();
+    if (context_.is_cuda()) {
+      if (!parallel::nccl_communicator_built())
+        throw_bad_input(options_.source, ": field 'parallel.tp': ", options_.tp,
+                        " on CUDA needs NCCL, which this build of llmft lacks (rebuild with NCCL, or use tp 1)");
+      device_tp_ = parallel::make_nccl_communicator(parallel_->tp(), context_, options_.timeout_s,
+                                                    [grid = parallel_](int code) { grid->abort_job(code); });
+      model_tp = device_tp_.get();
+    }
+  }
+  model_ = build_training_model(context_, options_, /*for_training=*/true, model_tp);
+  if (model_->lora) model_->lora->set_data_parallel_rank(dp_->rank());
   const ModelConfig& model_config = model_->model->config();
   eos_id_ = document_eos_id(options_, model_config);
 
@@ -82,6 +98,7 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
       Parameter& copy =
           host_parameters_.add(*host_context_, parameter->name, parameter->value.shape(), parameter->value.dtype());
       copy.value.copy_from(parameter->value);
+      copy.shard = parameter->shard;
     }
     host_parameters_.allocate_grads(*host_context_, DType::kF32);
   }
@@ -165,10 +182,41 @@ std::vector<Parameter*> Trainer::optimizer_parameters() {
   return host_context_ ? host_parameters_.all() : model_->trainable_parameters();
 }
 
-std::vector<NamedTensor> Trainer::checkpoint_tensors() {
-  std::vector<NamedTensor> tensors;
-  for (Parameter* parameter : optimizer_parameters()) tensors.push_back({parameter->name, parameter->value});
+std::vector<Trainer::ShardedTensor> Trainer::checkpoint_tensors() {
+  std::vector<ShardedTensor> tensors;
+  for (Parameter* parameter : optimizer_parameters())
+    tensors.push_back({parameter->name, parameter->value, &parameter->shard});
   return tensors;
+}
+
+std::vector<NamedTensor> Trainer::gather_full(const std::vector<ShardedTensor>& tensors) {
+  std::vector<NamedTensor> full;
+  for (const ShardedTensor& tensor : tensors) {
+    if (!tensor.shard->sharded()) {
+      full.push_back({tensor.name, tensor.tensor});
+      continue;
+    }
+    full.push_back({tensor.name, parallel::gather_shards(parallel_->tp(), tensor.tensor, *tensor.shard,
+                                                         str_cat("checkpoint gather of ", tensor.name))});
+  }
+  return full;
+}
+
+void Trainer::load_full(const std::vector<ShardedTensor>& tensors,
+                        const std::function<void(std::span<const NamedTensor>)>& load) {
+  // Unsharded tensors load in place; sharded ones through a full host copy,
+  // sliced (the checkpoint holds full tensors whatever the saving layout).
+  std::vector<NamedTensor> destinations;
+  for (const ShardedTensor& tensor : tensors)
+    destinations.push_back({tensor.name, tensor.shard->sharded()
+                                             ? Tensor::empty_cpu(tensor.shard->full_shape, tensor.tensor.dtype())
+                                             : tensor.tensor});
+  load(destinations);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!tensors[i].shard->sharded()) continue;
+    Tensor local = tensors[i].tensor;
+    local.copy_from(parallel::take_shard(destinations[i].tensor, *tensors[i].shard, parallel_->tp_size()));
+  }
 }
 
 void Trainer::copy_values_to_model() {
@@ -178,15 +226,16 @@ void Trainer::copy_values_to_model() {
   for (size_t i = 0; i < copies.size(); ++i) model_parameters[i]->value.copy_from(copies[i]->value);
 }
 
-std::vector<NamedTensor> Trainer::optimizer_tensors() {
-  std::vector<NamedTensor> tensors;
+std::vector<Trainer::ShardedTensor> Trainer::optimizer_tensors() {
+  std::vector<ShardedTensor> tensors;
   for (optim::AdamWParameterState& state : optimizer_->states()) {
     const std::string& name = state.parameter->name;
+    const ParameterShard* shard = &state.parameter->shard;
     // An f32 value is its own master (optim/adamw.h): saved once, as trainable.
     if (state.master.raw_data() != state.parameter->value.raw_data())
-      tensors.push_back({name + ".master", state.master});
-    tensors.push_back({name + ".exp_avg", state.exp_avg});
-    tensors.push_back({name + ".exp_avg_sq", state.exp_avg_sq});
+      tensors.push_back({name + ".master", state.master, shard});
+    tensors.push_back({name + ".exp_avg", state.exp_avg, shard});
+    tensors.push_back({name + ".exp_avg_sq", state.exp_avg_sq, shard});
   }
   return tensors;
 }
@@ -195,8 +244,8 @@ void Trainer::resume(const std::string& where) {
   CheckpointReader reader = CheckpointReader::open(where, options_.checkpoint_dir, model_->fingerprint);
   const CheckpointState& state = reader.state();
   const std::string source = reader.directory().string();
-  reader.load_trainable(checkpoint_tensors());
-  reader.load_optimizer(optimizer_tensors());
+  load_full(checkpoint_tensors(), [&](std::span<const NamedTensor> into) { reader.load_trainable(into); });
+  load_full(optimizer_tensors(), [&](std::span<const NamedTensor> into) { reader.load_optimizer(into); });
   copy_values_to_model();
   optimizer_->set_step_count(state.schedule_position);
   if (scaler_) {
@@ -297,22 +346,22 @@ StepRecord Trainer::train_step() {
   }
 
   Context& optimizer_context = host_context_ ? *host_context_ : context_;
-  // 4. f16: a non-finite gradient skips the update and backs the scale off.
-  if (scaler_) {
-    std::vector<Tensor> grads;
-    for (Parameter* parameter : parameters) grads.push_back(parameter->grad);
-    if (!scaler_->check_and_update(optimizer_context, grads)) {
-      record.skipped = true;
-      record.skipped_steps = ++skipped_steps_;
-      record.grad_norm = std::numeric_limits<double>::infinity();
-        return record;
-    }
+  const ops::GradientStats stats = global_gradient_stats(optimizer_context, parameters);
+  // 4. Loss scaling: a non-finite gradient skips the update and backs the scale off.
+  if (scaler_ && !scaler_->update(!stats.all_finite)) {
+    record.skipped = true;
+    record.skipped_steps = ++skipped_steps_;
+    record.grad_norm = std::numeric_limits<double>::infinity();
+    return record;
   }
 
   // 5. Clip (the norm measured on scaled gradients against a scaled bound),
   // then AdamW with the un-scaling fused in.
   const double max_norm = options_.max_grad_norm > 0.0 ? options_.max_grad_norm * loss_scale : 0.0;
-  optim::ClipResult clip = optim::clip_grad_norm(optimizer_context, parameters, max_norm);
+  std::vector<Tensor> grads;
+  for (Parameter* parameter : parameters)
+    if (parameter->grad.defined()) grads.push_back(parameter->grad);
+  optim::ClipResult clip = optim::clip_with_stats(optimizer_context, grads, stats, max_norm);
   record.grad_norm = clip.norm / loss_scale;
   if (!clip.all_finite)
     throw_runtime("step ", record.step, ": non-finite gradient (loss ", record.loss,
@@ -320,6 +369,24 @@ StepRecord Trainer::train_step() {
   optimizer_->step(static_cast<float>(record.learning_rate), static_cast<float>(1.0 / loss_scale));
   copy_values_to_model();
   return record;
+}
+
+ops::GradientStats Trainer::global_gradient_stats(Context& context, const std::vector<Parameter*>& parameters) {
+  // Tensor parallelism: a sharded gradient's slices are summed over the tp
+  // ranks; a replicated one is the same on every tp rank (the model reduces
+  // activations, not gradients), so only tp rank 0 counts it.
+  const bool counts_replicated = parallel_->tp_rank() == 0;
+  std::vector<Tensor> counted;
+  for (Parameter* parameter : parameters)
+    if (parameter->grad.defined() && (parameter->shard.sharded() || counts_replicated))
+      counted.push_back(parameter->grad);
+  ops::GradientStats stats = ops::gradient_stats(context, counted);
+  if (parallel_->tp_size() > 1) {
+    parallel::Communicator& tp = parallel_->tp();
+    stats.sum_of_squares = tp.all_reduce_sum(stats.sum_of_squares, "gradient norm all-reduce (tensor parallel)");
+    stats.all_finite = tp.all_reduce_max(int64_t{stats.all_finite ? 0 : 1}, "non-finite gradient check (tensor parallel)") == 0;
+  }
+  return stats;
 }
 
 EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& loader, parallel::Communicator* dp) {
@@ -362,13 +429,18 @@ std::filesystem::path Trainer::save_checkpoint() {
   // Every data-parallel rank's loader position, so that a dp > 1 run resumes
   // exactly; the weights and moments are replicated, rank 0's are written.
   std::vector<std::string> loader_states = dp_->all_gather_strings(loader_->state(), "loader-state all-gather");
+  // Full tensors (tensor-parallel slices gathered), so any layout resumes it.
+  const std::vector<NamedTensor> trainable = gather_full(checkpoint_tensors());
+  const std::vector<NamedTensor> optimizer = gather_full(optimizer_tensors());
   std::filesystem::path written;
-  if (checkpoints_) written = write_checkpoint(std::move(loader_states));
+  if (checkpoints_) written = write_checkpoint(std::move(loader_states), trainable, optimizer);
   parallel_->world().barrier("checkpoint barrier");
   return written;
 }
 
-std::filesystem::path Trainer::write_checkpoint(std::vector<std::string> loader_states) {
+std::filesystem::path Trainer::write_checkpoint(std::vector<std::string> loader_states,
+                                               std::span<const NamedTensor> trainable,
+                                               std::span<const NamedTensor> optimizer) {
   CheckpointState state;
   state.step = step_;
   state.schedule_position = optimizer_->step_count();
@@ -381,7 +453,7 @@ std::filesystem::path Trainer::write_checkpoint(std::vector<std::string> loader_
   state.skipped_steps = skipped_steps_;
   state.rng[kDropoutStream] = {options_.seed, dropout_micro_steps_};
   state.fingerprint = model_->fingerprint;
-  return checkpoints_->write(state, checkpoint_tensors(), optimizer_tensors());
+  return checkpoints_->write(state, trainable, optimizer);
 }
 
 TrainResult Trainer::train() {

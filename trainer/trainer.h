@@ -32,6 +32,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "core/context.h"
@@ -150,14 +151,30 @@ class Trainer {
   const std::optional<std::filesystem::path>& resumed_from() const { return resumed_from_; }
 
  private:
+  // A checkpointed tensor of this rank and the slice of the full tensor it is.
+  struct ShardedTensor {
+    std::string name;
+    Tensor tensor;
+    const ParameterShard* shard;
+  };
   void resume(const std::string& where);
   // Rank 0's part of save_checkpoint.
-  std::filesystem::path write_checkpoint(std::vector<std::string> loader_states);
-  std::vector<NamedTensor> optimizer_tensors();
+  std::filesystem::path write_checkpoint(std::vector<std::string> loader_states, std::span<const NamedTensor> trainable,
+                                         std::span<const NamedTensor> optimizer);
+  std::vector<ShardedTensor> optimizer_tensors();
   // The weights the optimizer updates and checkpoints hold: the model's
   // trainable parameters, or their host copies.
   std::vector<Parameter*> optimizer_parameters();
-  std::vector<NamedTensor> checkpoint_tensors();
+  std::vector<ShardedTensor> checkpoint_tensors();
+  // Full tensors for the checkpoint: tensor-parallel slices gathered over the
+  // tp group (collective), replicated tensors as they are.
+  std::vector<NamedTensor> gather_full(const std::vector<ShardedTensor>& tensors);
+  // `load` fills full-shape tensors; each rank keeps its slice.
+  void load_full(const std::vector<ShardedTensor>& tensors,
+                 const std::function<void(std::span<const NamedTensor>)>& load);
+  // The sum of squares and finiteness of every gradient of the model, the
+  // same on every rank of the grid.
+  ops::GradientStats global_gradient_stats(Context& context, const std::vector<Parameter*>& parameters);
   void copy_values_to_model();
   void say(const std::string& line);
   double now() const;
@@ -168,8 +185,10 @@ class Trainer {
   std::unique_ptr<parallel::ParallelContext> single_process_;
   parallel::ParallelContext* parallel_ = nullptr;
   parallel::Communicator* dp_ = nullptr;  // parallel_->dp()
-  // CUDA: NCCL over the dp group, for the gradient buckets (device memory).
+  // CUDA: NCCL over the dp group, for the gradient buckets (device memory),
+  // and over the tp group, for the model's activations.
   std::unique_ptr<parallel::Communicator> device_dp_;
+  std::unique_ptr<parallel::Communicator> device_tp_;
   // Data parallelism: the gradients' flat buffers and their all-reduces.
   std::unique_ptr<parallel::GradientBuckets> buckets_;
 

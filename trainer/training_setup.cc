@@ -32,7 +32,8 @@ void TrainingModel::set_training(bool training) {
   if (lora) lora->set_training(training);
 }
 
-std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options, bool for_training) {
+std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options, bool for_training,
+                                                    parallel::Communicator* tensor_parallel) {
   const DType compute_dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
   const DType weights_dtype = parse_float_dtype(options.weights_dtype, options.source + ": model.weights_dtype");
   if (compute_dtype != weights_dtype)
@@ -42,6 +43,7 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const Trai
   LlamaOptions llama_options;
   llama_options.compute_dtype = compute_dtype;
   llama_options.grad_dtype = DType::kF32;  // accumulation across micro-batches in fp32
+  llama_options.tensor_parallel = tensor_parallel;
 
   auto result = std::make_unique<TrainingModel>();
   result->model = LlamaModel::load(context, options.hf_dir, llama_options);
@@ -88,33 +90,30 @@ uint64_t fnv1a(uint64_t hash, const void* data, size_t bytes) {
 
 }  // namespace
 
-uint64_t base_weights_sample_hash(const LlamaModel& model, DType dtype) {
+uint64_t base_weights_sample_hash(const SafetensorsCheckpoint& checkpoint, const LlamaModel& model, DType dtype) {
   uint64_t hash = kFnvOffsetBasis;
   for (const Parameter* parameter : model.parameters().all()) {
-    const Tensor& value = parameter->value;
+    const Tensor stored = checkpoint.tensor(parameter->name);  // a view of the mapping: only the rows read are
     std::vector<Tensor> samples;
-    if (value.dim() <= 1) {
-      samples.push_back(value);
+    if (stored.dim() <= 1) {
+      samples.push_back(stored);
     } else {
-      samples.push_back(value.slice_rows(0, 1));
-      samples.push_back(value.slice_rows(value.size(0) - 1, value.size(0)));
+      samples.push_back(stored.slice_rows(0, 1));
+      samples.push_back(stored.slice_rows(stored.size(0) - 1, stored.size(0)));
     }
-    for (const Tensor& sample : samples) {
-      Tensor host = sample.device().is_cuda() ? sample.to(default_host_allocator()) : sample;
-      // In the run's compute dtype (rounded as loading in it rounds), so an
-      // fp32 copy of a bf16 run's model has the run's fingerprint.
-      if (host.dtype() != dtype) host = Tensor::from_floats(host.shape(), host.to_floats(), dtype);
-      hash = fnv1a(hash, host.raw_data(), host.nbytes());
+    for (Tensor sample : samples) {
+      if (sample.dtype() != dtype) sample = Tensor::from_floats(sample.shape(), sample.to_floats(), dtype);
+      hash = fnv1a(hash, sample.raw_data(), sample.nbytes());
     }
   }
   return hash;
 }
 
 std::string training_fingerprint_text(const LlamaModel& model, const TrainOptions& options) {
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(options.hf_dir);
+  const DType dtype = parse_float_dtype(options.compute_dtype, "precision.compute_dtype");
   std::string text = str_cat("model=", model.config().to_json().dump(), ";weights=", std::hex,
-                             base_weights_sample_hash(model, parse_float_dtype(options.compute_dtype,
-                                                                               "precision.compute_dtype")),
-                             std::dec, ";peft=");
+                             base_weights_sample_hash(checkpoint, model, dtype), std::dec, ";peft=");
   if (!options.lora) return text + "none";
   LoraConfig lora_config;
   lora_config.target_modules = options.lora_target_modules;

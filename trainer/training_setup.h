@@ -41,9 +41,11 @@ struct TrainingModel {
 // model.weights_dtype: LlamaModel holds weights and activations in one
 // dtype), then attaches LoRA (seed data.seed) or marks every parameter
 // trainable, and allocates fp32 gradients. Without `for_training` (eval,
-// export) full fine-tuning allocates no gradients.
+// export) full fine-tuning allocates no gradients. With `tensor_parallel`
+// (size > 1) each rank holds and loads its slices (model/llama.h).
 std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options,
-                                                    bool for_training = true);
+                                                    bool for_training = true,
+                                                    parallel::Communicator* tensor_parallel = nullptr);
 
 // Canonical text of what the checkpoint tensors belong to: the model's
 // config.json (every architecture field), a sample of the base weights as
@@ -54,13 +56,14 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const Trai
 std::string training_fingerprint_text(const LlamaModel& model, const TrainOptions& options);
 // 16 hex digits of FNV-1a 64 over that text (short enough for error lines).
 std::string training_fingerprint(const LlamaModel& model, const TrainOptions& options);
-// FNV-1a 64 over the bytes of the first and last row of every parameter (the
-// whole of 1-D ones), in registry order: two checkpoints of one architecture
-// (a base model and its instruct version) differ here, at the cost of reading
-// a few KB rather than every weight. Call it before any training changes them.
-// The sample is hashed as `dtype` values (converted when the model holds
-// another dtype).
-uint64_t base_weights_sample_hash(const LlamaModel& model, DType dtype);
+// FNV-1a 64 over the bytes of the first and last row of every parameter's
+// full tensor in `checkpoint` (the whole of 1-D ones), in the model's
+// registry order: two checkpoints of one architecture (a base model and its
+// instruct version) differ here, at the cost of reading a few KB rather than
+// every weight. Read from the files, not the model, so it is the same for
+// every tensor-parallel layout and before or after training. The sample is
+// hashed as `dtype` values (rounded as loading in that dtype rounds).
+uint64_t base_weights_sample_hash(const SafetensorsCheckpoint& checkpoint, const LlamaModel& model, DType dtype);
 
 // The id that ends a document: config.json's (first) eos_token_id.
 // kBadInput naming the file when the model has none.

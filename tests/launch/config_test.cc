@@ -349,9 +349,7 @@ TEST(TrainConfigErrors, OutOfRangeFromAnOverrideIsCaughtToo) {
 }
 
 TEST(TrainConfigErrors, CrossFieldRules) {
-  EXPECT_EQ(load_error(kMinimal, {"parallel.tp=2"}),
-            "run.pbtxt: field 'parallel.tp': 2 not supported, expected 1 "
-            "(tensor parallelism is not implemented yet)");
+  EXPECT_EQ(load_error(kMinimal, {"parallel.tp=0"}), "run.pbtxt: field 'parallel.tp': 0 out of range, expected >= 1");
   EXPECT_EQ(load_error(kMinimal, {"schedule.kind=LINEAR", "schedule.total_steps=10", "schedule.warmup_steps=10"}),
             "run.pbtxt: field 'schedule.warmup_steps': 10 out of range, expected < "
             "schedule.total_steps (10) for a "

@@ -22,103 +22,21 @@
 //    dropout) repeats the uninterrupted run's losses bit for bit; the
 //    checkpoint holds a different loader position per rank (the control:
 //    restoring rank 0's on every rank would repeat rank 0's data).
-#include <gtest/gtest.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 
-#include "../trainer/trainer_fixture.h"
-#include "core/error.h"
-#include "mpi_test_main.h"
 #include "nlohmann/json.hpp"
-#include "trainer/trainer.h"
+#include "trainer_mpi_fixture.h"
 
 namespace llmft::trainer {
 namespace {
 
-namespace fs = std::filesystem;
 using parallel::testing_support::mpi_grid;
+namespace fs = std::filesystem;
 
-// FNV-1a 64 of every trainable tensor's bytes, as hex.
-std::string weights_hash(Trainer& trainer) {
-  uint64_t hash = 1469598103934665603ull;
-  for (const NamedTensor& tensor : trainer.model().trainable_tensors()) {
-    const auto* bytes = static_cast<const uint8_t*>(tensor.tensor.raw_data());
-    for (size_t i = 0; i < tensor.tensor.nbytes(); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
-  }
-  return str_cat(std::hex, hash);
-}
-
-class DataParallelTrainer : public ::testing::Test {
+class DataParallelTrainer : public mpi_testing::TrainerUnderMpi {
  protected:
-  void SetUp() override {
-    parallel::Communicator& world = mpi_grid()->world();
-    // Rank 0 writes the model and the shards; every rank reads them.
-    std::string root;
-    if (world.rank() == 0) {
-      const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-      root = (fs::temp_directory_path() / str_cat("llmft-dp-", ::getpid(), "-", info->name())).string();
-      fs::remove_all(root);
-      fs::create_directories(fs::path(root) / "data");
-      trainer_test::write_tiny_model(fs::path(root) / "model");
-      // Documents of exactly 8 tokens (half a row), every other one trained
-      // on its second half only.
-      std::vector<data::TokenExample> documents;
-      for (data::TokenExample& document : trainer_test::random_documents(400, 21, 1)) {
-        while (document.input_ids.size() < 8) document.input_ids.push_back(3 + document.input_ids.size());
-        document.input_ids.resize(8);
-        if (!document.loss_mask.empty()) document.loss_mask = {0, 0, 0, 0, 1, 1, 1, 1};
-        documents.push_back(document);
-      }
-      trainer_test::write_shard(fs::path(root) / "data" / "train-00000-of-00002.tfrecord",
-                                {documents.begin(), documents.begin() + 200});
-      trainer_test::write_shard(fs::path(root) / "data" / "train-00001-of-00002.tfrecord",
-                                {documents.begin() + 200, documents.end()});
-    }
-    root_ = world.all_gather_strings(root, "test root")[0];
-    context_ = Context::cpu(0, 1);
-  }
-  void TearDown() override {
-    mpi_grid()->world().barrier("test teardown");
-    if (mpi_grid()->world_rank() == 0) fs::remove_all(root_);
-  }
-
-  TrainOptions options(bool lora, const std::string& run, int64_t batch_size) const {
-    TrainOptions options;
-    options.source = "test";
-    options.hf_dir = (root_ / "model").string();
-    options.lora = lora;
-    options.lora_r = 4;
-    options.lora_alpha = 8.0f;
-    options.lora_dropout = 0.0f;  // masks are keyed by row within a rank's batch
-    options.lora_target_modules = {"all-linear"};
-    options.train_files = {(root_ / "data" / "train-*-of-00002.tfrecord").string()};
-    options.seq_len = 16;
-    options.batch_size = batch_size;
-    options.grad_accumulation_steps = 2;
-    options.packed = true;
-    options.shuffle_buffer = 0;
-    options.seed = 5;
-    options.lr = lora ? 1e-2 : 1e-3;
-    options.schedule_kind = "cosine";
-    options.warmup_steps = 1;
-    options.total_steps = 5;
-    options.checkpoint_dir = (root_ / str_cat(run, "-rank", mpi_grid()->world_rank())).string();
-    options.log_every_n_steps = 0;
-    return options;
-  }
-
-  TrainerHooks hooks(std::vector<double>* losses, parallel::ParallelContext* grid) const {
-    TrainerHooks hooks;
-    hooks.progress = nullptr;
-    hooks.parallel = grid;
-    hooks.on_step = [losses](const StepRecord& record) { losses->push_back(record.loss); };
-    return hooks;
-  }
-
   void expect_same_as_one_process(bool lora) {
     parallel::ParallelContext& grid = *mpi_grid();
     const int world = grid.world_size();
@@ -156,25 +74,18 @@ class DataParallelTrainer : public ::testing::Test {
     ASSERT_EQ(losses.size(), reference_losses.size());
     for (size_t i = 0; i < losses.size(); ++i)
       EXPECT_NEAR(losses[i], reference_losses[i], 1e-5 * std::abs(reference_losses[i])) << "step " << i + 1;
-    double worst = 0.0;
-    std::vector<NamedTensor> expected = reference.model().trainable_tensors();
-    std::vector<NamedTensor> found = data_parallel.model().trainable_tensors();
-    ASSERT_EQ(expected.size(), found.size());
-    for (size_t t = 0; t < expected.size(); ++t) {
-      const std::vector<float> a = expected[t].tensor.to_floats(), b = found[t].tensor.to_floats();
-      for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
-    }
+    const double worst =
+        mpi_testing::max_difference(reference.model().trainable_tensors(), data_parallel.model().trainable_tensors());
     EXPECT_LT(worst, 1e-5);
     if (grid.world_rank() == 0)
       std::printf("dp %d vs one process (%s): max |weight difference| %.3g over %zu steps\n", world,
                   lora ? "LoRA" : "full", worst, losses.size());
     // Replicas are identical bit for bit.
-    const std::vector<std::string> hashes = grid.world().all_gather_strings(weights_hash(data_parallel), "hashes");
+    const std::vector<std::string> hashes = grid.world().all_gather_strings(
+        mpi_testing::weights_hash(data_parallel.model().trainable_tensors()), "hashes");
     for (const std::string& hash : hashes) EXPECT_EQ(hash, hashes[0]);
   }
 
-  fs::path root_;
-  std::unique_ptr<Context> context_;
 };
 
 TEST_F(DataParallelTrainer, FullFineTuningMatchesOneProcessWithTheSameGlobalBatch) {
