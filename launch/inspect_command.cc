@@ -16,6 +16,7 @@
 #include "launch/commands.h"
 #include "model/model_config.h"
 #include "model/safetensors.h"
+#include "trainer/metrics.h"
 
 namespace llmft::launch {
 namespace {
@@ -59,16 +60,6 @@ std::string human_count(double count) {
   else if (count >= 1e6) std::snprintf(text, sizeof text, "%.2fM", count / 1e6);
   else if (count >= 1e3) std::snprintf(text, sizeof text, "%.2fK", count / 1e3);
   else std::snprintf(text, sizeof text, "%.0f", count);
-  return text;
-}
-
-std::string human_bytes(double bytes) {
-  char text[32];
-  const double gib = 1024.0 * 1024.0 * 1024.0;
-  if (bytes >= gib) std::snprintf(text, sizeof text, "%.2f GiB", bytes / gib);
-  else if (bytes >= 1024.0 * 1024.0) std::snprintf(text, sizeof text, "%.1f MiB", bytes / (1024.0 * 1024.0));
-  else if (bytes >= 1024.0) std::snprintf(text, sizeof text, "%.1f KiB", bytes / 1024.0);
-  else std::snprintf(text, sizeof text, "%.0f B", bytes);
   return text;
 }
 
@@ -121,7 +112,7 @@ int run_inspect(std::span<char*> raw_args) {
   std::printf("lm_head      %s\n", config.tie_word_embeddings ? "tied to embed_tokens" : "separate");
   std::printf("\nparameters   %s (%lld) in %zu tensors, %s on disk\n", human_count(static_cast<double>(total)).c_str(),
               static_cast<long long>(total), checkpoint.tensor_names().size(),
-              human_bytes(static_cast<double>(stored_bytes)).c_str());
+              trainer::format_bytes(static_cast<double>(stored_bytes)).c_str());
   if (total != expected)
     std::printf("  note: config.json implies %lld parameters; the checkpoint differs (loading will name the tensor)\n",
                 static_cast<long long>(expected));
@@ -158,15 +149,15 @@ int run_inspect(std::span<char*> raw_args) {
   const double full_states = params * (weight_bytes + 4.0 + master_bytes + 8.0);
   std::printf("\ntraining memory, seq %lld x batch %lld = %.0f tokens (activation estimate: %s per token and layer)\n",
               static_cast<long long>(args.seq_len), static_cast<long long>(args.batch_size), tokens,
-              human_bytes(per_token_layer).c_str());
+              trainer::format_bytes(per_token_layer).c_str());
   std::printf("  full fine-tuning: weights %s + grads %s + fp32 master %s + AdamW moments %s = %s\n",
-              human_bytes(params * weight_bytes).c_str(), human_bytes(params * 4.0).c_str(),
-              human_bytes(params * master_bytes).c_str(), human_bytes(params * 8.0).c_str(),
-              human_bytes(full_states).c_str());
+              trainer::format_bytes(params * weight_bytes).c_str(), trainer::format_bytes(params * 4.0).c_str(),
+              trainer::format_bytes(params * master_bytes).c_str(), trainer::format_bytes(params * 8.0).c_str(),
+              trainer::format_bytes(full_states).c_str());
   std::printf("    + activations %s = %s (with gradient checkpointing: + %s = %s)\n",
-              human_bytes(activations_saved).c_str(), human_bytes(full_states + activations_saved).c_str(),
-              human_bytes(activations_checkpointed).c_str(),
-              human_bytes(full_states + activations_checkpointed).c_str());
+              trainer::format_bytes(activations_saved).c_str(), trainer::format_bytes(full_states + activations_saved).c_str(),
+              trainer::format_bytes(activations_checkpointed).c_str(),
+              trainer::format_bytes(full_states + activations_checkpointed).c_str());
 
   // LoRA on every linear layer of the blocks (PEFT's "all-linear" leaves the
   // LM head out): A [r, in] and B [out, r] per projection.
@@ -179,10 +170,10 @@ int run_inspect(std::span<char*> raw_args) {
   const double lora_activations = activations_saved + tokens * layers * 7.0 * r * weight_bytes;
   std::printf("  LoRA r=%lld all linear layers (%s trainable, %.3f%%): frozen weights %s + LoRA states %s\n",
               static_cast<long long>(args.lora_rank), human_count(lora_params).c_str(), 100.0 * lora_params / params,
-              human_bytes(params * weight_bytes).c_str(),
-              human_bytes(lora_params * (weight_bytes + 4.0 + master_bytes + 8.0)).c_str());
-  std::printf("    + activations %s = %s\n", human_bytes(lora_activations).c_str(),
-              human_bytes(lora_states + lora_activations).c_str());
+              trainer::format_bytes(params * weight_bytes).c_str(),
+              trainer::format_bytes(lora_params * (weight_bytes + 4.0 + master_bytes + 8.0)).c_str());
+  std::printf("    + activations %s = %s\n", trainer::format_bytes(lora_activations).c_str(),
+              trainer::format_bytes(lora_states + lora_activations).c_str());
   return 0;
 }
 

@@ -8,8 +8,8 @@
 
 namespace llmft::parallel {
 GradientBuckets::GradientBuckets(Context& context, Communicator& communicator, std::vector<Parameter*> parameters,
-                                 std::vector<int64_t> stages, size_t bucket_bytes)
-    : communicator_(communicator) {
+                                 std::vector<int64_t> stages, size_t bucket_bytes, bool sharded)
+    : communicator_(communicator), sharded_(sharded) {
   if (parameters.size() != stages.size())
     throw_runtime("GradientBuckets: ", parameters.size(), " parameters but ", stages.size(), " stages");
   if (bucket_bytes < 1) throw_bad_input("parallel.bucket_mb: the bucket size must be positive");
@@ -49,13 +49,17 @@ GradientBuckets::GradientBuckets(Context& context, Communicator& communicator, s
       min_stage = std::min(min_stage, stages[index]);
     }
     Bucket bucket;
+    const int64_t group = communicator.size();
+    if (sharded_) elements = (elements + group - 1) / group * group;  // reduce_scatter takes equal slices
     bucket.flat = context.zeros({elements}, DType::kF32);
+    if (sharded_) bucket.shard = context.zeros({elements / group}, DType::kF32);
     bucket.min_stage = min_stage;
     int64_t offset = 0;
     for (size_t index : bucket_members) {
       Parameter& parameter = *parameters[index];
       const int64_t numel = parameter.value.numel();
       parameter.grad = bucket.flat.slice_rows(offset, offset + numel).reshape(parameter.value.shape());
+      bucket.members.push_back({&parameter, offset, numel});
       offset += numel;
     }
     buckets_.push_back(std::move(bucket));
@@ -71,6 +75,21 @@ GradientBuckets::~GradientBuckets() {
     } catch (...) {
     }
   }
+}
+
+std::vector<GradientBuckets::Layout> GradientBuckets::layouts() const {
+  std::vector<Layout> result;
+  for (const Bucket& bucket : buckets_) {
+    Layout layout;
+    layout.members = bucket.members;
+    layout.elements = bucket.flat.numel();
+    if (sharded_) {
+      layout.shard = bucket.shard;
+      layout.shard_begin = bucket.shard.numel() * communicator_.rank();
+    }
+    result.push_back(std::move(layout));
+  }
+  return result;
 }
 
 int64_t GradientBuckets::total_bytes() const {
@@ -89,7 +108,10 @@ void GradientBuckets::begin_reduction() {
 void GradientBuckets::launch_through(size_t end) {
   for (; launched_ < end; ++launched_) {
     Bucket& bucket = buckets_[launched_];
-    bucket.work = communicator_.all_reduce_async(bucket.flat, ReduceOp::kSum, "data-parallel gradient all-reduce");
+    bucket.work = sharded_ ? communicator_.reduce_scatter_async(bucket.flat, bucket.shard, ReduceOp::kSum,
+                                                                "data-parallel gradient reduce-scatter (ZeRO-1)")
+                           : communicator_.all_reduce_async(bucket.flat, ReduceOp::kSum,
+                                                            "data-parallel gradient all-reduce");
     stats_.bytes += static_cast<int64_t>(bucket.flat.nbytes());
     ++stats_.buckets;
   }

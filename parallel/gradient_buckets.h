@@ -13,6 +13,12 @@
 // Buckets hold parameters sorted by (stage descending, registration order
 // descending), so they complete in bucket order on every rank and are
 // launched in the same order everywhere (the collective contract).
+//
+// Sharded mode (ZeRO-1, optim/zero1.h): each bucket is padded to a multiple
+// of the group size and reduce-scattered instead of all-reduced: rank r
+// receives the summed elements [r * n / size, (r + 1) * n / size) of the
+// bucket in its `shard` tensor, which is all its optimizer updates; the
+// flat buffers then hold only this rank's unreduced gradients.
 #pragma once
 
 #include <algorithm>
@@ -54,7 +60,7 @@ class GradientBuckets {
   // memory `communicator` must take) into zeroed flat bucket buffers.
   // `stages[i]` is parameters[i]'s completion stage. `bucket_bytes` >= 1.
   GradientBuckets(Context& context, Communicator& communicator, std::vector<Parameter*> parameters,
-                  std::vector<int64_t> stages, size_t bucket_bytes);
+                  std::vector<int64_t> stages, size_t bucket_bytes, bool sharded = false);
   ~GradientBuckets();
 
   // Starts the reduction of an optimizer step's gradients (call before the
@@ -68,18 +74,38 @@ class GradientBuckets {
   const BucketStepStats& finish();
 
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  bool sharded() const { return sharded_; }
+  Communicator& communicator() const { return communicator_; }
+
+  // Where each gradient lives: parameter `parameter`'s elements are the
+  // bucket's flat elements [offset, offset + numel).
+  struct Member {
+    Parameter* parameter = nullptr;
+    int64_t offset = 0;
+    int64_t numel = 0;
+  };
+  struct Layout {
+    std::vector<Member> members;
+    int64_t elements = 0;     // flat size, padded to a multiple of the group size when sharded
+    int64_t shard_begin = 0;  // sharded: this rank's elements [shard_begin, shard_begin + shard.numel())
+    Tensor shard;             // sharded: f32, the reduce-scattered sum of those elements
+  };
+  std::vector<Layout> layouts() const;
   int64_t total_bytes() const;
   const BucketStepStats& last_stats() const { return stats_; }
 
  private:
   struct Bucket {
     Tensor flat;          // f32 [elements]
+    Tensor shard;         // sharded mode: f32 [elements / group size]
     int64_t min_stage = 0;  // complete once this stage is
+    std::vector<Member> members;
     std::unique_ptr<Work> work;
   };
   void launch_through(size_t end);
 
   Communicator& communicator_;
+  bool sharded_ = false;
   std::vector<Bucket> buckets_;
   size_t launched_ = 0;
   bool reducing_ = false;

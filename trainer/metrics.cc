@@ -156,6 +156,16 @@ void MetricsWriter::close() {
 
 // ---------------------------------------------------------- progress line ---
 
+std::string format_bytes(double bytes) {
+  char text[32];
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  if (bytes >= gib) std::snprintf(text, sizeof text, "%.2f GiB", bytes / gib);
+  else if (bytes >= 1024.0 * 1024.0) std::snprintf(text, sizeof text, "%.1f MiB", bytes / (1024.0 * 1024.0));
+  else if (bytes >= 1024.0) std::snprintf(text, sizeof text, "%.1f KiB", bytes / 1024.0);
+  else std::snprintf(text, sizeof text, "%.0f B", bytes);
+  return text;
+}
+
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   long long total = std::llround(seconds);

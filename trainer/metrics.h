@@ -109,6 +109,8 @@ std::string format_progress_line(const ProgressLine& line);
 // "42s", "3m12s", "2h05m09s" (rounded to whole seconds); "?" when negative or
 // not finite.
 std::string format_duration(double seconds);
+// "12.3 MiB", "1.50 GiB", "512 B": sizes for people (powers of 1024).
+std::string format_bytes(double bytes);
 
 // 7312.4 -> "7,312" (rounded to an integer, thousands grouped with commas).
 std::string format_grouped_integer(double value);

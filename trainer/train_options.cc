@@ -87,6 +87,7 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
   options.dp = parallel.has_dp() ? parallel.dp() : 0;
   options.tp = parallel.tp();
   options.bucket_mb = parallel.bucket_mb();
+  options.zero1 = parallel.zero1();
   options.timeout_s = parallel.timeout_s();
 
   const CheckpointConfig& checkpoint = config.checkpoint();

@@ -81,6 +81,7 @@ struct TrainOptions {
   int64_t dp = 0;  // 0: the launched world size / tp
   int64_t tp = 1;
   double bucket_mb = 25.0;
+  bool zero1 = false;  // parallel.zero1: AdamW state sharded over dp (optim/zero1.h)
   double timeout_s = 600.0;
 
   // checkpoint

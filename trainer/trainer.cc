@@ -102,12 +102,11 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     }
     host_parameters_.allocate_grads(*host_context_, DType::kF32);
   }
-  optimizer_ = std::make_unique<optim::AdamW>(host_context_ ? *host_context_ : context_, optimizer_parameters(), adamw);
-
   // Data parallelism: the optimizer's gradients move into flat buckets. On
-  // the model's own gradients, each bucket's all-reduce starts as soon as the
-  // backward has completed it (the model reports stages); on host copies
-  // everything is reduced after the copy.
+  // the model's own gradients, each bucket's all-reduce (ZeRO-1:
+  // reduce-scatter) starts as soon as the backward has completed it (the
+  // model reports stages); on host copies everything is reduced after the copy.
+  const bool zero1 = options_.zero1 && dp_->size() > 1;
   if (dp_->size() > 1) {
     std::vector<Parameter*> parameters = optimizer_parameters();
     std::vector<int64_t> stages;
@@ -115,9 +114,26 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
       stages.push_back(host_context_ ? -1 : model_->model->gradient_stage(parameter->name));
     const auto bucket_bytes = static_cast<size_t>(options_.bucket_mb * 1024.0 * 1024.0);
     buckets_ = std::make_unique<parallel::GradientBuckets>(host_context_ ? *host_context_ : context_, gradient_dp,
-                                                           parameters, stages, std::max<size_t>(bucket_bytes, 1));
+                                                           parameters, stages, std::max<size_t>(bucket_bytes, 1),
+                                                           /*sharded=*/zero1);
     if (!host_context_)
       model_->model->set_gradient_stage_hook([this](int64_t stage) { buckets_->stage_complete(stage); });
+  }
+  Context& optimizer_context = host_context_ ? *host_context_ : context_;
+  if (zero1) {
+    zero1_ = std::make_unique<optim::Zero1Optimizer>(optimizer_context, *buckets_, adamw);
+  } else {
+    optimizer_ = std::make_unique<optim::AdamW>(optimizer_context, optimizer_parameters(), adamw);
+  }
+  if (options_.zero1 || parallel_->world_size() > 1) {
+    // What AdamW's state costs this rank, next to the unsharded figure
+    // (fp32 moments, plus fp32 masters of 16-bit values).
+    int64_t unsharded = 0;
+    for (Parameter* parameter : optimizer_parameters())
+      unsharded += parameter->value.numel() * (parameter->value.dtype() == DType::kF32 ? 8 : 12);
+    say(str_cat("optimizer state: ", format_bytes(static_cast<double>(optimizer().state_bytes())), " on this rank",
+                zero1_ ? str_cat(" (ZeRO-1 over dp ", dp_->size(), "; unsharded ", format_bytes(static_cast<double>(unsharded)), ")")
+                       : options_.zero1 ? std::string(" (parallel.zero1 has no effect with dp 1)") : std::string()));
   }
 
   optim::LrScheduleConfig schedule;
@@ -226,8 +242,20 @@ void Trainer::copy_values_to_model() {
   for (size_t i = 0; i < copies.size(); ++i) model_parameters[i]->value.copy_from(copies[i]->value);
 }
 
-std::vector<Trainer::ShardedTensor> Trainer::optimizer_tensors() {
+std::vector<Trainer::ShardedTensor> Trainer::optimizer_tensors(bool assemble) {
   std::vector<ShardedTensor> tensors;
+  if (zero1_) {
+    // Full local tensors per parameter, from every dp rank's segments.
+    std::vector<std::string> kinds = {"exp_avg", "exp_avg_sq"};
+    if (zero1_->has_masters()) kinds.insert(kinds.begin(), "master");
+    for (Parameter* parameter : optimizer_parameters())
+      for (const std::string& which : kinds)
+        tensors.push_back({str_cat(parameter->name, ".", which),
+                           assemble ? zero1_->assemble(*dp_, *parameter, which)
+                                    : Tensor::zeros_cpu(parameter->value.shape(), DType::kF32),
+                           &parameter->shard, parameter, which});
+    return tensors;
+  }
   for (optim::AdamWParameterState& state : optimizer_->states()) {
     const std::string& name = state.parameter->name;
     const ParameterShard* shard = &state.parameter->shard;
@@ -245,9 +273,12 @@ void Trainer::resume(const std::string& where) {
   const CheckpointState& state = reader.state();
   const std::string source = reader.directory().string();
   load_full(checkpoint_tensors(), [&](std::span<const NamedTensor> into) { reader.load_trainable(into); });
-  load_full(optimizer_tensors(), [&](std::span<const NamedTensor> into) { reader.load_optimizer(into); });
+  const std::vector<ShardedTensor> optimizer_state = optimizer_tensors(/*assemble=*/false);
+  load_full(optimizer_state, [&](std::span<const NamedTensor> into) { reader.load_optimizer(into); });
+  if (zero1_)
+    for (const ShardedTensor& tensor : optimizer_state) zero1_->scatter(*tensor.parameter, tensor.which, tensor.tensor);
   copy_values_to_model();
-  optimizer_->set_step_count(state.schedule_position);
+  optimizer().set_step_count(state.schedule_position);
   if (scaler_) {
     optim::LossScalerState scaler_state;
     scaler_state.scale = static_cast<float>(state.loss_scale);
@@ -332,12 +363,12 @@ StepRecord Trainer::train_step() {
     record.communication_seconds = stats.communication_seconds;
     record.exposed_communication_seconds = stats.exposed_seconds;
   }
-  if (hooks_.inspect_gradients) hooks_.inspect_gradients(record.step, parameters);
+  if (hooks_.inspect_gradients) hooks_.inspect_gradients(record.step, updated_parameters());
   record.skipped_steps = skipped_steps_;
   loss_sum = dp_->all_reduce_sum(loss_sum, "loss all-reduce");
   record.loss = record.trained_tokens > 0 ? loss_sum / static_cast<double>(record.trained_tokens) : 0.0;
 
-  record.learning_rate = schedule_->lr(optimizer_->step_count());
+  record.learning_rate = schedule_->lr(optimizer().step_count());
   ++step_;
   if (record.trained_tokens == 0) {
     record.skipped = true;
@@ -346,7 +377,7 @@ StepRecord Trainer::train_step() {
   }
 
   Context& optimizer_context = host_context_ ? *host_context_ : context_;
-  const ops::GradientStats stats = global_gradient_stats(optimizer_context, parameters);
+  const ops::GradientStats stats = global_gradient_stats(optimizer_context);
   // 4. Loss scaling: a non-finite gradient skips the update and backs the scale off.
   if (scaler_ && !scaler_->update(!stats.all_finite)) {
     record.skipped = true;
@@ -359,33 +390,52 @@ StepRecord Trainer::train_step() {
   // then AdamW with the un-scaling fused in.
   const double max_norm = options_.max_grad_norm > 0.0 ? options_.max_grad_norm * loss_scale : 0.0;
   std::vector<Tensor> grads;
-  for (Parameter* parameter : parameters)
+  for (Parameter* parameter : updated_parameters())
     if (parameter->grad.defined()) grads.push_back(parameter->grad);
   optim::ClipResult clip = optim::clip_with_stats(optimizer_context, grads, stats, max_norm);
   record.grad_norm = clip.norm / loss_scale;
   if (!clip.all_finite)
     throw_runtime("step ", record.step, ": non-finite gradient (loss ", record.loss,
                   "); the run diverged — resume from an earlier checkpoint with a lower optimizer.lr");
-  optimizer_->step(static_cast<float>(record.learning_rate), static_cast<float>(1.0 / loss_scale));
+  if (zero1_) {
+    zero1_->step(static_cast<float>(record.learning_rate), static_cast<float>(1.0 / loss_scale));
+  } else {
+    optimizer_->step(static_cast<float>(record.learning_rate), static_cast<float>(1.0 / loss_scale));
+  }
   copy_values_to_model();
   return record;
 }
 
-ops::GradientStats Trainer::global_gradient_stats(Context& context, const std::vector<Parameter*>& parameters) {
+std::vector<Parameter*> Trainer::updated_parameters() {
+  if (!zero1_) return optimizer_parameters();
+  std::vector<Parameter*> views;
+  for (const optim::Zero1Optimizer::Segment& segment : zero1_->segments()) views.push_back(segment.view);
+  return views;
+}
+
+ops::GradientStats Trainer::global_gradient_stats(Context& context) {
   // Tensor parallelism: a sharded gradient's slices are summed over the tp
   // ranks; a replicated one is the same on every tp rank (the model reduces
-  // activations, not gradients), so only tp rank 0 counts it.
+  // activations, not gradients), so only tp rank 0 counts it. ZeRO-1: each
+  // dp rank holds its segments of the summed gradients, summed over dp.
   const bool counts_replicated = parallel_->tp_rank() == 0;
   std::vector<Tensor> counted;
-  for (Parameter* parameter : parameters)
-    if (parameter->grad.defined() && (parameter->shard.sharded() || counts_replicated))
-      counted.push_back(parameter->grad);
-  ops::GradientStats stats = ops::gradient_stats(context, counted);
-  if (parallel_->tp_size() > 1) {
-    parallel::Communicator& tp = parallel_->tp();
-    stats.sum_of_squares = tp.all_reduce_sum(stats.sum_of_squares, "gradient norm all-reduce (tensor parallel)");
-    stats.all_finite = tp.all_reduce_max(int64_t{stats.all_finite ? 0 : 1}, "non-finite gradient check (tensor parallel)") == 0;
+  if (zero1_) {
+    for (const optim::Zero1Optimizer::Segment& segment : zero1_->segments())
+      if (segment.parameter->shard.sharded() || counts_replicated) counted.push_back(segment.view->grad);
+  } else {
+    for (Parameter* parameter : optimizer_parameters())
+      if (parameter->grad.defined() && (parameter->shard.sharded() || counts_replicated))
+        counted.push_back(parameter->grad);
   }
+  ops::GradientStats stats = ops::gradient_stats(context, counted);
+  auto reduce = [&](parallel::Communicator& group, const char* which) {
+    stats.sum_of_squares = group.all_reduce_sum(stats.sum_of_squares, str_cat("gradient norm all-reduce (", which, ")"));
+    stats.all_finite =
+        group.all_reduce_max(int64_t{stats.all_finite ? 0 : 1}, str_cat("non-finite gradient check (", which, ")")) == 0;
+  };
+  if (zero1_) reduce(*dp_, "ZeRO-1 shards");
+  if (parallel_->tp_size() > 1) reduce(parallel_->tp(), "tensor parallel");
   return stats;
 }
 
@@ -431,19 +481,19 @@ std::filesystem::path Trainer::save_checkpoint() {
   std::vector<std::string> loader_states = dp_->all_gather_strings(loader_->state(), "loader-state all-gather");
   // Full tensors (tensor-parallel slices gathered), so any layout resumes it.
   const std::vector<NamedTensor> trainable = gather_full(checkpoint_tensors());
-  const std::vector<NamedTensor> optimizer = gather_full(optimizer_tensors());
+  const std::vector<NamedTensor> optimizer_state = gather_full(optimizer_tensors());
   std::filesystem::path written;
-  if (checkpoints_) written = write_checkpoint(std::move(loader_states), trainable, optimizer);
+  if (checkpoints_) written = write_checkpoint(std::move(loader_states), trainable, optimizer_state);
   parallel_->world().barrier("checkpoint barrier");
   return written;
 }
 
 std::filesystem::path Trainer::write_checkpoint(std::vector<std::string> loader_states,
                                                std::span<const NamedTensor> trainable,
-                                               std::span<const NamedTensor> optimizer) {
+                                               std::span<const NamedTensor> optimizer_state) {
   CheckpointState state;
   state.step = step_;
-  state.schedule_position = optimizer_->step_count();
+  state.schedule_position = optimizer().step_count();
   if (scaler_) {
     state.loss_scale = scaler_->state().scale;
     state.loss_scale_good_steps = scaler_->state().growth_tracker;
@@ -453,7 +503,7 @@ std::filesystem::path Trainer::write_checkpoint(std::vector<std::string> loader_
   state.skipped_steps = skipped_steps_;
   state.rng[kDropoutStream] = {options_.seed, dropout_micro_steps_};
   state.fingerprint = model_->fingerprint;
-  return checkpoints_->write(state, trainable, optimizer);
+  return checkpoints_->write(state, trainable, optimizer_state);
 }
 
 TrainResult Trainer::train() {

@@ -40,6 +40,7 @@
 #include "optim/adamw.h"
 #include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"
+#include "optim/zero1.h"
 #include "parallel/communicator.h"
 #include "parallel/gradient_buckets.h"
 #include "parallel/parallel_context.h"
@@ -143,7 +144,8 @@ class Trainer {
 
   int64_t step() const { return step_; }
   TrainingModel& model() { return *model_; }
-  optim::AdamW& optimizer() { return *optimizer_; }
+  // AdamW over the trainable parameters, or over this rank's ZeRO-1 segments.
+  optim::AdamW& optimizer() { return zero1_ ? zero1_->adamw() : *optimizer_; }
   // Null without loss scaling (on for f16, optional otherwise).
   const optim::LossScaler* loss_scaler() const { return scaler_.get(); }
   const TrainOptions& options() const { return options_; }
@@ -156,12 +158,19 @@ class Trainer {
     std::string name;
     Tensor tensor;
     const ParameterShard* shard;
+    // ZeRO-1: the parameter and AdamW tensor ("master", "exp_avg",
+    // "exp_avg_sq") a host copy stands for.
+    const Parameter* parameter = nullptr;
+    std::string which = {};
   };
   void resume(const std::string& where);
   // Rank 0's part of save_checkpoint.
   std::filesystem::path write_checkpoint(std::vector<std::string> loader_states, std::span<const NamedTensor> trainable,
-                                         std::span<const NamedTensor> optimizer);
-  std::vector<ShardedTensor> optimizer_tensors();
+                                         std::span<const NamedTensor> optimizer_state);
+  // The optimizer's tensors by checkpoint name. With ZeRO-1 they are host
+  // tensors: assembled from every rank's segments when `assemble`
+  // (collective), else zeros to load into (then scattered into segments).
+  std::vector<ShardedTensor> optimizer_tensors(bool assemble = true);
   // The weights the optimizer updates and checkpoints hold: the model's
   // trainable parameters, or their host copies.
   std::vector<Parameter*> optimizer_parameters();
@@ -174,7 +183,10 @@ class Trainer {
                  const std::function<void(std::span<const NamedTensor>)>& load);
   // The sum of squares and finiteness of every gradient of the model, the
   // same on every rank of the grid.
-  ops::GradientStats global_gradient_stats(Context& context, const std::vector<Parameter*>& parameters);
+  ops::GradientStats global_gradient_stats(Context& context);
+  // This rank's gradients the optimizer reads: the parameters', or the
+  // reduce-scattered ZeRO-1 segments'.
+  std::vector<Parameter*> updated_parameters();
   void copy_values_to_model();
   void say(const std::string& line);
   double now() const;
@@ -199,7 +211,8 @@ class Trainer {
   ParameterRegistry host_parameters_;
   int64_t eos_id_ = -1;
   std::unique_ptr<data::Loader> loader_;
-  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<optim::AdamW> optimizer_;          // null with ZeRO-1
+  std::unique_ptr<optim::Zero1Optimizer> zero1_;     // parallel.zero1 with dp > 1
   std::unique_ptr<optim::LrSchedule> schedule_;
   std::unique_ptr<optim::LossScaler> scaler_;  // null unless compute dtype is f16
   std::unique_ptr<MetricsWriter> metrics_;

@@ -167,6 +167,104 @@ TEST_F(DataParallelTrainer, StopSeenByRankOneStopsEveryRankAndResumeRepeatsTheLo
   for (size_t i = 0; i < resumed.size(); ++i) EXPECT_EQ(resumed[i], uninterrupted[i]) << "step " << i + 1;
 }
 
+// ZeRO-1 (optim/zero1.h) against plain data parallelism at the same dp:
+// the same per-step losses and final weights (the update is the same
+// element-wise AdamW; only the gradient sums may run in another order:
+// reduce-scatter instead of all-reduce, so the plain-DP tolerance applies),
+// with about 1/dp of the optimizer state per rank; full fine-tuning in f32
+// (moments only: masters are the values) and LoRA in bf16 (fp32 masters).
+// Then its checkpoint (full tensors by name) resumes with and without ZeRO-1
+// and the continued losses match an uninterrupted run.
+TEST_F(DataParallelTrainer, Zero1MatchesPlainDataParallelWithAboutOneOverDpOfTheOptimizerState) {
+  parallel::ParallelContext& grid = *mpi_grid();
+  const int dp = grid.world_size();
+  for (const bool lora : {false, true}) {
+    auto run_options = [&](const std::string& run, bool zero1) {
+      TrainOptions o = options(lora, run, 2);
+      o.dp = dp;
+      o.zero1 = zero1;
+      o.bucket_mb = 0.004;
+      o.max_grad_norm = 0.05;  // every step clipped: the global norm from the shards decides the update
+      if (lora) o.compute_dtype = o.weights_dtype = "bf16";
+      return o;
+    };
+    std::vector<double> plain_losses, sharded_losses, plain_norms, sharded_norms;
+    Trainer plain(*context_, run_options("plain", false), hooks(&plain_losses, &grid, &plain_norms));
+    plain.train();
+    Trainer sharded(*context_, run_options("zero1", true), hooks(&sharded_losses, &grid, &sharded_norms));
+    sharded.train();
+    const std::string what = str_cat(lora ? "LoRA bf16" : "full f32", " ZeRO-1 at dp ", dp);
+    ASSERT_EQ(sharded_losses.size(), plain_losses.size());
+    for (size_t i = 0; i < plain_losses.size(); ++i)
+      EXPECT_NEAR(sharded_losses[i], plain_losses[i], 1e-5 * std::abs(plain_losses[i])) << what << ": step " << i + 1;
+    for (size_t i = 0; i < plain_norms.size(); ++i) {
+      EXPECT_GT(plain_norms[i], 0.05) << what << ": step " << i + 1 << " was not clipped";
+      EXPECT_NEAR(sharded_norms[i], plain_norms[i], 1e-5 * plain_norms[i]) << what << ": grad norm, step " << i + 1;
+    }
+    const double worst =
+        mpi_testing::max_difference(plain.model().trainable_tensors(), sharded.model().trainable_tensors());
+    // bf16 weights: one bf16 step (2^-8 relative) of a ~0.1 weight may flip.
+    EXPECT_LT(worst, lora ? 1e-3 : 1e-5) << what;
+    const std::vector<std::string> hashes = grid.world().all_gather_strings(
+        mpi_testing::weights_hash(sharded.model().trainable_tensors()), "hashes");
+    for (const std::string& hash : hashes) EXPECT_EQ(hash, hashes[0]) << what << ": replicas differ";
+    // Optimizer memory: at most 1/dp + 5% of the unsharded state.
+    const double unsharded = static_cast<double>(plain.optimizer().state_bytes());
+    const double per_rank = static_cast<double>(sharded.optimizer().state_bytes());
+    const double worst_rank = static_cast<double>(grid.world().all_reduce_max(static_cast<int64_t>(per_rank), "bytes"));
+    EXPECT_LE(worst_rank, (1.0 / dp + 0.05) * unsharded) << what;
+    EXPECT_GT(per_rank, 0.0) << what;
+    if (grid.world_rank() == 0)
+      std::printf("%s: max |weight difference| %.3g; optimizer state %.0f of %.0f bytes per rank (%.3f)\n",
+                  what.c_str(), worst, worst_rank, unsharded, worst_rank / unsharded);
+  }
+
+  // Resume: saved by a ZeRO-1 run at step 3, continued with and without it.
+  auto resumable = [&](const std::string& run, bool zero1) {
+    TrainOptions o = options(/*lora=*/true, run, 2);
+    o.dp = dp;
+    o.zero1 = zero1;
+    o.bucket_mb = 0.004;
+    o.total_steps = 6;
+    o.checkpoint_dir = (root_ / run).string();
+    return o;
+  };
+  std::vector<double> uninterrupted;
+  {
+    Trainer trainer(*context_, resumable("zero1-uninterrupted", true), hooks(&uninterrupted, &grid));
+    trainer.train();
+  }
+  std::vector<double> first_part;
+  std::atomic<bool> stop{false};
+  TrainerHooks stopping = hooks(&first_part, &grid);
+  stopping.on_step = [&](const StepRecord& record) {
+    first_part.push_back(record.loss);
+    if (record.step == 3) stop = true;
+  };
+  stopping.stop_requested = &stop;
+  {
+    Trainer trainer(*context_, resumable("zero1-saved", true), stopping);
+    trainer.train();
+  }
+  for (const bool zero1 : {true, false}) {
+    TrainOptions o = resumable(str_cat("zero1-resumed-", zero1), zero1);
+    o.resume = (root_ / "zero1-saved" / "step-3").string();
+    std::vector<double> second_part;
+    Trainer trainer(*context_, o, hooks(&second_part, &grid));
+    trainer.train();
+    std::vector<double> losses = first_part;
+    losses.insert(losses.end(), second_part.begin(), second_part.end());
+    ASSERT_EQ(losses.size(), uninterrupted.size());
+    for (size_t i = 0; i < losses.size(); ++i) {
+      if (zero1) {
+        EXPECT_EQ(losses[i], uninterrupted[i]) << "resumed with ZeRO-1: step " << i + 1;  // the same run, bit for bit
+      } else {
+        EXPECT_NEAR(losses[i], uninterrupted[i], 1e-5 * std::abs(uninterrupted[i])) << "resumed without: step " << i + 1;
+      }
+    }
+  }
+}
+
 TEST_F(DataParallelTrainer, AConfigWhoseDpDisagreesWithTheLaunchStopsBeforeAnyWork) {
   parallel::ParallelContext& grid = *mpi_grid();
   TrainOptions wrong = options(false, "wrong", 2);

@@ -115,11 +115,16 @@ class TrainerUnderMpi : public ::testing::Test {
     return options;
   }
 
-  TrainerHooks hooks(std::vector<double>* losses, parallel::ParallelContext* grid) const {
+  // Records each step's loss (and, with `grad_norms`, its pre-clip norm).
+  TrainerHooks hooks(std::vector<double>* losses, parallel::ParallelContext* grid,
+                     std::vector<double>* grad_norms = nullptr) const {
     TrainerHooks hooks;
     hooks.progress = nullptr;
     hooks.parallel = grid;
-    hooks.on_step = [losses](const StepRecord& record) { losses->push_back(record.loss); };
+    hooks.on_step = [losses, grad_norms](const StepRecord& record) {
+      losses->push_back(record.loss);
+      if (grad_norms) grad_norms->push_back(record.grad_norm);
+    };
     return hooks;
   }
 
