@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <limits>
 
 #include "nlohmann/json.hpp"
 #include "trainer_mpi_fixture.h"
@@ -263,6 +264,39 @@ TEST_F(DataParallelTrainer, Zero1MatchesPlainDataParallelWithAboutOneOverDpOfThe
       }
     }
   }
+}
+
+// With ZeRO-1 only one rank holds a given summed gradient element: an Inf
+// there (injected into rank 1's first segment at step 2) must still skip the
+// step on every rank, with loss scaling backing off everywhere.
+TEST_F(DataParallelTrainer, Zero1AnInfInOneRanksShardSkipsTheStepOnEveryRank) {
+  parallel::ParallelContext& grid = *mpi_grid();
+  TrainOptions o = options(/*lora=*/true, "zero1-inf", 2);
+  o.dp = grid.world_size();
+  o.zero1 = true;
+  o.loss_scaling = true;
+  o.bucket_mb = 0.004;
+  std::vector<StepRecord> records;
+  TrainerHooks h = hooks(nullptr, &grid);
+  h.on_step = [&](const StepRecord& record) { records.push_back(record); };
+  const bool injector = grid.world_rank() == 1;
+  h.inspect_gradients = [&](int64_t step, const std::vector<Parameter*>& updated) {
+    if (!injector || step != 2) return;
+    ASSERT_FALSE(updated.empty());
+    Tensor grad = updated.front()->grad;
+    std::vector<float> values = grad.to_floats();
+    values[0] = std::numeric_limits<float>::infinity();
+    grad.copy_from(Tensor::from_floats(grad.shape(), values));
+  };
+  Trainer trainer(*context_, o, h);
+  trainer.train();
+  ASSERT_EQ(records.size(), 5u);
+  for (const StepRecord& record : records) EXPECT_EQ(record.skipped, record.step == 2) << "step " << record.step;
+  EXPECT_EQ(records.back().skipped_steps, 1);
+  EXPECT_LT(records[2].loss_scale, records[1].loss_scale) << "the scale backs off after the skipped step";
+  const std::vector<std::string> hashes = grid.world().all_gather_strings(
+      mpi_testing::weights_hash(trainer.model().trainable_tensors()), "hashes");
+  for (const std::string& hash : hashes) EXPECT_EQ(hash, hashes[0]) << "replicas differ";
 }
 
 TEST_F(DataParallelTrainer, AConfigWhoseDpDisagreesWithTheLaunchStopsBeforeAnyWork) {
