@@ -8,7 +8,8 @@
 # ranks counts the same tokens and gives the loss of a one-process `llmft
 # eval` of the same checkpoint; a config whose parallel.dp disagrees with the
 # launch, and more ranks on a node than GPUs, are one error line before any
-# work.
+# work; `parallel.tp: 2` (tensor parallelism, dp 1) gives the one-process
+# run's losses, and one process exports its checkpoint (full tensors).
 # usage: train_mpi_e2e.sh MPIEXEC LLMFT_BINARY MAKE_TINY_RUN_BINARY
 set -u
 mpiexec=$1 llmft=$2 make_tiny_run=$3
@@ -101,3 +102,24 @@ out=$("${launch[@]}" "$llmft" train --config "$work/straight.pbtxt" --device cud
 status=$?
 [ "$status" -eq 2 ] || fail "ranks > GPUs: mpirun exited $status: $out"
 echo "$out" | grep -q "this node runs 2 ranks but has [01] visible GPU(s)" || fail "ranks > GPUs: no error line: $out"
+
+# 5. Tensor parallelism: tp 2 over the 2 ranks (dp 1) trains the one-process
+# model (LoRA dropout included: masks keyed by the whole input's offsets);
+# its checkpoint holds full tensors, so one process evaluates and exports it.
+write_config tp 6
+"${launch[@]}" "$llmft" train --config "$work/tp.pbtxt" --threads 1 --set parallel.tp=2 >"$work/tp.log" 2>&1 ||
+  fail "tp 2 run exited $?: $(cat "$work/tp.log")"
+write_config alone 6
+"$llmft" train --config "$work/alone.pbtxt" --threads 1 >"$work/alone.log" 2>&1 || fail "one-process run exited $?"
+paste <(losses "$work/tp/metrics.jsonl") <(losses "$work/alone/metrics.jsonl") |
+  awk 'NF != 2 { exit 1 } { d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $2) exit 1; n++ } END { if (n != 6) exit 1 }' ||
+  fail "tp 2 losses differ from one process's:
+$(paste <(losses "$work/tp/metrics.jsonl") <(losses "$work/alone/metrics.jsonl"))"
+for what in adapter merged; do
+  "$llmft" export --config "$work/tp.pbtxt" --"$what" "$work/tp-$what" >"$work/tp-export.log" 2>&1 ||
+    fail "export --$what of the tp 2 checkpoint exited $?: $(cat "$work/tp-export.log")"
+done
+[ -f "$work/tp-adapter/adapter_model.safetensors" ] && [ -f "$work/tp-merged/config.json" ] ||
+  fail "export of the tp 2 checkpoint wrote no adapter/merged model: $(ls "$work")"
+echo "tp 2: the one-process losses over 6 steps; checkpoint exported by one process"
+

@@ -1,0 +1,164 @@
+"""A tensor-parallel run's exports against transformers and PEFT (issue 14).
+
+SmolLM2-135M's 9 attention heads do not divide by 2, so this test makes a
+small random Llama that does (4 heads, 2 KV heads, 2 layers, hidden 64) with
+transformers itself, with SmolLM2's vocabulary and tokenizer files, and runs
+the user's path through the binary:
+
+  llmft data build (chats, assistant-only loss)
+  ->  mpirun -np 2 llmft train with parallel.tp 2 (LoRA r 8 on every linear,
+      dropout 0.1: each rank holds half of every q/k/v/gate/up LoRA B and of
+      every o/down LoRA A)
+  ->  llmft export --merged / --adapter by one process from the checkpoint,
+      which holds full tensors whatever the layout
+
+and checks on a token sequence:
+  * the run moved the logits by far more than the tolerance;
+  * transformers loading the merged directory gives llmft's base+LoRA logits
+    (llmft_peft_logits --load: the exported adapter onto the base, llmft's
+    forward);
+  * peft.PeftModel.from_pretrained(base, adapter) gives them too;
+  * the same config trained by one process (tp 1) exports an adapter equal to
+    the tp 2 run's within 1e-5: the layouts train the same model (the LoRA
+    dropout masks are keyed by the whole input's element offsets).
+
+Tolerance: 1e-4 absolute on logits, both sides f32; this model's logits are
+of order 1 and the f32 reduction orders differ by ~1e-6.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from interop_common import ARGS, WORK_DIR, convert_smollm2, main, run_llmft
+
+LOGIT_TOLERANCE = 1e-4
+IDS = [1, 504, 3575, 282, 4649, 314, 17, 2, 1116, 30, 2043]
+
+
+def build_peer(name: str) -> str:
+    logits = Path(os.environ["LLMFT_LOGITS"])
+    return str(logits if name == "llmft_logits" else logits.parents[1] / "peft" / name)
+
+
+def read_logits(path: Path, rows: int) -> np.ndarray:
+    return np.fromfile(path, dtype=np.float32).reshape(rows, -1)
+
+
+def transformers_logits(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def small_llama(directory: Path) -> Path:
+    """A random 2-layer Llama with SmolLM2's vocabulary, saved by transformers."""
+    smollm2 = convert_smollm2("f32")
+    reference = json.loads((smollm2 / "config.json").read_text())
+    config = LlamaConfig(vocab_size=reference["vocab_size"], hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
+                         tie_word_embeddings=True, bos_token_id=reference.get("bos_token_id"),
+                         eos_token_id=reference.get("eos_token_id"), initializer_range=0.2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2 / name, directory / name)
+    return directory
+
+
+def conversations():
+    cities = ["Lyon", "Porto", "Graz", "Turku", "Gent", "Bergen", "Split", "Cork"]
+    for index, city in enumerate(cities * 3):
+        yield {"messages": [
+            {"role": "user", "content": f"Where does record {index} live?"},
+            {"role": "assistant", "content": f"RECORD {index}: city={city.upper()}"},
+        ]}
+
+
+class TensorParallelExportTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(2)
+        cls.base_dir = small_llama(WORK_DIR / "small-llama")
+        data_dir = WORK_DIR / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        jsonl = data_dir / "chats.jsonl"
+        jsonl.write_text("".join(json.dumps(record) + "\n" for record in conversations()))
+        run_llmft("data", "build", "--input", str(jsonl), "--tokenizer", str(cls.base_dir), "--output",
+                  str(data_dir / "train"), "--shards", "1", "--format", "messages")
+        cls.adapters = {}
+        for tp in (2, 1):
+            run_dir = WORK_DIR / f"run-tp{tp}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            config = WORK_DIR / f"run-tp{tp}.pbtxt"
+            config.write_text(f"""
+model {{ hf_dir: "{cls.base_dir}" }}
+peft {{ lora {{ r: 8 alpha: 16 dropout: 0.1 target_modules: ["all-linear"] }} }}
+data {{ train_files: "{data_dir}/train-00000-of-00001.tfrecord" seq_len: 64 batch_size: 2 seed: 7 }}
+optimizer {{ lr: 1e-2 weight_decay: 0.0 }}
+schedule {{ kind: CONSTANT total_steps: 4 }}
+parallel {{ tp: {tp} }}
+checkpoint {{ dir: "{run_dir}/checkpoints" keep_last: 1 }}
+""")
+            train = [ARGS.llmft, "train", "--config", str(config), "--threads", "1"]
+            if tp > 1:
+                train = [os.environ["LLMFT_MPIEXEC"], "--oversubscribe", "--allow-run-as-root", "--bind-to", "none",
+                         "-x", "OMP_NUM_THREADS=1", "-np", str(tp), *train]
+            result = subprocess.run(train, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise AssertionError(f"{' '.join(train)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+            adapter_dir = WORK_DIR / f"adapter-tp{tp}"
+            run_llmft("export", "--config", str(config), "--adapter", str(adapter_dir), "--dtype", "f32")
+            cls.adapters[tp] = adapter_dir
+            if tp == 2:
+                cls.merged_dir = WORK_DIR / "merged-tp2"
+                run_llmft("export", "--config", str(config), "--merged", str(cls.merged_dir), "--dtype", "f32")
+
+        base_out, lora_out = WORK_DIR / "base.f32", WORK_DIR / "lora.f32"
+        subprocess.run([build_peer("llmft_logits"), str(cls.base_dir), str(base_out), *map(str, IDS)], check=True,
+                       capture_output=True)
+        subprocess.run([build_peer("llmft_peft_logits"), "--load", str(cls.base_dir), str(cls.adapters[2]),
+                        str(lora_out), *map(str, IDS)], check=True, capture_output=True)
+        cls.base = read_logits(base_out, len(IDS))
+        cls.lora = read_logits(lora_out, len(IDS))
+
+    def test_training_changed_the_model(self):
+        moved = float(np.abs(self.lora - self.base).max())
+        self.assertGreater(moved, 50 * LOGIT_TOLERANCE, "the fine-tune must move the logits for the checks to bite")
+        print(f"LoRA (tp 2) moved the logits by up to {moved:.3g}")
+
+    def test_merged_export_in_transformers(self):
+        merged = AutoModelForCausalLM.from_pretrained(self.merged_dir, dtype=torch.float32).eval()
+        difference = float(np.abs(transformers_logits(merged, IDS) - self.lora).max())
+        print(f"|transformers(merged of tp 2) - llmft base+LoRA| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
+        self.assertLessEqual(difference, LOGIT_TOLERANCE)
+
+    def test_adapter_in_peft(self):
+        base_model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32).eval()
+        np.testing.assert_allclose(transformers_logits(base_model, IDS), self.base, rtol=0, atol=LOGIT_TOLERANCE,
+                                   err_msg="base logits")
+        peft_model = PeftModel.from_pretrained(base_model, self.adapters[2]).eval()
+        difference = float(np.abs(transformers_logits(peft_model, IDS) - self.lora).max())
+        print(f"|PeftModel(base, tp 2 adapter) - llmft base+LoRA| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
+        self.assertLessEqual(difference, LOGIT_TOLERANCE)
+
+    def test_tp2_trains_the_one_process_model(self):
+        tp2 = load_file(str(self.adapters[2] / "adapter_model.safetensors"))
+        tp1 = load_file(str(self.adapters[1] / "adapter_model.safetensors"))
+        self.assertEqual(sorted(tp2), sorted(tp1))
+        worst = max(float(np.abs(tp2[name] - tp1[name]).max()) for name in tp1)
+        print(f"tp 2 vs one process: max |adapter difference| {worst:.3g} over {len(tp1)} tensors")
+        self.assertLessEqual(worst, 1e-5)
+
+
+if __name__ == "__main__":
+    main()
