@@ -21,8 +21,14 @@
 // the time the step waited for them after its backward; hidden_fraction =
 // 1 - exposed / comm, the share of communication that ran behind compute.
 //
+// With --tp T (world = dp x T) the model is split in Megatron's layout
+// (model/llama.h) and the tensor-parallel all-reduces (two per block in the
+// forward and two in the backward, plus LoRA's small ones) are timed as the
+// model waits for them: tp_ms per step and its share of the step, the figure
+// a GPU run with NCCL must report at tp 2, 4 and 8.
+//
 // usage: mpirun -np N dp_train_bench --config small-lora|small-full [--batch 4] [--seq 256]
-//                                    [--warmup 2] [--steps 10] [--threads 1] [--bucket-mb 25]
+//                                    [--warmup 2] [--steps 10] [--threads 1] [--bucket-mb 25] [--tp 1]
 #include <omp.h>
 
 #include <algorithm>
@@ -30,6 +36,8 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "bench/bench_util.h"
@@ -50,12 +58,58 @@ struct Options {
   int steps = 10;
   int threads = 1;
   double bucket_mb = 25.0;
+  int64_t tp = 1;
+};
+
+// Forwards every collective to `inner`, timing the blocking calls the model
+// makes (it waits on each at once): the tensor-parallel share of a step.
+class TimedCommunicator final : public llmft::parallel::Communicator {
+ public:
+  explicit TimedCommunicator(llmft::parallel::Communicator& inner) : inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  bool device_memory() const override { return inner_.device_memory(); }
+  std::unique_ptr<llmft::parallel::Work> all_reduce_async(llmft::Tensor& tensor, llmft::parallel::ReduceOp op,
+                                                          std::string_view what) override {
+    return timed([&] { return inner_.all_reduce_async(tensor, op, what); });
+  }
+  std::unique_ptr<llmft::parallel::Work> reduce_scatter_async(const llmft::Tensor& input, llmft::Tensor& output,
+                                                              llmft::parallel::ReduceOp op,
+                                                              std::string_view what) override {
+    return timed([&] { return inner_.reduce_scatter_async(input, output, op, what); });
+  }
+  std::unique_ptr<llmft::parallel::Work> all_gather_async(const llmft::Tensor& input, llmft::Tensor& output,
+                                                          std::string_view what) override {
+    return timed([&] { return inner_.all_gather_async(input, output, what); });
+  }
+  std::unique_ptr<llmft::parallel::Work> broadcast_async(llmft::Tensor& tensor, int root,
+                                                         std::string_view what) override {
+    return timed([&] { return inner_.broadcast_async(tensor, root, what); });
+  }
+  std::unique_ptr<llmft::parallel::Work> barrier_async(std::string_view what) override {
+    return timed([&] { return inner_.barrier_async(what); });
+  }
+  std::unique_ptr<llmft::parallel::Communicator> split(int color, int key) override {
+    return inner_.split(color, key);
+  }
+  double take_seconds() { return std::exchange(seconds_, 0.0); }
+
+ private:
+  template <typename Start>
+  std::unique_ptr<llmft::parallel::Work> timed(Start start) {
+    const auto begin = llmft::bench::Clock::now();
+    start()->wait();
+    seconds_ += llmft::bench::seconds_since(begin);
+    return std::make_unique<llmft::parallel::CompletedWork>();
+  }
+  llmft::parallel::Communicator& inner_;
+  double seconds_ = 0.0;
 };
 
 [[noreturn]] void usage(const std::string& problem) {
   std::fprintf(stderr,
                "dp_train_bench: %s\nusage: mpirun -np N dp_train_bench --config small-lora|small-full [--batch 4] "
-               "[--seq 256] [--warmup 2] [--steps 10] [--threads 1] [--bucket-mb 25]\n",
+               "[--seq 256] [--warmup 2] [--steps 10] [--threads 1] [--bucket-mb 25] [--tp 1]\n",
                problem.c_str());
   std::exit(2);
 }
@@ -76,6 +130,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--steps") options.steps = static_cast<int>(number(1, true));
     else if (flag == "--threads") options.threads = static_cast<int>(number(1, true));
     else if (flag == "--bucket-mb") options.bucket_mb = number(1e-6, false);
+    else if (flag == "--tp") options.tp = static_cast<int64_t>(number(1, true));
     else usage("unknown flag " + flag);
   }
   if (options.config != "small-lora" && options.config != "small-full")
@@ -87,14 +142,17 @@ Options parse(int argc, char** argv) {
 
 int main(int argc, char** argv) try {
   const Options options = parse(argc, argv);
-  auto grid = llmft::parallel::ParallelContext::from_launcher();
+  auto grid = llmft::parallel::ParallelContext::from_launcher(options.tp);
   llmft::parallel::Communicator& dp = grid->dp();
   const int world = dp.size(), rank = dp.rank();
   const bool lora = options.config == "small-lora";
+  TimedCommunicator tensor_parallel(grid->tp());
 
   auto context = llmft::Context::cpu(/*seed=*/0, options.threads);
   const llmft::ModelConfig config = llmft::bench::small_llama_config("dp_train_bench");
-  auto model = std::make_unique<llmft::LlamaModel>(*context, config);
+  llmft::LlamaOptions model_options;
+  if (options.tp > 1) model_options.tensor_parallel = &tensor_parallel;
+  auto model = std::make_unique<llmft::LlamaModel>(*context, config, model_options);
   model->init_random(*context, /*seed=*/1);  // the same weights on every rank
   std::unique_ptr<llmft::LoraModel> lora_model;
   llmft::ParameterRegistry* trainable = &model->parameters();
@@ -138,6 +196,7 @@ int main(int argc, char** argv) try {
   for (; step < options.warmup; ++step) train_step(step);
   std::vector<double> times;
   double comm_seconds = 0.0, exposed_seconds = 0.0;
+  tensor_parallel.take_seconds();
   for (int timed = 0; timed < options.steps; ++timed, ++step) {
     const auto start = llmft::bench::Clock::now();
     train_step(step);
@@ -149,23 +208,27 @@ int main(int argc, char** argv) try {
   int64_t trainable_bytes = 0;
   for (const llmft::Parameter* parameter : parameters) trainable_bytes += parameter->value.numel() * 4;
   const double comm_ms = 1e3 * comm_seconds / options.steps, exposed_ms = 1e3 * exposed_seconds / options.steps;
-  if (rank == 0) {
-    std::printf("dp_train_bench %s: world %d, batch %lld x seq %lld per rank, %d thread(s) per rank, %lld bucket(s)\n",
-                options.config.c_str(), world, static_cast<long long>(options.batch),
+  const double tp_ms = 1e3 * tensor_parallel.take_seconds() / options.steps;
+  if (grid->world_rank() == 0) {
+    std::printf("dp_train_bench %s: dp %d x tp %lld, batch %lld x seq %lld per rank, %d thread(s) per rank, %lld bucket(s)\n",
+                options.config.c_str(), world, static_cast<long long>(options.tp), static_cast<long long>(options.batch),
                 static_cast<long long>(options.seq), options.threads,
                 static_cast<long long>(buckets ? buckets->num_buckets() : 0));
     std::printf("  step ms: median %.1f, best %.1f; last loss %.4f\n", 1e3 * step_time.median, 1e3 * step_time.best,
                 loss);
     std::printf("  all-reduce per step: %.1f ms of communication, %.1f ms exposed after the backward\n", comm_ms,
                 exposed_ms);
+    if (options.tp > 1)
+      std::printf("  tensor-parallel all-reduces per step: %.1f ms, %.1f%% of the median step\n", tp_ms,
+                  100.0 * tp_ms / (1e3 * step_time.median));
     std::printf(
         "RESULT side=llmft config=%s world=%d batch=%lld seq=%lld step_ms_median=%.2f step_ms_best=%.2f "
         "tokens_per_s_rank=%.1f tokens_per_s_job=%.1f allreduce_bytes=%lld comm_ms=%.2f exposed_comm_ms=%.2f "
-        "hidden_fraction=%.3f\n",
+        "hidden_fraction=%.3f tp=%lld tp_allreduce_ms=%.2f\n",
         options.config.c_str(), world, static_cast<long long>(options.batch), static_cast<long long>(options.seq),
         1e3 * step_time.median, 1e3 * step_time.best, tokens / step_time.median,
         world * tokens / step_time.median, static_cast<long long>(world > 1 ? trainable_bytes : 0), comm_ms,
-        exposed_ms, llmft::parallel::hidden_fraction(comm_ms, exposed_ms));
+        exposed_ms, llmft::parallel::hidden_fraction(comm_ms, exposed_ms), static_cast<long long>(options.tp), tp_ms);
   }
   return 0;
 } catch (const llmft::Error& error) {
