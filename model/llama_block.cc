@@ -1,0 +1,174 @@
+// One decoder block of LlamaModel: forward, the selective recomputation and
+// the backward (model/llama.h), with the tensor-parallel reductions at block
+// level (DESIGN.md "Tensor parallelism").
+#include "kernels/ops.h"
+#include "model/llama.h"
+#include "model/llama_internal.h"
+
+namespace llmft {
+
+// ---- One decoder block ------------------------------------------------------------
+
+void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_index, BlockActivations& a,
+                               Tensor& output) {
+  const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
+  const DType dtype = options_.compute_dtype;
+  const int64_t n = step.rows, b = step.batch, t = step.time, p = step.num_prefix;
+  const int64_t hidden = config_.hidden_size, heads = local_heads_;
+  const int64_t kv_heads = local_kv_heads_, head_dim = config_.head_dim;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+
+  // Attention half: x + o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x)))).
+  a.attention_norm = context.empty({n, hidden}, dtype);
+  a.attention_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.input, layer.input_norm->value, eps, a.attention_norm, a.attention_rstd);
+
+  Tensor q = context.empty({n, heads * head_dim}, dtype);
+  layer.q->forward(context, a.attention_norm, q);
+  a.q = q.reshape({b, t, heads, head_dim});
+  ops::rope_forward(context, a.q, step.positions, inv_freq_, a.q);
+
+  // With the KV cache (b == 1), k and v are the cache rows after the p cached
+  // ones, so attention below reads the whole cache in place: nothing is copied.
+  Tensor k, v;
+  if (step.cache != nullptr) {
+    k = cache_rows(step.cache->keys[static_cast<size_t>(layer_index)], p, p + t);
+    v = cache_rows(step.cache->values[static_cast<size_t>(layer_index)], p, p + t);
+  } else {
+    k = context.empty({n, kv_heads * head_dim}, dtype);
+    v = context.empty({n, kv_heads * head_dim}, dtype);
+  }
+  layer.k->forward(context, a.attention_norm, k);
+  layer.v->forward(context, a.attention_norm, v);
+  Tensor k4 = k.reshape({b, t, kv_heads, head_dim});
+  ops::rope_forward(context, k4, step.positions, inv_freq_, k4);
+  if (step.cache != nullptr) {
+    a.k = cache_rows(step.cache->keys[static_cast<size_t>(layer_index)], 0, p + t)
+              .reshape({1, p + t, kv_heads, head_dim});
+    a.v = cache_rows(step.cache->values[static_cast<size_t>(layer_index)], 0, p + t)
+              .reshape({1, p + t, kv_heads, head_dim});
+  } else if (p == 0) {
+    a.k = k4;
+    a.v = v.reshape({b, t, kv_heads, head_dim});
+  } else {
+    // [B, P + T, Hkv, Dh]: each sequence's rows are its P prefix positions
+    // followed by its T own positions.
+    Tensor prefix_k = context.empty({p, kv_heads, head_dim}, dtype);
+    Tensor prefix_v = context.empty({p, kv_heads, head_dim}, dtype);
+    step.prefix_hook->forward(context, layer_index, prefix_k, prefix_v);
+    a.k = context.empty({b, p + t, kv_heads, head_dim}, dtype);
+    a.v = context.empty({b, p + t, kv_heads, head_dim}, dtype);
+    Tensor k_rows = a.k.reshape({b * (p + t), kv_heads * head_dim});
+    Tensor v_rows = a.v.reshape({b * (p + t), kv_heads * head_dim});
+    for (int64_t s = 0; s < b; ++s) {
+      const int64_t base = s * (p + t);
+      k_rows.slice_rows(base, base + p).copy_from(prefix_k.reshape({p, kv_heads * head_dim}));
+      v_rows.slice_rows(base, base + p).copy_from(prefix_v.reshape({p, kv_heads * head_dim}));
+      k_rows.slice_rows(base + p, base + p + t).copy_from(k.slice_rows(s * t, (s + 1) * t));
+      v_rows.slice_rows(base + p, base + p + t).copy_from(v.slice_rows(s * t, (s + 1) * t));
+    }
+  }
+  a.attention_out = context.empty({b, t, heads, head_dim}, dtype);
+  a.lse = context.empty({b, heads, t}, DType::kF32);
+  ops::attention_forward(context, a.q, a.k, a.v, step.attention, a.attention_out, a.lse);
+  a.mid = context.empty({n, hidden}, dtype);
+  layer.o->forward(context, a.attention_out.reshape({n, heads * head_dim}), a.mid);
+  reduce_over_tensor_parallel(a.mid, "attention output all-reduce (tensor parallel)");
+  ops::add(context, a.mid, a.input, a.mid);
+
+  // MLP half: mid + down(silu(gate(norm(mid))) * up(norm(mid))).
+  const int64_t inter = local_intermediate_;
+  a.mlp_norm = context.empty({n, hidden}, dtype);
+  a.mlp_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.mid, layer.post_attention_norm->value, eps, a.mlp_norm, a.mlp_rstd);
+  a.gate = context.empty({n, inter}, dtype);
+  a.up = context.empty({n, inter}, dtype);
+  layer.gate->forward(context, a.mlp_norm, a.gate);
+  layer.up->forward(context, a.mlp_norm, a.up);
+  a.act = context.empty({n, inter}, dtype);
+  ops::swiglu_forward(context, a.gate, a.up, a.act);
+  output = context.empty({n, hidden}, dtype);
+  layer.down->forward(context, a.act, output);
+  reduce_over_tensor_parallel(output, "MLP output all-reduce (tensor parallel)");
+  ops::add(context, output, a.mid, output);
+}
+
+// kSelective: the norms and SwiGLU from the kept input, mid, gate and up,
+// with the very ops and arguments of block_forward, so bit for bit the same.
+void LlamaModel::recompute_selective(Context& context, int64_t layer_index, BlockActivations& a) {
+  const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const int64_t n = a.input.size(0), hidden = config_.hidden_size;
+  const DType dtype = a.input.dtype();
+  a.attention_norm = context.empty({n, hidden}, dtype);
+  a.attention_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.input, layer.input_norm->value, eps, a.attention_norm, a.attention_rstd);
+  a.mlp_norm = context.empty({n, hidden}, dtype);
+  a.mlp_rstd = context.empty({n}, DType::kF32);
+  ops::rmsnorm_forward(context, a.mid, layer.post_attention_norm->value, eps, a.mlp_norm, a.mlp_rstd);
+  a.act = context.empty(a.gate.shape(), dtype);
+  ops::swiglu_forward(context, a.gate, a.up, a.act);
+}
+
+// In: dresidual = dL/d(block output). Out: dresidual = dL/d(block input). The
+// residual stream's gradient is updated in place; the activations' buffers are
+// reused for their own gradients where they are dead.
+void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer_index, BlockActivations& a,
+                                Tensor& dresidual) {
+  const Layer& layer = *layers_[static_cast<size_t>(layer_index)];
+  const DType dtype = options_.compute_dtype;
+  const int64_t n = step.rows, b = step.batch, t = step.time, p = step.num_prefix;
+  const int64_t hidden = config_.hidden_size, heads = local_heads_;
+  const int64_t kv_heads = local_kv_heads_, head_dim = config_.head_dim;
+
+  // MLP half. Under tensor parallelism dresidual is whole on every rank; the
+  // input gradient of the column-parallel gate/up is this rank's share.
+  Tensor dact = context.empty({n, local_intermediate_}, dtype);
+  layer.down->backward(context, dresidual, a.act, &dact);
+  ops::swiglu_backward(context, dact, a.gate, a.up, a.gate, a.up);  // gate/up now hold dgate/dup
+  Tensor dnorm = context.empty({n, hidden}, dtype);
+  layer.gate->backward(context, a.gate, a.mlp_norm, &dnorm);
+  layer.up->backward(context, a.up, a.mlp_norm, &dnorm, /*accumulate_dx=*/true);
+  reduce_over_tensor_parallel(dnorm, "MLP input gradient all-reduce (tensor parallel)");
+  Tensor dnorm_input = context.empty({n, hidden}, dtype);
+  ops::rmsnorm_backward(context, dnorm, a.mid, layer.post_attention_norm->value, a.mlp_rstd, dnorm_input,
+                        grad_of(layer.post_attention_norm));
+  ops::add(context, dresidual, dnorm_input, dresidual);  // dL/dmid
+
+  // Attention half.
+  Tensor dattention = context.empty({n, heads * head_dim}, dtype);
+  layer.o->backward(context, dresidual, a.attention_out.reshape({n, heads * head_dim}), &dattention);
+  Tensor dq = context.empty(a.q.shape(), dtype);
+  Tensor dk = context.empty(a.k.shape(), dtype);
+  Tensor dv = context.empty(a.v.shape(), dtype);
+  ops::attention_backward(context, dattention.reshape({b, t, heads, head_dim}), a.q, a.k, a.v, a.attention_out, a.lse,
+                          step.attention, dq, dk, dv);
+  Tensor dk_own = dk, dv_own = dv;  // gradients of this block's own K/V positions
+  if (p > 0) {
+    Tensor dprefix_k = context.empty({b, p, kv_heads, head_dim}, dtype);
+    Tensor dprefix_v = context.empty({b, p, kv_heads, head_dim}, dtype);
+    dk_own = context.empty({b, t, kv_heads, head_dim}, dtype);
+    dv_own = context.empty({b, t, kv_heads, head_dim}, dtype);
+    const int64_t width = kv_heads * head_dim;
+    Tensor dk_rows = dk.reshape({b * (p + t), width}), dv_rows = dv.reshape({b * (p + t), width});
+    for (int64_t s = 0; s < b; ++s) {
+      const int64_t base = s * (p + t);
+      dprefix_k.reshape({b * p, width}).slice_rows(s * p, (s + 1) * p).copy_from(dk_rows.slice_rows(base, base + p));
+      dprefix_v.reshape({b * p, width}).slice_rows(s * p, (s + 1) * p).copy_from(dv_rows.slice_rows(base, base + p));
+      dk_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dk_rows.slice_rows(base + p, base + p + t));
+      dv_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dv_rows.slice_rows(base + p, base + p + t));
+    }
+    step.prefix_hook->backward(context, layer_index, dprefix_k, dprefix_v);
+  }
+  ops::rope_backward(context, dq, step.positions, inv_freq_, dq);
+  ops::rope_backward(context, dk_own, step.positions, inv_freq_, dk_own);
+  layer.q->backward(context, dq.reshape({n, heads * head_dim}), a.attention_norm, &dnorm);
+  layer.k->backward(context, dk_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
+  layer.v->backward(context, dv_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
+  reduce_over_tensor_parallel(dnorm, "attention input gradient all-reduce (tensor parallel)");
+  ops::rmsnorm_backward(context, dnorm, a.input, layer.input_norm->value, a.attention_rstd, dnorm_input,
+                        grad_of(layer.input_norm));
+  ops::add(context, dresidual, dnorm_input, dresidual);  // dL/dinput
+}
+
+}  // namespace llmft
