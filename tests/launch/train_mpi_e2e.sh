@@ -79,7 +79,7 @@ $(paste <(losses "$work/stopped/metrics.jsonl") <(losses "$work/straight/metrics
 echo "SIGTERM to rank 1 stopped both ranks at step $stopped_step; resumed to $total with identical losses"
 
 # The final evaluation, dealt over 2 ranks, against one process on the final checkpoint.
-split=$(sed -n "s/^eval step $total: loss \([^ ]*\) | perplexity [^ ]* | \([0-9]*\) tokens$/\1 \2/p" "$work/straight.log")
+split=$(sed -n "s/^eval step $total: loss \([^ ]*\) | perplexity [^ ]* | \([0-9]*\) tokens | .*/\1 \2/p" "$work/straight.log")
 [ -n "$split" ] || fail "no eval line at step $total: $(cat "$work/straight.log")"
 single=$("$llmft" eval --config "$work/straight.pbtxt" | sed -n 's/^loss \([^ ]*\) perplexity [^ ]* tokens \([0-9]*\) .*/\1 \2/p')
 [ -n "$single" ] || fail "llmft eval printed no loss line"
