@@ -59,7 +59,7 @@ stopped_step=$(sed -n 's/.*stopped by signal 15 at step \([0-9]*\)\/.*/\1/p' "$w
   fail "expected exactly checkpoint step-$stopped_step, found: $(ls -a "$work/stopped/checkpoints")"
 [ "$(grep -c '"step"' "$work/stopped/metrics.jsonl")" -eq "$stopped_step" ] ||
   fail "metrics.jsonl should hold steps 1..$stopped_step once each (rank 0 writes)"
-grep -q "^step 1/100000 | loss .* tok/s | comm [0-9]*% hidden" "$work/stopped.log" ||
+grep -q "^step 1/100000 | loss .* tok/s | packing [0-9]*% | comm [0-9]*% hidden" "$work/stopped.log" ||
   fail "no progress line with the hidden-communication share: $(head "$work/stopped.log")"
 grep -q '"allreduce_ms":[0-9.e+-]*,"exposed_allreduce_ms":' "$work/stopped/metrics.jsonl" ||
   fail "metrics.jsonl lacks the all-reduce times: $(head -2 "$work/stopped/metrics.jsonl")"
