@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <deque>
+#include <span>
 #include <limits>
 #include <map>
 #include <regex>
@@ -104,6 +106,33 @@ std::vector<std::string> expand_shard_pattern(const std::string& pattern, FileSy
 
 // -------------------------------------------------------------- pipeline ---
 
+const char* batch_mode_name(BatchMode mode) {
+  switch (mode) {
+    case BatchMode::kPacked:
+      return "packed";
+    case BatchMode::kPackedContiguous:
+      return "packed_contiguous";
+    case BatchMode::kPadded:
+      return "padded";
+  }
+  return "?";
+}
+
+std::string long_documents_report(const DataStats& stats, const LoaderOptions& options) {
+  if (stats.long_records == 0 || options.mode == BatchMode::kPackedContiguous) return "";
+  std::string report = str_cat(stats.long_records, " of ", stats.records, " records are longer than seq_len ",
+                               options.seq_len, " (longest ", stats.longest, " tokens): ");
+  switch (options.long_documents) {
+    case LongDocuments::kTruncate:
+      return str_cat(report, "truncated, ", stats.tokens_beyond_seq_len, " tokens left out");
+    case LongDocuments::kSplit:
+      return str_cat(report, "split into pieces of seq_len tokens");
+    case LongDocuments::kDrop:
+      return str_cat(report, "dropped");
+  }
+  return report;
+}
+
 namespace {
 
 // SplitMix64 (Steele, Lea, Flood, "Fast Splittable Pseudorandom Number
@@ -127,6 +156,33 @@ struct Document {
   std::vector<int32_t> labels;  // label of each token (see loader.h), -100 = no loss
 };
 
+// tf.data's shuffle buffer: fill up to `capacity` from `next`, emit a
+// uniformly chosen item. The loader runs it on documents and, to count rows
+// without reading them, on token counts: the same draws either way.
+template <class Item, class Next>
+std::optional<Item> draw_shuffled(std::vector<Item>& buffer, size_t capacity, PhiloxGenerator& random, Next&& next) {
+  while (buffer.size() < capacity) {
+    std::optional<Item> item = next();
+    if (!item) break;
+    buffer.push_back(std::move(*item));
+  }
+  if (buffer.empty()) return std::nullopt;
+  const uint64_t pick = random.next_below(buffer.size());
+  std::swap(buffer[pick], buffer.back());
+  Item item = std::move(buffer.back());
+  buffer.pop_back();
+  return item;
+}
+
+// Best-fit rows of one window's pieces, in the order they are emitted.
+std::vector<std::vector<size_t>> plan_window_rows(std::span<const int64_t> lengths, int64_t seq_len, bool shuffle,
+                                                  PhiloxGenerator& random) {
+  std::vector<std::vector<size_t>> rows = best_fit_decreasing(lengths, seq_len);
+  if (shuffle)  // Fisher-Yates
+    for (size_t i = rows.size(); i > 1; --i) std::swap(rows[i - 1], rows[random.next_below(i)]);
+  return rows;
+}
+
 }  // namespace
 
 class LoaderPipeline {
@@ -145,22 +201,15 @@ class LoaderPipeline {
   const LoaderOptions& options() const { return options_; }
   const std::vector<std::string>& files() const { return files_; }
   uint64_t corrupt_records_skipped() const { return corrupt_records_skipped_; }
+  const DataStats& stats() const { return stats_; }
 
   int64_t steps_per_epoch(int64_t epoch) const {
     const std::vector<uint32_t> order = shard_order(epoch);
-    const uint64_t ranks = static_cast<uint64_t>(options_.dp_size);
-    std::vector<uint64_t> share(ranks, 0);  // tokens (packed) or documents (padded) per rank
-    uint64_t dealt = 0;
-    for (uint32_t shard : order)
-      for (int32_t tokens : index_[shard]) {
-        if (tokens < 0) continue;
-        share[dealt++ % ranks] += options_.mode == BatchMode::kPacked ? static_cast<uint64_t>(tokens) : 1;
-      }
-    uint64_t steps = std::numeric_limits<uint64_t>::max();
-    for (uint64_t rank_share : share) {
-      uint64_t rows = options_.mode == BatchMode::kPacked ? rank_share / static_cast<uint64_t>(options_.seq_len)
-                                                          : rank_share;
-      steps = std::min(steps, rows / static_cast<uint64_t>(options_.batch_size));
+    const uint64_t batch = static_cast<uint64_t>(options_.batch_size);
+    uint64_t steps = options_.drop_remainder ? std::numeric_limits<uint64_t>::max() : 0;
+    for (int rank = 0; rank < options_.dp_size; ++rank) {
+      const uint64_t rows = rows_of_rank(epoch, order, rank);
+      steps = options_.drop_remainder ? std::min(steps, rows / batch) : std::max(steps, (rows + batch - 1) / batch);
     }
     return static_cast<int64_t>(steps);
   }
@@ -182,10 +231,12 @@ class LoaderPipeline {
     for (int64_t row = 0; row < rows; ++row) {
       Row out{batch.input_ids.data<int32_t>() + row * columns, batch.targets.data<int32_t>() + row * columns,
               batch.position_ids.data<int32_t>() + row * columns, batch.doc_start.data<int32_t>() + row * columns};
-      if (options_.mode == BatchMode::kPacked)
-        fill_packed_row(out);
+      const int64_t before = batch.real_tokens;
+      if (options_.mode == BatchMode::kPackedContiguous)
+        fill_contiguous_row(out, batch);
       else
-        fill_padded_row(out);
+        fill_planned_row(out, batch);
+      if (batch.real_tokens > before) ++batch.rows_with_tokens;
     }
     ++step_;
     return batch;
@@ -203,6 +254,10 @@ class LoaderPipeline {
     if (current_ && current_token_ < current_->tokens.size()) {
       state.current_document = current_->ref;
       state.current_token = current_token_;
+    }
+    for (const PlannedRow& row : pending_rows_) {
+      std::vector<PieceRef>& pieces = state.pending_rows.emplace_back();
+      for (const Piece& piece : row) pieces.push_back({piece.document->ref, piece.begin, piece.end});
     }
     return state;
   }
@@ -226,6 +281,8 @@ class LoaderPipeline {
     // one small reader open at a time (a buffer may reference many shards).
     std::vector<RecordRef> wanted = state.shuffle_buffer;
     if (state.current_document) wanted.push_back(*state.current_document);
+    for (const std::vector<PieceRef>& row : state.pending_rows)
+      for (const PieceRef& piece : row) wanted.push_back(piece.record);
     for (const RecordRef& ref : wanted)
       if (ref.shard >= files_.size())
         throw_bad_input("loader state: record reference to shard ", ref.shard, " of ", files_.size());
@@ -235,7 +292,7 @@ class LoaderPipeline {
     RecordReaderOptions small = options_.reader;
     small.buffer_bytes = 64 << 10;
     small.read_ahead_chunks = 0;
-    std::map<std::pair<uint32_t, uint64_t>, Document> loaded;  // (shard, offset) -> document
+    std::map<std::pair<uint32_t, uint64_t>, std::shared_ptr<const Document>> loaded;  // (shard, offset) -> document
     std::unique_ptr<RecordReader> reader;
     uint32_t reader_shard = UINT32_MAX;
     for (const RecordRef& ref : wanted) {
@@ -249,16 +306,30 @@ class LoaderPipeline {
       if (!reader->read(bytes) || reader->last_record_position() != RecordPosition{ref.offset, ref.record_index})
         throw_bad_input(files_[ref.shard], ": record ", ref.record_index, " at byte ", ref.offset,
                         ": the loader state refers to this record, but it is not there (were the shards rewritten?)");
-      loaded.emplace(std::make_pair(ref.shard, ref.offset), make_document(ref, bytes));
+      loaded.emplace(std::make_pair(ref.shard, ref.offset),
+                     std::make_shared<const Document>(make_document(ref, bytes)));
     }
     reader.reset();
     auto reload = [&](const RecordRef& ref) { return loaded.at({ref.shard, ref.offset}); };
-    for (const RecordRef& ref : state.shuffle_buffer) buffer_.push_back(reload(ref));
+    for (const RecordRef& ref : state.shuffle_buffer) buffer_.push_back(*reload(ref));
     if (state.current_document) {
-      current_ = reload(*state.current_document);
+      current_ = *reload(*state.current_document);
       current_token_ = state.current_token;
       if (current_token_ > current_->tokens.size())
         throw_bad_input("loader state: token ", current_token_, " is beyond the document's ", current_->tokens.size());
+    }
+    for (const std::vector<PieceRef>& refs : state.pending_rows) {
+      PlannedRow& row = pending_rows_.emplace_back();
+      uint64_t used = 0;
+      for (const PieceRef& ref : refs) {
+        std::shared_ptr<const Document> document = reload(ref.record);
+        if (ref.begin >= ref.end || ref.end > document->tokens.size() || ref.end - ref.begin > static_cast<uint64_t>(options_.seq_len) - used)
+          throw_bad_input("loader state: planned piece [", ref.begin, ", ", ref.end, ") of ",
+                          files_[ref.record.shard], " record ", ref.record.record_index, " (",
+                          document->tokens.size(), " tokens) does not fit a row of ", options_.seq_len);
+        used += ref.end - ref.begin;
+        row.push_back({std::move(document), ref.begin, ref.end});
+      }
     }
   }
 
@@ -269,6 +340,13 @@ class LoaderPipeline {
     int32_t* position_ids;
     int32_t* doc_start;
   };
+  // Tokens [begin, end) of a document, placed as one segment of a row.
+  struct Piece {
+    std::shared_ptr<const Document> document;
+    uint64_t begin = 0;
+    uint64_t end = 0;
+  };
+  using PlannedRow = std::vector<Piece>;
 
   void validate_options() const {
     const LoaderOptions& o = options_;
@@ -277,13 +355,14 @@ class LoaderPipeline {
     if (o.dp_size < 1) throw_bad_input("data-parallel size must be >= 1, got ", o.dp_size);
     if (o.dp_rank < 0 || o.dp_rank >= o.dp_size)
       throw_bad_input("data-parallel rank ", o.dp_rank, " is outside [0, ", o.dp_size, ")");
+    if (o.pack_window < 1) throw_bad_input("data.pack_window must be >= 1, got ", o.pack_window);
     auto check_id = [&](const char* field, int64_t id) {
       if (id < 0 || id > INT32_MAX || (o.vocab_size > 0 && id >= o.vocab_size))
         throw_bad_input("data.", field, " = ", id, " is not a token id in [0, ",
                         o.vocab_size > 0 ? o.vocab_size : int64_t{INT32_MAX} + 1, ")");
     };
     if (o.append_eos) check_id("eos_id", o.eos_id);
-    if (o.mode == BatchMode::kPadded) check_id("pad_id", o.pad_id);
+    if (o.mode != BatchMode::kPackedContiguous || !o.drop_remainder) check_id("pad_id", o.pad_id);
   }
 
   std::vector<uint32_t> shard_order(int64_t epoch) const {
@@ -297,6 +376,59 @@ class LoaderPipeline {
     return order;
   }
 
+  bool shuffling() const { return options_.shuffle_buffer > 1; }
+
+  // Rows `rank`'s share of epoch `epoch` fills (with drop_remainder, only
+  // complete rows of the contiguous layout count), replayed from the index.
+  uint64_t rows_of_rank(int64_t epoch, const std::vector<uint32_t>& order, int rank) const {
+    const uint64_t ranks = static_cast<uint64_t>(options_.dp_size);
+    const uint64_t seq_len = static_cast<uint64_t>(options_.seq_len);
+    std::vector<int64_t> lengths;  // this rank's documents in dealt order
+    uint64_t dealt = 0;
+    for (uint32_t shard : order)
+      for (int32_t tokens : index_[shard]) {
+        if (tokens < 0) continue;
+        if (dealt++ % ranks == static_cast<uint64_t>(rank)) lengths.push_back(tokens);
+      }
+    uint64_t rows = 0;
+    switch (options_.mode) {
+      case BatchMode::kPackedContiguous: {
+        uint64_t tokens = 0;
+        for (int64_t length : lengths) tokens += static_cast<uint64_t>(length);
+        return options_.drop_remainder ? tokens / seq_len : (tokens + seq_len - 1) / seq_len;
+      }
+      case BatchMode::kPadded:
+        for (int64_t length : lengths)
+          rows += document_pieces(length, options_.seq_len, options_.long_documents).size();
+        return rows;
+      case BatchMode::kPacked: {
+        PhiloxGenerator random(stream_seed(options_.seed, static_cast<uint64_t>(epoch), static_cast<uint64_t>(rank),
+                                           kShuffleStream));
+        std::vector<int64_t> buffer;
+        size_t next = 0;
+        auto next_dealt_length = [&]() -> std::optional<int64_t> {
+          if (next == lengths.size()) return std::nullopt;
+          return lengths[next++];
+        };
+        while (true) {
+          std::vector<int64_t> pieces;
+          size_t drawn = 0;
+          for (; drawn < options_.pack_window; ++drawn) {
+            std::optional<int64_t> length = draw_shuffled(buffer, shuffle_capacity(), random, next_dealt_length);
+            if (!length) break;
+            for (const auto& [begin, end] : document_pieces(*length, options_.seq_len, options_.long_documents))
+              pieces.push_back(end - begin);
+          }
+          if (drawn == 0) return rows;
+          rows += plan_window_rows(pieces, options_.seq_len, shuffling(), random).size();
+        }
+      }
+    }
+    return rows;
+  }
+
+  size_t shuffle_capacity() const { return std::max<size_t>(options_.shuffle_buffer, 1); }
+
   void build_index() {
     index_.resize(files_.size());
     for (size_t shard = 0; shard < files_.size(); ++shard) {
@@ -308,7 +440,15 @@ class LoaderPipeline {
         counts.resize(at.record_index + 1, -1);  // records the reader skipped stay -1
         try {
           Document document = make_document({static_cast<uint32_t>(shard), at.offset, at.record_index}, bytes);
-          counts[at.record_index] = static_cast<int32_t>(document.tokens.size());
+          const int64_t length = static_cast<int64_t>(document.tokens.size());
+          counts[at.record_index] = static_cast<int32_t>(length);
+          ++stats_.records;
+          stats_.tokens += static_cast<uint64_t>(length);
+          stats_.longest = std::max(stats_.longest, length);
+          if (length > options_.seq_len) {
+            ++stats_.long_records;
+            stats_.tokens_beyond_seq_len += static_cast<uint64_t>(length - options_.seq_len);
+          }
         } catch (const Error& error) {
           if (!options_.reader.skip_corrupt_records || error.kind() != ErrorKind::kBadInput) throw;
           ++corrupt_records_skipped_;
@@ -363,7 +503,10 @@ class LoaderPipeline {
       throw_bad_input("data: the ", files_.size(), " shard(s) (", files_.front(), " ...) do not hold one step of ",
                       options_.batch_size, " rows of ", options_.seq_len, " tokens for each of ", options_.dp_size,
                       " data-parallel ranks in epoch ", epoch, " (", corrupt_records_skipped_,
-                      " corrupt records skipped)");
+                      " corrupt records skipped", stats_.long_records > 0 && options_.long_documents == LongDocuments::kDrop
+                          ? str_cat(", ", stats_.long_records, " longer than seq_len dropped")
+                          : std::string(),
+                      ")");
     shard_cursor_ = 0;
     reader_.reset();
     reader_position_ = {};
@@ -373,6 +516,7 @@ class LoaderPipeline {
         stream_seed(options_.seed, static_cast<uint64_t>(epoch), static_cast<uint64_t>(options_.dp_rank), kShuffleStream));
     current_.reset();
     current_token_ = 0;
+    pending_rows_.clear();
   }
 
   // This rank's next record of the epoch in dealt order, or nullopt when the
@@ -403,73 +547,112 @@ class LoaderPipeline {
   }
 
   std::optional<Document> next_shuffled() {
-    const size_t capacity = std::max<size_t>(options_.shuffle_buffer, 1);
-    while (buffer_.size() < capacity) {
-      std::optional<Document> document = next_dealt();
-      if (!document) break;
-      buffer_.push_back(std::move(*document));
+    return draw_shuffled(buffer_, shuffle_capacity(), shuffle_rng_, [this] { return next_dealt(); });
+  }
+
+  [[noreturn]] void throw_ran_out() const {
+    throw_bad_input("data: epoch ", epoch_, " ran out of records at step ", step_, " of ", epoch_steps_, " on rank ",
+                    options_.dp_rank, "; were the shards (", files_.front(), " ...) changed while training?");
+  }
+
+  // Plans the next rows into pending_rows_: one per piece (padded), or the
+  // best-fit rows of the next window of documents (packed). False when this
+  // rank's share of the epoch is exhausted.
+  bool plan_rows() {
+    while (pending_rows_.empty()) {
+      if (options_.mode == BatchMode::kPadded) {
+        std::optional<Document> document = next_shuffled();
+        if (!document) return false;
+        auto shared = std::make_shared<const Document>(std::move(*document));
+        for (const auto& [begin, end] :
+             document_pieces(static_cast<int64_t>(shared->tokens.size()), options_.seq_len, options_.long_documents))
+          pending_rows_.push_back({Piece{shared, static_cast<uint64_t>(begin), static_cast<uint64_t>(end)}});
+        continue;
+      }
+      std::vector<Piece> pieces;
+      std::vector<int64_t> lengths;
+      size_t drawn = 0;
+      for (; drawn < options_.pack_window; ++drawn) {
+        std::optional<Document> document = next_shuffled();
+        if (!document) break;
+        auto shared = std::make_shared<const Document>(std::move(*document));
+        for (const auto& [begin, end] :
+             document_pieces(static_cast<int64_t>(shared->tokens.size()), options_.seq_len, options_.long_documents)) {
+          pieces.push_back({shared, static_cast<uint64_t>(begin), static_cast<uint64_t>(end)});
+          lengths.push_back(end - begin);
+        }
+      }
+      if (drawn == 0) return false;
+      for (const std::vector<size_t>& items : plan_window_rows(lengths, options_.seq_len, shuffling(), shuffle_rng_)) {
+        PlannedRow& row = pending_rows_.emplace_back();
+        for (size_t item : items) row.push_back(pieces[item]);
+      }
     }
-    if (buffer_.empty()) return std::nullopt;
-    uint64_t pick = shuffle_rng_.next_below(buffer_.size());
-    std::swap(buffer_[pick], buffer_.back());
-    Document document = std::move(buffer_.back());
-    buffer_.pop_back();
-    return document;
+    return true;
   }
 
-  Document next_document_or_throw() {
-    std::optional<Document> document = next_shuffled();
-    if (!document)
-      throw_bad_input("data: epoch ", epoch_, " ran out of records at step ", step_, " of ", epoch_steps_,
-                      " on rank ", options_.dp_rank, "; were the shards (", files_.front(),
-                      " ...) changed while training?");
-    return std::move(*document);
+  // Tokens [begin, end) of `document` at row columns [column, column + end - begin).
+  static void write_segment(Row out, int64_t column, const Document& document, size_t begin, size_t end) {
+    const size_t size = document.tokens.size();
+    for (size_t k = begin; k < end; ++k, ++column) {
+      out.input_ids[column] = document.tokens[k];
+      out.targets[column] = k + 1 < size ? document.labels[k + 1] : static_cast<int32_t>(kIgnoreIndex);
+      out.position_ids[column] = static_cast<int32_t>(k - begin);
+      out.doc_start[column] = static_cast<int32_t>(column - static_cast<int64_t>(k - begin));
+    }
   }
 
-  void fill_packed_row(Row out) {
+  void write_padding(Row out, int64_t from) const {
+    for (int64_t t = from; t < options_.seq_len; ++t) {
+      out.input_ids[t] = static_cast<int32_t>(options_.pad_id);
+      out.targets[t] = static_cast<int32_t>(kIgnoreIndex);
+      out.position_ids[t] = 0;
+      out.doc_start[t] = static_cast<int32_t>(t);
+    }
+  }
+
+  void fill_planned_row(Row out, Batch& batch) {
+    if (!plan_rows()) {
+      if (options_.drop_remainder) throw_ran_out();
+      write_padding(out, 0);  // this rank's share ended before the others'
+      return;
+    }
+    const PlannedRow row = std::move(pending_rows_.front());
+    pending_rows_.pop_front();
+    int64_t column = 0;
+    for (const Piece& piece : row) {
+      write_segment(out, column, *piece.document, piece.begin, piece.end);
+      column += static_cast<int64_t>(piece.end - piece.begin);
+      if (piece.begin == 0) ++batch.records;
+    }
+    batch.real_tokens += column;
+    write_padding(out, column);
+  }
+
+  void fill_contiguous_row(Row out, Batch& batch) {
     const int64_t columns = options_.seq_len;
     int64_t column = 0;
     while (column < columns) {
       if (!current_ || current_token_ >= current_->tokens.size()) {
-        current_ = next_document_or_throw();
+        std::optional<Document> document = next_shuffled();
+        if (!document) {
+          if (options_.drop_remainder) throw_ran_out();
+          break;
+        }
+        current_ = std::move(*document);
         current_token_ = 0;
         continue;  // an empty document contributes nothing
       }
       const Document& document = *current_;
-      const size_t size = document.tokens.size();
-      const int64_t take = std::min<int64_t>(columns - column, static_cast<int64_t>(size - current_token_));
-      const int32_t segment_start = static_cast<int32_t>(column);
-      for (int64_t j = 0; j < take; ++j) {
-        const size_t k = current_token_ + static_cast<size_t>(j);
-        out.input_ids[column + j] = document.tokens[k];
-        out.targets[column + j] = k + 1 < size ? document.labels[k + 1] : static_cast<int32_t>(kIgnoreIndex);
-        out.position_ids[column + j] = static_cast<int32_t>(j);
-        out.doc_start[column + j] = segment_start;
-      }
+      const int64_t take =
+          std::min<int64_t>(columns - column, static_cast<int64_t>(document.tokens.size() - current_token_));
+      if (current_token_ == 0) ++batch.records;
+      write_segment(out, column, document, current_token_, current_token_ + static_cast<size_t>(take));
       column += take;
       current_token_ += static_cast<size_t>(take);
     }
-  }
-
-  void fill_padded_row(Row out) {
-    const Document document = next_document_or_throw();
-    const int64_t columns = options_.seq_len;
-    const size_t size = document.tokens.size();
-    const int64_t used = std::min<int64_t>(columns, static_cast<int64_t>(size));
-    for (int64_t t = 0; t < columns; ++t) {
-      if (t < used) {
-        const size_t k = static_cast<size_t>(t);
-        out.input_ids[t] = document.tokens[k];
-        out.targets[t] = k + 1 < size ? document.labels[k + 1] : static_cast<int32_t>(kIgnoreIndex);
-        out.position_ids[t] = static_cast<int32_t>(t);
-        out.doc_start[t] = 0;
-      } else {
-        out.input_ids[t] = static_cast<int32_t>(options_.pad_id);
-        out.targets[t] = static_cast<int32_t>(kIgnoreIndex);
-        out.position_ids[t] = 0;
-        out.doc_start[t] = static_cast<int32_t>(t);
-      }
-    }
+    batch.real_tokens += column;
+    write_padding(out, column);
   }
 
   LoaderOptions options_;
@@ -478,6 +661,7 @@ class LoaderPipeline {
   DecodeOptions decode_options_;
   std::vector<std::vector<int32_t>> index_;  // per shard, per record: tokens incl. EOS (documents), -1 = left out
   uint64_t corrupt_records_skipped_ = 0;
+  DataStats stats_;
 
   int64_t epoch_ = 0;
   int64_t step_ = 0;
@@ -489,8 +673,9 @@ class LoaderPipeline {
   uint64_t records_dealt_ = 0;
   std::vector<Document> buffer_;
   PhiloxGenerator shuffle_rng_;
-  std::optional<Document> current_;
+  std::optional<Document> current_;  // kPackedContiguous: the document being cut into rows
   size_t current_token_ = 0;
+  std::deque<PlannedRow> pending_rows_;  // kPacked, kPadded: rows planned, not yet emitted
 };
 
 // ------------------------------------------------------- state as JSON ---
@@ -504,6 +689,21 @@ RecordRef ref_from_json(const nlohmann::json& value) {
   return {value.at(0).get<uint32_t>(), value.at(1).get<uint64_t>(), value.at(2).get<uint64_t>()};
 }
 
+// The layout's name in the state. The contiguous layout keeps "packed", the
+// name states carried when it was the only packed layout, so that a run
+// saved then resumes with batch_mode PACKED_CONTIGUOUS.
+const char* state_mode_name(BatchMode mode) {
+  switch (mode) {
+    case BatchMode::kPacked:
+      return "packed_best_fit";
+    case BatchMode::kPackedContiguous:
+      return "packed";
+    case BatchMode::kPadded:
+      return "padded";
+  }
+  return "?";
+}
+
 std::string state_to_json(const LoaderState& state, const LoaderPipeline& pipeline) {
   const LoaderOptions& options = pipeline.options();
   nlohmann::json json;
@@ -515,7 +715,10 @@ std::string state_to_json(const LoaderState& state, const LoaderPipeline& pipeli
   json["seed"] = options.seed;
   json["batch_size"] = options.batch_size;
   json["seq_len"] = options.seq_len;
-  json["mode"] = options.mode == BatchMode::kPacked ? "packed" : "padded";
+  json["mode"] = state_mode_name(options.mode);
+  json["long_documents"] = long_documents_name(options.long_documents);
+  json["pack_window"] = options.pack_window;
+  json["drop_remainder"] = options.drop_remainder;
   json["shuffle_buffer"] = options.shuffle_buffer;
   json["shuffle_shards"] = options.shuffle_shards;
   // Position.
@@ -531,6 +734,14 @@ std::string state_to_json(const LoaderState& state, const LoaderPipeline& pipeli
   json["shuffle_buffer_records"] = std::move(buffer);
   json["current_document"] = state.current_document ? ref_to_json(*state.current_document) : nlohmann::json();
   json["current_token"] = state.current_token;
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::vector<PieceRef>& row : state.pending_rows) {
+    nlohmann::json pieces = nlohmann::json::array();
+    for (const PieceRef& piece : row)
+      pieces.push_back({piece.record.shard, piece.record.offset, piece.record.record_index, piece.begin, piece.end});
+    rows.push_back(std::move(pieces));
+  }
+  json["pending_rows"] = std::move(rows);
   return json.dump();
 }
 
@@ -556,7 +767,18 @@ LoaderState state_from_json(const std::string& text, const LoaderPipeline& pipel
     expect("seed", options.seed);
     expect("batch_size", options.batch_size);
     expect("seq_len", options.seq_len);
-    expect("mode", options.mode == BatchMode::kPacked ? "packed" : "padded");
+    if (options.mode == BatchMode::kPacked && json.at("mode") == "packed")
+      throw_bad_input("loader state: saved by the contiguous packer (batch_mode PACKED before best-fit packing "
+                      "became the default); resume it with data.batch_mode: PACKED_CONTIGUOUS");
+    expect("mode", state_mode_name(options.mode));
+    // States saved before these options existed hold their old behaviour.
+    auto expect_or_default = [&](const char* field, const nlohmann::json& configured, const nlohmann::json& old) {
+      if (!json.contains(field)) json[field] = old;
+      expect(field, configured);
+    };
+    expect_or_default("long_documents", long_documents_name(options.long_documents), "truncate");
+    expect_or_default("drop_remainder", options.drop_remainder, true);
+    if (options.mode == BatchMode::kPacked) expect("pack_window", options.pack_window);
     expect("shuffle_buffer", options.shuffle_buffer);
     expect("shuffle_shards", options.shuffle_shards);
     LoaderState state;
@@ -569,6 +791,12 @@ LoaderState state_from_json(const std::string& text, const LoaderPipeline& pipel
     for (const auto& ref : json.at("shuffle_buffer_records")) state.shuffle_buffer.push_back(ref_from_json(ref));
     if (!json.at("current_document").is_null()) state.current_document = ref_from_json(json.at("current_document"));
     state.current_token = json.at("current_token").get<uint64_t>();
+    if (json.contains("pending_rows"))
+      for (const auto& row : json.at("pending_rows")) {
+        std::vector<PieceRef>& pieces = state.pending_rows.emplace_back();
+        for (const auto& piece : row)
+          pieces.push_back({ref_from_json(piece), piece.at(3).get<uint64_t>(), piece.at(4).get<uint64_t>()});
+      }
     return state;
   } catch (const nlohmann::json::exception& error) {
     throw_bad_input("loader state: missing or mistyped field: ", error.what());
@@ -665,6 +893,8 @@ std::string Loader::state() const {
 
 int64_t Loader::steps_per_epoch(int64_t epoch) const { return pipeline_->steps_per_epoch(epoch); }
 uint64_t Loader::corrupt_records_skipped() const { return pipeline_->corrupt_records_skipped(); }
+const DataStats& Loader::stats() const { return pipeline_->stats(); }
+const LoaderOptions& Loader::options() const { return pipeline_->options(); }
 const std::vector<std::string>& Loader::files() const { return pipeline_->files(); }
 
 }  // namespace llmft::data

@@ -23,7 +23,10 @@
 // ranks stop the epoch after the minimum of those (steps_per_epoch()). The
 // tail beyond it (at most a few batches' worth on the largest rank, plus the
 // partial row and batch) is dropped for that epoch; the next epoch deals
-// afresh with a new shard order.
+// afresh with a new shard order. Best-fit rows depend on the order the
+// shuffle buffer yields, which depends only on the token counts and the
+// (seed, epoch, rank) stream, so each rank replays every rank's shuffle and
+// packing from the index to count its rows.
 //
 // Shuffling: per epoch, the shard order is a Philox-seeded Fisher-Yates
 // permutation (seed, epoch); each rank then passes its records through a
@@ -40,12 +43,29 @@
 //   doc_start     row index of the first token of the current segment, so
 //                 attention for row position t spans [doc_start[t], t] and
 //                 never crosses documents
-// Packed mode (default): documents, each followed by eos_id when append_eos,
-// are concatenated and cut into rows of seq_len tokens. A document cut by a
-// row boundary continues in the next row as a new segment (positions restart
-// at 0 there; the target of a row's last token is still the document's next
-// token). Padded mode: one document per row, truncated to seq_len, the rest
-// pad_id with target -100, position 0 and doc_start = own index.
+// Documents are each followed by eos_id when append_eos. Three layouts:
+//   PACKED (default, kPacked): best-fit decreasing (data/packing.h) over
+//     windows of `pack_window` documents drawn from the shuffle buffer: whole
+//     documents share rows, each a segment starting at position 0, the rest
+//     of a row is padding. With shuffling on, a window's rows are emitted in
+//     a shuffled order (the rows best fit makes first hold the longest
+//     documents). A document longer than seq_len is truncated, split into
+//     seq_len pieces (each its own segment) or dropped (`long_documents`).
+//   PACKED_CONTIGUOUS (kPackedContiguous): documents concatenated and cut
+//     into rows of seq_len tokens, the pre-training layout. A document cut by
+//     a row boundary continues in the next row as a new segment (positions
+//     restart at 0 there; the target of a row's last token is still the
+//     document's next token). `long_documents` does not apply.
+//   PADDED (kPadded): one document (or piece, see `long_documents`) per row.
+// Padding is pad_id with target -100, position 0 and doc_start = own index.
+// A truncated document's or a piece's last token keeps the document's next
+// token as its target, as in PACKED_CONTIGUOUS.
+//
+// Partial batches: with drop_remainder (training) an epoch ends at the last
+// batch every rank fills (above). Without it (evaluation) every rank yields
+// the most batches any rank's share fills, the last partial row and batch
+// padded, and ranks whose share ended yield rows of padding, so every token
+// of the split is seen exactly once and the ranks still take equal steps.
 //
 // Labels: with a `labels` feature the label of token k is labels[k]; with a
 // `loss_mask` feature it is input_ids[k] where the mask is 1 and -100 where
@@ -54,8 +74,8 @@
 //
 // Resume: state() is the position after the last batch returned by next()
 // (epoch, step, shard cursor and reader position, records dealt, shuffle
-// buffer contents, shuffle RNG position, and the partly consumed document of
-// the packer). Buffered documents are stored as record references (shard,
+// buffer contents, shuffle RNG position, the partly consumed document of
+// the contiguous packer, and the rows best fit planned but not yet emitted). Buffered documents are stored as record references (shard,
 // byte offset, record index) and re-read on restore, so the state stays
 // small. A loader built with the same options and that state yields exactly
 // the batches the original would have yielded next.
@@ -75,6 +95,7 @@
 #include "core/tensor.h"
 #include "data/example.h"
 #include "data/file_system.h"
+#include "data/packing.h"
 #include "data/tfrecord.h"
 
 namespace llmft::data {
@@ -85,7 +106,9 @@ std::vector<std::string> expand_shard_pattern(const std::string& pattern, FileSy
 // Validates an explicit list the same way; returns it in shard order.
 std::vector<std::string> validate_shard_set(std::vector<std::string> files);
 
-enum class BatchMode { kPacked, kPadded };
+enum class BatchMode { kPacked, kPackedContiguous, kPadded };
+// "packed", "packed_contiguous", "padded" (messages and `llmft data inspect`).
+const char* batch_mode_name(BatchMode mode);
 
 struct LoaderOptions {
   std::string pattern;             // glob of shards; or, when empty, `files`
@@ -93,9 +116,12 @@ struct LoaderOptions {
   int64_t batch_size = 8;          // rows per rank per step
   int64_t seq_len = 1024;          // tokens per row
   BatchMode mode = BatchMode::kPacked;
+  LongDocuments long_documents = LongDocuments::kTruncate;  // kPacked and kPadded
+  size_t pack_window = 1024;       // documents per best-fit window (kPacked), >= 1
+  bool drop_remainder = true;      // false: pad the last row and batch instead (see above)
   int64_t eos_id = -1;             // document separator; required when append_eos
   bool append_eos = true;
-  int64_t pad_id = 0;              // padded mode only
+  int64_t pad_id = 0;              // padding (not used by kPackedContiguous with drop_remainder)
   int64_t vocab_size = 0;          // > 0: token ids must lie in [0, vocab_size)
   int dp_rank = 0;
   int dp_size = 1;
@@ -115,7 +141,27 @@ struct Batch {
   Tensor doc_start;     // i32 [B, T]
   int64_t epoch = 0;
   int64_t step_in_epoch = 0;  // 0-based index of this batch within its epoch
+  // What the batch holds (this rank): positions holding a document's token
+  // (the rest is padding), records whose first token is in it, and rows with
+  // at least one token.
+  int64_t real_tokens = 0;
+  int64_t records = 0;
+  int64_t rows_with_tokens = 0;
 };
+
+// The split as the index pass saw it (every rank sees the same): valid
+// records of one epoch and their tokens (appended EOS included), the longest,
+// and how many are longer than seq_len with the tokens beyond seq_len.
+struct DataStats {
+  uint64_t records = 0;
+  uint64_t tokens = 0;
+  int64_t longest = 0;
+  uint64_t long_records = 0;
+  uint64_t tokens_beyond_seq_len = 0;
+};
+// "12 of 1,500 records are longer than seq_len 80: truncated (1,234 tokens
+// left out)", or empty when none is (or the layout cuts them anyway).
+std::string long_documents_report(const DataStats& stats, const LoaderOptions& options);
 
 // A record by location: shard (index into files()), byte offset, record index.
 struct RecordRef {
@@ -123,6 +169,14 @@ struct RecordRef {
   uint64_t offset = 0;
   uint64_t record_index = 0;
   bool operator==(const RecordRef&) const = default;
+};
+
+// A planned row's piece of a document: tokens [begin, end) of a record.
+struct PieceRef {
+  RecordRef record;
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  bool operator==(const PieceRef&) const = default;
 };
 
 struct LoaderState {
@@ -135,6 +189,7 @@ struct LoaderState {
   uint64_t shuffle_rng_position = 0;
   std::optional<RecordRef> current_document;  // partly packed document
   uint64_t current_token = 0;                 // its next unconsumed token
+  std::vector<std::vector<PieceRef>> pending_rows;  // planned rows not yet emitted, in order
   bool operator==(const LoaderState&) const = default;
 };
 
@@ -159,6 +214,8 @@ class Loader {
 
   int64_t steps_per_epoch(int64_t epoch) const;
   uint64_t corrupt_records_skipped() const;
+  const DataStats& stats() const;
+  const LoaderOptions& options() const;
   const std::vector<std::string>& files() const;
 
  private:

@@ -1,6 +1,8 @@
 // `llmft data build ...` and `llmft data inspect FILE ...`: JSONL to tokenized
 // TFRecord shards (data/dataset_builder.h), and records back to text.
 #include <algorithm>
+#include <cctype>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +18,7 @@
 #include "data/chat_template.h"
 #include "data/dataset_builder.h"
 #include "data/example.h"
+#include "data/loader.h"
 #include "data/tfrecord.h"
 #include "data/tokenizer.h"
 #include "launch/commands.h"
@@ -51,7 +54,11 @@ constexpr const char* kUsage =
     "      (default 10). A .gz/.zlib file is read as GZIP/ZLIB. --json prints one JSON object per\n"
     "      record and nothing else: {\"record\", \"offset\", \"input_ids\"[, \"loss_mask\"][, \"labels\"][, \"text\"]}.\n"
     "      --show-mask prints each record's tokens (text with --tokenizer, ids otherwise) with the\n"
-    "      trained ones highlighted: coloured on a terminal, [[between brackets]] otherwise.\n";
+    "      trained ones highlighted: coloured on a terminal, [[between brackets]] otherwise.\n"
+    "  llmft data inspect FILE_OR_GLOB --seq-len N [--long-documents truncate|split|drop] [--pack-window N]\n"
+    "      lays every record of the shards out in rows of N tokens as training would with each batch_mode\n"
+    "      and prints, per mode, the rows and the share of row positions holding real tokens (the rest is\n"
+    "      padding), the records PACKED_CONTIGUOUS cuts across rows, and those longer than N.\n";
 
 // "--name value" and "--name=value" options after the positional arguments' verb.
 class Arguments {
@@ -316,13 +323,79 @@ std::string masked_tokens(const data::TokenExample& example, const Tokenizer* to
   return out;
 }
 
+// Each batch mode over every record of `pattern`, in file order, through the
+// loader itself (one epoch, nothing dropped), so the figures are the rows
+// training would get from these shards.
+int print_packing_summary(const std::string& pattern, const Arguments& arguments) {
+  const int64_t seq_len = arguments.integer("seq-len", 0);
+  if (seq_len < 1 || seq_len > INT32_MAX) throw_bad_input("data inspect: --seq-len ", seq_len, ", expected in [1, 2^31)");
+  const int64_t pack_window = arguments.integer("pack-window", 1024);
+  if (pack_window < 1) throw_bad_input("data inspect: --pack-window ", pack_window, ", expected >= 1");
+  const std::string policy_name = arguments.get("long-documents").value_or("truncate");
+  const std::optional<data::LongDocuments> policy = data::parse_long_documents(policy_name);
+  if (!policy) throw_bad_input("data inspect: --long-documents '", policy_name, "', expected truncate, split or drop");
+  data::LoaderOptions options;
+  if (pattern.find_first_of("*?[") == std::string::npos)
+    options.files = {pattern};
+  else
+    options.pattern = pattern;
+  options.batch_size = 1;
+  options.seq_len = seq_len;
+  options.append_eos = false;  // `data build` ends records with EOS where the template does
+  options.pad_id = 0;
+  options.shuffle_shards = false;
+  options.shuffle_buffer = 0;
+  options.num_epochs = 1;
+  options.drop_remainder = false;
+  options.long_documents = *policy;
+  options.pack_window = static_cast<size_t>(pack_window);
+  bool first = true;
+  for (data::BatchMode mode : {data::BatchMode::kPacked, data::BatchMode::kPackedContiguous, data::BatchMode::kPadded}) {
+    options.mode = mode;
+    data::Loader loader(options);
+    const data::DataStats& stats = loader.stats();
+    if (first) {
+      std::printf("%s: %llu records, %llu tokens (longest %lld) in rows of %lld tokens\n", pattern.c_str(),
+                  static_cast<unsigned long long>(stats.records), static_cast<unsigned long long>(stats.tokens),
+                  static_cast<long long>(stats.longest), static_cast<long long>(seq_len));
+      first = false;
+    }
+    int64_t rows = 0, real_tokens = 0, continued_rows = 0;
+    while (std::optional<data::Batch> batch = loader.next()) {
+      rows += batch->rows_with_tokens;
+      real_tokens += batch->real_tokens;
+      // A row that starts inside a document: a record cut across rows.
+      if (batch->real_tokens > 0 && batch->position_ids.data<int32_t>()[0] > 0) ++continued_rows;
+    }
+    const double efficiency = rows > 0 ? static_cast<double>(real_tokens) / static_cast<double>(rows * seq_len) : 0.0;
+    std::string mode_name = data::batch_mode_name(mode);
+    for (char& c : mode_name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    std::string note = mode == data::BatchMode::kPackedContiguous ? str_cat(continued_rows, " records cut across rows")
+                                                                  : data::long_documents_report(stats, options);
+    if (note.empty()) note = "no record cut";
+    std::printf("  %-18s %10lld rows  packing %5.1f%% (row positions holding tokens)  %s\n", mode_name.c_str(),
+                static_cast<long long>(rows), 100.0 * efficiency, note.c_str());
+  }
+  return 0;
+}
+
 int run_inspect_records(std::span<char*> args) {
   Arguments arguments(args, {"json", "show-mask"});
   if (arguments.help()) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  arguments.check_known({"limit", "records", "tokenizer", "json", "show-mask"});
+  arguments.check_known({"limit", "records", "tokenizer", "json", "show-mask", "seq-len", "long-documents",
+                         "pack-window"});
+  if (arguments.get("seq-len")) {
+    if (arguments.positional().size() != 1) throw_bad_input("data inspect: expected one FILE or GLOB\n", kUsage);
+    for (const char* other : {"limit", "records", "tokenizer", "json", "show-mask"})
+      if (arguments.get(other)) throw_bad_input("data inspect: --", other, " does not go with --seq-len");
+    return print_packing_summary(arguments.positional()[0], arguments);
+  }
+  for (const char* packing_only : {"long-documents", "pack-window"})
+    if (arguments.get(packing_only)) throw_bad_input("data inspect: --", packing_only, " goes with --seq-len N");
+
   // Machine-readable output for scripts and the interop tests: JSON Lines only.
   bool json = arguments.get("json").has_value();
   bool show_mask = arguments.get("show-mask").has_value();

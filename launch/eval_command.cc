@@ -5,10 +5,14 @@
 //     the run's model (+ LoRA) with the trainable weights of a checkpoint
 //     (default: the newest in checkpoint.dir, or the base model when there is
 //     none; "none" forces the base model), on data.validation_files or GLOB;
-//   llmft eval --model DIR --data GLOB [--seq-len N] [--padded] [--append-eos]
+//   llmft eval --model DIR --data GLOB [--seq-len N] [--long-documents truncate|split|drop] [--append-eos]
 //     a Hugging Face model directory as it is.
-// Rows are read one at a time, in file order, so only the last partial row
-// of packed data is left out.
+// Every token is evaluated: records are read in file order and laid out as
+// training lays them out (best-fit packed rows by default: no record is cut
+// unless it is longer than seq_len), and the last partial row and batch are
+// padded, not dropped. So the loss does not depend on seq_len, batch size or
+// layout (`--padded`, one record per row, gives the same; it is kept for
+// scripts that pass it).
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -27,9 +31,12 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: llmft eval --config RUN.pbtxt [--set field.path=value ...] [--checkpoint latest|DIR|none] [--data GLOB]\n"
-    "       llmft eval --model DIR --data GLOB [--seq-len N] [--padded] [--append-eos]\n"
+    "       llmft eval --model DIR --data GLOB [--seq-len N] [--long-documents truncate|split|drop] [--padded]\n"
+    "                  [--append-eos]\n"
     "  both: [--device cpu|cuda[:N]] [--threads N]\n"
-    "  Prints the mean loss over every trained token of the data and the perplexity exp(loss).\n"
+    "  Prints the mean loss over every trained token of the data, the perplexity exp(loss), and the trained\n"
+    "  tokens, records and rows it covered. Records are packed whole into rows as training packs them; one\n"
+    "  longer than --seq-len (default 1024) is truncated (default), split or dropped, and reported.\n"
     "  --checkpoint: default the newest checkpoint of checkpoint.dir, or the base model when there is none.\n";
 
 }  // namespace
@@ -38,6 +45,7 @@ int run_eval(std::span<char*> args) {
   ConfigArgs config;
   std::optional<std::string> model_dir, data, checkpoint;
   std::optional<int64_t> seq_len;
+  std::optional<std::string> long_documents;
   bool padded = false, append_eos = false;
   int64_t threads = 0;
   int cuda_device = -1;
@@ -52,6 +60,10 @@ int run_eval(std::span<char*> args) {
       data = cursor.value();
     } else if (arg == "--seq-len") {
       seq_len = cursor.int_value(1);
+    } else if (arg == "--long-documents") {
+      long_documents = cursor.value();
+      if (!data::parse_long_documents(*long_documents))
+        throw_bad_input("eval: --long-documents '", *long_documents, "', expected truncate, split or drop");
     } else if (arg == "--padded") {
       padded = true;
     } else if (arg == "--append-eos") {
@@ -73,8 +85,9 @@ int run_eval(std::span<char*> args) {
   trainer::TrainOptions options;
   std::string what;
   if (config.path) {
-    if (seq_len || padded || append_eos)
-      throw_bad_input("eval: --seq-len, --padded and --append-eos go with --model; with --config use --set data.*");
+    if (seq_len || padded || append_eos || long_documents)
+      throw_bad_input("eval: --seq-len, --long-documents, --padded and --append-eos go with --model; with --config "
+                      "use --set data.*");
     options = trainer::load_train_options(*config.path, config.overrides);
     if (data) options.validation_files = {*data};
     if (options.validation_files.empty())
@@ -87,6 +100,7 @@ int run_eval(std::span<char*> args) {
     options.validation_files = {*data};
     options.seq_len = seq_len.value_or(1024);
     options.packed = !padded;
+    if (long_documents) options.long_documents = *long_documents;
     options.append_eos = append_eos;
     what = *model_dir;
   }
@@ -108,9 +122,11 @@ int run_eval(std::span<char*> args) {
                                                    trainer::document_eos_id(options, model->model->config()),
                                                    /*validation=*/true));
   const trainer::EvalResult result = trainer::evaluate_loss(*context, *model->model, loader);
-  std::printf("model: %s\ndata: %s\nloss %.6f perplexity %.4f tokens %lld rows %lld\n", what.c_str(),
+  std::printf("model: %s\ndata: %s\nloss %.6f perplexity %.4f tokens %lld records %lld rows %lld\n", what.c_str(),
               options.validation_files.front().c_str(), result.loss, result.perplexity,
-              static_cast<long long>(result.trained_tokens), static_cast<long long>(result.rows));
+              static_cast<long long>(result.trained_tokens), static_cast<long long>(result.records),
+              static_cast<long long>(result.rows));
+  if (!result.long_documents.empty()) std::printf("%s\n", result.long_documents.c_str());
   return 0;
 }
 

@@ -391,6 +391,8 @@ void fill_train_config_defaults(TrainConfig& config) {
   if (!data.has_loss_mask_feature()) data.set_loss_mask_feature("loss_mask");
   if (!data.has_skip_corrupt_records()) data.set_skip_corrupt_records(false);
   if (!data.has_append_eos()) data.set_append_eos(false);
+  if (!data.has_long_documents()) data.set_long_documents(TRUNCATE);
+  if (!data.has_pack_window()) data.set_pack_window(1024);
 
   OptimizerConfig& optimizer = *config.mutable_optimizer();
   if (!optimizer.has_lr()) optimizer.set_lr(1e-4);
@@ -472,7 +474,10 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
   check.greater("data.batch_size", data.batch_size(), int64_t{0});
   check.greater("data.grad_accumulation_steps", data.grad_accumulation_steps(), int64_t{0});
   if (data.batch_mode() == BATCH_MODE_UNSPECIFIED)
-    check.fail("data.batch_mode", "BATCH_MODE_UNSPECIFIED, expected PACKED or PADDED");
+    check.fail("data.batch_mode", "BATCH_MODE_UNSPECIFIED, expected PACKED, PADDED or PACKED_CONTIGUOUS");
+  if (data.long_documents() == LONG_DOCUMENTS_UNSPECIFIED)
+    check.fail("data.long_documents", "LONG_DOCUMENTS_UNSPECIFIED, expected TRUNCATE, SPLIT or DROP");
+  check.at_least("data.pack_window", data.pack_window(), int64_t{1});
   check.at_least("data.shuffle_buffer", data.shuffle_buffer(), int64_t{0});
   check.non_empty("data.input_ids_feature", data.input_ids_feature(), "a tf.Example feature name");
   check.non_empty("data.labels_feature", data.labels_feature(), "a tf.Example feature name");

@@ -202,6 +202,10 @@ std::string format_progress_line(const ProgressLine& line) {
     result += text;
   }
   result += str_cat(" | ", format_grouped_integer(line.tokens_per_second), " tok/s");
+  if (line.packing_efficiency) {
+    std::snprintf(text, sizeof(text), " | packing %.0f%%", *line.packing_efficiency * 100.0);
+    result += text;
+  }
   if (line.model_flops_utilization) {
     std::snprintf(text, sizeof(text), " | MFU %.0f%%", *line.model_flops_utilization * 100.0);
     result += text;

@@ -84,7 +84,7 @@ class MetricsWriter {
 std::string event_file_name(int64_t unix_seconds, const std::string& hostname);
 
 // One live progress line, e.g.
-//   step 120/1000 | loss 2.3141 | lr 1.9e-04 | grad_norm 0.83 | 7,312 tok/s | MFU 41% | ETA 3m12s
+//   step 120/1000 | loss 2.3141 | lr 1.9e-04 | grad_norm 0.83 | 7,312 tok/s | packing 93% | MFU 41% | ETA 3m12s
 // Optional parts are left out when unknown (no MFU on the CPU, no grad norm
 // before the first optimizer step, no ETA before timing is known).
 struct ProgressLine {
@@ -94,6 +94,9 @@ struct ProgressLine {
   double learning_rate = 0.0;
   std::optional<double> grad_norm;
   double tokens_per_second = 0.0;
+  // The share of row positions holding a document's token rather than
+  // padding: what packing buys ("packing 93%").
+  std::optional<double> packing_efficiency;
   std::optional<double> model_flops_utilization;  // a fraction: 0.41 prints "41%"
   std::optional<double> eta_seconds;
   // Data parallelism: the share of the gradient all-reduce time that ran

@@ -45,6 +45,9 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
   options.batch_size = data.batch_size();
   options.grad_accumulation_steps = data.grad_accumulation_steps();
   options.packed = data.batch_mode() != PADDED;
+  options.packed_contiguous = data.batch_mode() == PACKED_CONTIGUOUS;
+  options.long_documents = data.long_documents() == SPLIT ? "split" : data.long_documents() == DROP ? "drop" : "truncate";
+  options.pack_window = data.pack_window();
   options.shuffle_buffer = data.shuffle_buffer();
   options.seed = data.seed();
   options.input_ids_feature = data.input_ids_feature();

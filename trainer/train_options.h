@@ -39,7 +39,10 @@ struct TrainOptions {
   int64_t seq_len = 1024;
   int64_t batch_size = 8;
   int64_t grad_accumulation_steps = 1;
-  bool packed = true;
+  bool packed = true;              // PACKED or PACKED_CONTIGUOUS; false: PADDED
+  bool packed_contiguous = false;  // with packed: concatenate and cut (PACKED_CONTIGUOUS)
+  std::string long_documents = "truncate";  // "truncate", "split", "drop"
+  int64_t pack_window = 1024;
   int64_t shuffle_buffer = 1024;
   uint64_t seed = 0;
   std::string input_ids_feature = "input_ids";

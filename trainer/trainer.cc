@@ -314,15 +314,18 @@ StepRecord Trainer::train_step() {
   std::vector<data::Batch> micro_batches;
   int64_t local_tokens = 0;
   std::vector<int64_t> micro_tokens;
+  int64_t local_real_tokens = 0;
   for (int64_t i = 0; i < options_.grad_accumulation_steps; ++i) {
     std::optional<data::Batch> batch = loader_->next();
     if (!batch) throw_runtime("the training loader ended unexpectedly at step ", step_ + 1);
     micro_tokens.push_back(count_trained_tokens(batch->targets));
     local_tokens += micro_tokens.back();
+    local_real_tokens += batch->real_tokens;
     micro_batches.push_back(std::move(*batch));
   }
   StepRecord record;
   record.step = step_ + 1;
+  record.real_tokens = local_real_tokens;
   record.trained_tokens = dp_->all_reduce_sum(local_tokens, "trained-token count all-reduce");
   record.input_tokens = static_cast<int64_t>(dp_->size()) * options_.grad_accumulation_steps * options_.batch_size *
                         options_.seq_len;
@@ -443,24 +446,36 @@ EvalResult evaluate_loss(Context& context, LlamaModel& model, data::Loader& load
   EvalResult result;
   double loss_sum = 0.0;
   while (std::optional<data::Batch> batch = loader.next()) {
+    result.records += batch->records;
+    result.rows += batch->rows_with_tokens;
+    // Every rank runs every batch (ranks whose share ended get rows of
+    // padding), but a batch without a trained token adds nothing: its mean
+    // is 0/0.
     StepResult step = model.forward(context, to_model_batch(context, *batch));
+    if (step.num_target_tokens == 0) continue;
     loss_sum += step.loss * static_cast<double>(step.num_target_tokens);
     result.trained_tokens += step.num_target_tokens;
-    result.rows += batch->input_ids.size(0);
   }
   if (dp && dp->size() > 1) {
     loss_sum = dp->all_reduce_sum(loss_sum, "evaluation loss all-reduce");
     result.trained_tokens = dp->all_reduce_sum(result.trained_tokens, "evaluation token-count all-reduce");
+    result.records = dp->all_reduce_sum(result.records, "evaluation record-count all-reduce");
     result.rows = dp->all_reduce_sum(result.rows, "evaluation row-count all-reduce");
   }
+  result.long_documents = data::long_documents_report(loader.stats(), loader.options());
   if (result.trained_tokens == 0)
-    throw_bad_input(
-        "validation data: no trained token (every target is -100, or no complete row of seq_len "
-        "tokens): ",
-        loader.files().empty() ? std::string("no files") : loader.files().front());
+    throw_bad_input("validation data: no trained token (every target is -100): ",
+                    loader.files().empty() ? std::string("no files") : loader.files().front());
   result.loss = loss_sum / static_cast<double>(result.trained_tokens);
   result.perplexity = std::exp(result.loss);
   return result;
+}
+
+std::string format_eval_summary(const EvalResult& result) {
+  std::string line = str_cat("loss ", result.loss, " | perplexity ", result.perplexity, " | ", result.trained_tokens,
+                             " tokens | ", result.records, " records | ", result.rows, " rows");
+  if (!result.long_documents.empty()) line += " | " + result.long_documents;
+  return line;
 }
 
 EvalResult Trainer::evaluate() {
@@ -510,12 +525,15 @@ TrainResult Trainer::train() {
   TrainResult result;
   const int64_t total_steps = options_.total_steps;
   if (resumed_from_) say(str_cat("resumed from ", resumed_from_->string(), " at step ", step_, "/", total_steps));
+  if (const std::string report = data::long_documents_report(loader_->stats(), loader_->options()); !report.empty())
+    say("training data: " + report);
   const int64_t first_step = step_;
   const double start_time = now();
   double window_start = start_time;
   double window_loss_sum = 0.0;
   int64_t window_trained = 0;
   int64_t window_input = 0;
+  int64_t window_real = 0;  // this rank's
   double window_communication = 0.0, window_exposed = 0.0;  // data parallelism: gradient all-reduce seconds
   int64_t window_steps = 0;
   std::optional<double> last_grad_norm;
@@ -536,6 +554,7 @@ TrainResult Trainer::train() {
     window_loss_sum += record.loss * static_cast<double>(record.trained_tokens);
     window_trained += record.trained_tokens;
     window_input += record.input_tokens;
+    window_real += record.real_tokens;
     window_communication += record.communication_seconds;
     window_exposed += record.exposed_communication_seconds;
     ++window_steps;
@@ -554,6 +573,10 @@ TrainResult Trainer::train() {
       line.learning_rate = record.learning_rate;
       line.grad_norm = last_grad_norm;
       line.tokens_per_second = window_seconds > 0 ? static_cast<double>(window_input) / window_seconds : 0.0;
+      // Every rank reaches this line at the same step: one reduction per line.
+      const int64_t real_tokens = dp_->all_reduce_sum(window_real, "packing-efficiency all-reduce");
+      line.packing_efficiency = window_input > 0 ? static_cast<double>(real_tokens) / static_cast<double>(window_input)
+                                                 : 0.0;
       const double seconds_per_step = (time - start_time) / static_cast<double>(step_ - first_step);
       line.eta_seconds = seconds_per_step * static_cast<double>(total_steps - step_);
       if (buckets_ && window_communication > 0.0)
@@ -567,7 +590,8 @@ TrainResult Trainer::train() {
         ScalarValues values = {{"loss", line.loss},
                                {"lr", line.learning_rate},
                                {"grad_norm", last_grad_norm.value_or(0.0)},
-                               {"tokens_per_second", line.tokens_per_second}};
+                               {"tokens_per_second", line.tokens_per_second},
+                               {"packing_efficiency", *line.packing_efficiency}};
         if (buckets_) {
           const double steps = static_cast<double>(window_steps);
           values.emplace_back("allreduce_ms", 1e3 * window_communication / steps);
@@ -583,13 +607,13 @@ TrainResult Trainer::train() {
       window_loss_sum = 0.0;
       window_trained = 0;
       window_input = 0;
+      window_real = 0;
       window_communication = window_exposed = 0.0;
       window_steps = 0;
     }
     if (options_.eval_every_n_steps > 0 && step_ % options_.eval_every_n_steps == 0) {
       const EvalResult eval = evaluate();
-      say(str_cat("eval step ", step_, ": loss ", eval.loss, " | perplexity ", eval.perplexity, " | ",
-                  eval.trained_tokens, " tokens"));
+      say(str_cat("eval step ", step_, ": ", format_eval_summary(eval)));
       if (metrics_) metrics_->log_scalars(step_, {{"eval_loss", eval.loss}, {"eval_perplexity", eval.perplexity}});
     }
     if (options_.checkpoint_every_n_steps > 0 && step_ % options_.checkpoint_every_n_steps == 0) {

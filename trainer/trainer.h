@@ -56,6 +56,7 @@ struct StepRecord {
   double loss = 0.0;           // mean cross-entropy over the step's trained tokens (all ranks)
   int64_t trained_tokens = 0;  // target tokens of the step (all ranks)
   int64_t input_tokens = 0;    // rows x seq_len of the step (all ranks)
+  int64_t real_tokens = 0;     // of those, positions holding a document's token (this rank)
   double learning_rate = 0.0;
   double grad_norm = 0.0;   // global L2 norm before clipping, un-scaled
   bool skipped = false;     // no update: non-finite gradient (f16) or no trained token
@@ -73,8 +74,14 @@ struct EvalResult {
   double loss = 0.0;        // mean cross-entropy over every trained token of the validation split
   double perplexity = 0.0;  // exp(loss)
   int64_t trained_tokens = 0;
-  int64_t rows = 0;
+  int64_t records = 0;      // records evaluated (all ranks)
+  int64_t rows = 0;         // rows holding at least one token (all ranks)
+  std::string long_documents;  // data::long_documents_report, empty when no record is longer than seq_len
 };
+
+// "loss 0.5 | perplexity 1.6 | 987 tokens | 40 records | 13 rows", and the
+// long-document report when there is one.
+std::string format_eval_summary(const EvalResult& result);
 
 // Mean cross-entropy of `model` (as it is: set dropout off first) over every
 // batch of `loader` until it ends; with `dp`, every data-parallel rank's

@@ -160,9 +160,22 @@ data::LoaderOptions make_loader_options(const TrainOptions& options, const Model
       }
     }
   }
-  loader.batch_size = validation ? 1 : options.batch_size;
+  loader.batch_size = options.batch_size;
   loader.seq_len = options.seq_len;
-  loader.mode = options.packed ? data::BatchMode::kPacked : data::BatchMode::kPadded;
+  loader.mode = !options.packed            ? data::BatchMode::kPadded
+                : options.packed_contiguous ? data::BatchMode::kPackedContiguous
+                                            : data::BatchMode::kPacked;
+  const std::optional<data::LongDocuments> long_documents = data::parse_long_documents(options.long_documents);
+  if (!long_documents)
+    throw_bad_input(options.source, ": field 'data.long_documents': '", options.long_documents,
+                    "', expected TRUNCATE, SPLIT or DROP");
+  loader.long_documents = *long_documents;
+  if (options.pack_window < 1)
+    throw_bad_input(options.source, ": field 'data.pack_window': ", options.pack_window, " out of range, expected >= 1");
+  loader.pack_window = static_cast<size_t>(options.pack_window);
+  // Evaluation sees every token: the last partial row and batch are padded,
+  // not dropped, and the rows follow training's layout rules.
+  loader.drop_remainder = !validation;
   loader.append_eos = options.append_eos;
   loader.eos_id = eos_id;
   loader.pad_id = eos_id >= 0 ? eos_id : 0;  // padding has target -100 and its own attention segment

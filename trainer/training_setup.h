@@ -74,9 +74,11 @@ int64_t model_eos_id(const std::filesystem::path& hf_dir, const ModelConfig& con
 int64_t document_eos_id(const TrainOptions& options, const ModelConfig& config);
 
 // Loader options for the training split or, with `validation`, the
-// validation split (file order, no shuffling, one epoch, one row per batch so
-// that only the last partial packed row is left out), either dealt over the
-// data-parallel ranks (dp rank/size given: record g to rank g % dp_size).
+// validation split (file order, no shuffling, one epoch, the last partial
+// row and batch padded rather than dropped, so every token is evaluated, in
+// training's row layout), either dealt over the data-parallel ranks (dp
+// rank/size given: record g to rank g % dp_size). A long_documents or
+// pack_window outside its range is a kBadInput naming options.source.
 data::LoaderOptions make_loader_options(const TrainOptions& options, const ModelConfig& model_config, int64_t eos_id,
                                         bool validation, int dp_rank = 0, int dp_size = 1);
 

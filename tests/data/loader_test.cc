@@ -1,5 +1,7 @@
 // The sharded loader: shard-set validation, rank disjointness and equal step
-// counts, packing and padding against hand-computed rows, prefetch error
+// counts, best-fit packing, contiguous packing and padding against
+// hand-computed rows, long documents, the document-boundary invariant of
+// packed rows, evaluation's nothing-dropped epochs, prefetch error
 // propagation, and exact resume under two data-parallel ranks.
 #include "data/loader.h"
 
@@ -12,6 +14,7 @@
 
 #include "core/error.h"
 #include "data/example.h"
+#include "data/packing.h"
 #include "data/tfrecord.h"
 #include "tests/data/test_util.h"
 #include "tests/test_util.h"
@@ -137,7 +140,7 @@ TEST(ShardSet, AcceptsAPlainListSortedAndRejectsDuplicates) {
 //        (next token starts B), 21→22, 22→23 (next row, same document).
 // Row 1: 23 24 25 7 | then the stream ends... so a 2-row batch needs more:
 //        Document C: 31 32 (labels feature: -100 32) follows.
-TEST(LoaderPacking, MatchesAHandComputedBatch) {
+TEST(LoaderContiguous, MatchesAHandComputedBatch) {
   TempDir dir;
   {
     RecordWriter writer(dir.file("train-00000-of-00001.tfrecord"));
@@ -155,6 +158,7 @@ TEST(LoaderPacking, MatchesAHandComputedBatch) {
   }
   LoaderOptions options;
   options.files = {dir.file("train-00000-of-00001.tfrecord")};
+  options.mode = BatchMode::kPackedContiguous;
   options.batch_size = 2;
   options.seq_len = 6;
   options.eos_id = 7;
@@ -239,6 +243,298 @@ TEST(LoaderPadding, OneDocumentPerRowPaddedAndTruncated) {
   EXPECT_EQ(row_of(batch->doc_start, 1), (std::vector<int32_t>{0, 0, 0, 0, 0}));
 }
 
+// ------------------------------------------------------ best-fit packing ---
+
+// Hand-computed: eos 7, seq_len 8, batch 2, no shuffling, one window.
+// Documents with their EOS: A 11 12 13 7 (loss_mask 0 0 1: labels -100 -100
+// 13 7), B 21 22 23 24 25 7, C 31 32 7 (labels -100 32 7), D 41 7.
+// Best fit decreasing places B (6) in row 0 (2 free), A (4) in a new row 1
+// (4 free), C (3) in row 1, the tightest fit (1 free), D (2) in row 0 (full).
+TEST(LoaderBestFit, MatchesAHandComputedBatch) {
+  TempDir dir;
+  {
+    RecordWriter writer(dir.file("train-00000-of-00001.tfrecord"));
+    TokenExample a;
+    a.input_ids = {11, 12, 13};
+    a.loss_mask = {0, 0, 1};
+    writer.write(encode_example(a));
+    TokenExample b;
+    b.input_ids = {21, 22, 23, 24, 25};
+    writer.write(encode_example(b));
+    TokenExample c;
+    c.input_ids = {31, 32};
+    c.labels = {-100, 32};
+    writer.write(encode_example(c));
+    TokenExample d;
+    d.input_ids = {41};
+    writer.write(encode_example(d));
+  }
+  LoaderOptions options;
+  options.files = {dir.file("train-00000-of-00001.tfrecord")};
+  options.batch_size = 2;
+  options.seq_len = 8;
+  options.eos_id = 7;
+  options.pad_id = 0;
+  options.shuffle_buffer = 0;
+  options.shuffle_shards = false;
+  options.num_epochs = 1;
+  Loader loader(options);
+  EXPECT_EQ(loader.steps_per_epoch(0), 1);
+  std::optional<Batch> batch = loader.next();
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(row_of(batch->input_ids, 0), (std::vector<int32_t>{21, 22, 23, 24, 25, 7, 41, 7}));
+  EXPECT_EQ(row_of(batch->targets, 0), (std::vector<int32_t>{22, 23, 24, 25, 7, -100, 7, -100}));
+  EXPECT_EQ(row_of(batch->position_ids, 0), (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 0, 1}));
+  EXPECT_EQ(row_of(batch->doc_start, 0), (std::vector<int32_t>{0, 0, 0, 0, 0, 0, 6, 6}));
+  EXPECT_EQ(row_of(batch->input_ids, 1), (std::vector<int32_t>{11, 12, 13, 7, 31, 32, 7, 0}));
+  EXPECT_EQ(row_of(batch->targets, 1), (std::vector<int32_t>{-100, 13, 7, -100, 32, 7, -100, -100}));
+  EXPECT_EQ(row_of(batch->position_ids, 1), (std::vector<int32_t>{0, 1, 2, 3, 0, 1, 2, 0}));
+  EXPECT_EQ(row_of(batch->doc_start, 1), (std::vector<int32_t>{0, 0, 0, 0, 4, 4, 4, 7}));
+  EXPECT_EQ(batch->real_tokens, 15);
+  EXPECT_EQ(batch->records, 4);
+  EXPECT_EQ(batch->rows_with_tokens, 2);
+  EXPECT_FALSE(loader.next());
+}
+
+TEST(BestFitDecreasing, PlacesEachItemInTheTightestRowLongestFirst) {
+  // Capacity 10. Sorted: 7 (0), 6 (3), 5 (1), 4 (4), 3 (2), 3 (5), 2 (6).
+  // 7 -> row 0 (3 free); 6 -> row 1 (4 free); 5 -> row 2 (5 free);
+  // 4 -> row 1 (exact); 3 -> row 0 (exact); 3 -> row 2 (2 free); 2 -> row 2.
+  const std::vector<int64_t> lengths = {7, 5, 3, 6, 4, 3, 2};
+  EXPECT_EQ(best_fit_decreasing(lengths, 10),
+            (std::vector<std::vector<size_t>>{{0, 2}, {3, 4}, {1, 5, 6}}));
+  EXPECT_TRUE(best_fit_decreasing(std::vector<int64_t>{}, 4).empty());
+}
+
+// seq_len 4, no EOS: X = 1000..1005 (6 tokens), Y = 2000 2001.
+TEST(LoaderBestFit, LongDocumentsAreTruncatedSplitOrDroppedAndCounted) {
+  TempDir dir;
+  LoaderOptions options;
+  options.pattern = write_documents(dir, {{6, 2}});
+  options.append_eos = false;
+  options.seq_len = 4;
+  options.batch_size = 1;
+  options.shuffle_buffer = 0;
+  options.num_epochs = 1;
+  auto rows = [&](LongDocuments policy, BatchMode mode) {
+    options.long_documents = policy;
+    options.mode = mode;
+    Loader loader(options);
+    EXPECT_EQ(loader.stats().records, 2u);
+    EXPECT_EQ(loader.stats().long_records, 1u);
+    EXPECT_EQ(loader.stats().tokens_beyond_seq_len, 2u);
+    std::vector<std::vector<int32_t>> out;
+    while (auto batch = loader.next()) {
+      out.push_back(row_of(batch->input_ids, 0));
+      out.push_back(row_of(batch->targets, 0));
+      out.push_back(row_of(batch->position_ids, 0));
+    }
+    return out;
+  };
+  using Rows = std::vector<std::vector<int32_t>>;
+  // Truncated: the last kept token's target is still the document's next token.
+  const Rows truncated = {{1000, 1001, 1002, 1003}, {1001, 1002, 1003, 1004}, {0, 1, 2, 3},
+                          {2000, 2001, 0, 0},       {2001, -100, -100, -100}, {0, 1, 0, 0}};
+  EXPECT_EQ(rows(LongDocuments::kTruncate, BatchMode::kPacked), truncated);
+  EXPECT_EQ(rows(LongDocuments::kTruncate, BatchMode::kPadded), truncated);
+  // Split: X's second piece (2 tokens) and Y share a row, each its own segment.
+  EXPECT_EQ(rows(LongDocuments::kSplit, BatchMode::kPacked),
+            (Rows{{1000, 1001, 1002, 1003}, {1001, 1002, 1003, 1004}, {0, 1, 2, 3},
+                  {1004, 1005, 2000, 2001}, {1005, -100, 2001, -100}, {0, 1, 0, 1}}));
+  EXPECT_EQ(rows(LongDocuments::kSplit, BatchMode::kPadded),
+            (Rows{{1000, 1001, 1002, 1003}, {1001, 1002, 1003, 1004}, {0, 1, 2, 3},
+                  {1004, 1005, 0, 0}, {1005, -100, -100, -100}, {0, 1, 0, 0},
+                  {2000, 2001, 0, 0}, {2001, -100, -100, -100}, {0, 1, 0, 0}}));
+  EXPECT_EQ(rows(LongDocuments::kDrop, BatchMode::kPacked),
+            (Rows{{2000, 2001, 0, 0}, {2001, -100, -100, -100}, {0, 1, 0, 0}}));
+
+  DataStats stats;
+  stats.records = 1500;
+  stats.long_records = 12;
+  stats.longest = 143;
+  stats.tokens_beyond_seq_len = 345;
+  options.seq_len = 80;
+  options.mode = BatchMode::kPacked;
+  options.long_documents = LongDocuments::kTruncate;
+  EXPECT_EQ(long_documents_report(stats, options),
+            "12 of 1500 records are longer than seq_len 80 (longest 143 tokens): truncated, 345 tokens left out");
+  options.long_documents = LongDocuments::kDrop;
+  EXPECT_EQ(long_documents_report(stats, options),
+            "12 of 1500 records are longer than seq_len 80 (longest 143 tokens): dropped");
+  stats.long_records = 0;
+  EXPECT_EQ(long_documents_report(stats, options), "");
+}
+
+// The documents of write_documents (token 1000 * (d + 1) + k, EOS 1), checked
+// position by position from the tokens alone: a trained position t must lie
+// in a segment [doc_start[t], t] that begins at its document's first token
+// and holds that document's tokens in order (no token of another document
+// before it in its attention span, none of its own document missing), with
+// position_ids counting from 0 and the target the document's next token.
+struct BoundaryCheck {
+  std::vector<int> lengths;                // per document, without EOS
+  int64_t violations = 0;
+  std::map<int, int64_t> trained;          // document -> trained positions seen
+  std::string first_violation;
+
+  void check(const Batch& batch) {
+    const int64_t rows = batch.input_ids.size(0), columns = batch.input_ids.size(1);
+    for (int64_t row = 0; row < rows; ++row) {
+      const std::vector<int32_t> ids = row_of(batch.input_ids, row), targets = row_of(batch.targets, row),
+                                 positions = row_of(batch.position_ids, row), starts = row_of(batch.doc_start, row);
+      for (int64_t t = 0; t < columns; ++t) {
+        if (targets[t] < 0) continue;
+        const int64_t start = starts[t];
+        const int32_t first = start >= 0 && start <= t ? ids[start] : -1;
+        const int document = first / 1000 - 1;
+        bool ok = first >= 1000 && first % 1000 == 0 && document < static_cast<int>(lengths.size()) &&
+                  positions[t] == t - start;
+        for (int64_t j = 0; ok && j <= t - start; ++j)
+          ok = j < lengths[document] ? ids[start + j] == 1000 * (document + 1) + j : ids[start + j] == 1;
+        const int64_t k = t - start;  // the token's index in its document
+        if (ok) ok = targets[t] == (k + 1 < lengths[document] ? 1000 * (document + 1) + k + 1 : 1);
+        if (!ok) {
+          if (violations++ == 0)
+            first_violation = str_cat("row ", row, " position ", t, ": token ", ids[t], " segment from ", start);
+          continue;
+        }
+        ++trained[document];
+      }
+    }
+  }
+};
+
+std::vector<int> all_lengths(const std::vector<std::vector<int>>& per_shard) {
+  std::vector<int> lengths;
+  for (const auto& shard : per_shard) lengths.insert(lengths.end(), shard.begin(), shard.end());
+  return lengths;
+}
+
+// Shuffled, three uneven shards, dp 1 and 2, two epochs of training batches
+// and one evaluation epoch (nothing dropped): no trained token is separated
+// from its document's beginning or sees another document, and evaluation
+// trains every token of every document exactly once over the ranks. Control:
+// the contiguous layout over the same data breaks the rule.
+class LoaderBoundaries : public ::testing::TestWithParam<int> {};
+
+TEST_P(LoaderBoundaries, NoTrainedTokenIsCutFromItsDocumentOrSeesAnother) {
+  const int ranks = GetParam();
+  TempDir dir;
+  std::vector<std::vector<int>> lengths(3);
+  for (int d = 0; d < 61; ++d) lengths[d % 5 == 0 ? 0 : d % 3 == 0 ? 1 : 2].push_back(1 + (d * 7) % 15);
+  LoaderOptions options;
+  options.pattern = write_documents(dir, lengths);
+  options.eos_id = 1;
+  options.seq_len = 16;  // the longest document with its EOS fills a row
+  options.batch_size = 2;
+  options.dp_size = ranks;
+  options.shuffle_buffer = 7;
+  options.pack_window = 9;
+  options.seed = 3;
+  options.num_epochs = 2;
+  BoundaryCheck training{all_lengths(lengths)};
+  for (int rank = 0; rank < ranks; ++rank) {
+    options.dp_rank = rank;
+    Loader loader(options);
+    std::map<int64_t, std::set<int>> seen_per_epoch;
+    while (auto batch = loader.next()) {
+      BoundaryCheck one{training.lengths};
+      one.check(*batch);
+      training.check(*batch);
+      for (const auto& [document, count] : one.trained) {
+        EXPECT_TRUE(seen_per_epoch[batch->epoch].insert(document).second)
+            << "document " << document << " twice in epoch " << batch->epoch;
+      }
+    }
+  }
+  EXPECT_EQ(training.violations, 0) << training.first_violation;
+  EXPECT_GT(training.trained.size(), 50u);
+
+  options.num_epochs = 1;
+  options.drop_remainder = false;
+  BoundaryCheck evaluation{training.lengths};
+  int64_t steps = -1;
+  for (int rank = 0; rank < ranks; ++rank) {
+    options.dp_rank = rank;
+    Loader loader(options);
+    int64_t rank_steps = 0;
+    while (auto batch = loader.next()) {
+      evaluation.check(*batch);
+      ++rank_steps;
+    }
+    if (steps >= 0) EXPECT_EQ(rank_steps, steps) << "rank " << rank;
+    steps = rank_steps;
+  }
+  EXPECT_EQ(evaluation.violations, 0) << evaluation.first_violation;
+  ASSERT_EQ(evaluation.trained.size(), evaluation.lengths.size());
+  for (const auto& [document, count] : evaluation.trained)
+    EXPECT_EQ(count, evaluation.lengths[document]) << "document " << document;
+
+  options.mode = BatchMode::kPackedContiguous;
+  options.dp_rank = 0;
+  BoundaryCheck contiguous{training.lengths};
+  Loader control(options);
+  while (auto batch = control.next()) contiguous.check(*batch);
+  EXPECT_GT(contiguous.violations, 0) << "the contiguous layout cuts documents; the check should see it";
+}
+
+INSTANTIATE_TEST_SUITE_P(OneAndTwoRanks, LoaderBoundaries, ::testing::Values(1, 2));
+
+// Without drop_remainder (evaluation) every rank takes the same number of
+// steps, the most any rank's share needs, and every token of every document
+// arrives exactly once over the ranks, in each layout.
+class LoaderNoDrop : public ::testing::TestWithParam<std::tuple<int, BatchMode>> {};
+
+TEST_P(LoaderNoDrop, EveryTokenArrivesOnceAndRanksTakeEqualSteps) {
+  const auto [ranks, mode] = GetParam();
+  TempDir dir;
+  std::vector<std::vector<int>> lengths = {{3, 9, 4, 12, 5, 7, 2}, {15, 1}, {6, 6, 8, 3, 10, 4, 2, 9, 5, 7, 1}, {13}};
+  LoaderOptions options;
+  options.pattern = write_documents(dir, lengths);
+  options.dp_size = ranks;
+  options.batch_size = 3;
+  options.seq_len = 16;
+  options.eos_id = 1;
+  options.mode = mode;
+  options.shuffle_buffer = 4;
+  options.seed = 11;
+  options.num_epochs = 1;
+  options.drop_remainder = false;
+  std::multiset<int32_t> seen;
+  int64_t steps = -1, real_tokens = 0, records = 0;
+  for (int rank = 0; rank < ranks; ++rank) {
+    options.dp_rank = rank;
+    Loader loader(options);
+    int64_t rank_steps = 0;
+    while (auto batch = loader.next()) {
+      ++rank_steps;
+      real_tokens += batch->real_tokens;
+      records += batch->records;
+      const int32_t* ids = batch->input_ids.data<int32_t>();
+      for (int64_t i = 0; i < batch->input_ids.numel(); ++i)
+        if (ids[i] >= 1000) seen.insert(ids[i]);
+    }
+    EXPECT_EQ(rank_steps, loader.steps_per_epoch(0)) << "rank " << rank;
+    if (steps >= 0) EXPECT_EQ(rank_steps, steps) << "rank " << rank;
+    steps = rank_steps;
+  }
+  std::multiset<int32_t> expected;
+  int64_t tokens = 0;
+  const std::vector<int> flat = all_lengths(lengths);
+  for (size_t d = 0; d < flat.size(); ++d) {
+    for (int k = 0; k < flat[d]; ++k) expected.insert(static_cast<int32_t>(1000 * (d + 1) + k));
+    tokens += flat[d] + 1;
+  }
+  EXPECT_EQ(seen, expected);
+  EXPECT_EQ(real_tokens, tokens);
+  EXPECT_EQ(records, static_cast<int64_t>(flat.size()));
+}
+
+INSTANTIATE_TEST_SUITE_P(RanksAndModes, LoaderNoDrop,
+                         ::testing::Combine(::testing::Values(1, 2, 3),
+                                            ::testing::Values(BatchMode::kPacked, BatchMode::kPackedContiguous,
+                                                              BatchMode::kPadded)));
+
 // --------------------------------------------------- data parallelism ---
 
 // Every token tells its document (token / 1000 - 1); collects which
@@ -292,13 +588,15 @@ TEST_P(LoaderRanks, RanksSeeDisjointRecordsAndEqualStepCounts) {
 
 INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, LoaderRanks,
                          ::testing::Combine(::testing::Values(2, 3),
-                                            ::testing::Values(BatchMode::kPacked, BatchMode::kPadded)));
+                                            ::testing::Values(BatchMode::kPacked, BatchMode::kPackedContiguous,
+                                                              BatchMode::kPadded)));
 
-// With one rank and no shuffling, packing sees every token of every document
-// in order (the dropped tail aside).
-TEST(LoaderPacking, OneRankUnshuffledReadsTheStreamInOrder) {
+// With one rank and no shuffling, contiguous packing sees every token of
+// every document in order (the dropped tail aside).
+TEST(LoaderContiguous, OneRankUnshuffledReadsTheStreamInOrder) {
   TempDir dir;
   LoaderOptions options;
+  options.mode = BatchMode::kPackedContiguous;
   options.pattern = write_documents(dir, {{3, 4}, {5}});
   options.batch_size = 1;
   options.seq_len = 5;
@@ -383,8 +681,12 @@ TEST(LoaderErrors, MissingFeatureAndBadOptionsAreReported) {
             std::string::npos);
   options.eos_id = 1;
   options.seq_len = 100;
-  EXPECT_NE(bad_input_message([&] { Loader loader(options); }).find("do not hold one step of 1 rows of 100 tokens"),
+  options.batch_size = 2;  // one document makes one row
+  EXPECT_NE(bad_input_message([&] { Loader loader(options); }).find("do not hold one step of 2 rows of 100 tokens"),
             std::string::npos);
+  options.batch_size = 1;
+  options.pack_window = 0;
+  EXPECT_EQ(bad_input_message([&] { Loader loader(options); }), "data.pack_window must be >= 1, got 0");
 }
 
 // A fault injected in the middle of an epoch surfaces from next() on the
@@ -446,13 +748,13 @@ TEST(LoaderErrors, StateOfAnotherConfigurationIsRejected) {
 // ---------------------------------------------------------------- resume ---
 
 // Stops each rank of a 2-rank setup mid-epoch (mid-shard, with documents in
-// the shuffle buffer and a partly packed document), restores a new loader
-// from its state, and compares every later batch, across an epoch boundary,
-// with an uninterrupted loader.
-class LoaderResume : public ::testing::TestWithParam<std::tuple<std::string, size_t>> {};
+// the shuffle buffer and a partly packed document or planned best-fit rows),
+// restores a new loader from its state, and compares every later batch,
+// across an epoch boundary, with an uninterrupted loader.
+class LoaderResume : public ::testing::TestWithParam<std::tuple<std::string, size_t, BatchMode>> {};
 
 TEST_P(LoaderResume, RestoredLoaderYieldsExactlyTheRemainingBatches) {
-  const auto [extension, prefetch] = GetParam();
+  const auto [extension, prefetch, mode] = GetParam();
   TempDir dir;
   std::vector<std::vector<int>> lengths;
   for (int shard = 0; shard < 3; ++shard) {
@@ -471,6 +773,9 @@ TEST_P(LoaderResume, RestoredLoaderYieldsExactlyTheRemainingBatches) {
   options.num_epochs = 3;
   options.prefetch_batches = prefetch;
   options.reader.buffer_bytes = 128;  // many refills, so positions fall mid-buffer
+  options.mode = mode;
+  options.pack_window = 6;  // several best-fit windows per epoch
+  options.long_documents = LongDocuments::kSplit;  // lengths reach 19 > seq_len: pieces of one document
 
   for (int rank = 0; rank < 2; ++rank) {
     options.dp_rank = rank;
@@ -489,11 +794,13 @@ TEST_P(LoaderResume, RestoredLoaderYieldsExactlyTheRemainingBatches) {
       const std::string state = first.state();
       nlohmann::json json = nlohmann::json::parse(state);
       if (stop == 3) {
-        // Mid-epoch, mid-shard, with a non-empty shuffle buffer and a partly packed document.
+        // Mid-epoch, mid-shard, with a non-empty shuffle buffer and a partly
+        // packed document (contiguous) or rows planned but not yet emitted.
         EXPECT_EQ(json["epoch"], 0);
         EXPECT_GT(json["reader_record_index"].get<uint64_t>(), 0u) << state;
         EXPECT_FALSE(json["shuffle_buffer_records"].empty()) << state;
-        EXPECT_FALSE(json["current_document"].is_null()) << state;
+        if (mode == BatchMode::kPackedContiguous) EXPECT_FALSE(json["current_document"].is_null()) << state;
+        if (mode == BatchMode::kPacked) EXPECT_FALSE(json["pending_rows"].empty()) << state;
       }
       Loader resumed(options, state);
       EXPECT_EQ(resumed.state(), state);
@@ -508,10 +815,50 @@ TEST_P(LoaderResume, RestoredLoaderYieldsExactlyTheRemainingBatches) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(PlainGzipPrefetch, LoaderResume,
-                         ::testing::Values(std::make_tuple(std::string(".tfrecord"), size_t{0}),
-                                           std::make_tuple(std::string(".tfrecord"), size_t{3}),
-                                           std::make_tuple(std::string(".tfrecord.gz"), size_t{2})));
+INSTANTIATE_TEST_SUITE_P(
+    PlainGzipPrefetch, LoaderResume,
+    ::testing::Values(std::make_tuple(std::string(".tfrecord"), size_t{0}, BatchMode::kPacked),
+                      std::make_tuple(std::string(".tfrecord"), size_t{3}, BatchMode::kPacked),
+                      std::make_tuple(std::string(".tfrecord.gz"), size_t{2}, BatchMode::kPacked),
+                      std::make_tuple(std::string(".tfrecord"), size_t{0}, BatchMode::kPackedContiguous),
+                      std::make_tuple(std::string(".tfrecord"), size_t{3}, BatchMode::kPackedContiguous),
+                      std::make_tuple(std::string(".tfrecord.gz"), size_t{2}, BatchMode::kPackedContiguous),
+                      std::make_tuple(std::string(".tfrecord"), size_t{2}, BatchMode::kPadded)));
+
+// A state saved before best-fit packing existed (the contiguous packer's, with
+// "mode": "packed" and none of the newer fields) resumes with
+// PACKED_CONTIGUOUS, and is refused with the reason by PACKED.
+TEST(LoaderResumeCompatibility, OldContiguousStateResumesWithPackedContiguousOnly) {
+  TempDir dir;
+  LoaderOptions options;
+  options.pattern = write_documents(dir, {{5, 9, 3, 7, 4, 8, 6, 2, 5, 7}});
+  options.mode = BatchMode::kPackedContiguous;
+  options.eos_id = 1;
+  options.seq_len = 6;
+  options.batch_size = 1;
+  options.shuffle_buffer = 3;
+  options.num_epochs = 1;
+  std::vector<std::vector<std::vector<int32_t>>> uninterrupted;
+  {
+    Loader loader(options);
+    while (auto batch = loader.next()) uninterrupted.push_back(flatten(*batch));
+  }
+  Loader first(options);
+  for (int i = 0; i < 3; ++i) first.next();
+  nlohmann::json old_state = nlohmann::json::parse(first.state());
+  ASSERT_EQ(old_state["mode"], "packed");
+  for (const char* newer : {"long_documents", "pack_window", "drop_remainder", "pending_rows"}) old_state.erase(newer);
+  Loader resumed(options, old_state.dump());
+  for (size_t i = 3; i < uninterrupted.size(); ++i) {
+    auto batch = resumed.next();
+    ASSERT_TRUE(batch);
+    EXPECT_EQ(flatten(*batch), uninterrupted[i]) << "step " << i;
+  }
+  options.mode = BatchMode::kPacked;
+  EXPECT_EQ(bad_input_message([&] { Loader loader(options, old_state.dump()); }),
+            "loader state: saved by the contiguous packer (batch_mode PACKED before best-fit packing became the "
+            "default); resume it with data.batch_mode: PACKED_CONTIGUOUS");
+}
 
 TEST(LoaderShuffle, EpochsDifferAndSeedsReproduce) {
   TempDir dir;

@@ -59,7 +59,8 @@ model { hf_dir: "m" weights_dtype: BFLOAT16 }
 peft { lora { r: 4 alpha: 8 dropout: 0.25 use_rslora: true target_modules: ["q_proj", "down_proj"] } }
 data { train_files: ["a", "b"] validation_files: "v" seq_len: 64 batch_size: 2 grad_accumulation_steps: 3
        batch_mode: PADDED shuffle_buffer: 0 seed: 18446744073709551615 input_ids_feature: "ids"
-       labels_feature: "y" loss_mask_feature: "m" skip_corrupt_records: true }
+       labels_feature: "y" loss_mask_feature: "m" skip_corrupt_records: true long_documents: SPLIT
+       pack_window: 64 }
 optimizer { lr: 3e-4 weight_decay: 0.1 beta1: 0.8 beta2: 0.95 eps: 1e-6 max_grad_norm: 0
             exclude_norms_and_biases_from_decay: false }
 schedule { kind: COSINE warmup_steps: 5 min_lr_ratio: 0.5 total_steps: 50 }
@@ -93,6 +94,8 @@ logging { every_n_steps: 0 jsonl_path: "m.jsonl" tensorboard_dir: "tb" eval_ever
   EXPECT_EQ(config.data().labels_feature(), "y");
   EXPECT_EQ(config.data().loss_mask_feature(), "m");
   EXPECT_TRUE(config.data().skip_corrupt_records());
+  EXPECT_EQ(config.data().long_documents(), SPLIT);
+  EXPECT_EQ(config.data().pack_window(), 64);
   EXPECT_EQ(config.optimizer().lr(), 3e-4);
   EXPECT_EQ(config.optimizer().weight_decay(), 0.1);
   EXPECT_EQ(config.optimizer().beta1(), 0.8);
@@ -151,6 +154,8 @@ TEST(TrainConfig, UnwrittenFieldsTakeTheDefaultsTheProtoDocuments) {
   EXPECT_EQ(config.data().labels_feature(), "labels");
   EXPECT_EQ(config.data().loss_mask_feature(), "loss_mask");
   EXPECT_FALSE(config.data().skip_corrupt_records());
+  EXPECT_EQ(config.data().long_documents(), TRUNCATE);
+  EXPECT_EQ(config.data().pack_window(), 1024);
   EXPECT_EQ(config.optimizer().lr(), 1e-4);
   EXPECT_EQ(config.optimizer().weight_decay(), 0.01);
   EXPECT_EQ(config.optimizer().beta1(), 0.9);
@@ -292,6 +297,24 @@ TEST(TrainConfigErrors, WrongTypeInFileNamesLineAndExpectation) {
   EXPECT_EQ(load_error("schedule { kind: SIDEWAYS }\n"),
             "run.pbtxt:1:18: field 'kind': unknown value 'SIDEWAYS', expected "
             "one of CONSTANT, LINEAR, COSINE");
+}
+
+TEST(TrainConfigErrors, BadBatchModeAndLongDocumentsNameTheFieldAndTheChoices) {
+  EXPECT_EQ(load_error("model { hf_dir: \"m\" }\ndata { train_files: \"t\" long_documents: CHOP }\n"),
+            "run.pbtxt:2:41: field 'long_documents': unknown value 'CHOP', expected one of TRUNCATE, SPLIT, DROP");
+  EXPECT_EQ(load_error("model { hf_dir: \"m\" }\ndata { train_files: \"t\" batch_mode: BFD }\n"),
+            "run.pbtxt:2:37: field 'batch_mode': unknown value 'BFD', expected one of PACKED, PADDED, "
+            "PACKED_CONTIGUOUS");
+  EXPECT_EQ(load_error(kMinimal, {"data.long_documents=cut"}),
+            "--set data.long_documents=cut: field 'data.long_documents' expects one of TRUNCATE, SPLIT, DROP");
+  EXPECT_EQ(load_error(kMinimal, {"data.pack_window=0"}),
+            "run.pbtxt: field 'data.pack_window': 0 out of range, expected >= 1");
+  EXPECT_EQ(load_error(kMinimal, {"data.long_documents=LONG_DOCUMENTS_UNSPECIFIED"}),
+            "--set data.long_documents=LONG_DOCUMENTS_UNSPECIFIED: field 'data.long_documents' expects one of "
+            "TRUNCATE, SPLIT, DROP");
+  EXPECT_EQ(load_error("model { hf_dir: \"m\" }\n"
+                       "data { train_files: \"t\" long_documents: LONG_DOCUMENTS_UNSPECIFIED }\n"),
+            "run.pbtxt: field 'data.long_documents': LONG_DOCUMENTS_UNSPECIFIED, expected TRUNCATE, SPLIT or DROP");
 }
 
 TEST(TrainConfigErrors, TwoPeftMethodsAtOnce) {

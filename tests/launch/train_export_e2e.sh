@@ -51,8 +51,28 @@ done
 trained=$("$llmft" eval --config "$work/run.pbtxt" | grep '^loss') || fail "eval --config exited $?"
 merged=$("$llmft" eval --model "$work/merged" --data "$work/data/valid.tfrecord" --seq-len 16 | grep '^loss') ||
   fail "eval --model exited $?"
-echo "$trained" "$merged" | awk '{ d = $2 - $10; if (d < 0) d = -d; if (d > 1e-4 || $2 <= 0) exit 1 }' ||
+echo "$trained" "$merged" | awk '{ d = $2 - $12; if (d < 0) d = -d; if (d > 1e-4 || $2 <= 0) exit 1 }' ||
   fail "eval of the checkpoint ($trained) and of the merged export ($merged) differ"
+# Evaluation counts every token: the records (3..22 tokens) fit rows of 32 and
+# longer, so the loss, tokens and records are the same at any of them,
+# best-fit packed or one per row (--padded).
+wide=$("$llmft" eval --model "$work/merged" --data "$work/data/valid.tfrecord" --seq-len 32 | grep '^loss') ||
+  fail "eval --seq-len 32 exited $?"
+for args in "--seq-len 512" "--seq-len 2048" "--seq-len 32 --padded"; do
+  other=$("$llmft" eval --model "$work/merged" --data "$work/data/valid.tfrecord" $args | grep '^loss') ||
+    fail "eval $args exited $?"
+  echo "$wide" "$other" | awk '{ d = $2 - $12; if (d < 0) d = -d; if (d > 1e-5 * $2 || $6 != $16 || $8 != $18) exit 1 }' ||
+    fail "eval $args ($other) differs from --seq-len 32 ($wide)"
+done
+case "$wide" in *" records 8 rows "*) ;; *) fail "eval line lacks the 8 records: $wide" ;; esac
+long=$("$llmft" eval --model "$work/merged" --data "$work/data/valid.tfrecord" --seq-len 8 --long-documents drop) ||
+  fail "eval --long-documents drop exited $?"
+case "$long" in *"records are longer than seq_len 8"*": dropped"*) ;; *) fail "no long-document report: $long" ;; esac
+case "$out" in *" tok/s | packing "*"%"*) ;; *) fail "the progress line lacks the packing efficiency: $out" ;; esac
+inspect=$("$llmft" data inspect "$work/data/train-*-of-00002.tfrecord" --seq-len 16) || fail "data inspect --seq-len exited $?"
+for expected in "48 records" "PACKED " "PACKED_CONTIGUOUS " "PADDED " "records cut across rows" "packing "; do
+  case "$inspect" in *"$expected"*) ;; *) fail "data inspect --seq-len lacks '$expected': $inspect" ;; esac
+done
 "$llmft" eval --model "$work/sharded" --data "$work/data/valid.tfrecord" --seq-len 16 >/dev/null ||
   fail "the sharded export does not load"
 
@@ -74,6 +94,12 @@ expect_error "bad shard size" "--max-shard-size 'lots' is not a size" \
 expect_error "no checkpoint" "no checkpoint (step-<N> directory) to export" \
   export --config "$work/run.pbtxt" --set checkpoint.dir="$work/empty" --merged "$work/none"
 expect_error "bad model dir" "not a model directory" train --config "$work/run.pbtxt" --set model.hf_dir="$work/nothing"
+expect_error "bad long_documents" "field 'data.long_documents' expects one of TRUNCATE, SPLIT, DROP" \
+  train --config "$work/run.pbtxt" --set data.long_documents=chop
+expect_error "bad --long-documents" "eval: --long-documents 'chop', expected truncate, split or drop" \
+  eval --model "$work/merged" --data "$work/data/valid.tfrecord" --long-documents chop
+expect_error "bad inspect --seq-len" "data inspect: --seq-len 0, expected in [1, 2^31)" \
+  data inspect "$work/data/valid.tfrecord" --seq-len 0
 
 # The commented examples train as written, with only paths and lengths overridden.
 for example in lora_smollm2 full_finetune_small; do

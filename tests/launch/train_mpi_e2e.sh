@@ -60,7 +60,7 @@ stopped_step=$(sed -n 's/.*stopped by signal 15 at step \([0-9]*\)\/.*/\1/p' "$w
   fail "expected exactly checkpoint step-$stopped_step, found: $(ls -a "$work/stopped/checkpoints")"
 [ "$(grep -c '"step"' "$work/stopped/metrics.jsonl")" -eq "$stopped_step" ] ||
   fail "metrics.jsonl should hold steps 1..$stopped_step once each (rank 0 writes)"
-grep -q "^step 1/100000 | loss .* tok/s | comm [0-9]*% hidden" "$work/stopped.log" ||
+grep -q "^step 1/100000 | loss .* tok/s | packing [0-9]*% | comm [0-9]*% hidden" "$work/stopped.log" ||
   fail "no progress line with the hidden-communication share: $(head "$work/stopped.log")"
 grep -q '"allreduce_ms":[0-9.e+-]*,"exposed_allreduce_ms":' "$work/stopped/metrics.jsonl" ||
   fail "metrics.jsonl lacks the all-reduce times: $(head -2 "$work/stopped/metrics.jsonl")"
@@ -80,7 +80,7 @@ $(paste <(losses "$work/stopped/metrics.jsonl") <(losses "$work/straight/metrics
 echo "SIGTERM to rank 1 stopped both ranks at step $stopped_step; resumed to $total with identical losses"
 
 # The final evaluation, dealt over 2 ranks, against one process on the final checkpoint.
-split=$(sed -n "s/^eval step $total: loss \([^ ]*\) | perplexity [^ ]* | \([0-9]*\) tokens$/\1 \2/p" "$work/straight.log")
+split=$(sed -n "s/^eval step $total: loss \([^ ]*\) | perplexity [^ ]* | \([0-9]*\) tokens | .*/\1 \2/p" "$work/straight.log")
 [ -n "$split" ] || fail "no eval line at step $total: $(cat "$work/straight.log")"
 single=$("$llmft" eval --config "$work/straight.pbtxt" | sed -n 's/^loss \([^ ]*\) perplexity [^ ]* tokens \([0-9]*\) .*/\1 \2/p')
 [ -n "$single" ] || fail "llmft eval printed no loss line"

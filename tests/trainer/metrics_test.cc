@@ -323,10 +323,12 @@ TEST(ProgressLine, MatchesTheDocumentedExample) {
   line.learning_rate = 1.9e-4;
   line.grad_norm = 0.8312;
   line.tokens_per_second = 7312.4;
+  line.packing_efficiency = 0.9312;
   line.model_flops_utilization = 0.41;
   line.eta_seconds = 192.0;
   EXPECT_EQ(format_progress_line(line),
-            "step 120/1000 | loss 2.3141 | lr 1.9e-04 | grad_norm 0.83 | 7,312 tok/s | MFU 41% | ETA 3m12s");
+            "step 120/1000 | loss 2.3141 | lr 1.9e-04 | grad_norm 0.83 | 7,312 tok/s | packing 93% | MFU 41% | "
+            "ETA 3m12s");
 }
 
 TEST(ProgressLine, LeavesOutUnknownParts) {
