@@ -203,12 +203,14 @@ class LoaderPipeline {
   uint64_t corrupt_records_skipped() const { return corrupt_records_skipped_; }
   const DataStats& stats() const { return stats_; }
 
-  int64_t steps_per_epoch(int64_t epoch) const {
+  // Steps of `epoch`, or of its records from dealt index `first_record` on
+  // (a position merged from another layout, RedealPosition).
+  int64_t steps_per_epoch(int64_t epoch, uint64_t first_record = 0) const {
     const std::vector<uint32_t> order = shard_order(epoch);
     const uint64_t batch = static_cast<uint64_t>(options_.batch_size);
     uint64_t steps = options_.drop_remainder ? std::numeric_limits<uint64_t>::max() : 0;
     for (int rank = 0; rank < options_.dp_size; ++rank) {
-      const uint64_t rows = rows_of_rank(epoch, order, rank);
+      const uint64_t rows = rows_of_rank(epoch, order, rank, first_record);
       steps = options_.drop_remainder ? std::min(steps, rows / batch) : std::max(steps, (rows + batch - 1) / batch);
     }
     return static_cast<int64_t>(steps);
@@ -260,6 +262,49 @@ class LoaderPipeline {
       for (const Piece& piece : row) pieces.push_back({piece.document->ref, piece.begin, piece.end});
     }
     return state;
+  }
+
+  // A position merged from another layout: the epoch's stream from dealt
+  // record `position.records` on, nothing buffered, a fresh shuffle stream.
+  void restore_redealt(const RedealPosition& position) {
+    if (position.epoch < 0 || (options_.num_epochs > 0 && position.epoch >= options_.num_epochs))
+      throw_bad_input("loader state: epoch ", position.epoch, " is outside the configured ", options_.num_epochs,
+                      " epochs");
+    if (position.files != files_ || position.seed != options_.seed || position.shuffle_shards != options_.shuffle_shards)
+      throw_bad_input("loader state: saved with other files, seed or shard shuffling than this loader has (",
+                      files_.size(), " file(s) from ", files_.front(), ", seed ", options_.seed,
+                      "); resume with the data of the run that saved it");
+    start_epoch(position.epoch);
+    // Find the shard and record index of the epoch's valid record number
+    // `records` (the index counts every record; negative entries are left out).
+    uint64_t before = 0;
+    shard_cursor_ = order_.size();
+    for (size_t cursor = 0; cursor < order_.size(); ++cursor) {
+      const std::vector<int32_t>& counts = index_[order_[cursor]];
+      uint64_t valid = 0;
+      for (int32_t tokens : counts) valid += tokens >= 0 ? 1 : 0;
+      if (before + valid <= position.records) {
+        before += valid;
+        continue;
+      }
+      shard_cursor_ = cursor;
+      uint64_t target = 0;  // record index of the wanted record in this shard
+      for (uint64_t seen = 0;; ++target)
+        if (counts[target] >= 0 && seen++ == position.records - before) break;
+      reader_position_ = {};
+      if (target > 0) {
+        // Byte offsets are not indexed: read up to the wanted record.
+        RecordReader reader(files_[order_[cursor]], options_.reader, file_system_);
+        std::string_view bytes;
+        while (reader.read(bytes) && reader.last_record_position().record_index + 1 < target) {
+        }
+        reader_position_ = reader.position();
+      }
+      break;
+    }
+    records_dealt_ = position.records;
+    step_ = position.step_in_epoch;
+    epoch_steps_ = step_ + steps_per_epoch(position.epoch, position.records);
   }
 
   void restore(const LoaderState& state) {
@@ -380,7 +425,7 @@ class LoaderPipeline {
 
   // Rows `rank`'s share of epoch `epoch` fills (with drop_remainder, only
   // complete rows of the contiguous layout count), replayed from the index.
-  uint64_t rows_of_rank(int64_t epoch, const std::vector<uint32_t>& order, int rank) const {
+  uint64_t rows_of_rank(int64_t epoch, const std::vector<uint32_t>& order, int rank, uint64_t first_record = 0) const {
     const uint64_t ranks = static_cast<uint64_t>(options_.dp_size);
     const uint64_t seq_len = static_cast<uint64_t>(options_.seq_len);
     std::vector<int64_t> lengths;  // this rank's documents in dealt order
@@ -388,7 +433,8 @@ class LoaderPipeline {
     for (uint32_t shard : order)
       for (int32_t tokens : index_[shard]) {
         if (tokens < 0) continue;
-        if (dealt++ % ranks == static_cast<uint64_t>(rank)) lengths.push_back(tokens);
+        const uint64_t index = dealt++;
+        if (index >= first_record && index % ranks == static_cast<uint64_t>(rank)) lengths.push_back(tokens);
       }
     uint64_t rows = 0;
     switch (options_.mode) {
@@ -811,6 +857,52 @@ Loader::Loader(LoaderOptions options, FileSystem& file_system)
     : pipeline_(std::make_unique<LoaderPipeline>(std::move(options), file_system)) {
   consumer_state_ = pipeline_->snapshot();
   start_worker();
+}
+
+Loader::Loader(LoaderOptions options, const RedealPosition& position, FileSystem& file_system)
+    : pipeline_(std::make_unique<LoaderPipeline>(std::move(options), file_system)) {
+  pipeline_->restore_redealt(position);
+  consumer_state_ = pipeline_->snapshot();
+  start_worker();
+}
+
+RedealPosition merge_loader_states(const std::vector<std::string>& states, const std::string& source) {
+  RedealPosition merged;
+  nlohmann::json first;
+  std::vector<std::pair<int64_t, int64_t>> epoch_steps;  // (epoch, step_in_epoch) per rank
+  for (size_t rank = 0; rank < states.size(); ++rank) {
+    nlohmann::json json;
+    try {
+      json = parse_json(states[rank], "loader state");
+      if (json.value("format", "") != kStateFormat) throw_bad_input("format '", json.value("format", ""), "'");
+      if (rank == 0) first = json;
+      for (const char* field : {"files", "seed", "shuffle_shards"})
+        if (json.at(field) != first.at(field))
+          throw_bad_input("field '", field, "' differs from data-parallel rank 0's (", first.at(field).dump(), ")");
+      const int64_t epoch = json.at("epoch").get<int64_t>();
+      const uint64_t records = json.at("records_dealt").get<uint64_t>();
+      const int64_t step = json.at("step_in_epoch").get<int64_t>();
+      if (rank == 0 || epoch > merged.epoch || (epoch == merged.epoch && records > merged.records)) {
+        merged.epoch = epoch;
+        merged.records = records;
+      }
+      epoch_steps.emplace_back(epoch, step);
+      merged.read_ahead += json.at("shuffle_buffer_records").size();
+      if (json.contains("pending_rows"))
+        for (const auto& row : json.at("pending_rows")) merged.read_ahead += row.size();
+    } catch (const Error& error) {
+      throw_bad_input(source, ": the loader state of data-parallel rank ", rank, ": ", error.what());
+    } catch (const std::exception& error) {
+      throw_bad_input(source, ": the loader state of data-parallel rank ", rank, " is not valid: ", error.what());
+    }
+  }
+  if (states.empty()) throw_bad_input(source, ": no loader state");
+  for (const auto& [epoch, step] : epoch_steps)
+    if (epoch == merged.epoch) merged.step_in_epoch = std::max(merged.step_in_epoch, step);
+  merged.files = first.at("files").get<std::vector<std::string>>();
+  merged.seed = first.at("seed").get<uint64_t>();
+  merged.shuffle_shards = first.at("shuffle_shards").get<bool>();
+  return merged;
 }
 
 Loader::Loader(LoaderOptions options, const std::string& state, FileSystem& file_system)

@@ -195,9 +195,37 @@ struct LoaderState {
 
 class LoaderPipeline;
 
+// Where a run saved at another data-parallel size goes on (Megatron's
+// consumed-samples rule applied to the record stream): the saved ranks'
+// positions merge into the furthest one of the epoch's dealt order (record g
+// of the epoch went to rank g % dp), and every rank of the new size deals on
+// from there. Exact when the saved ranks had read nothing ahead of what they
+// had trained on (no shuffle buffer, no planned rows pending: padded rows, or
+// packing windows that end at the checkpoint); otherwise the documents they
+// held read ahead (at most shuffle_buffer + pack_window per saved rank) are
+// not replayed.
+struct RedealPosition {
+  int64_t epoch = 0;
+  int64_t step_in_epoch = 0;  // optimizer steps of the epoch taken (the same on every saved rank)
+  uint64_t records = 0;       // valid records of the epoch already dealt
+  size_t read_ahead = 0;      // documents held in shuffle buffers and planned rows (not replayed)
+  // What the order of records depends on: the new loader must have the same.
+  std::vector<std::string> files;
+  uint64_t seed = 0;
+  bool shuffle_shards = true;
+};
+// Merges the states of a checkpoint's data-parallel ranks (each made by
+// Loader::state()). kBadInput naming `source` for an unreadable state or
+// states of different files or seeds.
+RedealPosition merge_loader_states(const std::vector<std::string>& states, const std::string& source);
+
 class Loader {
  public:
   explicit Loader(LoaderOptions options, FileSystem& file_system = local_file_system());
+  // Starts this rank (options.dp_rank of options.dp_size) at a merged
+  // position of another layout (see RedealPosition); the files, seed and
+  // shard shuffling must be the ones the position was saved with.
+  Loader(LoaderOptions options, const RedealPosition& position, FileSystem& file_system = local_file_system());
   // Resumes from a string made by state(); the options must match those of
   // the loader that made it (checked: files, ranks, seed, shapes, mode).
   Loader(LoaderOptions options, const std::string& state, FileSystem& file_system = local_file_system());

@@ -288,16 +288,23 @@ void Trainer::resume(const std::string& where) {
   }
   if (auto dropout = state.rng.find(kDropoutStream); dropout != state.rng.end())
     dropout_micro_steps_ = dropout->second.position;
-  // Each data-parallel rank continues from its own loader position.
+  // Each data-parallel rank continues from its own loader position; at
+  // another dp the saved positions merge into one of the record stream and
+  // the new ranks deal on from there (data/loader.h RedealPosition).
   const std::vector<std::string>& positions = state.data_loader_states;
-  if (static_cast<int>(positions.size()) != dp_->size())
-    throw_bad_input(source, "/state.json: field 'data_loader_ranks': the checkpoint holds the loader positions of ",
-                    positions.size(), " data-parallel rank(s), but this run has dp ", dp_->size(),
-                    "; resume with mpirun -np ", positions.size() * static_cast<size_t>(parallel_->tp_size()),
-                    " (resuming at another layout is planned)");
-  loader_ = std::make_unique<data::Loader>(
-      make_loader_options(options_, model_->model->config(), eos_id_, false, dp_->rank(), dp_->size()),
-      positions[static_cast<size_t>(dp_->rank())]);
+  data::LoaderOptions loader_options =
+      make_loader_options(options_, model_->model->config(), eos_id_, false, dp_->rank(), dp_->size());
+  if (static_cast<int>(positions.size()) == dp_->size()) {
+    loader_ = std::make_unique<data::Loader>(std::move(loader_options), positions[static_cast<size_t>(dp_->rank())]);
+  } else {
+    const data::RedealPosition merged = data::merge_loader_states(positions, source + "/state.json");
+    loader_ = std::make_unique<data::Loader>(std::move(loader_options), merged);
+    say(str_cat("data: the checkpoint was saved at dp ", positions.size(), ", this run has dp ", dp_->size(),
+                ": every rank deals on from record ", merged.records, " of epoch ", merged.epoch,
+                merged.read_ahead > 0
+                    ? str_cat(" (", merged.read_ahead, " document(s) the saved ranks had read ahead are not replayed)")
+                    : std::string()));
+  }
   step_ = state.step;
   skipped_steps_ = state.skipped_steps;
   last_checkpoint_step_ = step_;

@@ -747,6 +747,74 @@ TEST(LoaderErrors, StateOfAnotherConfigurationIsRejected) {
 
 // ---------------------------------------------------------------- resume ---
 
+// Resuming at another data-parallel size (RedealPosition): dp 2 x batch 3
+// and dp 3 x batch 2 both take 6 padded rows per step, i.e. records
+// 6s .. 6s + 5 (no shuffle buffer), so after 2 steps the merged position of
+// the dp 2 ranks is where an uninterrupted dp 3 run stands: its later
+// batches, across an epoch boundary and shards, are the uninterrupted ones.
+TEST(LoaderRedeal, MergedStatesOfTwoRanksContinueAsAThreeRankRun) {
+  TempDir dir;
+  LoaderOptions options;
+  options.pattern = write_documents(dir, {{3, 4, 2, 5, 3, 4, 2, 3, 4}, {5, 3, 4, 2, 3, 3, 4, 2}, {4, 4, 3, 2, 3}});
+  options.eos_id = 1;
+  options.seq_len = 8;
+  options.mode = BatchMode::kPadded;
+  options.shuffle_buffer = 0;
+  options.seed = 3;
+  auto loader_options = [&](int rank, int size, int64_t batch) {
+    LoaderOptions o = options;
+    o.dp_rank = rank;
+    o.dp_size = size;
+    o.batch_size = batch;
+    return o;
+  };
+  std::vector<std::string> states;
+  for (int rank = 0; rank < 2; ++rank) {
+    Loader loader(loader_options(rank, 2, 3));
+    loader.next();
+    loader.next();
+    states.push_back(loader.state());
+  }
+  const RedealPosition position = merge_loader_states(states, "state.json");
+  EXPECT_EQ(position.epoch, 0);
+  EXPECT_EQ(position.step_in_epoch, 2);
+  EXPECT_EQ(position.records, 12u);
+  EXPECT_EQ(position.read_ahead, 0u);
+  for (int rank = 0; rank < 3; ++rank) {
+    Loader uninterrupted(loader_options(rank, 3, 2));
+    uninterrupted.next();
+    uninterrupted.next();
+    Loader continued(loader_options(rank, 3, 2), position);
+    for (int step = 0; step < 6; ++step) {  // past the epoch's 3 steps
+      const std::optional<Batch> want = uninterrupted.next(), got = continued.next();
+      ASSERT_TRUE(want && got);
+      EXPECT_EQ(flatten(*got), flatten(*want)) << "rank " << rank << ", step " << step + 2;
+      EXPECT_EQ(got->epoch, want->epoch);
+      EXPECT_EQ(got->step_in_epoch, want->step_in_epoch);
+    }
+  }
+  // States of other data, and unreadable ones, are one-line errors.
+  EXPECT_EQ(bad_input_message([&] {
+              LoaderOptions other = loader_options(0, 3, 2);
+              other.seed = 4;
+              Loader loader(other, position);
+            }).find("loader state: saved with other files, seed or shard shuffling"),
+            0u);
+  EXPECT_EQ(bad_input_message([&] { merge_loader_states({states[0], "{"}, "ckpt/state.json"); })
+                .find("ckpt/state.json: the loader state of data-parallel rank 1 is not valid"),
+            0u);
+  // With a shuffle buffer the documents read ahead are counted (not replayed):
+  // a buffer of 4 refilled before each of a batch's 3 draws holds 3 after it.
+  options.shuffle_buffer = 4;
+  std::vector<std::string> shuffled;
+  for (int rank = 0; rank < 2; ++rank) {
+    Loader loader(loader_options(rank, 2, 3));
+    loader.next();
+    shuffled.push_back(loader.state());
+  }
+  EXPECT_EQ(merge_loader_states(shuffled, "state.json").read_ahead, 6u);
+}
+
 // Stops each rank of a 2-rank setup mid-epoch (mid-shard, with documents in
 // the shuffle buffer and a partly packed document or planned best-fit rows),
 // restores a new loader from its state, and compares every later batch,
