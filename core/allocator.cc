@@ -16,6 +16,46 @@ void Allocator::record_allocation(size_t bytes) {
 void Allocator::record_deallocation(size_t bytes) { bytes_in_use_.fetch_sub(bytes); }
 
 namespace {
+thread_local MemoryCategory thread_category = MemoryCategory::kWorkspace;
+}  // namespace
+
+const char* memory_category_name(MemoryCategory category) {
+  switch (category) {
+    case MemoryCategory::kFrozenWeights: return "frozen_weights";
+    case MemoryCategory::kTrainableWeights: return "trainable_weights";
+    case MemoryCategory::kOptimizerState: return "optimizer_state";
+    case MemoryCategory::kGradients: return "gradients";
+    case MemoryCategory::kActivations: return "activations";
+    case MemoryCategory::kWorkspace: return "workspace";
+  }
+  return "?";
+}
+
+MemoryCategory current_memory_category() { return thread_category; }
+
+MemoryCategoryScope::MemoryCategoryScope(MemoryCategory category) : previous_(thread_category) {
+  thread_category = category;
+}
+
+MemoryCategoryScope::~MemoryCategoryScope() { thread_category = previous_; }
+
+void Allocator::count_category(MemoryCategory category, size_t bytes, bool allocated) {
+  const int index = static_cast<int>(category);
+  if (!allocated) {
+    category_bytes_[index].fetch_sub(bytes);
+    return;
+  }
+  const size_t now = category_bytes_[index].fetch_add(bytes) + bytes;
+  size_t peak = category_peak_[index].load();
+  while (now > peak && !category_peak_[index].compare_exchange_weak(peak, now)) {
+  }
+}
+
+void Allocator::reset_category_peaks() {
+  for (int i = 0; i < kNumMemoryCategories; ++i) category_peak_[i].store(category_bytes_[i].load());
+}
+
+namespace {
 
 // The class a block of `bytes` is cached under; 0 for blocks too small to cache
 // (glibc's arenas reuse those without page faults).

@@ -13,6 +13,34 @@
 
 namespace llmft {
 
+// What memory holds, for accounting by category (issue 15: the allocators
+// report current and peak bytes per category, `llmft inspect --config`
+// estimates them). Allocations are counted in the category of the calling
+// thread's innermost MemoryCategoryScope (kWorkspace outside any).
+enum class MemoryCategory {
+  kFrozenWeights,     // base weights without gradients
+  kTrainableWeights,  // trainable values and their fp32 AdamW masters
+  kOptimizerState,    // AdamW moments
+  kGradients,         // parameter gradients (and data-parallel buckets)
+  kActivations,       // everything a forward/backward allocates
+  kWorkspace,         // the rest: batches, host copies, scratch
+};
+constexpr int kNumMemoryCategories = 6;
+const char* memory_category_name(MemoryCategory category);  // "frozen_weights", ...
+
+MemoryCategory current_memory_category();
+// Sets the calling thread's category until destroyed (nestable).
+class MemoryCategoryScope {
+ public:
+  explicit MemoryCategoryScope(MemoryCategory category);
+  ~MemoryCategoryScope();
+  MemoryCategoryScope(const MemoryCategoryScope&) = delete;
+  MemoryCategoryScope& operator=(const MemoryCategoryScope&) = delete;
+
+ private:
+  MemoryCategory previous_;
+};
+
 class Allocator {
  public:
   virtual ~Allocator() = default;
@@ -37,6 +65,16 @@ class Allocator {
   size_t peak_bytes_in_use() const { return peak_bytes_.load(); }
   void reset_peak() { peak_bytes_.store(bytes_in_use_.load()); }
 
+  // Bytes of live tensors (Storage) by category, now and at their peak; each
+  // category's peak is its own (they need not coincide).
+  size_t category_bytes(MemoryCategory category) const {
+    return category_bytes_[static_cast<int>(category)].load();
+  }
+  size_t category_peak(MemoryCategory category) const { return category_peak_[static_cast<int>(category)].load(); }
+  void reset_category_peaks();
+  // Called by Storage for the tensors it owns.
+  void count_category(MemoryCategory category, size_t bytes, bool allocated);
+
  protected:
   void record_allocation(size_t bytes);
   void record_deallocation(size_t bytes);
@@ -44,6 +82,8 @@ class Allocator {
  private:
   std::atomic<size_t> bytes_in_use_{0};
   std::atomic<size_t> peak_bytes_{0};
+  std::atomic<size_t> category_bytes_[kNumMemoryCategories] = {};
+  std::atomic<size_t> category_peak_[kNumMemoryCategories] = {};
 };
 
 // Host memory from aligned_alloc (64-byte aligned for AVX-512 loads), with a

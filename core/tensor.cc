@@ -22,13 +22,18 @@ std::string shape_to_string(const Shape& shape) {
 }
 
 Storage::Storage(void* data, size_t bytes, Allocator* allocator)
-    : data_(data), bytes_(bytes), device_(allocator->device()), allocator_(allocator) {}
+    : data_(data), bytes_(bytes), device_(allocator->device()), allocator_(allocator),
+      category_(current_memory_category()) {
+  allocator_->count_category(category_, bytes_, /*allocated=*/true);
+}
 
 Storage::Storage(void* data, size_t bytes, Device device, std::shared_ptr<const void> owner)
     : data_(data), bytes_(bytes), device_(device), allocator_(nullptr), owner_(std::move(owner)) {}
 
 Storage::~Storage() {
-  if (allocator_ != nullptr && data_ != nullptr) allocator_->deallocate(data_, bytes_);
+  if (allocator_ == nullptr) return;
+  allocator_->count_category(category_, bytes_, /*allocated=*/false);
+  if (data_ != nullptr) allocator_->deallocate(data_, bytes_);
 }
 
 static void check_shape(const Shape& shape) {

@@ -52,6 +52,7 @@ class Storage {
   size_t bytes_;
   Device device_;
   Allocator* allocator_;  // null when borrowed
+  MemoryCategory category_ = MemoryCategory::kWorkspace;  // counted in, when owned
   std::shared_ptr<const void> owner_;
 };
 

@@ -1,13 +1,21 @@
 // `llmft inspect MODEL_DIR [--seq-len N] [--batch-size N] [--lora-rank R]`:
 // what a Hugging Face checkpoint directory holds and what training it costs.
-// Reads config.json and the safetensors headers only (no weights are loaded),
-// so it is instant even for large models.
+// `llmft inspect [MODEL_DIR] --config run.pbtxt [--set k=v ...] [--dp N]`:
+// the same, with the run's memory per rank by category (frozen weights,
+// trainable weights and masters, optimizer state, gradients, activations;
+// trainer/memory_estimate.h) for its batch, sequence length, precision, PEFT
+// method, activation checkpointing and tp/dp/ZeRO-1; a run prints the
+// measured figures after its first step. Reads config.json and the
+// safetensors headers only (no weights are loaded), so it is instant even
+// for large models.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <vector>
 #include <string>
 #include <string_view>
 
@@ -16,7 +24,9 @@
 #include "launch/commands.h"
 #include "model/model_config.h"
 #include "model/safetensors.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/metrics.h"
+#include "trainer/train_options.h"
 
 namespace llmft::launch {
 namespace {
@@ -26,6 +36,9 @@ struct InspectArgs {
   int64_t seq_len = 2048;
   int64_t batch_size = 1;
   int64_t lora_rank = 8;
+  std::string config;                  // a run config: its memory estimate
+  std::vector<std::string> overrides;  // --set
+  int64_t dp = 0;                      // 0: the config's parallel.dp, else 1
 };
 
 InspectArgs parse_args(std::span<char*> args) {
@@ -35,12 +48,17 @@ InspectArgs parse_args(std::span<char*> args) {
     if (arg == "--seq-len") parsed.seq_len = cursor.int_value(1);
     else if (arg == "--batch-size") parsed.batch_size = cursor.int_value(1);
     else if (arg == "--lora-rank") parsed.lora_rank = cursor.int_value(1);
+    else if (arg == "--config") parsed.config = std::string(cursor.value());
+    else if (arg == "--set") parsed.overrides.push_back(std::string(cursor.value()));
+    else if (arg == "--dp") parsed.dp = cursor.int_value(1);
     else if (!arg.empty() && arg[0] == '-') throw_bad_input("inspect: unknown option '", arg, "'");
     else if (parsed.model_dir.empty()) parsed.model_dir = arg;
     else throw_bad_input("inspect: unexpected argument '", arg, "' (one MODEL_DIR only)");
   }
-  if (parsed.model_dir.empty())
-    throw_bad_input("inspect: usage: llmft inspect MODEL_DIR [--seq-len N] [--batch-size N] [--lora-rank R]");
+  if (parsed.model_dir.empty() && parsed.config.empty())
+    throw_bad_input(
+        "inspect: usage: llmft inspect MODEL_DIR [--seq-len N] [--batch-size N] [--lora-rank R] | llmft inspect "
+        "[MODEL_DIR] --config RUN.pbtxt [--set field.path=value ...] [--dp N]");
   return parsed;
 }
 
@@ -67,8 +85,33 @@ size_t torch_dtype_bytes(const std::string& torch_dtype) { return torch_dtype ==
 
 }  // namespace
 
+// The run's memory per rank by category, as the trainer reports it.
+void print_run_estimate(const ModelConfig& config, const trainer::TrainOptions& options, int64_t dp) {
+  const trainer::MemoryEstimate estimate = trainer::estimate_training_memory(config, options, static_cast<int>(dp));
+  std::printf("\nrun %s: %s, %s, batch %lld x seq %lld, activation checkpointing %s, dp %lld x tp %lld%s\n",
+              options.source.c_str(), options.lora ? str_cat("LoRA r=", options.lora_r).c_str() : "full fine-tuning",
+              options.compute_dtype.c_str(), static_cast<long long>(options.batch_size),
+              static_cast<long long>(options.seq_len), options.activation_checkpointing.c_str(),
+              static_cast<long long>(dp), static_cast<long long>(options.tp), options.zero1 ? ", ZeRO-1" : "");
+  std::printf("  memory per rank (estimate; the run prints its measured peaks after step 1):\n");
+  for (int c = 0; c < kNumMemoryCategories; ++c) {
+    const auto category = static_cast<MemoryCategory>(c);
+    if (category == MemoryCategory::kWorkspace) continue;  // batches and scratch: not estimated
+    std::printf("    %-18s %12s\n", memory_category_name(category), trainer::format_bytes(estimate.of(category)).c_str());
+  }
+  std::printf("    %-18s %12s\n", "total", trainer::format_bytes(estimate.total()).c_str());
+}
+
 int run_inspect(std::span<char*> raw_args) {
   InspectArgs args = parse_args(raw_args);
+  std::optional<trainer::TrainOptions> run;
+  if (!args.config.empty()) {
+    run = trainer::load_train_options(args.config, args.overrides);
+    if (args.model_dir.empty()) args.model_dir = run->hf_dir;
+    args.seq_len = run->seq_len;
+    args.batch_size = run->batch_size;
+    if (run->lora) args.lora_rank = run->lora_r;
+  }
   const std::filesystem::path directory = args.model_dir;
   if (!std::filesystem::is_directory(directory))
     throw_bad_input(args.model_dir, ": not a model directory (expected config.json and model.safetensors)");
@@ -174,6 +217,7 @@ int run_inspect(std::span<char*> raw_args) {
               trainer::format_bytes(lora_params * (weight_bytes + 4.0 + master_bytes + 8.0)).c_str());
   std::printf("    + activations %s = %s\n", trainer::format_bytes(lora_activations).c_str(),
               trainer::format_bytes(lora_states + lora_activations).c_str());
+  if (run) print_run_estimate(config, *run, args.dp > 0 ? args.dp : std::max<int64_t>(run->dp, 1));
   return 0;
 }
 

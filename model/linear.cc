@@ -52,6 +52,7 @@ void ParameterRegistry::set_trainable(const std::function<bool(const std::string
 }
 
 void ParameterRegistry::allocate_grads(Context& context, DType grad_dtype) {
+  MemoryCategoryScope category(MemoryCategory::kGradients);
   for (Parameter& parameter : parameters_) {
     if (!parameter.trainable) {
       parameter.grad = Tensor();

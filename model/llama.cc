@@ -122,6 +122,7 @@ void LlamaModel::init_random(Context& context, uint64_t seed, float stddev) {
     const bool is_norm = parameter->name.ends_with("norm.weight");
     const bool is_bias = parameter->name.ends_with(".bias");
     for (float& value : values) value = is_norm ? 1.0f : is_bias ? 0.0f : stddev * generator.next_normal();
+    MemoryCategoryScope scratch(MemoryCategory::kWorkspace);
     const Tensor full = Tensor::from_floats(full_shape, values, parameter->value.dtype());
     parameter->value.copy_from(parallel::take_shard(full, parameter->shard, tp_size_));
   }
@@ -146,6 +147,8 @@ void LlamaModel::load_weights(Context& context, const SafetensorsCheckpoint& che
     throw_bad_input(checkpoint.file_of(name).path(), ": unexpected tensor '", name, "' (not a parameter of ",
                     config_.architecture, " with this config.json)");
   }
+  // Conversions and slices are scratch, not the weights' category.
+  MemoryCategoryScope scratch(MemoryCategory::kWorkspace);
   for (Parameter* parameter : parameters_.all()) {
     const DType dtype = parameter->value.dtype();
     if (!parameter->shard.sharded()) {
@@ -218,6 +221,7 @@ StepResult LlamaModel::forward_backward(Context& context, const Batch& batch, fl
 // ---- The whole step ---------------------------------------------------------------
 
 StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, float loss_scale, Tensor* logits) {
+  MemoryCategoryScope category(MemoryCategory::kActivations);
   const DType dtype = options_.compute_dtype;
   if (!batch.input_ids.defined() || batch.input_ids.dim() != 2 || batch.input_ids.dtype() != DType::kI32)
     throw_bad_input("batch: input_ids: expected i32 [B, T], found ",

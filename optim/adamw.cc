@@ -49,9 +49,11 @@ AdamW::AdamW(Context& context, const std::vector<Parameter*>& parameters, AdamWC
     if (value.dtype() == DType::kF32) {
       state.master = value;
     } else {
+      MemoryCategoryScope category(MemoryCategory::kTrainableWeights);  // the master is the weight in fp32
       state.master = context_.empty(value.shape(), DType::kF32);
       ops::cast(context_, value, state.master);  // widening is exact
     }
+    MemoryCategoryScope category(MemoryCategory::kOptimizerState);
     state.exp_avg = context_.zeros(value.shape(), DType::kF32);
     state.exp_avg_sq = context_.zeros(value.shape(), DType::kF32);
     states_.push_back(std::move(state));

@@ -10,6 +10,7 @@ namespace llmft::parallel {
 GradientBuckets::GradientBuckets(Context& context, Communicator& communicator, std::vector<Parameter*> parameters,
                                  std::vector<int64_t> stages, size_t bucket_bytes, bool sharded)
     : communicator_(communicator), sharded_(sharded) {
+  MemoryCategoryScope category(MemoryCategory::kGradients);
   if (parameters.size() != stages.size())
     throw_runtime("GradientBuckets: ", parameters.size(), " parameters but ", stages.size(), " stages");
   if (bucket_bytes < 1) throw_bad_input("parallel.bucket_mb: the bucket size must be positive");

@@ -140,6 +140,7 @@ uint64_t mix_seed(uint64_t value) {
 }  // namespace
 
 LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraConfig& config) : model_(model), config_(config) {
+  MemoryCategoryScope category(MemoryCategory::kTrainableWeights);
   config_.validate("LoRA config");
   const std::vector<std::string> targets = config_.resolved_target_modules();
   const float scaling = config_.scaling();
@@ -172,7 +173,11 @@ LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraConfig& conf
     const double bound = gain * std::sqrt(3.0 / static_cast<double>(in));
     std::vector<float> values(static_cast<size_t>(config_.r * in));
     for (float& value : values) value = static_cast<float>(bound * (2.0 * generator.next_uniform() - 1.0));
-    lora_a.value.copy_from(parallel::take_shard(Tensor::from_floats({config_.r, in}, values, dtype), a_shard, tp_size));
+    {
+      MemoryCategoryScope scratch(MemoryCategory::kWorkspace);
+      lora_a.value.copy_from(
+          parallel::take_shard(Tensor::from_floats({config_.r, in}, values, dtype), a_shard, tp_size));
+    }
     ops::fill(context, lora_b.value, 0.0f);  // B = 0: the adapted model starts equal to the base
     auto adapter = std::make_shared<LoraAdapter>(*linear, lora_a, lora_b, scaling, config_.dropout,
                                                  mix_seed(config_.seed ^ mix_seed(adapters_.size())));

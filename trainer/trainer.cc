@@ -41,6 +41,8 @@ Batch to_model_batch(Context& context, const data::Batch& batch) {
 
 Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
     : context_(context), options_(std::move(options)), hooks_(std::move(hooks)) {
+  // The per-category peaks reported after the first step are this run's.
+  context_.allocator().reset_category_peaks();
   if (!hooks_.parallel) single_process_ = parallel::ParallelContext::single_process();
   parallel_ = hooks_.parallel ? hooks_.parallel : single_process_.get();
   dp_ = &parallel_->dp();
@@ -93,6 +95,7 @@ Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
   parallel::Communicator& gradient_dp = device_dp_ ? *device_dp_ : *dp_;
   const bool host_reduction = context_.is_cuda() && dp_->size() > 1 && !gradient_dp.device_memory();
   if (hooks_.host_optimizer_copy || host_reduction) {
+    MemoryCategoryScope category(MemoryCategory::kTrainableWeights);
     host_context_ = Context::cpu(context_.seed());
     for (Parameter* parameter : model_->trainable_parameters()) {
       Parameter& copy =
@@ -187,6 +190,33 @@ Trainer::~Trainer() {
 }
 
 double Trainer::now() const { return hooks_.clock ? hooks_.clock() : steady_seconds(); }
+
+MemoryPeaks Trainer::memory_peaks() const {
+  MemoryPeaks peaks;
+  const Allocator& allocator = context_.allocator();
+  for (int c = 0; c < kNumMemoryCategories; ++c)
+    peaks.bytes[static_cast<size_t>(c)] = static_cast<double>(allocator.category_peak(static_cast<MemoryCategory>(c)));
+  peaks.total = static_cast<double>(allocator.peak_bytes_in_use());
+  return peaks;
+}
+
+void Trainer::report_memory() {
+  // After the first step every category has reached its steady-state peak.
+  const MemoryPeaks peaks = memory_peaks();
+  std::string line = str_cat("memory peak by category after step ", step_, " (", context_.device().to_string(), "):");
+  ScalarValues values;
+  for (int c = 0; c < kNumMemoryCategories; ++c) {
+    const auto category = static_cast<MemoryCategory>(c);
+    line += str_cat(c == 0 ? " " : ", ", memory_category_name(category), " ",
+                    format_bytes(peaks.bytes[static_cast<size_t>(c)]));
+    values.emplace_back(str_cat("memory_peak_", memory_category_name(category), "_mib"),
+                        peaks.bytes[static_cast<size_t>(c)] / (1024.0 * 1024.0));
+  }
+  line += str_cat("; all together ", format_bytes(peaks.total));
+  values.emplace_back("memory_peak_total_mib", peaks.total / (1024.0 * 1024.0));
+  say(line);
+  if (metrics_) metrics_->log_scalars(step_, values);
+}
 
 void Trainer::say(const std::string& line) {
   if (!hooks_.progress || parallel_->world_rank() != 0) return;
@@ -557,6 +587,7 @@ TrainResult Trainer::train() {
       break;
     }
     const StepRecord record = train_step();
+    if (step_ == first_step + 1) report_memory();
     if (hooks_.on_step) hooks_.on_step(record);
     window_loss_sum += record.loss * static_cast<double>(record.trained_tokens);
     window_trained += record.trained_tokens;

@@ -25,6 +25,7 @@
 // weights bit for bit (tests/trainer/trainer_test.cc).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -68,6 +69,12 @@ struct StepRecord {
   int64_t buckets_during_backward = 0;         // of those, started while the backward ran
   double communication_seconds = 0.0;         // the bucket all-reduces' own durations
   double exposed_communication_seconds = 0.0;  // waited for after the backward
+};
+
+// Peak bytes per MemoryCategory (core/allocator.h), indexed by the enum.
+struct MemoryPeaks {
+  std::array<double, kNumMemoryCategories> bytes{};
+  double total = 0.0;  // the allocator's peak of everything together
 };
 
 struct EvalResult {
@@ -150,6 +157,9 @@ class Trainer {
   std::filesystem::path save_checkpoint();
 
   int64_t step() const { return step_; }
+  // Peak bytes by memory category (and all together) on the context's
+  // allocator so far; printed and logged after the first step.
+  MemoryPeaks memory_peaks() const;
   TrainingModel& model() { return *model_; }
   // AdamW over the trainable parameters, or over this rank's ZeRO-1 segments.
   optim::AdamW& optimizer() { return zero1_ ? zero1_->adamw() : *optimizer_; }
@@ -196,6 +206,7 @@ class Trainer {
   std::vector<Parameter*> updated_parameters();
   void copy_values_to_model();
   void say(const std::string& line);
+  void report_memory();
   double now() const;
 
   Context& context_;

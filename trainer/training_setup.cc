@@ -46,7 +46,10 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const Trai
   llama_options.tensor_parallel = tensor_parallel;
 
   auto result = std::make_unique<TrainingModel>();
-  result->model = LlamaModel::load(context, options.hf_dir, llama_options);
+  {
+    MemoryCategoryScope category(options.lora ? MemoryCategory::kFrozenWeights : MemoryCategory::kTrainableWeights);
+    result->model = LlamaModel::load(context, options.hf_dir, llama_options);
+  }
   if (options.activation_checkpointing != "none") {
     if (options.checkpoint_every_n_layers < 1)
       throw_bad_input(options.source, ": field 'memory.checkpoint_every_n_layers': ", options.checkpoint_every_n_layers,

@@ -1,0 +1,94 @@
+#include "trainer/memory_estimate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "peft/lora.h"
+#include "trainer/training_setup.h"
+
+namespace llmft::trainer {
+
+double MemoryEstimate::total() const {
+  double sum = 0.0;
+  for (double value : bytes) sum += value;
+  return sum;
+}
+
+MemoryEstimate estimate_training_memory(const ModelConfig& config, const TrainOptions& options, int dp) {
+  const DType dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
+  const double w = static_cast<double>(dtype_size(dtype));
+  const double tp = static_cast<double>(std::max<int64_t>(options.tp, 1));
+  const double D = static_cast<double>(config.hidden_size), V = static_cast<double>(config.vocab_size);
+  const double layers = static_cast<double>(config.num_hidden_layers);
+  // This rank's share of the split sizes.
+  const double q = static_cast<double>(config.q_size()) / tp, kv = static_cast<double>(config.kv_size()) / tp;
+  const double I = static_cast<double>(config.intermediate_size) / tp;
+  const double heads = static_cast<double>(config.num_attention_heads) / tp;
+
+  // Parameters on this rank: the block linears split, the rest replicated.
+  const double biases = (config.qkv_bias ? q + 2 * kv : 0.0) + (config.o_bias ? D : 0.0);
+  const double per_layer = D * (q + 2 * kv) + q * D + 3 * D * I + 2 * D + biases;
+  const double parameters = V * D * (config.tie_word_embeddings ? 1.0 : 2.0) + layers * per_layer + D;
+
+  double trainable = parameters;
+  if (options.lora) {
+    LoraConfig lora;
+    lora.target_modules = options.lora_target_modules;
+    const std::vector<std::string> targets = lora.resolved_target_modules();
+    const double r = static_cast<double>(options.lora_r);
+    auto has = [&](const char* name) { return std::find(targets.begin(), targets.end(), name) != targets.end(); };
+    // A [r, in] and B [out, r]; under tp the split side of each is divided.
+    double per_layer_lora = 0.0;
+    if (has("q_proj")) per_layer_lora += r * (D + q);
+    if (has("k_proj")) per_layer_lora += r * (D + kv);
+    if (has("v_proj")) per_layer_lora += r * (D + kv);
+    if (has("o_proj")) per_layer_lora += r * (q + D);
+    if (has("gate_proj")) per_layer_lora += r * (D + I);
+    if (has("up_proj")) per_layer_lora += r * (D + I);
+    if (has("down_proj")) per_layer_lora += r * (I + D);
+    trainable = layers * per_layer_lora;
+  }
+  const double zero1 = options.zero1 && dp > 1 ? static_cast<double>(dp) : 1.0;
+  MemoryEstimate estimate;
+  auto set = [&](MemoryCategory category, double value) { estimate.bytes[static_cast<size_t>(category)] = value; };
+  set(MemoryCategory::kFrozenWeights, options.lora ? parameters * w : 0.0);
+  // fp32 masters only for 16-bit values (an f32 value is its own master).
+  set(MemoryCategory::kTrainableWeights, trainable * w + (w < 4 ? trainable * 4 / zero1 : 0.0));
+  set(MemoryCategory::kGradients, trainable * 4);
+  set(MemoryCategory::kOptimizerState, trainable * 8 / zero1);
+
+  // Activations of one micro-batch of N = batch_size x seq_len rows.
+  const double N = static_cast<double>(options.batch_size * options.seq_len);
+  // A block's full set for the backward: norm outputs, q, k, v, attention
+  // output, residual midpoint, gate, up, silu(gate)·up and the block output
+  // (the next block's input), in the compute dtype; two f32 RMS statistics
+  // and the attention log-sum-exp per head.
+  const double all = N * ((4 * D + 2 * q + 2 * kv + 3 * I) * w + (2 + heads) * 4);
+  // Selective: the norms, their statistics and SwiGLU's output are dropped.
+  const double selective = N * ((2 * D + 2 * q + 2 * kv + 2 * I) * w + heads * 4);
+  const double full_checkpoint = N * D * w;  // the block output only
+  const std::string& policy = options.activation_checkpointing;
+  const int64_t every = std::max<int64_t>(options.checkpoint_every_n_layers, 1);
+  double kept = N * D * w;  // the embedding output (block 0's input)
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    const bool checkpointed = policy != "none" && layer % every == 0;
+    kept += !checkpointed ? all : policy == "full" ? full_checkpoint : selective;
+  }
+  // After the blocks: the final norm's output and its gradient, the LM
+  // head's logits chunk, f32 losses, log-sum-exp, dloss, targets and positions.
+  const double chunk_rows = std::min(N, std::max(1.0, std::floor(4194304.0 / V)));  // LlamaOptions default
+  const double tail = 2 * N * D * w + chunk_rows * V * w + N * 4 * 6;
+  // The last block's backward: its recomputed activations (FULL: the whole
+  // set but its kept output; SELECTIVE: norms, statistics and SwiGLU) and
+  // the gradients of its input, midpoint, MLP and attention tensors.
+  const int64_t last = config.num_hidden_layers - 1;
+  const bool last_checkpointed = policy != "none" && last % every == 0;
+  const double recomputed = !last_checkpointed ? 0.0
+                            : policy == "full"  ? all - full_checkpoint
+                                                : all - selective;
+  const double backward = N * (D + I + 2 * D + 2 * q + 2 * kv) * w;
+  set(MemoryCategory::kActivations, kept + tail + recomputed + backward);
+  return estimate;
+}
+
+}  // namespace llmft::trainer

@@ -1,0 +1,37 @@
+// What a training run's memory holds, by category (core/allocator.h
+// MemoryCategory), predicted from the model's config.json and the run
+// configuration without loading anything: `llmft inspect MODEL_DIR --config
+// run.pbtxt` prints it, and tests hold it within 10% of the allocator's
+// measured per-category peaks (tests/trainer/memory_estimate_test.cc).
+//
+// The activation figure follows LlamaModel's allocations (model/llama.h,
+// llama_block.cc): what each block keeps for the backward under its
+// activation policy, the LM head's chunk and the loss buffers, and the
+// transient peak of the last block's backward (its recomputation and its
+// input-gradient buffers), which is where the step's peak lies.
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "core/allocator.h"
+#include "model/model_config.h"
+#include "trainer/train_options.h"
+
+namespace llmft::trainer {
+
+struct MemoryEstimate {
+  std::array<double, kNumMemoryCategories> bytes{};  // indexed by MemoryCategory
+  // Every category's peak added up: an upper bound of the run's peak (the
+  // categories peak at different moments only for workspace).
+  double total() const;
+  double of(MemoryCategory category) const { return bytes[static_cast<size_t>(category)]; }
+};
+
+// For one rank of a run with `options` on a model of `config`: tensor
+// parallelism (options.tp) splits the block linears, ZeRO-1 divides the
+// optimizer state (and fp32 masters) by the data-parallel size `dp`.
+MemoryEstimate estimate_training_memory(const ModelConfig& config, const TrainOptions& options, int dp);
+
+}  // namespace llmft::trainer
