@@ -11,7 +11,8 @@
 # (LoRA r 8, 40 steps of batch 4, lr 1e-3 cosine) with only the layout
 # overridden, the same task data (seed 1), merged export, greedy scoring of
 # the 50 held-out conversations, and `llmft eval` of the validation split.
-# Outputs under runs/packing/ (git-ignored).
+# Outputs under runs/packing/ (git-ignored). LLMFT_PACKING_RUNS="padded-256
+# packed-256" makes only the runs named (e.g. to time a pair again).
 set -euo pipefail
 build_dir=${1:-build}
 model=${2:-models/smollm2}
@@ -44,6 +45,7 @@ printf '%-15s %-18s %7s %9s %8s %8s %14s %11s %12s %10s\n' run batch_mode seq_le
   "real tok/s" "exact" "stopped" "val loss" >"$summary"
 for entry in "${runs_to_make[@]}"; do
   read -r name mode seq_len <<<"$entry"
+  if [[ -n "${LLMFT_PACKING_RUNS:-}" && " $LLMFT_PACKING_RUNS " != *" $name "* ]]; then continue; fi
   dir="$runs/$name"
   overrides=(--set data.train_files="$train" --set data.validation_files="$validation"
              --set data.batch_mode="$mode" --set data.seq_len="$seq_len"
@@ -58,6 +60,7 @@ for entry in "${runs_to_make[@]}"; do
   "$llmft" eval --model "$dir/merged" --data "$validation" --seq-len 256 >"$dir.eval.txt"
   # The last progress line covers all 40 steps (logging.every_n_steps=40).
   line=$(grep '^step 40/40' "$dir.train.txt")
+  echo "$name: load average $(cut -d' ' -f1-3 /proc/loadavg) after training" >>"$runs/load.txt"
   tokens_per_second=$(sed -n 's/.* | \([0-9,]*\) tok\/s | .*/\1/p' <<<"$line" | tr -d ,)
   packing=$(sed -n 's/.* | packing \([0-9]*\)% .*/\1/p' <<<"$line")
   printf '%-15s %-18s %7s %9.1f %8s %7s%% %14.0f %11s %12s %10s\n' "$name" "$mode" "$seq_len" \

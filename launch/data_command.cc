@@ -364,8 +364,13 @@ int print_packing_summary(const std::string& pattern, const Arguments& arguments
     while (std::optional<data::Batch> batch = loader.next()) {
       rows += batch->rows_with_tokens;
       real_tokens += batch->real_tokens;
-      // A row that starts inside a document: a record cut across rows.
-      if (batch->real_tokens > 0 && batch->position_ids.data<int32_t>()[0] > 0) ++continued_rows;
+      // A row (batches of one) with more segments than records beginning in
+      // it starts inside a record: one record cut across rows. (A continued
+      // record's positions restart at 0, so they cannot tell.)
+      const int32_t* starts = batch->doc_start.data<int32_t>();
+      int64_t segments = 0;
+      for (int64_t t = 0; t < batch->real_tokens; ++t) segments += starts[t] == t ? 1 : 0;
+      if (segments > batch->records) ++continued_rows;
     }
     const double efficiency = rows > 0 ? static_cast<double>(real_tokens) / static_cast<double>(rows * seq_len) : 0.0;
     std::string mode_name = data::batch_mode_name(mode);

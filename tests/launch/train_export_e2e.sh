@@ -73,6 +73,9 @@ inspect=$("$llmft" data inspect "$work/data/train-*-of-00002.tfrecord" --seq-len
 for expected in "48 records" "PACKED " "PACKED_CONTIGUOUS " "PADDED " "records cut across rows" "packing "; do
   case "$inspect" in *"$expected"*) ;; *) fail "data inspect --seq-len lacks '$expected': $inspect" ;; esac
 done
+# Records of 3..22 tokens in rows of 16: the contiguous layout cuts some.
+echo "$inspect" | grep -q "PACKED_CONTIGUOUS .* [1-9][0-9]* records cut across rows" ||
+  fail "data inspect counts no record cut by the contiguous layout: $inspect"
 "$llmft" eval --model "$work/sharded" --data "$work/data/valid.tfrecord" --seq-len 16 >/dev/null ||
   fail "the sharded export does not load"
 
