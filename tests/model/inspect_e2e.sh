@@ -24,4 +24,24 @@ case "$err" in *"does_not_exist: not a model directory"*) ;; *) fail "missing di
 "$llmft" inspect "$testdata/tiny_llama" --batch-size 0 >/dev/null 2>&1
 code=$?
 [ "$code" -eq 2 ] || fail "bad --batch-size: exit $code, expected 2"
+# --config: the run's memory per rank by category (74560 f32 weights frozen under LoRA: 291.2 KiB).
+work=$(mktemp -d "${TMPDIR:-/tmp}/llmft-inspect.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cat > "$work/run.pbtxt" <<PBTXT
+model { hf_dir: "$testdata/tiny_llama" }
+peft { lora { r: 4 alpha: 8 target_modules: "all-linear" } }
+data { train_files: "$work/train-*.tfrecord" seq_len: 32 batch_size: 2 }
+schedule { total_steps: 10 }
+memory { activation_checkpointing: FULL }
+PBTXT
+out=$("$llmft" inspect --config "$work/run.pbtxt") || fail "inspect --config exited $?"
+for expected in "LoRA r=4, f32, batch 2 x seq 32, activation checkpointing full, dp 1 x tp 1" \
+                "frozen_weights        291.2 KiB" "activations" "optimizer_state"; do
+  case "$out" in *"$expected"*) ;; *) fail "inspect --config output lacks '$expected':
+$out" ;; esac
+done
+err=$("$llmft" inspect --config "$work/missing.pbtxt" 2>&1 >/dev/null)
+code=$?
+[ "$code" -eq 2 ] || fail "missing config: exit $code, expected 2"
+[ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] || fail "missing config: expected one error line, got: $err"
 echo "PASS"
