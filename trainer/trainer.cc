@@ -215,7 +215,8 @@ void Trainer::report_memory() {
   line += str_cat("; all together ", format_bytes(peaks.total));
   values.emplace_back("memory_peak_total_mib", peaks.total / (1024.0 * 1024.0));
   say(line);
-  if (metrics_) metrics_->log_scalars(step_, values);
+  // Into the next metrics record (the first logged step), not one of its own.
+  pending_memory_values_ = std::move(values);
 }
 
 void Trainer::say(const std::string& line) {
@@ -639,6 +640,8 @@ TrainResult Trainer::train() {
           values.emplace_back("loss_scale", scaler_->scale());
           values.emplace_back("skipped_steps", static_cast<double>(skipped_steps_));
         }
+        values.insert(values.end(), pending_memory_values_.begin(), pending_memory_values_.end());
+        pending_memory_values_.clear();
         metrics_->log_scalars(step_, values);
       }
       window_start = time;

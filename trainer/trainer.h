@@ -243,6 +243,8 @@ class Trainer {
   uint64_t dropout_micro_steps_ = 0;
   int64_t skipped_steps_ = 0;  // updates skipped for a non-finite gradient
   int64_t last_checkpoint_step_ = -1;
+  // The first step's measured memory peaks, written with the next metrics record.
+  ScalarValues pending_memory_values_;
   std::optional<std::filesystem::path> resumed_from_;
 };
 
