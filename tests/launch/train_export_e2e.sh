@@ -73,6 +73,11 @@ expect_error "bad shard size" "--max-shard-size 'lots' is not a size" \
   export --config "$work/run.pbtxt" --merged "$work/none" --max-shard-size lots
 expect_error "no checkpoint" "no checkpoint (step-<N> directory) to export" \
   export --config "$work/run.pbtxt" --set checkpoint.dir="$work/empty" --merged "$work/none"
+expect_error "GGUF without a tokenizer" "tokenizer.json: missing: the GGUF export needs the Hugging Face tokenizer.json" \
+  export --config "$work/run.pbtxt" --gguf "$work/none.gguf"
+expect_error "GGUF k-quant" "--type: 'q4_k' is not supported" \
+  export --config "$work/run.pbtxt" --gguf "$work/none.gguf" --type q4_k
+[ -z "$(ls "$work" | grep gguf)" ] || fail "a failed GGUF export left a file: $(ls "$work" | grep gguf)"
 expect_error "bad model dir" "not a model directory" train --config "$work/run.pbtxt" --set model.hf_dir="$work/nothing"
 
 # The commented examples train as written, with only paths and lengths overridden.
