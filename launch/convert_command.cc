@@ -3,6 +3,10 @@
 // becomes a Hugging Face directory that llmft and transformers load:
 // config.json, generation_config.json, model.safetensors (dequantized),
 // tokenizer.json, tokenizer_config.json.
+//
+// `llmft convert --to-gguf MODEL_DIR --out FILE.gguf [--type f16]`: the other
+// way, a Hugging Face Llama/Mistral/Qwen2 directory as one GGUF file
+// (model/gguf_export.h), read and written one tensor at a time.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,15 +21,21 @@
 #include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "model/gguf_convert.h"
+#include "model/gguf_quantize.h"
 #include "model/gguf_reader.h"
+#include "trainer/export.h"
 
 namespace llmft::launch {
 namespace {
 
-constexpr const char* kUsage = "usage: llmft convert --gguf FILE --out DIR [--dtype f32|bf16]";
+constexpr const char* kUsage =
+    "usage: llmft convert --gguf FILE --out DIR [--dtype f32|bf16]\n"
+    "       llmft convert --to-gguf MODEL_DIR --out FILE.gguf [--type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1]";
 
 struct ConvertArgs {
   std::string gguf;
+  std::string to_gguf;
+  std::optional<std::string> type;
   std::string out;
   DType dtype = DType::kF32;
 };
@@ -36,6 +46,10 @@ ConvertArgs parse_args(std::span<char*> args) {
     const std::string_view arg = cursor.arg();
     if (arg == "--gguf") {
       parsed.gguf = cursor.value();
+    } else if (arg == "--to-gguf") {
+      parsed.to_gguf = cursor.value();
+    } else if (arg == "--type") {
+      parsed.type = cursor.value();
     } else if (arg == "--out") {
       parsed.out = cursor.value();
     } else if (arg == "--dtype") {
@@ -51,14 +65,37 @@ ConvertArgs parse_args(std::span<char*> args) {
       throw_bad_input("convert: unexpected argument '", arg, "'; ", kUsage);
     }
   }
-  if (parsed.gguf.empty() || parsed.out.empty()) throw_bad_input("convert: ", kUsage);
+  if (parsed.gguf.empty() == parsed.to_gguf.empty() || parsed.out.empty())
+    throw_bad_input("convert: give --gguf FILE or --to-gguf MODEL_DIR, and --out; see llmft convert --help");
+  if (parsed.type && parsed.to_gguf.empty()) throw_bad_input("convert: --type applies to --to-gguf only");
   return parsed;
+}
+
+int run_to_gguf(const ConvertArgs& parsed) {
+  const auto start = std::chrono::steady_clock::now();
+  gguf::GgufExportOptions options;
+  if (parsed.type) {
+    const std::optional<gguf::GgmlType> type = gguf::parse_quantize_type(*parsed.type);
+    if (!type)
+      throw_bad_input("convert: --type: '", *parsed.type, "' is not supported (expected one of ",
+                      gguf::quantize_type_names(), "; the k-quants are not written)");
+    options.type = *type;
+  }
+  options.name = std::filesystem::path(parsed.to_gguf).lexically_normal().filename().string();
+  for (const std::string& note : trainer::convert_directory_to_gguf(parsed.to_gguf, parsed.out, options))
+    std::printf("convert: note: %s\n", note.c_str());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("convert: wrote %s (%s, %ju bytes) in %.1f s\n", parsed.out.c_str(),
+              gguf::ggml_type_name(static_cast<uint32_t>(options.type)).c_str(),
+              static_cast<uintmax_t>(std::filesystem::file_size(parsed.out)), seconds);
+  return 0;
 }
 
 }  // namespace
 
 int run_convert(std::span<char*> args) {
   const ConvertArgs parsed = parse_args(args);
+  if (!parsed.to_gguf.empty()) return run_to_gguf(parsed);
   const auto start = std::chrono::steady_clock::now();
   const gguf::GgufFile file = gguf::GgufFile::open(parsed.gguf);
   std::map<std::string, int> types;

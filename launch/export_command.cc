@@ -9,7 +9,9 @@
 //                  weights.
 //   --adapter OUT  a Hugging Face PEFT adapter (adapter_config.json +
 //                  adapter_model.safetensors); LoRA runs only.
-// Both may be given at once. --dtype defaults to the run's compute dtype.
+//   --gguf OUT     the merged model as one GGUF file for llama.cpp/Ollama
+//                  (model/gguf_export.h), matrices in --type (default f16).
+// Any of them may be given at once. --dtype defaults to the run's compute dtype.
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -19,6 +21,7 @@
 #include "core/error.h"
 #include "launch/cli_args.h"
 #include "launch/commands.h"
+#include "model/gguf_quantize.h"
 #include "trainer/checkpoint.h"
 #include "trainer/export.h"
 #include "trainer/train_options.h"
@@ -29,18 +32,21 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: llmft export --config RUN.pbtxt [--set field.path=value ...] [--checkpoint latest|DIR]\n"
-    "                    (--merged OUT | --adapter OUT) [--dtype f32|bf16|f16] [--max-shard-size 5GB]\n"
+    "                    (--merged OUT | --adapter OUT | --gguf OUT.gguf [--type f16]) [--dtype f32|bf16|f16]\n"
+    "                    [--max-shard-size 5GB]\n"
     "  --merged OUT: Hugging Face model directory (LoRA merged in fp32, or the fully fine-tuned weights),\n"
     "    sharded above --max-shard-size (bytes, or with KB/MB/GB = 10^3.. or KiB/MiB/GiB = 2^10..), with the\n"
     "    base model's tokenizer files.\n"
     "  --adapter OUT: Hugging Face PEFT adapter directory (LoRA runs only).\n"
+    "  --gguf OUT.gguf: the merged model as one GGUF file (llama.cpp, Ollama) with the tokenizer and chat\n"
+    "    template; --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1 for its matrices (default f16).\n"
     "  --checkpoint: default latest (the newest step-N of checkpoint.dir).\n";
 
 }  // namespace
 
 int run_export(std::span<char*> args) {
   ConfigArgs config;
-  std::optional<std::string> merged_dir, adapter_dir, dtype_name;
+  std::optional<std::string> merged_dir, adapter_dir, dtype_name, gguf_path, gguf_type_name;
   std::string checkpoint = "latest";
   uint64_t max_shard_bytes = kDefaultMaxShardBytes;
   for (ArgCursor cursor("export", args); cursor.next();) {
@@ -52,6 +58,10 @@ int run_export(std::span<char*> args) {
       merged_dir = cursor.value();
     } else if (arg == "--adapter") {
       adapter_dir = cursor.value();
+    } else if (arg == "--gguf") {
+      gguf_path = cursor.value();
+    } else if (arg == "--type") {
+      gguf_type_name = cursor.value();
     } else if (arg == "--dtype") {
       dtype_name = cursor.value();
     } else if (arg == "--max-shard-size") {
@@ -64,7 +74,17 @@ int run_export(std::span<char*> args) {
     }
   }
   if (!config.path) throw_bad_input("export: --config is required; see llmft export --help");
-  if (!merged_dir && !adapter_dir) throw_bad_input("export: give --merged OUT and/or --adapter OUT");
+  if (!merged_dir && !adapter_dir && !gguf_path)
+    throw_bad_input("export: give --merged OUT, --adapter OUT and/or --gguf OUT.gguf");
+  if (gguf_type_name && !gguf_path) throw_bad_input("export: --type applies to --gguf OUT.gguf only");
+  gguf::GgufExportOptions gguf_options;
+  if (gguf_type_name) {
+    const std::optional<gguf::GgmlType> type = gguf::parse_quantize_type(*gguf_type_name);
+    if (!type)
+      throw_bad_input("export: --type: '", *gguf_type_name, "' is not supported (expected one of ",
+                      gguf::quantize_type_names(), "; the k-quants are not written)");
+    gguf_options.type = *type;
+  }
   const trainer::TrainOptions options = trainer::load_train_options(*config.path, config.overrides);
   if (adapter_dir && !options.lora)
     throw_bad_input("export: --adapter: ", *config.path,
@@ -89,6 +109,13 @@ int run_export(std::span<char*> args) {
     for (const std::string& name : copied) copied_list += (copied_list.empty() ? "" : ", ") + name;
     std::printf("merged model of %s written to %s (tokenizer files: %s)\n", source.string().c_str(),
                 merged_dir->c_str(), copied.empty() ? "none found in the base directory" : copied_list.c_str());
+  }
+  if (gguf_path) {
+    gguf_options.name = std::filesystem::path(options.hf_dir).filename().string();
+    for (const std::string& note : trainer::export_gguf(*model, options.hf_dir, *gguf_path, gguf_options))
+      std::printf("export: note: %s\n", note.c_str());
+    std::printf("GGUF (%s) of %s written to %s\n", gguf::ggml_type_name(static_cast<uint32_t>(gguf_options.type)).c_str(),
+                source.string().c_str(), gguf_path->c_str());
   }
   if (adapter_dir) {
     trainer::export_adapter(*model, options.hf_dir, *adapter_dir, dtype);

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "model/gguf_names.h"
 #include "model/model_config.h"
 
 namespace llmft::gguf {
@@ -22,23 +23,6 @@ using json = nlohmann::ordered_json;
 // llama.cpp token types (llama.h enum llama_token_type / gguf-py TokenType).
 constexpr int64_t kTokenTypeControl = 3;
 constexpr int64_t kTokenTypeUserDefined = 4;
-
-// Per-layer tensors: GGUF suffix -> HF module (GGUF_TENSOR_MAPPING["llama"]).
-struct LayerTensor {
-  const char* gguf;
-  const char* hf;
-};
-constexpr LayerTensor kLayerTensors[] = {
-    {"attn_norm.weight", "input_layernorm.weight"},
-    {"attn_q.weight", "self_attn.q_proj.weight"},
-    {"attn_k.weight", "self_attn.k_proj.weight"},
-    {"attn_v.weight", "self_attn.v_proj.weight"},
-    {"attn_output.weight", "self_attn.o_proj.weight"},
-    {"ffn_norm.weight", "post_attention_layernorm.weight"},
-    {"ffn_gate.weight", "mlp.gate_proj.weight"},
-    {"ffn_up.weight", "mlp.up_proj.weight"},
-    {"ffn_down.weight", "mlp.down_proj.weight"},
-};
 
 // Pre-tokenizer split regexes by `tokenizer.ggml.pre`, as transformers'
 // gguf_tokenizer_mapping.py GGUF_PRE_TOKENIZER_SPLITS has them (a subset: the
@@ -53,10 +37,12 @@ struct PreTokenizerSplit {
   const char* pre;
   const char* regex;
 };
+// The first name of each regex is the one the GGUF writer gives it: llama.cpp's
+// converter names Llama 3's pre-tokenizer "llama-bpe" and Qwen2's "qwen2".
 constexpr PreTokenizerSplit kPreTokenizerSplits[] = {
-    {"llama3", kLlama3Split},   {"llama-v3", kLlama3Split}, {"llama-bpe", kLlama3Split},
-    {"falcon3", kLlama3Split},  {"smaug-bpe", kLlama3Split}, {"dbrx", kLlama3Split},
-    {"qwen2", kQwen2Split},     {"deepseek-r1-qwen", kQwen2Split},
+    {"llama-bpe", kLlama3Split}, {"llama3", kLlama3Split},   {"llama-v3", kLlama3Split},
+    {"falcon3", kLlama3Split},   {"smaug-bpe", kLlama3Split}, {"dbrx", kLlama3Split},
+    {"qwen2", kQwen2Split},      {"deepseek-r1-qwen", kQwen2Split},
 };
 
 json byte_level_pre_tokenizer(bool use_regex) {
@@ -88,6 +74,33 @@ json pre_tokenizer_for(const std::string& pre, std::vector<std::string>& notes) 
     notes.push_back(str_cat("tokenizer.ggml.pre '", pre, "' is not known: tokenizer.json uses the GPT-2 split"));
   return byte_level_pre_tokenizer(true);
 }
+
+}  // namespace
+
+std::optional<std::string> gguf_pre_tokenizer_name(const nlohmann::json& pre_tokenizer) {
+  auto is_type = [](const nlohmann::json& value, const char* type) {
+    return value.is_object() && value.contains("type") && value["type"] == type;
+  };
+  auto byte_level_with_regex = [&](const nlohmann::json& value, bool use_regex) {
+    return is_type(value, "ByteLevel") && value.value("use_regex", true) == use_regex;
+  };
+  if (byte_level_with_regex(pre_tokenizer, true)) return "gpt2";
+  if (!is_type(pre_tokenizer, "Sequence") || !pre_tokenizer.contains("pretokenizers")) return std::nullopt;
+  const nlohmann::json& steps = pre_tokenizer["pretokenizers"];
+  if (!steps.is_array() || steps.size() != 2) return std::nullopt;
+  if (is_type(steps[0], "Digits") && steps[0].value("individual_digits", false) && byte_level_with_regex(steps[1], true))
+    return "smollm";
+  if (!is_type(steps[0], "Split") || !byte_level_with_regex(steps[1], false) || !steps[0].contains("pattern") ||
+      !steps[0]["pattern"].is_object() || !steps[0]["pattern"].contains("Regex") ||
+      !steps[0]["pattern"]["Regex"].is_string())
+    return std::nullopt;
+  const std::string regex = steps[0]["pattern"]["Regex"].get<std::string>();
+  for (const PreTokenizerSplit& split : kPreTokenizerSplits)
+    if (regex == split.regex) return std::string(split.pre);
+  return std::nullopt;
+}
+
+namespace {
 
 // Decodes UTF-8 into code points; false when `text` is not valid UTF-8.
 bool decode_utf8(const std::string& text, std::vector<char32_t>& out) {
@@ -331,16 +344,20 @@ double shortest_float32(double value) {
   return value;
 }
 
-std::string hf_tensor_name(const std::string& gguf_name) {
-  if (gguf_name == "token_embd.weight") return "model.embed_tokens.weight";
-  if (gguf_name == "output_norm.weight") return "model.norm.weight";
-  if (gguf_name == "output.weight") return "lm_head.weight";
-  static const std::regex layer_pattern(R"(blk\.(\d+)\.(.+))");
-  std::smatch match;
-  if (!std::regex_match(gguf_name, match, layer_pattern)) return "";
-  for (const LayerTensor& tensor : kLayerTensors)
-    if (match[2] == tensor.gguf) return str_cat("model.layers.", match[1].str(), ".", tensor.hf);
-  return "";
+std::vector<float> permute_rope_rows(std::span<const float> hf_rows, int64_t rows, int64_t columns, int64_t heads) {
+  LLMFT_CHECK(heads > 0 && rows % (2 * heads) == 0 && static_cast<int64_t>(hf_rows.size()) == rows * columns,
+              "rows ", rows, " do not split into ", heads, " heads of pairs");
+  const int64_t head_rows = rows / heads;
+  const int64_t half = head_rows / 2;
+  std::vector<float> gguf(hf_rows.size());
+  for (int64_t head = 0; head < heads; ++head)
+    for (int64_t part = 0; part < 2; ++part)
+      for (int64_t i = 0; i < half; ++i) {
+        const int64_t hf_row = head * head_rows + part * half + i;
+        const int64_t gguf_row = head * head_rows + 2 * i + part;
+        std::copy_n(hf_rows.begin() + hf_row * columns, columns, gguf.begin() + gguf_row * columns);
+      }
+  return gguf;
 }
 
 std::vector<float> unpermute_rope_rows(std::span<const float> gguf_rows, int64_t rows, int64_t columns, int64_t heads) {
@@ -442,7 +459,8 @@ HfModel convert_gguf(const GgufFile& file, const ConvertOptions& options) {
   std::set<std::string> written;
   for (const TensorInfo& tensor : file.tensors()) {
     const std::string name = hf_tensor_name(tensor.name);
-    if (name.empty())
+    // The shared name table also maps Qwen2's q/k/v biases, which a llama model has not.
+    if (name.empty() || name.ends_with(".bias"))
       throw_bad_input(file.path(), ": tensor '", tensor.name, "' has no Hugging Face Llama counterpart");
     auto expected = expected_shapes.find(name);
     if (expected == expected_shapes.end())

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
+#include "model/gguf_names.h"
 #include "model/gguf_reader.h"
 #include "model/safetensors.h"
 
@@ -53,8 +55,15 @@ void write_hf_directory(const HfModel& model, const std::filesystem::path& direc
 
 // --- Pieces, exposed for tests -------------------------------------------------
 
-// The Hugging Face name of a GGUF tensor of a llama model ("" when unknown).
-std::string hf_tensor_name(const std::string& gguf_name);
+// The `tokenizer.ggml.pre` name of a tokenizer.json pre_tokenizer, the inverse
+// of what convert_gguf builds: "gpt2" (ByteLevel with its own regex),
+// "smollm" (individual Digits, then ByteLevel), "llama-bpe" or "qwen2" (their
+// Split regex, then ByteLevel); nullopt for anything else.
+std::optional<std::string> gguf_pre_tokenizer_name(const nlohmann::json& pre_tokenizer);
+
+// LlamaModel.permute on a row-major [rows, columns] matrix of `heads` heads:
+// GGUF row h*d + 2i + p comes from HF row h*d + p*(d/2) + i (d = rows / heads).
+std::vector<float> permute_rope_rows(std::span<const float> hf_rows, int64_t rows, int64_t columns, int64_t heads);
 
 // Undoes LlamaModel.permute on a row-major [rows, columns] matrix whose rows are
 // `heads` heads of rows/heads rows each: HF row h*d + p*(d/2) + i comes from

@@ -1,8 +1,12 @@
 #include "trainer/export.h"
 
+#include <unistd.h>
+
 #include <cctype>
+#include <map>
 
 #include "core/error.h"
+#include "model/safetensors.h"
 #include "peft/adapter_io.h"
 
 namespace llmft::trainer {
@@ -60,6 +64,57 @@ void export_adapter(TrainingModel& model, const std::string& base_model_name_or_
         "export --adapter: the run is full fine-tuning (peft none), which has no adapter; use --merged "
         "for the trained weights");
   save_lora_adapter(*model.lora, out, base_model_name_or_path, dtype);
+}
+
+void write_gguf_atomically(const gguf::GgufModelExport& plan, const std::filesystem::path& out, FileOps& files) {
+  const std::filesystem::path directory = out.parent_path().empty() ? std::filesystem::path(".") : out.parent_path();
+  const std::string temp = (directory / str_cat(".", out.filename().string(), ".tmp-", ::getpid())).string();
+  try {
+    std::unique_ptr<CheckpointFile> file = files.create(temp);
+    plan.write([&](const void* data, size_t bytes) { file->append(data, bytes); });
+    file->sync();
+    file->close();
+    files.rename(temp, out.string());
+  } catch (...) {
+    files.remove_all(temp);
+    throw;
+  }
+  files.sync_directory(directory.string());
+}
+
+std::vector<std::string> export_gguf(TrainingModel& model, const std::filesystem::path& base_dir,
+                                     const std::filesystem::path& out, const gguf::GgufExportOptions& options,
+                                     FileOps& files) {
+  // The merged fp32 weights, each handed to the writer when its turn comes.
+  std::vector<NamedTensor> tensors =
+      model.lora ? model.lora->merged_state_dict(DType::kF32) : model.model->state_dict(DType::kF32);
+  std::map<std::string, const Tensor*> by_name;
+  gguf::HfModelSource source;
+  source.config = model.model->config();
+  source.config_source = (base_dir / "config.json").string();
+  source.directory = base_dir;
+  for (const NamedTensor& tensor : tensors) {
+    source.tensors.push_back({tensor.name, tensor.tensor.shape()});
+    by_name[tensor.name] = &tensor.tensor;
+  }
+  source.load = [&](const std::string& name) { return by_name.at(name)->to_floats(); };
+  const gguf::GgufModelExport plan = gguf::GgufModelExport::plan(std::move(source), options);
+  write_gguf_atomically(plan, out, files);
+  return plan.notes();
+}
+
+std::vector<std::string> convert_directory_to_gguf(const std::filesystem::path& hf_dir, const std::filesystem::path& out,
+                                                   const gguf::GgufExportOptions& options, FileOps& files) {
+  auto checkpoint = std::make_shared<SafetensorsCheckpoint>(SafetensorsCheckpoint::open(hf_dir));
+  gguf::HfModelSource source;
+  source.config = ModelConfig::load(hf_dir);
+  source.config_source = (hf_dir / "config.json").string();
+  source.directory = hf_dir;
+  for (const std::string& name : checkpoint->tensor_names()) source.tensors.push_back({name, checkpoint->entry(name).shape});
+  source.load = [checkpoint](const std::string& name) { return checkpoint->tensor_as(name, DType::kF32).to_floats(); };
+  const gguf::GgufModelExport plan = gguf::GgufModelExport::plan(std::move(source), options);
+  write_gguf_atomically(plan, out, files);
+  return plan.notes();
 }
 
 }  // namespace llmft::trainer

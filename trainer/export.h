@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "model/gguf_export.h"
 #include "model/safetensors.h"
+#include "trainer/file_ops.h"
 #include "trainer/training_setup.h"
 
 namespace llmft::trainer {
@@ -32,5 +34,26 @@ std::vector<std::string> export_merged(TrainingModel& model, const std::filesyst
 // a full fine-tuning model, which has no adapter.
 void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
                     std::optional<DType> dtype = std::nullopt);
+
+// Streams `plan` into `out` through `files`: a temporary file beside it
+// (".<name>.tmp-<pid>"), fsynced, renamed into place, the directory fsynced.
+// Any failure (a full disk mid-write included) removes the temporary file,
+// so `out` is the old file or the whole new one, never part of one; the
+// error names the file.
+void write_gguf_atomically(const gguf::GgufModelExport& plan, const std::filesystem::path& out,
+                           FileOps& files = local_file_ops());
+
+// The model as trained (LoRA merged in fp32, or the fully fine-tuned weights)
+// as one GGUF file, with the tokenizer and chat template of `base_dir`.
+// Returns notes for the user (gguf_export.h).
+std::vector<std::string> export_gguf(TrainingModel& model, const std::filesystem::path& base_dir,
+                                     const std::filesystem::path& out, const gguf::GgufExportOptions& options,
+                                     FileOps& files = local_file_ops());
+
+// A Hugging Face directory (config.json, safetensors, tokenizer files) as one
+// GGUF file, read and written one tensor at a time.
+std::vector<std::string> convert_directory_to_gguf(const std::filesystem::path& hf_dir, const std::filesystem::path& out,
+                                                   const gguf::GgufExportOptions& options,
+                                                   FileOps& files = local_file_ops());
 
 }  // namespace llmft::trainer

@@ -1,5 +1,5 @@
 #!/bin/sh
-# e2e: `llmft train` on a tiny random model, then `llmft export` (merged,
+# e2e: `llmft train` on a tiny random model, then `llmft export` (merged, GGUF,
 # sharded, adapter) and `llmft eval`, through the binary; SIGTERM during
 # training writes a checkpoint that `--set checkpoint.resume=latest` continues.
 # usage: train_export_e2e.sh LLMFT_BINARY MAKE_TINY_RUN_BINARY SOURCE_DIR
@@ -96,6 +96,27 @@ expect_error "bad shard size" "--max-shard-size 'lots' is not a size" \
   export --config "$work/run.pbtxt" --merged "$work/none" --max-shard-size lots
 expect_error "no checkpoint" "no checkpoint (step-<N> directory) to export" \
   export --config "$work/run.pbtxt" --set checkpoint.dir="$work/empty" --merged "$work/none"
+expect_error "GGUF without a tokenizer" "tokenizer.json: missing: the GGUF export needs the Hugging Face tokenizer.json" \
+  export --config "$work/run.pbtxt" --gguf "$work/none.gguf"
+expect_error "GGUF k-quant" "--type: 'q4_k' is not supported" \
+  export --config "$work/run.pbtxt" --gguf "$work/none.gguf" --type q4_k
+[ -z "$(ls "$work" | grep gguf)" ] || fail "a failed GGUF export left a file: $(ls "$work" | grep gguf)"
+
+# With a byte-level BPE tokenizer (64 plain tokens, no merges) the merged model
+# exports to GGUF, and `convert --gguf` of that file scores like the merged export.
+vocab=$(awk 'BEGIN { for (i = 0; i < 64; i++) printf "%s\"t%d\": %d", (i ? ", " : ""), i, i }')
+cat > "$work/model/tokenizer.json" <<JSON
+{"version": "1.0", "added_tokens": [], "normalizer": null,
+ "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+ "post_processor": null, "decoder": {"type": "ByteLevel"},
+ "model": {"type": "BPE", "byte_fallback": false, "vocab": {$vocab}, "merges": []}}
+JSON
+"$llmft" export --config "$work/run.pbtxt" --gguf "$work/model.gguf" --type f32 >/dev/null || fail "export --gguf exited $?"
+"$llmft" convert --gguf "$work/model.gguf" --out "$work/from-gguf" >/dev/null || fail "convert --gguf exited $?"
+from_gguf=$("$llmft" eval --model "$work/from-gguf" --data "$work/data/valid.tfrecord" --seq-len 16 | grep '^loss') ||
+  fail "eval of the GGUF round trip exited $?"
+echo "$merged" "$from_gguf" | awk '{ d = $2 - $10; if (d < 0) d = -d; if (d > 1e-5) exit 1 }' ||
+  fail "the merged export ($merged) and its GGUF round trip ($from_gguf) score differently"
 expect_error "bad model dir" "not a model directory" train --config "$work/run.pbtxt" --set model.hf_dir="$work/nothing"
 expect_error "bad long_documents" "field 'data.long_documents' expects one of TRUNCATE, SPLIT, DROP" \
   train --config "$work/run.pbtxt" --set data.long_documents=chop
