@@ -23,45 +23,19 @@ measured difference is about 1e-4).
 """
 
 import json
-import os
 import subprocess
 import unittest
-from pathlib import Path
 
 import numpy as np
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from finetune_common import build_peer, conversations, read_logits, transformers_logits
 from interop_common import WORK_DIR, convert_smollm2, main, run_llmft
 
 LOGIT_TOLERANCE = 2e-3
 IDS = [1, 504, 3575, 282, 4649, 314, 17, 2, 1116, 30, 2043]
-
-
-def build_peer(name: str) -> str:
-    """A test peer beside llmft_logits in the build tree."""
-    logits = Path(os.environ["LLMFT_LOGITS"])
-    return str(logits if name == "llmft_logits" else logits.parents[1] / "peft" / name)
-
-
-def read_logits(path: Path, rows: int) -> np.ndarray:
-    return np.fromfile(path, dtype=np.float32).reshape(rows, -1)
-
-
-def transformers_logits(model, ids) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
-
-
-def conversations():
-    """Short chats with one fixed answer style, enough for a few optimizer steps."""
-    cities = ["Lyon", "Porto", "Graz", "Turku", "Gent", "Bergen", "Split", "Cork"]
-    for index, city in enumerate(cities * 3):
-        yield {"messages": [
-            {"role": "user", "content": f"Where does record {index} live?"},
-            {"role": "assistant", "content": f"RECORD {index}: city={city.upper()}"},
-        ]}
 
 
 class FinetuneExportTest(unittest.TestCase):

@@ -45,25 +45,12 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from finetune_common import build_peer, conversations, read_logits, transformers_logits
 from interop_common import ARGS, WORK_DIR, convert_smollm2, main, run_llmft
 
 LOGIT_TOLERANCE = 1e-4
 TRAINED_TOLERANCE = 1e-3
 IDS = [1, 504, 3575, 282, 4649, 314, 17, 2, 1116, 30, 2043]
-
-
-def build_peer(name: str) -> str:
-    logits = Path(os.environ["LLMFT_LOGITS"])
-    return str(logits if name == "llmft_logits" else logits.parents[1] / "peft" / name)
-
-
-def read_logits(path: Path, rows: int) -> np.ndarray:
-    return np.fromfile(path, dtype=np.float32).reshape(rows, -1)
-
-
-def transformers_logits(model, ids) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
 def small_llama(directory: Path) -> Path:
@@ -80,15 +67,6 @@ def small_llama(directory: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(smollm2 / name, directory / name)
     return directory
-
-
-def conversations():
-    cities = ["Lyon", "Porto", "Graz", "Turku", "Gent", "Bergen", "Split", "Cork"]
-    for index, city in enumerate(cities * 3):
-        yield {"messages": [
-            {"role": "user", "content": f"Where does record {index} live?"},
-            {"role": "assistant", "content": f"RECORD {index}: city={city.upper()}"},
-        ]}
 
 
 class TensorParallelExportTest(unittest.TestCase):

@@ -13,30 +13,14 @@
 #include "core/error.h"
 #include "collective_expectations.h"
 #include "parallel/gradient_buckets.h"
+#include "in_process_ranks.h"
 #include "parallel/in_process_communicator.h"
 #include "parallel/parallel_context.h"
 
 namespace llmft::parallel {
 namespace {
 
-// Runs body(rank communicator) on `size` threads; rethrows the first failure.
-void on_ranks(int size, const std::function<void(Communicator&)>& body, double timeout_seconds = 30.0) {
-  std::shared_ptr<InProcessGroup> group = InProcessGroup::create(size, timeout_seconds);
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
-  for (int rank = 0; rank < size; ++rank)
-    threads.emplace_back([&, rank] {
-      try {
-        std::unique_ptr<Communicator> communicator = group->communicator(rank);
-        body(*communicator);
-      } catch (...) {
-        errors[static_cast<size_t>(rank)] = std::current_exception();
-      }
-    });
-  for (std::thread& thread : threads) thread.join();
-  for (const std::exception_ptr& error : errors)
-    if (error) std::rethrow_exception(error);
-}
+using testing_support::on_ranks;
 
 class InProcessCollectives : public ::testing::TestWithParam<int> {};
 

@@ -21,7 +21,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "model/llama.h"
-#include "parallel/in_process_communicator.h"
+#include "in_process_ranks.h"
 #include "parallel/shard.h"
 #include "peft/lora.h"
 
@@ -30,23 +30,7 @@ namespace {
 
 using parallel::Communicator;
 
-void on_ranks(int size, const std::function<void(Communicator&)>& body) {
-  std::shared_ptr<parallel::InProcessGroup> group = parallel::InProcessGroup::create(size, 60.0);
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
-  for (int rank = 0; rank < size; ++rank)
-    threads.emplace_back([&, rank] {
-      try {
-        std::unique_ptr<Communicator> communicator = group->communicator(rank);
-        body(*communicator);
-      } catch (...) {
-        errors[static_cast<size_t>(rank)] = std::current_exception();
-      }
-    });
-  for (std::thread& thread : threads) thread.join();
-  for (const std::exception_ptr& error : errors)
-    if (error) std::rethrow_exception(error);
-}
+using parallel::testing_support::on_ranks;
 
 ModelConfig tiny_config(const std::string& architecture, int64_t heads = 8, int64_t kv_heads = 4) {
   nlohmann::json json = {{"architectures", {architecture}},
