@@ -9,7 +9,9 @@
 # eval` of the same checkpoint; a config whose parallel.dp disagrees with the
 # launch, and more ranks on a node than GPUs, are one error line before any
 # work; `parallel.tp: 2` (tensor parallelism, dp 1) gives the one-process
-# run's losses, and one process exports its checkpoint (full tensors).
+# run's losses, and one process exports its checkpoint (full tensors); a
+# SIGKILL of one rank ends the job within the collective timeout with every
+# checkpoint complete, and the resumed job repeats the uninterrupted losses.
 # usage: train_mpi_e2e.sh MPIEXEC LLMFT_BINARY MAKE_TINY_RUN_BINARY
 set -u
 mpiexec=$1 llmft=$2 make_tiny_run=$3
@@ -122,4 +124,46 @@ done
 [ -f "$work/tp-adapter/adapter_model.safetensors" ] && [ -f "$work/tp-merged/config.json" ] ||
   fail "export of the tp 2 checkpoint wrote no adapter/merged model: $(ls "$work")"
 echo "tp 2: the one-process losses over 6 steps; checkpoint exported by one process"
+
+# 6. SIGKILL of one rank (issue 18): the job ends (mpirun reports the dead
+# rank and stops the other, which would otherwise wait in a collective until
+# parallel.timeout_s), no checkpoint is left half-written, and `mpirun -np 2
+# ... resume=latest` finishes the run with the uninterrupted run's losses.
+write_config rankkill 60
+"${launch[@]}" "$llmft" train --config "$work/rankkill.pbtxt" --threads 1 --set parallel.timeout_s=20 \
+  --set checkpoint.every_n_steps=1 >"$work/rankkill.log" 2>&1 &
+job=$!
+rank1=""
+for _ in $(seq 600); do
+  sleep 0.1
+  [ -f "$work/rankkill/metrics.jsonl" ] && [ "$(wc -l <"$work/rankkill/metrics.jsonl")" -ge 8 ] || continue
+  for pid in $(pgrep -f "llmft train --config $work/rankkill.pbtxt"); do
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && rank1=$pid
+  done
+  [ -n "$rank1" ] && break
+done
+[ -n "$rank1" ] || fail "rank kill: no rank 1 process: $(cat "$work/rankkill.log")"
+killed_at=$(date +%s)
+kill -KILL "$rank1"
+wait "$job"
+status=$?
+elapsed=$(( $(date +%s) - killed_at ))
+[ "$status" -ne 0 ] || fail "rank kill: mpirun exited 0 after rank 1 was killed"
+[ "$elapsed" -le 25 ] || fail "rank kill: the job took $elapsed s to end (timeout_s 20)"
+for checkpoint in "$work"/rankkill/checkpoints/step-*; do
+  "$llmft" export --config "$work/rankkill.pbtxt" --checkpoint "$checkpoint" --adapter "$work/rankkill-probe" \
+    >/dev/null 2>&1 || fail "rank kill: $checkpoint is not a complete checkpoint"
+done
+"${launch[@]}" "$llmft" train --config "$work/rankkill.pbtxt" --threads 1 --set checkpoint.every_n_steps=1 \
+  --set checkpoint.resume=latest >>"$work/rankkill.log" 2>&1 || fail "rank kill: resume exited $?: $(tail -5 "$work/rankkill.log")"
+write_config rankstraight 60
+"${launch[@]}" "$llmft" train --config "$work/rankstraight.pbtxt" --threads 1 >"$work/rankstraight.log" 2>&1 ||
+  fail "rank kill: the uninterrupted run exited $?"
+# Steps logged twice (before the kill and after the resume) must agree.
+sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e+]*\).*/\1 \2/p' "$work/rankstraight/metrics.jsonl" >"$work/rankstraight.losses"
+sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e+]*\).*/\1 \2/p' "$work/rankkill/metrics.jsonl" >"$work/rankkill.losses"
+awk 'NR == FNR { want[$1] = $2; next } { seen[$1] = 1; if (want[$1] != $2) bad = 1 }
+     END { for (s in want) if (!(s in seen)) bad = 1; exit bad }' "$work/rankstraight.losses" "$work/rankkill.losses" ||
+  fail "rank kill: the resumed job's losses differ from the uninterrupted run's"
+echo "SIGKILL of rank 1: the job ended in $elapsed s (exit $status), every checkpoint complete, resumed to the uninterrupted run's losses"
 
