@@ -11,6 +11,9 @@ GradientBuckets::GradientBuckets(Context& context, Communicator& communicator, s
                                  std::vector<int64_t> stages, size_t bucket_bytes, bool sharded)
     : communicator_(communicator), sharded_(sharded) {
   MemoryCategoryScope category(MemoryCategory::kGradients);
+  // The gradients move into the flat buffers: free the old ones first, so the
+  // two never coexist (memory peak).
+  for (Parameter* parameter : parameters) parameter->grad = Tensor();
   if (parameters.size() != stages.size())
     throw_runtime("GradientBuckets: ", parameters.size(), " parameters but ", stages.size(), " stages");
   if (bucket_bytes < 1) throw_bad_input("parallel.bucket_mb: the bucket size must be positive");

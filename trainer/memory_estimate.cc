@@ -54,7 +54,8 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const TrainOp
   set(MemoryCategory::kFrozenWeights, options.lora ? parameters * w : 0.0);
   // fp32 masters only for 16-bit values (an f32 value is its own master).
   set(MemoryCategory::kTrainableWeights, trainable * w + (w < 4 ? trainable * 4 / zero1 : 0.0));
-  set(MemoryCategory::kGradients, trainable * 4);
+  // ZeRO-1 adds the reduce-scattered shard of the flat gradient buckets.
+  set(MemoryCategory::kGradients, trainable * 4 + (zero1 > 1 ? trainable * 4 / zero1 : 0.0));
   set(MemoryCategory::kOptimizerState, trainable * 8 / zero1);
 
   // Activations of one micro-batch of N = batch_size x seq_len rows.
