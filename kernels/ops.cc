@@ -93,13 +93,27 @@ void fill(Context& context, Tensor& x, float value) { LLMFT_DISPATCH(context, fi
 
 void cast(Context& context, const Tensor& src, Tensor& dst) { LLMFT_DISPATCH(context, cast(context, src, dst)); }
 
+namespace {
+
+// A layout's slice must lie inside its rows; checked here for both backends.
+void check_dropout_layout(std::string_view op, const Tensor& x, const DropoutLayout& layout) {
+  const int64_t columns = x.dim() == 0 ? 1 : x.size(-1);
+  if (!layout.contiguous(columns) && layout.row_stride < layout.column_offset + columns)
+    throw_bad_input(op, ": dropout layout row stride ", layout.row_stride, " < column offset ", layout.column_offset,
+                    " + ", columns, " columns");
+}
+
+}  // namespace
+
 void dropout_forward(Context& context, const Tensor& x, float p, uint64_t seed, uint64_t offset, Tensor& y,
                      DropoutLayout layout) {
+  check_dropout_layout("dropout_forward", x, layout);
   LLMFT_DISPATCH(context, dropout_forward(context, x, p, seed, offset, y, layout));
 }
 
 void dropout_backward(Context& context, const Tensor& dy, float p, uint64_t seed, uint64_t offset, Tensor& dx,
                       DropoutLayout layout) {
+  check_dropout_layout("dropout_backward", dy, layout);
   LLMFT_DISPATCH(context, dropout_backward(context, dy, p, seed, offset, dx, layout));
 }
 

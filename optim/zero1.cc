@@ -17,7 +17,8 @@ Zero1Optimizer::Zero1Optimizer(Context& context, parallel::GradientBuckets& buck
     : context_(context), buckets_(buckets), layouts_(buckets.layouts()) {
   LLMFT_CHECK(buckets.sharded(), "ZeRO-1 needs sharded (reduce-scattered) gradient buckets");
   std::vector<Parameter*> views;
-  for (const parallel::GradientBuckets::Layout& layout : layouts_) {
+  for (size_t bucket = 0; bucket < layouts_.size(); ++bucket) {
+    const parallel::GradientBuckets::Layout& layout = layouts_[bucket];
     const int64_t shard_end = layout.shard_begin + layout.shard.numel();
     for (const parallel::GradientBuckets::Member& member : layout.members) {
       const int64_t begin = std::max(member.offset, layout.shard_begin);
@@ -28,7 +29,8 @@ Zero1Optimizer::Zero1Optimizer(Context& context, parallel::GradientBuckets& buck
       view.value = flat_view(member.parameter->value).slice_rows(begin - member.offset, end - member.offset);
       view.grad = layout.shard.slice_rows(begin - layout.shard_begin, end - layout.shard_begin);
       view.trainable = true;
-      segments_.push_back({member.parameter, begin - member.offset, end - member.offset, &view});
+      segments_.push_back(
+          {member.parameter, begin - member.offset, end - member.offset, &view, bucket, begin - layout.shard_begin});
       views.push_back(&view);
     }
   }
@@ -52,19 +54,17 @@ void Zero1Optimizer::step(float lr, float grad_multiplier) {
   // packed into a contiguous buffer (padding zero), gathered, and every
   // parameter's elements copied out of the gathered bucket.
   parallel::Communicator& group = buckets_.communicator();
-  size_t next_segment = 0;
-  for (const parallel::GradientBuckets::Layout& layout : layouts_) {
+  size_t next_segment = 0;  // segments are in bucket order
+  for (size_t bucket = 0; bucket < layouts_.size(); ++bucket) {
+    const parallel::GradientBuckets::Layout& layout = layouts_[bucket];
     if (layout.members.empty()) continue;
     const DType dtype = layout.members.front().parameter->value.dtype();
     Tensor mine = context_.zeros({layout.shard.numel()}, dtype);
-    for (; next_segment < segments_.size(); ++next_segment) {
+    for (; next_segment < segments_.size() && segments_[next_segment].bucket == bucket; ++next_segment) {
       const Segment& segment = segments_[next_segment];
-      const auto member = std::find_if(layout.members.begin(), layout.members.end(),
-                                       [&](const auto& m) { return m.parameter == segment.parameter; });
-      if (member == layout.members.end()) break;
       LLMFT_CHECK(segment.parameter->value.dtype() == dtype, "ZeRO-1: one bucket holds parameters of two dtypes");
-      const int64_t at = member->offset + segment.begin - layout.shard_begin;
-      Tensor destination = mine.slice_rows(at, at + (segment.end - segment.begin));
+      Tensor destination =
+          mine.slice_rows(segment.shard_offset, segment.shard_offset + (segment.end - segment.begin));
       destination.copy_from(segment.view->value);
     }
     Tensor gathered = context_.empty({layout.elements}, dtype);

@@ -38,6 +38,8 @@ class Zero1Optimizer {
     Parameter* parameter = nullptr;  // the model's (or host copy's) parameter
     int64_t begin = 0, end = 0;      // its flattened elements [begin, end)
     Parameter* view = nullptr;       // value/grad views of those elements; AdamW's parameter
+    size_t bucket = 0;               // the bucket (layout) holding it
+    int64_t shard_offset = 0;        // where its elements start in that bucket's shard
   };
   // This rank's segments, in bucket order.
   const std::vector<Segment>& segments() const { return segments_; }

@@ -72,33 +72,25 @@ void apply_dropout(Context& context, std::string_view op, const Tensor& x, float
   const int64_t n = x.numel();
   if (n == 0) return;
   const float keep_scale = 1.0f / (1.0f - p);
+  // A strided layout (checked by kernels/ops.cc) takes one thread per
+  // element; the contiguous one a thread per Philox block.
   const int64_t columns = x.dim() == 0 ? 1 : x.size(-1);
-  if (!layout.contiguous(columns)) {
-    if (layout.row_stride < layout.column_offset + columns)
-      throw_bad_input(op, ": dropout layout row stride ", layout.row_stride, " < column offset ",
-                      layout.column_offset, " + ", columns, " columns");
-    const unsigned blocks = grid_for(context, n, kThreads);
-    dispatch_float(x.dtype(), op, [&](auto x_tag) {
-      using X = typename decltype(x_tag)::type;
-      dispatch_float(y.dtype(), op, [&](auto y_tag) {
-        using Y = typename decltype(y_tag)::type;
-        strided_dropout_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(
-            static_cast<const X*>(x.raw_data()), static_cast<Y*>(y.raw_data()), n, columns, layout.row_stride,
-            layout.column_offset, p, keep_scale, seed, offset);
-        LLMFT_CUDA_CHECK_LAUNCH();
-      });
-    });
-    return;
-  }
+  const bool contiguous = layout.contiguous(columns);
   const int64_t philox_blocks =
       static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> 2) - (offset >> 2) + 1);
-  const unsigned blocks = grid_for(context, philox_blocks, kThreads);
+  const unsigned blocks = grid_for(context, contiguous ? philox_blocks : n, kThreads);
   dispatch_float(x.dtype(), op, [&](auto x_tag) {
     using X = typename decltype(x_tag)::type;
     dispatch_float(y.dtype(), op, [&](auto y_tag) {
       using Y = typename decltype(y_tag)::type;
-      dropout_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(
-          static_cast<const X*>(x.raw_data()), static_cast<Y*>(y.raw_data()), n, p, keep_scale, seed, offset);
+      const X* in = static_cast<const X*>(x.raw_data());
+      Y* out = static_cast<Y*>(y.raw_data());
+      if (contiguous) {
+        dropout_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(in, out, n, p, keep_scale, seed, offset);
+      } else {
+        strided_dropout_kernel<X, Y><<<blocks, kThreads, 0, stream_of(context)>>>(
+            in, out, n, columns, layout.row_stride, layout.column_offset, p, keep_scale, seed, offset);
+      }
       LLMFT_CUDA_CHECK_LAUNCH();
     });
   });

@@ -15,6 +15,7 @@ llmft=$1 make_tiny_run=$2
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmft-kill-e2e.XXXXXX")
 trap 'pkill -KILL -f "$work/" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/e2e_lib.sh"
 "$make_tiny_run" "$work" || fail "fixture writer exited $?"
 steps=600
 write_config() {  # NAME
@@ -28,9 +29,6 @@ checkpoint { dir: "$work/$1/checkpoints" every_n_steps: 1 keep_last: 2 }
 logging { every_n_steps: 1 jsonl_path: "$work/$1/metrics.jsonl" }
 PBTXT
 }
-# "step loss" pairs of a JSONL file.
-step_losses() { sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e+]*\).*/\1 \2/p' "$1"; }
-
 write_config straight
 "$llmft" train --config "$work/straight.pbtxt" --threads 1 >"$work/straight.log" 2>&1 ||
   fail "uninterrupted run exited $?: $(tail -3 "$work/straight.log")"
@@ -76,8 +74,6 @@ done
 step_losses "$work/straight/metrics.jsonl" > "$work/straight.losses"
 step_losses "$work/killed/metrics.jsonl" > "$work/killed.losses"
 [ "$(wc -l <"$work/straight.losses")" -eq "$steps" ] || fail "the uninterrupted run logged $(wc -l <"$work/straight.losses") steps"
-awk 'NR == FNR { want[$1] = $2; next } { seen[$1] = 1; if (!($1 in want) || want[$1] != $2) { print "step " $1 ": " $2 " vs " want[$1]; bad = 1 } }
-     END { for (s in want) if (!(s in seen)) { print "step " s " never logged"; bad = 1 } exit bad }' \
-  "$work/straight.losses" "$work/killed.losses" || fail "logged losses differ (seed $seed)"
+same_step_losses "$work/straight.losses" "$work/killed.losses" || fail "logged losses differ (seed $seed)"
 echo "PASS: $kills SIGKILLs (seed $seed), every checkpoint complete after each, final weights and optimizer state" \
      "byte-identical, $(wc -l <"$work/killed.losses") logged losses all equal the uninterrupted run's"

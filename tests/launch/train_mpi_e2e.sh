@@ -18,6 +18,7 @@ mpiexec=$1 llmft=$2 make_tiny_run=$3
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmft-mpi-e2e.XXXXXX")
 trap 'pkill -KILL -f "$work/" 2>/dev/null; rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/e2e_lib.sh"
 launch=("$mpiexec" --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -np 2)
 
 "$make_tiny_run" "$work" || fail "fixture writer exited $?"
@@ -37,20 +38,22 @@ logging { every_n_steps: 1 jsonl_path: "$work/$1/metrics.jsonl" eval_every_n_ste
 PBTXT
 }
 losses() { grep -o '"loss": *[-0-9.e+]*' "$1" | sed 's/.*: *//'; }
+# The pid of rank 1 of run NAME once its metrics.jsonl has LINES lines (60 s at most).
+rank1_of() {
+  for _ in $(seq 600); do
+    sleep 0.1
+    [ -f "$work/$1/metrics.jsonl" ] && [ "$(wc -l <"$work/$1/metrics.jsonl")" -ge "$2" ] || continue
+    for pid in $(pgrep -f "llmft train --config $work/$1.pbtxt"); do
+      tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && { echo "$pid"; return; }
+    done
+  done
+}
 
 # 1. A long run; SIGTERM to rank 1 alone once it has taken 5 steps.
 write_config stopped 100000
 "${launch[@]}" "$llmft" train --config "$work/stopped.pbtxt" --threads 1 >"$work/stopped.log" 2>&1 &
 job=$!
-rank1=""
-for _ in $(seq 600); do
-  sleep 0.1
-  [ -f "$work/stopped/metrics.jsonl" ] && [ "$(wc -l <"$work/stopped/metrics.jsonl")" -ge 5 ] || continue
-  for pid in $(pgrep -f "llmft train --config $work/stopped.pbtxt"); do
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && rank1=$pid
-  done
-  [ -n "$rank1" ] && break
-done
+rank1=$(rank1_of stopped 5)
 [ -n "$rank1" ] || fail "no rank 1 process after 60 s: $(cat "$work/stopped.log")"
 kill -TERM "$rank1"
 wait "$job"
@@ -133,15 +136,7 @@ write_config rankkill 60
 "${launch[@]}" "$llmft" train --config "$work/rankkill.pbtxt" --threads 1 --set parallel.timeout_s=20 \
   --set checkpoint.every_n_steps=1 >"$work/rankkill.log" 2>&1 &
 job=$!
-rank1=""
-for _ in $(seq 600); do
-  sleep 0.1
-  [ -f "$work/rankkill/metrics.jsonl" ] && [ "$(wc -l <"$work/rankkill/metrics.jsonl")" -ge 8 ] || continue
-  for pid in $(pgrep -f "llmft train --config $work/rankkill.pbtxt"); do
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && rank1=$pid
-  done
-  [ -n "$rank1" ] && break
-done
+rank1=$(rank1_of rankkill 8)
 [ -n "$rank1" ] || fail "rank kill: no rank 1 process: $(cat "$work/rankkill.log")"
 killed_at=$(date +%s)
 kill -KILL "$rank1"
@@ -159,11 +154,9 @@ done
 write_config rankstraight 60
 "${launch[@]}" "$llmft" train --config "$work/rankstraight.pbtxt" --threads 1 >"$work/rankstraight.log" 2>&1 ||
   fail "rank kill: the uninterrupted run exited $?"
-# Steps logged twice (before the kill and after the resume) must agree.
-sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e+]*\).*/\1 \2/p' "$work/rankstraight/metrics.jsonl" >"$work/rankstraight.losses"
-sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e+]*\).*/\1 \2/p' "$work/rankkill/metrics.jsonl" >"$work/rankkill.losses"
-awk 'NR == FNR { want[$1] = $2; next } { seen[$1] = 1; if (want[$1] != $2) bad = 1 }
-     END { for (s in want) if (!(s in seen)) bad = 1; exit bad }' "$work/rankstraight.losses" "$work/rankkill.losses" ||
+step_losses "$work/rankstraight/metrics.jsonl" >"$work/rankstraight.losses"
+step_losses "$work/rankkill/metrics.jsonl" >"$work/rankkill.losses"
+same_step_losses "$work/rankstraight.losses" "$work/rankkill.losses" ||
   fail "rank kill: the resumed job's losses differ from the uninterrupted run's"
 echo "SIGKILL of rank 1: the job ended in $elapsed s (exit $status), every checkpoint complete, resumed to the uninterrupted run's losses"
 

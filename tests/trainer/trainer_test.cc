@@ -757,8 +757,12 @@ TEST_F(TrainerTest, EvaluationCountsEveryTokenAtAnySeqLenAndEqualsTheRecordsOneA
       EXPECT_EQ(result.trained_tokens, tokens);
       EXPECT_EQ(result.records, static_cast<int64_t>(validation_.size()));
       EXPECT_NEAR(result.loss, reference, 1e-6 * reference);
-      if (!packed) EXPECT_EQ(result.rows, static_cast<int64_t>(validation_.size()));
-      if (packed && seq_len >= 512) EXPECT_EQ(result.rows, 1);  // all nine share one row
+      if (!packed) {
+        EXPECT_EQ(result.rows, static_cast<int64_t>(validation_.size()));
+      }
+      if (packed && seq_len >= 512) {
+        EXPECT_EQ(result.rows, 1);  // all nine share one row
+      }
     }
   }
   data::LoaderOptions cut = make_loader_options(options, config, 2, /*validation=*/true);
