@@ -23,7 +23,7 @@
 #include "launch/cli_args.h"
 #include "launch/commands.h"
 #include "trainer/checkpoint.h"
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 #include "trainer/trainer.h"
 
 namespace llmft::launch {
@@ -82,13 +82,13 @@ int run_eval(std::span<char*> args) {
   if (config.path.has_value() == model_dir.has_value())
     throw_bad_input("eval: give exactly one of --config RUN.pbtxt or --model DIR; see llmft eval --help");
 
-  trainer::TrainOptions options;
+  config::TrainOptions options;
   std::string what;
   if (config.path) {
     if (seq_len || padded || append_eos || long_documents)
       throw_bad_input("eval: --seq-len, --long-documents, --padded and --append-eos go with --model; with --config "
                       "use --set data.*");
-    options = trainer::load_train_options(*config.path, config.overrides);
+    options = config::load_train_options(*config.path, config.overrides);
     if (data) options.validation_files = {*data};
     if (options.validation_files.empty())
       throw_bad_input(*config.path, ": field 'data.validation_files' is empty; write it or pass --data GLOB");

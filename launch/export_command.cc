@@ -24,7 +24,7 @@
 #include "model/gguf_quantize.h"
 #include "trainer/checkpoint.h"
 #include "trainer/export.h"
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 #include "trainer/training_setup.h"
 
 namespace llmft::launch {
@@ -85,7 +85,7 @@ int run_export(std::span<char*> args) {
                       gguf::quantize_type_names(), "; the k-quants are not written)");
     gguf_options.type = *type;
   }
-  const trainer::TrainOptions options = trainer::load_train_options(*config.path, config.overrides);
+  const config::TrainOptions options = config::load_train_options(*config.path, config.overrides);
   if (adapter_dir && !options.lora)
     throw_bad_input("export: --adapter: ", *config.path,
                     " is a full fine-tuning run (peft none), which has no adapter; use --merged OUT for the trained "

@@ -26,7 +26,7 @@
 #include "model/safetensors.h"
 #include "trainer/memory_estimate.h"
 #include "trainer/metrics.h"
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 
 namespace llmft::launch {
 namespace {
@@ -86,7 +86,7 @@ size_t torch_dtype_bytes(const std::string& torch_dtype) { return torch_dtype ==
 }  // namespace
 
 // The run's memory per rank by category, as the trainer reports it.
-void print_run_estimate(const ModelConfig& config, const trainer::TrainOptions& options, int64_t dp) {
+void print_run_estimate(const ModelConfig& config, const config::TrainOptions& options, int64_t dp) {
   const trainer::MemoryEstimate estimate = trainer::estimate_training_memory(config, options, static_cast<int>(dp));
   std::printf("\nrun %s: %s, %s, batch %lld x seq %lld, activation checkpointing %s, dp %lld x tp %lld%s\n",
               options.source.c_str(), options.lora ? str_cat("LoRA r=", options.lora_r).c_str() : "full fine-tuning",
@@ -104,9 +104,9 @@ void print_run_estimate(const ModelConfig& config, const trainer::TrainOptions& 
 
 int run_inspect(std::span<char*> raw_args) {
   InspectArgs args = parse_args(raw_args);
-  std::optional<trainer::TrainOptions> run;
+  std::optional<config::TrainOptions> run;
   if (!args.config.empty()) {
-    run = trainer::load_train_options(args.config, args.overrides);
+    run = config::load_train_options(args.config, args.overrides);
     if (args.model_dir.empty()) args.model_dir = run->hf_dir;
     args.seq_len = run->seq_len;
     args.batch_size = run->batch_size;

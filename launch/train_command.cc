@@ -23,7 +23,7 @@
 #include "launch/commands.h"
 #include "parallel/parallel_context.h"
 #include "trainer/stop_signal.h"
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 #include "trainer/trainer.h"
 
 namespace llmft::launch {
@@ -42,7 +42,7 @@ constexpr const char* kUsage =
     "  Resume: --set checkpoint.resume=latest (or a step-N directory). SIGTERM/SIGINT checkpoint at the next\n"
     "  step boundary and exit with 128 + the signal number.\n";
 
-int train(const trainer::TrainOptions& options, parallel::ParallelContext& grid, int cuda_device, int64_t threads) {
+int train(const config::TrainOptions& options, parallel::ParallelContext& grid, int cuda_device, int64_t threads) {
   // With several ranks on a node, rank i uses GPU i of the node.
   if (cuda_device >= 0 && grid.world_size() > 1) cuda_device = grid.cuda_device_for_rank(cuda_device_count());
   // Several ranks on one node share its cores: unless told otherwise
@@ -99,11 +99,11 @@ int run_train(std::span<char*> args) {
   }
   if (!config.path) throw_bad_input("train: --config is required; see llmft train --help");
   if (check) {
-    const std::string text = trainer::resolved_train_config_text(*config.path, config.overrides);
+    const std::string text = config::resolved_train_config_text(*config.path, config.overrides);
     std::fwrite(text.data(), 1, text.size(), stdout);
     return 0;
   }
-  const trainer::TrainOptions options = trainer::load_train_options(*config.path, config.overrides);
+  const config::TrainOptions options = config::load_train_options(*config.path, config.overrides);
   // The process grid: MPI under mpirun/srun, one process otherwise.
   auto grid = parallel::ParallelContext::from_launcher(options.tp, options.timeout_s);
   try {

@@ -14,7 +14,7 @@ double MemoryEstimate::total() const {
   return sum;
 }
 
-MemoryEstimate estimate_training_memory(const ModelConfig& config, const TrainOptions& options, int dp) {
+MemoryEstimate estimate_training_memory(const ModelConfig& config, const config::TrainOptions& options, int dp) {
   const DType dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
   const double w = static_cast<double>(dtype_size(dtype));
   const double tp = static_cast<double>(std::max<int64_t>(options.tp, 1));

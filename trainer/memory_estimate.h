@@ -17,7 +17,7 @@
 
 #include "core/allocator.h"
 #include "model/model_config.h"
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 
 namespace llmft::trainer {
 
@@ -32,6 +32,6 @@ struct MemoryEstimate {
 // For one rank of a run with `options` on a model of `config`: tensor
 // parallelism (options.tp) splits the block linears, ZeRO-1 divides the
 // optimizer state (and fp32 masters) by the data-parallel size `dp`.
-MemoryEstimate estimate_training_memory(const ModelConfig& config, const TrainOptions& options, int dp);
+MemoryEstimate estimate_training_memory(const ModelConfig& config, const config::TrainOptions& options, int dp);
 
 }  // namespace llmft::trainer

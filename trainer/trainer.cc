@@ -39,7 +39,7 @@ Batch to_model_batch(Context& context, const data::Batch& batch) {
 
 }  // namespace
 
-Trainer::Trainer(Context& context, TrainOptions options, TrainerHooks hooks)
+Trainer::Trainer(Context& context, config::TrainOptions options, TrainerHooks hooks)
     : context_(context), options_(std::move(options)), hooks_(std::move(hooks)) {
   // The per-category peaks reported after the first step are this run's.
   context_.allocator().reset_category_peaks();

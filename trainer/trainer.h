@@ -47,7 +47,7 @@
 #include "parallel/parallel_context.h"
 #include "trainer/checkpoint.h"
 #include "trainer/metrics.h"
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 #include "trainer/training_setup.h"
 
 namespace llmft::trainer {
@@ -137,7 +137,7 @@ class Trainer {
  public:
   // Builds the model and PEFT, optimizer, schedule, scaler and loaders, and
   // resumes from options.resume when set ("latest" finds nothing: fresh start).
-  Trainer(Context& context, TrainOptions options, TrainerHooks hooks = {});
+  Trainer(Context& context, config::TrainOptions options, TrainerHooks hooks = {});
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -165,7 +165,7 @@ class Trainer {
   optim::AdamW& optimizer() { return zero1_ ? zero1_->adamw() : *optimizer_; }
   // Null without loss scaling (on for f16, optional otherwise).
   const optim::LossScaler* loss_scaler() const { return scaler_.get(); }
-  const TrainOptions& options() const { return options_; }
+  const config::TrainOptions& options() const { return options_; }
   // Where the run resumed from, if it did.
   const std::optional<std::filesystem::path>& resumed_from() const { return resumed_from_; }
 
@@ -210,7 +210,7 @@ class Trainer {
   double now() const;
 
   Context& context_;
-  TrainOptions options_;
+  config::TrainOptions options_;
   TrainerHooks hooks_;
   std::unique_ptr<parallel::ParallelContext> single_process_;
   parallel::ParallelContext* parallel_ = nullptr;

@@ -32,7 +32,7 @@ void TrainingModel::set_training(bool training) {
   if (lora) lora->set_training(training);
 }
 
-std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options, bool for_training,
+std::unique_ptr<TrainingModel> build_training_model(Context& context, const config::TrainOptions& options, bool for_training,
                                                     parallel::Communicator* tensor_parallel) {
   const DType compute_dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
   const DType weights_dtype = parse_float_dtype(options.weights_dtype, options.source + ": model.weights_dtype");
@@ -112,7 +112,7 @@ uint64_t base_weights_sample_hash(const SafetensorsCheckpoint& checkpoint, const
   return hash;
 }
 
-std::string training_fingerprint_text(const LlamaModel& model, const TrainOptions& options) {
+std::string training_fingerprint_text(const LlamaModel& model, const config::TrainOptions& options) {
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(options.hf_dir);
   const DType dtype = parse_float_dtype(options.compute_dtype, "precision.compute_dtype");
   std::string text = str_cat("model=", model.config().to_json().dump(), ";weights=", std::hex,
@@ -126,7 +126,7 @@ std::string training_fingerprint_text(const LlamaModel& model, const TrainOption
   return text + ")";
 }
 
-std::string training_fingerprint(const LlamaModel& model, const TrainOptions& options) {
+std::string training_fingerprint(const LlamaModel& model, const config::TrainOptions& options) {
   const std::string text = training_fingerprint_text(model, options);
   const uint64_t hash = fnv1a(kFnvOffsetBasis, text.data(), text.size());
   char hex[17];
@@ -142,12 +142,12 @@ int64_t model_eos_id(const std::filesystem::path& hf_dir, const ModelConfig& con
   return config.eos_token_ids.front();
 }
 
-int64_t document_eos_id(const TrainOptions& options, const ModelConfig& config) {
+int64_t document_eos_id(const config::TrainOptions& options, const ModelConfig& config) {
   if (options.append_eos) return model_eos_id(options.hf_dir, config);
   return config.eos_token_ids.empty() ? -1 : config.eos_token_ids.front();
 }
 
-data::LoaderOptions make_loader_options(const TrainOptions& options, const ModelConfig& model_config, int64_t eos_id,
+data::LoaderOptions make_loader_options(const config::TrainOptions& options, const ModelConfig& model_config, int64_t eos_id,
                                         bool validation, int dp_rank, int dp_size) {
   data::LoaderOptions loader;
   const std::vector<std::string>& files = validation ? options.validation_files : options.train_files;
@@ -198,9 +198,9 @@ data::LoaderOptions make_loader_options(const TrainOptions& options, const Model
   return loader;
 }
 
-std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, const TrainOptions& options,
+std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, const config::TrainOptions& options,
                                                           const std::string& where, std::filesystem::path* source) {
-  TrainOptions fp32 = options;
+  config::TrainOptions fp32 = options;
   fp32.compute_dtype = fp32.weights_dtype = "f32";
   std::unique_ptr<TrainingModel> model = build_training_model(context, fp32, /*for_training=*/false);
   // The run's fingerprint: its base-weight sample hashed in its compute dtype.
@@ -212,7 +212,7 @@ std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, cons
   return model;
 }
 
-std::filesystem::path load_checkpoint_weights(TrainingModel& model, const TrainOptions& options,
+std::filesystem::path load_checkpoint_weights(TrainingModel& model, const config::TrainOptions& options,
                                               const std::string& where) {
   CheckpointReader reader = CheckpointReader::open(where, options.checkpoint_dir, model.fingerprint);
   const std::vector<NamedTensor> tensors = model.trainable_tensors();

@@ -14,7 +14,7 @@
 #include "data/loader.h"
 #include "model/llama.h"
 #include "peft/lora.h"
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 
 namespace llmft::trainer {
 
@@ -43,7 +43,7 @@ struct TrainingModel {
 // trainable, and allocates fp32 gradients. Without `for_training` (eval,
 // export) full fine-tuning allocates no gradients. With `tensor_parallel`
 // (size > 1) each rank holds and loads its slices (model/llama.h).
-std::unique_ptr<TrainingModel> build_training_model(Context& context, const TrainOptions& options,
+std::unique_ptr<TrainingModel> build_training_model(Context& context, const config::TrainOptions& options,
                                                     bool for_training = true,
                                                     parallel::Communicator* tensor_parallel = nullptr);
 
@@ -53,9 +53,9 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const Trai
 // that shape or scale its tensors (LoRA r, alpha, rsLoRA, resolved targets).
 // Dropout, data and optimizer settings may change across a resume and are
 // left out; dtypes are checked tensor by tensor when a checkpoint loads.
-std::string training_fingerprint_text(const LlamaModel& model, const TrainOptions& options);
+std::string training_fingerprint_text(const LlamaModel& model, const config::TrainOptions& options);
 // 16 hex digits of FNV-1a 64 over that text (short enough for error lines).
-std::string training_fingerprint(const LlamaModel& model, const TrainOptions& options);
+std::string training_fingerprint(const LlamaModel& model, const config::TrainOptions& options);
 // FNV-1a 64 over the bytes of the first and last row of every parameter's
 // full tensor in `checkpoint` (the whole of 1-D ones), in the model's
 // registry order: two checkpoints of one architecture (a base model and its
@@ -71,7 +71,7 @@ int64_t model_eos_id(const std::filesystem::path& hf_dir, const ModelConfig& con
 
 // The loader's eos_id for `options`: model_eos_id when data.append_eos
 // (required then), else config.json's first eos id or -1.
-int64_t document_eos_id(const TrainOptions& options, const ModelConfig& config);
+int64_t document_eos_id(const config::TrainOptions& options, const ModelConfig& config);
 
 // Loader options for the training split or, with `validation`, the
 // validation split (file order, no shuffling, one epoch, the last partial
@@ -79,20 +79,20 @@ int64_t document_eos_id(const TrainOptions& options, const ModelConfig& config);
 // training's row layout), either dealt over the data-parallel ranks (dp
 // rank/size given: record g to rank g % dp_size). A long_documents or
 // pack_window outside its range is a kBadInput naming options.source.
-data::LoaderOptions make_loader_options(const TrainOptions& options, const ModelConfig& model_config, int64_t eos_id,
+data::LoaderOptions make_loader_options(const config::TrainOptions& options, const ModelConfig& model_config, int64_t eos_id,
                                         bool validation, int dp_rank = 0, int dp_size = 1);
 
 // Copies the trainable weights of checkpoint `where` ("latest" or a
 // directory; checkpoint_dir resolves "latest") into `model`, after the
 // fingerprint check. Returns the checkpoint's directory.
-std::filesystem::path load_checkpoint_weights(TrainingModel& model, const TrainOptions& options,
+std::filesystem::path load_checkpoint_weights(TrainingModel& model, const config::TrainOptions& options,
                                               const std::string& where);
 
 // The model of checkpoint `where` for export, in fp32 whatever the run's
 // compute dtype: the base from options.hf_dir in f32 and the trainable
 // weights from their fp32 AdamW masters (a bf16/f16 run's 16-bit copies lose
 // what the masters kept). `source` receives the checkpoint's directory.
-std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, const TrainOptions& options,
+std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, const config::TrainOptions& options,
                                                           const std::string& where,
                                                           std::filesystem::path* source = nullptr);
 

@@ -47,8 +47,8 @@ class TrainerGpuTest : public ::testing::Test {
 
   // LoRA without dropout (dropout masks are the same on both backends, but
   // keeping it out makes a mismatch easier to read), accumulation 2.
-  TrainOptions options(const std::string& run, bool lora) const {
-    TrainOptions options;
+  config::TrainOptions options(const std::string& run, bool lora) const {
+    config::TrainOptions options;
     options.source = "test";
     options.hf_dir = (root_ / "model").string();
     options.lora = lora;
@@ -121,7 +121,7 @@ TEST_F(TrainerGpuTest, CheckpointOfDeviceStateRestoresItBitForBit) {
   Trainer first(*gpu_, options("run", true), hooks(&losses));
   for (int i = 0; i < 3; ++i) first.train_step();
   first.save_checkpoint();
-  TrainOptions resumed_options = options("run", true);
+  config::TrainOptions resumed_options = options("run", true);
   resumed_options.resume = "latest";
   Trainer resumed(*gpu_, resumed_options, hooks(&losses));
   ASSERT_TRUE(resumed.resumed_from().has_value());

@@ -44,7 +44,7 @@ class DataParallelTrainer : public mpi_testing::TrainerUnderMpi {
     std::vector<double> reference_losses, losses;
     Trainer reference(*context_, options(lora, "reference", 2 * world), hooks(&reference_losses, nullptr));
     reference.train();
-    TrainOptions dp_options = options(lora, "dp", 2);
+    config::TrainOptions dp_options = options(lora, "dp", 2);
     dp_options.dp = world;
     dp_options.bucket_mb = 0.004;  // ~4 KB buckets: many, most complete before the backward ends
     TrainerHooks dp_hooks = hooks(&losses, &grid);
@@ -98,7 +98,7 @@ TEST_F(DataParallelTrainer, LoraMatchesOneProcessWithTheSameGlobalBatch) { expec
 TEST_F(DataParallelTrainer, StopSeenByRankOneStopsEveryRankAndResumeRepeatsTheLossesBitForBit) {
   parallel::ParallelContext& grid = *mpi_grid();
   auto resumable = [&](const std::string& run) {
-    TrainOptions o = options(/*lora=*/true, run, 2);
+    config::TrainOptions o = options(/*lora=*/true, run, 2);
     o.shuffle_buffer = 16;  // per-rank shuffle buffers: each rank's position matters
     o.lora_dropout = 0.1f;
     o.total_steps = 6;
@@ -148,7 +148,7 @@ TEST_F(DataParallelTrainer, StopSeenByRankOneStopsEveryRankAndResumeRepeatsTheLo
   // One process continues the dp checkpoint too (the ranks' positions merge
   // into one of the record stream: data/loader.h RedealPosition).
   {
-    TrainOptions alone = resumable("stopped");
+    config::TrainOptions alone = resumable("stopped");
     alone.batch_size = 2 * grid.dp_size();
     alone.checkpoint_dir = (root_ / str_cat("alone-rank", grid.world_rank())).string();
     alone.resume = (root_ / "stopped" / "step-3").string();
@@ -179,7 +179,7 @@ TEST_F(DataParallelTrainer, Zero1MatchesPlainDataParallelWithAboutOneOverDpOfThe
   const int dp = grid.world_size();
   for (const bool lora : {false, true}) {
     auto run_options = [&](const std::string& run, bool zero1) {
-      TrainOptions o = options(lora, run, 2);
+      config::TrainOptions o = options(lora, run, 2);
       o.dp = dp;
       o.zero1 = zero1;
       o.bucket_mb = 0.004;
@@ -220,7 +220,7 @@ TEST_F(DataParallelTrainer, Zero1MatchesPlainDataParallelWithAboutOneOverDpOfThe
 
   // Resume: saved by a ZeRO-1 run at step 3, continued with and without it.
   auto resumable = [&](const std::string& run, bool zero1) {
-    TrainOptions o = options(/*lora=*/true, run, 2);
+    config::TrainOptions o = options(/*lora=*/true, run, 2);
     o.dp = dp;
     o.zero1 = zero1;
     o.bucket_mb = 0.004;
@@ -246,7 +246,7 @@ TEST_F(DataParallelTrainer, Zero1MatchesPlainDataParallelWithAboutOneOverDpOfThe
     trainer.train();
   }
   for (const bool zero1 : {true, false}) {
-    TrainOptions o = resumable(str_cat("zero1-resumed-", zero1), zero1);
+    config::TrainOptions o = resumable(str_cat("zero1-resumed-", zero1), zero1);
     o.resume = (root_ / "zero1-saved" / "step-3").string();
     std::vector<double> second_part;
     Trainer trainer(*context_, o, hooks(&second_part, &grid));
@@ -269,7 +269,7 @@ TEST_F(DataParallelTrainer, Zero1MatchesPlainDataParallelWithAboutOneOverDpOfThe
 // step on every rank, with loss scaling backing off everywhere.
 TEST_F(DataParallelTrainer, Zero1AnInfInOneRanksShardSkipsTheStepOnEveryRank) {
   parallel::ParallelContext& grid = *mpi_grid();
-  TrainOptions o = options(/*lora=*/true, "zero1-inf", 2);
+  config::TrainOptions o = options(/*lora=*/true, "zero1-inf", 2);
   o.dp = grid.world_size();
   o.zero1 = true;
   o.loss_scaling = true;
@@ -299,7 +299,7 @@ TEST_F(DataParallelTrainer, Zero1AnInfInOneRanksShardSkipsTheStepOnEveryRank) {
 
 TEST_F(DataParallelTrainer, AConfigWhoseDpDisagreesWithTheLaunchStopsBeforeAnyWork) {
   parallel::ParallelContext& grid = *mpi_grid();
-  TrainOptions wrong = options(false, "wrong", 2);
+  config::TrainOptions wrong = options(false, "wrong", 2);
   wrong.dp = grid.world_size() + 1;
   std::vector<double> losses;
   try {

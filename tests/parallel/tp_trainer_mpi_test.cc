@@ -53,8 +53,8 @@ class TensorParallelTrainer : public mpi_testing::TrainerUnderMpi {
   static constexpr double kMaxGradNorm = 0.05;
   std::vector<double> norms_, reference_norms_;
 
-  TrainOptions tp_options(bool lora, const std::string& run, parallel::ParallelContext& grid) const {
-    TrainOptions o = options(lora, run, 2);
+  config::TrainOptions tp_options(bool lora, const std::string& run, parallel::ParallelContext& grid) const {
+    config::TrainOptions o = options(lora, run, 2);
     o.max_grad_norm = kMaxGradNorm;
     o.tp = 2;
     o.dp = grid.dp_size();
@@ -91,7 +91,7 @@ class TensorParallelTrainer : public mpi_testing::TrainerUnderMpi {
     std::vector<double> reference_losses, losses;
     norms_.clear();
     reference_norms_.clear();
-    TrainOptions reference_options =
+    config::TrainOptions reference_options =
         options(lora, "reference", reference_grid ? 2 : 2 * static_cast<int64_t>(grid->dp_size()));
     reference_options.lora_dropout = dropout;
     reference_options.max_grad_norm = kMaxGradNorm;
@@ -99,7 +99,7 @@ class TensorParallelTrainer : public mpi_testing::TrainerUnderMpi {
     reference.train();
     const std::vector<NamedTensor> expected = reference.model().trainable_tensors();
 
-    TrainOptions tp_run = tp_options(lora, "tp", *grid);
+    config::TrainOptions tp_run = tp_options(lora, "tp", *grid);
     tp_run.lora_dropout = dropout;
     tp_run.zero1 = zero1;
     Trainer tensor_parallel(*context_, tp_run, hooks(&losses, grid.get(), &norms_));
@@ -141,7 +141,7 @@ TEST_F(TensorParallelTrainer, LoraOnEveryLinearWithDropoutMatchesOneProcessAndTh
 
 TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesWithoutTpAndMatchesAnUninterruptedRun) {
   auto resumable = [&](const std::string& run) {
-    TrainOptions o = options(/*lora=*/true, run, 2);
+    config::TrainOptions o = options(/*lora=*/true, run, 2);
     o.lora_dropout = 0.1f;
     o.total_steps = 6;
     return o;
@@ -152,7 +152,7 @@ TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesWithoutTpAndMatchesAn
   std::vector<double> uninterrupted;
   std::vector<NamedTensor> uninterrupted_weights;
   {
-    TrainOptions o = resumable("uninterrupted");
+    config::TrainOptions o = resumable("uninterrupted");
     o.batch_size = reference_batch;
     Trainer trainer(*context_, o, hooks(&uninterrupted, new_layout.get()));
     trainer.train();
@@ -169,7 +169,7 @@ TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesWithoutTpAndMatchesAn
     if (record.step == 3) stop = true;
   };
   stopping.stop_requested = &stop;
-  TrainOptions saved = resumable("saved");
+  config::TrainOptions saved = resumable("saved");
   saved.tp = 2;
   saved.dp = grid->dp_size();
   saved.checkpoint_dir = (root_ / "tp-saved").string();  // one directory for the job: world rank 0 writes
@@ -186,7 +186,7 @@ TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesWithoutTpAndMatchesAn
   mpi_grid()->world().barrier("checkpoint written");
 
   std::vector<double> second_part;
-  TrainOptions resumed = resumable("resumed");
+  config::TrainOptions resumed = resumable("resumed");
   resumed.batch_size = reference_batch;
   resumed.resume = (root_ / "tp-saved" / "step-3").string();
   if (new_layout) resumed.checkpoint_dir = (root_ / str_cat("resumed-half", mpi_grid()->world_rank() % 2)).string();
@@ -214,7 +214,7 @@ TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesWithoutTpAndMatchesAn
 TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesAtAnotherDataParallelSize) {
   parallel::Communicator& world = mpi_grid()->world();
   auto run_options = [&](const std::string& run, int64_t batch_size) {
-    TrainOptions o = options(/*lora=*/true, run, batch_size);
+    config::TrainOptions o = options(/*lora=*/true, run, batch_size);
     o.packed = false;  // PADDED: one document per row, nothing planned ahead
     o.total_steps = 6;
     return o;
@@ -222,7 +222,7 @@ TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesAtAnotherDataParallel
   std::unique_ptr<parallel::ParallelContext> grid = tp2_grid();
   const int64_t global_rows = 4;
   {
-    TrainOptions saved = run_options("saved", global_rows / grid->dp_size());
+    config::TrainOptions saved = run_options("saved", global_rows / grid->dp_size());
     saved.tp = 2;
     saved.dp = grid->dp_size();
     saved.checkpoint_dir = (root_ / "tp-dp-saved").string();
@@ -243,10 +243,10 @@ TEST_F(TensorParallelTrainer, ACheckpointOfTheTp2RunResumesAtAnotherDataParallel
     const int dp = layout ? layout->dp_size() : 1;
     const std::string name = str_cat("dp", dp, "-rank", layout ? 0 : world.rank());
     std::vector<double> uninterrupted, continued;
-    TrainOptions straight = run_options(str_cat("straight-", name), global_rows / dp);
+    config::TrainOptions straight = run_options(str_cat("straight-", name), global_rows / dp);
     Trainer reference(*context_, straight, hooks(&uninterrupted, layout));
     reference.train();
-    TrainOptions resumed = run_options(str_cat("resumed-", name), global_rows / dp);
+    config::TrainOptions resumed = run_options(str_cat("resumed-", name), global_rows / dp);
     resumed.resume = checkpoint;
     Trainer trainer(*context_, resumed, hooks(&continued, layout));
     ASSERT_TRUE(trainer.resumed_from().has_value());

@@ -90,8 +90,8 @@ class TrainerUnderMpi : public ::testing::Test {
     if (mpi_grid()->world_rank() == 0) fs::remove_all(root_);
   }
 
-  TrainOptions options(bool lora, const std::string& run, int64_t batch_size) const {
-    TrainOptions options;
+  config::TrainOptions options(bool lora, const std::string& run, int64_t batch_size) const {
+    config::TrainOptions options;
     options.source = "test";
     options.hf_dir = (root_ / "model").string();
     options.lora = lora;

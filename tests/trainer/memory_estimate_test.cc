@@ -52,8 +52,8 @@ class MemoryEstimateTest : public ::testing::Test {
     delete root_;
   }
 
-  static TrainOptions options(bool lora, const std::string& checkpointing, const std::string& dtype) {
-    TrainOptions o;
+  static config::TrainOptions options(bool lora, const std::string& checkpointing, const std::string& dtype) {
+    config::TrainOptions o;
     o.source = "test";
     o.hf_dir = (*root_ / "model").string();
     o.lora = lora;
@@ -82,7 +82,7 @@ TEST_F(MemoryEstimateTest, EveryCategoryIsWithinTenPercentOfTheMeasuredPeak) {
   for (const bool lora : {false, true})
     for (const std::string checkpointing : {"none", "full", "selective"})
       for (const std::string dtype : {"f32", "bf16"}) {
-        const TrainOptions run = options(lora, checkpointing, dtype);
+        const config::TrainOptions run = options(lora, checkpointing, dtype);
         const std::string what = str_cat(lora ? "LoRA" : "full", " ", checkpointing, " ", dtype);
         MemoryPeaks measured;
         {

@@ -52,8 +52,8 @@ class TrainerTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(root_); }
 
   // LoRA with dropout, packed rows, shuffled shards and records, accumulation 2.
-  TrainOptions lora_options(const std::string& run) const {
-    TrainOptions options;
+  config::TrainOptions lora_options(const std::string& run) const {
+    config::TrainOptions options;
     options.source = "test";
     options.hf_dir = (root_ / "model").string();
     options.lora = true;
@@ -76,8 +76,8 @@ class TrainerTest : public ::testing::Test {
     options.log_every_n_steps = 0;
     return options;
   }
-  TrainOptions full_options(const std::string& run) const {
-    TrainOptions options = lora_options(run);
+  config::TrainOptions full_options(const std::string& run) const {
+    config::TrainOptions options = lora_options(run);
     options.lora = false;
     options.lr = 1e-3;
     return options;
@@ -139,7 +139,7 @@ TEST_F(TrainerTest, AccumulationFourTimesBatchTwoGivesTheGradientAndUpdateOfBatc
   // (lengths 3..22, every other one trained on its second half only).
   write_shard(root_ / "data" / "ordered.tfrecord", documents_);
   auto options_for = [&](int64_t batch_size, int64_t accumulation) {
-    TrainOptions options = full_options(str_cat("run-", batch_size));
+    config::TrainOptions options = full_options(str_cat("run-", batch_size));
     options.train_files = {(root_ / "data" / "ordered.tfrecord").string()};
     options.packed = false;
     options.seq_len = 24;
@@ -221,7 +221,7 @@ TEST_F(TrainerTest, TwoDataParallelRanksTrainLikeOneProcessWithTheirRowsTogether
   // single process's batch of 4, with different trained-token counts per rank.
   write_shard(root_ / "data" / "ordered.tfrecord", documents_);
   auto options_for = [&](int64_t batch_size, int64_t dp) {
-    TrainOptions options = full_options(str_cat("dp-", dp));
+    config::TrainOptions options = full_options(str_cat("dp-", dp));
     options.train_files = {(root_ / "data" / "ordered.tfrecord").string()};
     options.packed = false;
     options.seq_len = 24;
@@ -269,7 +269,7 @@ TEST_F(TrainerTest, TwoDataParallelRanksTrainLikeOneProcessWithTheirRowsTogether
   EXPECT_LT(worst_grad, 2e-6);
   EXPECT_LT(worst_weight, 1e-6);
 
-  TrainOptions wrong = options_for(2, 2);
+  config::TrainOptions wrong = options_for(2, 2);
   EXPECT_NE(testing::bad_input_message([&] {
               Trainer trainer(*context_, wrong, quiet_hooks());
             }).find("field 'parallel.dp': 2, but 1 process(es) were launched (mpirun -np 1) with tp 1, which makes dp 1"),
@@ -286,7 +286,7 @@ TEST_F(TrainerTest, ActivationCheckpointingTrainsBitForBitLikeKeepingEverything)
   for (bool lora : {true, false}) {
     auto run = [&](const std::string& mode, int64_t every, uint64_t seed) {
       const std::string name = str_cat("ckpt-", mode, every, "-", seed);
-      TrainOptions options = lora ? lora_options(name) : full_options(name);
+      config::TrainOptions options = lora ? lora_options(name) : full_options(name);
       options.activation_checkpointing = mode;
       options.checkpoint_every_n_layers = every;
       options.seed = seed;
@@ -322,7 +322,7 @@ TEST_F(TrainerTest, ActivationCheckpointingTrainsBitForBitLikeKeepingEverything)
 TEST_F(TrainerTest, Bf16AndF16TrackTheFp32LossOver200Steps) {
   for (bool lora : {true, false}) {
     auto losses_of = [&](const std::string& dtype) {
-      TrainOptions options = lora ? lora_options("mp-lora-" + dtype) : full_options("mp-full-" + dtype);
+      config::TrainOptions options = lora ? lora_options("mp-lora-" + dtype) : full_options("mp-full-" + dtype);
       options.compute_dtype = options.weights_dtype = dtype;
       options.lora_dropout = 0.0f;
       options.total_steps = 200;
@@ -364,7 +364,7 @@ TEST_F(TrainerTest, Bf16AndF16TrackTheFp32LossOver200Steps) {
 // bf16 copies the model computed with (which is the control: they differ).
 TEST_F(TrainerTest, ExportOfABf16RunUsesTheFp32Masters) {
   for (bool lora : {true, false}) {
-    TrainOptions options = lora ? lora_options("bf16-export-lora") : full_options("bf16-export-full");
+    config::TrainOptions options = lora ? lora_options("bf16-export-lora") : full_options("bf16-export-full");
     options.compute_dtype = options.weights_dtype = "bf16";
     options.total_steps = 3;
     Trainer trainer(*context_, options, quiet_hooks());
@@ -395,7 +395,7 @@ TEST_F(TrainerTest, ExportOfABf16RunUsesTheFp32Masters) {
 // the second backs it off; both steps are skipped.
 TEST_F(TrainerTest, AnInjectedInfSkipsTheStepUntouchedBacksTheScaleOffAndTrainingGoesOn) {
   for (int64_t hysteresis : {1, 2}) {
-    TrainOptions options = lora_options(str_cat("overflow-", hysteresis));
+    config::TrainOptions options = lora_options(str_cat("overflow-", hysteresis));
     options.compute_dtype = options.weights_dtype = "bf16";
     options.loss_scaling = true;
     options.init_scale = 1024.0f;
@@ -462,8 +462,8 @@ void PrintTo(const ResumeCase& resume_case, std::ostream* out) { *out << resume_
 
 class TrainerResumeTest : public TrainerTest, public ::testing::WithParamInterface<ResumeCase> {
  protected:
-  TrainOptions options(const std::string& run) const {
-    TrainOptions result = GetParam().lora ? lora_options(run) : full_options(run);
+  config::TrainOptions options(const std::string& run) const {
+    config::TrainOptions result = GetParam().lora ? lora_options(run) : full_options(run);
     result.compute_dtype = result.weights_dtype = GetParam().compute_dtype;
     if (result.compute_dtype == "f16") {
       result.init_scale = 1024.0f;
@@ -488,7 +488,7 @@ TEST_P(TrainerResumeTest, ResumedRunRepeatsTheUninterruptedLossesAndWeightsBitFo
     first.save_checkpoint();
     if (first.loss_scaler()) saved_scaler = first.loss_scaler()->state();
   }
-  TrainOptions resumed_options = options("interrupted");
+  config::TrainOptions resumed_options = options("interrupted");
   resumed_options.resume = "latest";
   Trainer resumed(*context_, resumed_options, quiet_hooks(&losses));
   ASSERT_TRUE(resumed.resumed_from().has_value());
@@ -539,7 +539,7 @@ TEST_P(TrainerResumeTest, HostOptimizerCopiesChangeNoBitAndResumeToo) {
     for (int i = 0; i < 3; ++i) losses.push_back(first.train_step().loss);
     first.save_checkpoint();
   }
-  TrainOptions resumed_options = options("copied");
+  config::TrainOptions resumed_options = options("copied");
   resumed_options.resume = "latest";
   hooks.on_step = [&](const StepRecord& record) { losses.push_back(record.loss); };
   Trainer resumed(*context_, resumed_options, hooks);
@@ -574,7 +574,7 @@ TEST_F(TrainerTest, ResumeWithoutTheDataPositionWouldDiffer) {
   state["data_loader"] = fresh_state["data_loader"];
   state["data_loader_ranks"] = fresh_state["data_loader_ranks"];
   std::ofstream(state_path) << state.dump();
-  TrainOptions resumed_options = lora_options("interrupted");
+  config::TrainOptions resumed_options = lora_options("interrupted");
   resumed_options.resume = "latest";
   std::vector<double> losses;
   Trainer resumed(*context_, resumed_options, quiet_hooks(&losses));
@@ -609,7 +609,7 @@ TEST_F(TrainerTest, SigtermCheckpointsAtTheStepBoundaryAndTheRunResumesIdentical
   EXPECT_EQ(stopped.checkpoint->filename(), "step-3");
   ASSERT_EQ(losses.size(), 3u);
 
-  TrainOptions resumed_options = lora_options("interrupted");
+  config::TrainOptions resumed_options = lora_options("interrupted");
   resumed_options.resume = "latest";
   Trainer resumed(*context_, resumed_options, quiet_hooks(&losses));
   resumed.train();
@@ -618,7 +618,7 @@ TEST_F(TrainerTest, SigtermCheckpointsAtTheStepBoundaryAndTheRunResumesIdentical
 }
 
 TEST_F(TrainerTest, F16OverflowSkipsTheUpdateAndBacksTheScaleOff) {
-  TrainOptions options = full_options("run");
+  config::TrainOptions options = full_options("run");
   options.compute_dtype = options.weights_dtype = "f16";
   options.init_scale = 1073741824.0f;  // 2^30: the scaled loss gradient exceeds f16's 65504
   options.schedule_kind = "constant";  // no warmup: the first update has lr > 0
@@ -650,18 +650,18 @@ TEST_F(TrainerTest, RefusesACheckpointOfAnotherPeftConfigOrModel) {
     trainer.train_step();
     trainer.save_checkpoint();
   }
-  auto resume_with = [&](TrainOptions options) {
+  auto resume_with = [&](config::TrainOptions options) {
     options.checkpoint_dir = (root_ / "run").string();
     options.resume = "latest";
     return testing::bad_input_message([&] { Trainer trainer(*context_, options, quiet_hooks()); });
   };
   const std::string expected = "checkpoint was written for a different model/PEFT config";
 
-  TrainOptions other_rank = lora_options("run");
+  config::TrainOptions other_rank = lora_options("run");
   other_rank.lora_r = 2;
   EXPECT_NE(resume_with(other_rank).find(expected), std::string::npos) << resume_with(other_rank);
 
-  TrainOptions other_targets = lora_options("run");
+  config::TrainOptions other_targets = lora_options("run");
   other_targets.lora_target_modules = {"q_proj", "v_proj"};
   EXPECT_NE(resume_with(other_targets).find(expected), std::string::npos);
 
@@ -675,7 +675,7 @@ TEST_F(TrainerTest, RefusesACheckpointOfAnotherPeftConfigOrModel) {
     model.init_random(*context_, 3);
     model.save_pretrained(root_ / "wider");
   }
-  TrainOptions other_model = lora_options("run");
+  config::TrainOptions other_model = lora_options("run");
   other_model.hf_dir = (root_ / "wider").string();
   const std::string message = resume_with(other_model);
   EXPECT_NE(message.find(expected), std::string::npos) << message;
@@ -688,12 +688,12 @@ TEST_F(TrainerTest, RefusesACheckpointOfAnotherPeftConfigOrModel) {
     model.init_random(*context_, 8, 0.2f);
     model.save_pretrained(root_ / "same_shape");
   }
-  TrainOptions other_weights = lora_options("run");
+  config::TrainOptions other_weights = lora_options("run");
   other_weights.hf_dir = (root_ / "same_shape").string();
   EXPECT_NE(resume_with(other_weights).find(expected), std::string::npos);
 
   // Dropout is not part of the fingerprint: changing it on resume is allowed.
-  TrainOptions other_dropout = lora_options("run");
+  config::TrainOptions other_dropout = lora_options("run");
   other_dropout.lora_dropout = 0.0f;
   other_dropout.checkpoint_dir = (root_ / "run").string();
   other_dropout.resume = "latest";
@@ -704,7 +704,7 @@ TEST_F(TrainerTest, RefusesACheckpointOfAnotherPeftConfigOrModel) {
 // ---- Evaluation ------------------------------------------------------------------
 
 TEST_F(TrainerTest, EvaluationIsTheMeanOverEveryValidationTokenAndPerplexityItsExponential) {
-  TrainOptions options = lora_options("run");
+  config::TrainOptions options = lora_options("run");
   options.packed = false;  // one validation document per row
   options.seq_len = 24;
   Trainer trainer(*context_, options, quiet_hooks());
@@ -732,7 +732,7 @@ TEST_F(TrainerTest, EvaluationIsTheMeanOverEveryValidationTokenAndPerplexityItsE
 // Control: the old rule (rows cut from the concatenated stream, the last
 // partial row dropped) loses tokens.
 TEST_F(TrainerTest, EvaluationCountsEveryTokenAtAnySeqLenAndEqualsTheRecordsOneAtATime) {
-  TrainOptions options = lora_options("run");
+  config::TrainOptions options = lora_options("run");
   Trainer trainer(*context_, options, quiet_hooks());
   trainer.train_step();  // LoRA B away from zero: the adapter takes part
   trainer.model().set_training(false);
@@ -749,7 +749,7 @@ TEST_F(TrainerTest, EvaluationCountsEveryTokenAtAnySeqLenAndEqualsTheRecordsOneA
   for (bool packed : {true, false}) {
     for (int64_t seq_len : {80, 512, 2048}) {
       SCOPED_TRACE(str_cat(packed ? "packed" : "padded", " seq_len ", seq_len));
-      TrainOptions eval_options = options;
+      config::TrainOptions eval_options = options;
       eval_options.packed = packed;
       eval_options.seq_len = seq_len;
       data::Loader loader(make_loader_options(eval_options, config, 2, /*validation=*/true));
@@ -788,7 +788,7 @@ TEST(EvalSummary, NamesTokensRecordsRowsAndLongDocuments) {
 }
 
 TEST_F(TrainerTest, PackedRowsReachTheModelWithTheirPositionIdsAndDocumentStarts) {
-  TrainOptions options = lora_options("run");  // packed, seq_len 16: documents share rows
+  config::TrainOptions options = lora_options("run");  // packed, seq_len 16: documents share rows
   Trainer trainer(*context_, options, quiet_hooks());
   const EvalResult result = trainer.evaluate();
 
@@ -816,13 +816,13 @@ TEST_F(TrainerTest, PackedRowsReachTheModelWithTheirPositionIdsAndDocumentStarts
 }
 
 TEST_F(TrainerTest, ConfigurationMistakesAreOneLineErrors) {
-  TrainOptions mixed = lora_options("run");
+  config::TrainOptions mixed = lora_options("run");
   mixed.weights_dtype = "bf16";
   EXPECT_EQ(testing::bad_input_message([&] { Trainer trainer(*context_, mixed, quiet_hooks()); }),
             "test: field 'model.weights_dtype': bf16 differs from precision.compute_dtype f32; llmft holds the base "
             "weights in the compute dtype, so set both to the same value");
 
-  TrainOptions too_long = lora_options("run");
+  config::TrainOptions too_long = lora_options("run");
   too_long.seq_len = 4096;
   too_long.batch_size = 64;
   EXPECT_NE(testing::bad_input_message([&] {
@@ -837,7 +837,7 @@ TEST_F(TrainerTest, ConfigurationMistakesAreOneLineErrors) {
     model.init_random(*context_, 3);
     model.save_pretrained(root_ / "no_eos");
   }
-  TrainOptions append = lora_options("run");
+  config::TrainOptions append = lora_options("run");
   append.hf_dir = (root_ / "no_eos").string();
   append.append_eos = true;
   EXPECT_NE(testing::bad_input_message([&] {
@@ -847,7 +847,7 @@ TEST_F(TrainerTest, ConfigurationMistakesAreOneLineErrors) {
 }
 
 TEST_F(TrainerTest, TrainOptionsComeFromTheTextConfigWithDefaults) {
-  const TrainOptions options = parse_train_options(R"(
+  const config::TrainOptions options = config::parse_train_options(R"(
       model { hf_dir: "m" }
       peft { lora { r: 4 target_modules: "all-linear" } }
       data { train_files: "a-*.tfrecord" train_files: "b.tfrecord" batch_mode: PADDED }
@@ -872,11 +872,11 @@ TEST_F(TrainerTest, TrainOptionsComeFromTheTextConfigWithDefaults) {
   EXPECT_EQ(options.weights_dtype, "f16");
   EXPECT_EQ(options.keep_last, 3);
   EXPECT_EQ(options.log_every_n_steps, 10);
-  EXPECT_FALSE(parse_train_options("model { hf_dir: \"m\" } data { train_files: \"x\" }", "full.pbtxt").lora);
+  EXPECT_FALSE(config::parse_train_options("model { hf_dir: \"m\" } data { train_files: \"x\" }", "full.pbtxt").lora);
 }
 
 TEST_F(TrainerTest, TrainLogsLossLrGradNormTokensPerSecondAndEvalMetrics) {
-  TrainOptions options = lora_options("run");
+  config::TrainOptions options = lora_options("run");
   options.log_every_n_steps = 2;
   options.eval_every_n_steps = 4;
   options.jsonl_path = (root_ / "metrics.jsonl").string();
@@ -916,7 +916,7 @@ TEST_F(TrainerTest, TrainLogsLossLrGradNormTokensPerSecondAndEvalMetrics) {
 // ---- Export ----------------------------------------------------------------------
 
 TEST_F(TrainerTest, MergedExportHasTheLogitsOfBasePlusLoraFromTheCheckpoint) {
-  TrainOptions options = lora_options("run");
+  config::TrainOptions options = lora_options("run");
   {
     Trainer trainer(*context_, options, quiet_hooks());
     for (int i = 0; i < 4; ++i) trainer.train_step();
@@ -956,7 +956,7 @@ TEST_F(TrainerTest, MergedExportHasTheLogitsOfBasePlusLoraFromTheCheckpoint) {
 }
 
 TEST_F(TrainerTest, AdapterExportRoundTripsThroughLoadLoraAdapter) {
-  TrainOptions options = lora_options("run");
+  config::TrainOptions options = lora_options("run");
   {
     Trainer trainer(*context_, options, quiet_hooks());
     for (int i = 0; i < 2; ++i) trainer.train_step();
@@ -982,7 +982,7 @@ TEST_F(TrainerTest, AdapterExportRoundTripsThroughLoadLoraAdapter) {
 }
 
 TEST_F(TrainerTest, FullFineTuningMergedExportWritesTheTrainedWeights) {
-  TrainOptions options = full_options("run");
+  config::TrainOptions options = full_options("run");
   {
     Trainer trainer(*context_, options, quiet_hooks());
     for (int i = 0; i < 2; ++i) trainer.train_step();

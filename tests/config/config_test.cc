@@ -1,4 +1,4 @@
-// launch/train_config: text-format loading, --set overrides, defaults from
+// config/train_config: text-format loading, --set overrides, defaults from
 // proto/llmft.proto's comments, and one exact error line per mistake.
 #include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "core/error.h"
-#include "launch/train_config.h"
+#include "config/train_config.h"
 #include "tests/test_util.h"
 
-namespace llmft::launch {
+namespace llmft::config {
 namespace {
 
 using ::llmft::testing::bad_input_message;
@@ -473,4 +473,4 @@ TEST(TrainConfigExamples, EveryExampleParsesAndValidates) {
 }
 
 }  // namespace
-}  // namespace llmft::launch
+}  // namespace llmft::config

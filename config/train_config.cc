@@ -1,4 +1,4 @@
-#include "launch/train_config.h"
+#include "config/train_config.h"
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/tokenizer.h>
@@ -20,7 +20,7 @@
 
 #include "core/error.h"
 
-namespace llmft::launch {
+namespace llmft::config {
 namespace {
 
 namespace pb = google::protobuf;
@@ -561,4 +561,4 @@ std::string train_config_to_text(const TrainConfig& config) {
   return text;
 }
 
-}  // namespace llmft::launch
+}  // namespace llmft::config

@@ -3,7 +3,7 @@
 //
 // proto/llmft.proto (TrainConfig) stays the single source of truth for
 // fields, defaults and ranges; this is its resolved form after
-// launch/train_config.h has parsed, applied --set overrides, filled defaults
+// config/train_config.h has parsed, applied --set overrides, filled defaults
 // and validated. The indirection exists because the generated llmft.pb.h
 // declares llmft::DType and llmft::LoraConfig, which collide with core's
 // llmft::DType and peft's llmft::LoraConfig: no translation unit can include
@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-namespace llmft::trainer {
+namespace llmft::config {
 
 // Names of DType values as used here: "f32", "bf16", "f16".
 struct TrainOptions {
@@ -100,7 +100,7 @@ struct TrainOptions {
   int64_t eval_every_n_steps = 0;
 };
 
-// launch::load_train_config (read, --set overrides, defaults, validation),
+// load_train_config (read, --set overrides, defaults, validation),
 // then the conversion. Errors are launch's one-line kBadInput errors.
 TrainOptions load_train_options(const std::string& path, const std::vector<std::string>& overrides = {});
 // The same from text (tests); `source_name` leads errors.
@@ -110,4 +110,4 @@ TrainOptions parse_train_options(const std::string& text, const std::string& sou
 // written out (`llmft train --check`).
 std::string resolved_train_config_text(const std::string& path, const std::vector<std::string>& overrides = {});
 
-}  // namespace llmft::trainer
+}  // namespace llmft::config

@@ -1,11 +1,11 @@
 // The only trainer file that includes the generated llmft.pb.h (see
 // train_options.h for why).
-#include "trainer/train_options.h"
+#include "config/train_options.h"
 
 #include "core/error.h"
-#include "launch/train_config.h"
+#include "config/train_config.h"
 
-namespace llmft::trainer {
+namespace llmft::config {
 namespace {
 
 std::string dtype_name_of(llmft::DType dtype) {
@@ -110,20 +110,20 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
 }  // namespace
 
 TrainOptions load_train_options(const std::string& path, const std::vector<std::string>& overrides) {
-  return convert(launch::load_train_config(path, overrides), path);
+  return convert(load_train_config(path, overrides), path);
 }
 
 TrainOptions parse_train_options(const std::string& text, const std::string& source_name,
                                  const std::vector<std::string>& overrides) {
-  TrainConfig config = launch::parse_train_config(text, source_name);
-  for (const std::string& assignment : overrides) launch::apply_override(config, assignment);
-  launch::fill_train_config_defaults(config);
-  launch::validate_train_config(config, source_name);
+  TrainConfig config = parse_train_config(text, source_name);
+  for (const std::string& assignment : overrides) apply_override(config, assignment);
+  fill_train_config_defaults(config);
+  validate_train_config(config, source_name);
   return convert(config, source_name);
 }
 
 std::string resolved_train_config_text(const std::string& path, const std::vector<std::string>& overrides) {
-  return launch::train_config_to_text(launch::load_train_config(path, overrides));
+  return train_config_to_text(load_train_config(path, overrides));
 }
 
-}  // namespace llmft::trainer
+}  // namespace llmft::config

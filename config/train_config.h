@@ -19,7 +19,7 @@
 
 #include "proto/llmft.pb.h"
 
-namespace llmft::launch {
+namespace llmft::config {
 
 // The whole pipeline: read `path`, parse, apply `overrides` in order (each
 // "field.path=value"), fill defaults, validate. Errors name `path` as given.
@@ -47,4 +47,4 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
 // prints).
 std::string train_config_to_text(const TrainConfig& config);
 
-}  // namespace llmft::launch
+}  // namespace llmft::config
