@@ -50,6 +50,14 @@ void rope_backward(Context& context, const Tensor& dy, const Tensor& positions, 
   LLMFT_DISPATCH(context, rope_backward(context, dy, positions, inv_freq, dx));
 }
 
+void activation_forward(Context& context, Activation kind, const Tensor& x, Tensor& y) {
+  LLMFT_DISPATCH(context, activation_forward(context, kind, x, y));
+}
+
+void activation_backward(Context& context, Activation kind, const Tensor& dy, const Tensor& x, Tensor& dx) {
+  LLMFT_DISPATCH(context, activation_backward(context, kind, dy, x, dx));
+}
+
 void swiglu_forward(Context& context, const Tensor& gate, const Tensor& up, Tensor& out) {
   LLMFT_DISPATCH(context, swiglu_forward(context, gate, up, out));
 }

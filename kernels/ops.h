@@ -72,6 +72,15 @@ void swiglu_forward(Context& context, const Tensor& gate, const Tensor& up, Tens
 void swiglu_backward(Context& context, const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
                      Tensor& dup);
 
+// ---- Pointwise activations of small networks (PEFT encoders and adapters) ------
+// relu(x) = max(x, 0); tanh; silu(x) = x sigmoid(x); gelu(x) = x Phi(x) with
+// the exact erf form (torch.nn.GELU(), transformers' "gelu").
+enum class Activation { kRelu, kTanh, kSilu, kGelu };
+// y = f(x); y may alias x.
+void activation_forward(Context& context, Activation kind, const Tensor& x, Tensor& y);
+// dx = dy f'(x) (relu'(0) = 0, as torch); dx may alias dy or x.
+void activation_backward(Context& context, Activation kind, const Tensor& dy, const Tensor& x, Tensor& dx);
+
 // ---- Causal self-attention with grouped-query heads --------------------------------
 struct AttentionOptions {
   float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)

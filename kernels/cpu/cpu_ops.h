@@ -31,6 +31,9 @@ void swiglu_forward(Context& context, const Tensor& gate, const Tensor& up, Tens
 void swiglu_backward(Context& context, const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
                      Tensor& dup);
 
+void activation_forward(Context& context, ops::Activation kind, const Tensor& x, Tensor& y);
+void activation_backward(Context& context, ops::Activation kind, const Tensor& dy, const Tensor& x, Tensor& dx);
+
 void attention_forward(Context& context, const Tensor& q, const Tensor& k, const Tensor& v,
                        const ops::AttentionOptions& options, Tensor& out, Tensor& lse);
 void attention_backward(Context& context, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,

@@ -333,6 +333,36 @@ void add_swiglu_cases(std::vector<OpCase>& table) {
   }
 }
 
+void add_activation_cases(std::vector<OpCase>& table) {
+  const Shape shape = {37, 45};
+  const std::pair<ops::Activation, std::string> kinds[] = {{ops::Activation::kRelu, "relu"},
+                                                           {ops::Activation::kTanh, "tanh"},
+                                                           {ops::Activation::kSilu, "silu"},
+                                                           {ops::Activation::kGelu, "gelu"}};
+  for (const auto& [kind, name] : kinds) {
+    for (DType dtype : kFloatDTypes) {
+      table.push_back(OpCase{"activation_forward/" + name + "/" + label(dtype) + "/37x45", tolerance_for(dtype, 1e-5),
+                             [=] { return Inputs{random_tensor(shape, dtype, 64, 3.0f)}; },
+                             [=](Context& context, const Inputs& in) {
+                               Tensor x = place(context, in[0]);
+                               Tensor y = context.empty(shape, dtype);
+                               ops::activation_forward(context, kind, x, y);
+                               return Outputs{{"y", y}};
+                             }});
+      table.push_back(OpCase{"activation_backward/" + name + "/" + label(dtype) + "/37x45_in_place",
+                             tolerance_for(dtype, 1e-5),
+                             [=] {
+                               return Inputs{random_tensor(shape, dtype, 65), random_tensor(shape, dtype, 64, 3.0f)};
+                             },
+                             [=](Context& context, const Inputs& in) {
+                               Tensor dy = place(context, in[0]), x = place(context, in[1]);
+                               ops::activation_backward(context, kind, dy, x, dy);  // dx overwrites dy
+                               return Outputs{{"dx", dy}};
+                             }});
+    }
+  }
+}
+
 struct AttentionCase {
   std::string variant;
   int64_t batch, time, q_heads, kv_heads, head_dim, prefix;
@@ -602,6 +632,7 @@ const std::vector<OpCase>& op_table() {
     add_rmsnorm_cases(rows);
     add_rope_cases(rows);
     add_swiglu_cases(rows);
+    add_activation_cases(rows);
     add_attention_cases(rows);
     add_cross_entropy_cases(rows);
     add_elementwise_cases(rows);

@@ -447,6 +447,41 @@ TEST_F(OpTable, SwiGlu) {
          0.0);
 }
 
+// ---- Pointwise activations -------------------------------------------------------------------
+
+TEST_F(OpTable, Activations) {
+  const Shape shape{3, 37};
+  const int64_t count = 3 * 37;
+  const std::pair<ops::Activation, const char*> kinds[] = {{ops::Activation::kRelu, "relu"},
+                                                           {ops::Activation::kTanh, "tanh"},
+                                                           {ops::Activation::kSilu, "silu"},
+                                                           {ops::Activation::kGelu, "gelu"}};
+  for (const auto& [kind, name] : kinds) {
+    for (DType dtype : kFloatDTypes) {
+      const Values x = rounded(random_values(count, 91, 3.0), dtype);
+      Tensor y = Tensor::empty_cpu(shape, dtype);
+      ops::activation_forward(*context, kind, tensor_of(x, shape, dtype), y);
+      report(str_cat("activation_forward ", name, " ", dtype_label(dtype), " [3, 37]"),
+             scaled_error(values_of(y), reference::activation(kind, x)), forward_tolerance(dtype));
+    }
+    // Inputs kept away from relu's kink at 0, where finite differences are undefined.
+    Values x = random_values(count, 92, 3.0);
+    for (double& v : x)
+      if (std::abs(v) < 0.05) v += 0.1;
+    const Values dy = random_values(count, 93);
+    const Forward forward = [kind](const std::vector<Values>& inputs) { return reference::activation(kind, inputs[0]); };
+    Tensor dx = Tensor::empty_cpu(shape, DType::kF32);
+    ops::activation_backward(*context, kind, tensor_of(dy, shape, DType::kF32), tensor_of(x, shape, DType::kF32), dx);
+    report(str_cat("activation_backward ", name, " f32 [3, 37]"),
+           finite_difference_error(forward, {x}, 0, values_of(dx), dy), kGradientTolerance);
+    // In place: dx overwrites dy.
+    Tensor in_place = tensor_of(dy, shape, DType::kF32);
+    ops::activation_backward(*context, kind, in_place, tensor_of(x, shape, DType::kF32), in_place);
+    report(str_cat("activation_backward ", name, " f32 in place (dx aliases dy)"),
+           scaled_error(values_of(in_place), values_of(dx)), 0.0);
+  }
+}
+
 // ---- Cross-entropy ---------------------------------------------------------------------------
 
 TEST_F(OpTable, CrossEntropy) {

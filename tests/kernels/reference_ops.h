@@ -104,6 +104,21 @@ inline Values swiglu(const Values& gate, const Values& up) {
   return out;
 }
 
+// Pointwise activations in double: relu, tanh, silu, exact gelu.
+inline Values activation(ops::Activation kind, const Values& x) {
+  Values y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double v = x[i];
+    switch (kind) {
+      case ops::Activation::kRelu: y[i] = v > 0.0 ? v : 0.0; break;
+      case ops::Activation::kTanh: y[i] = std::tanh(v); break;
+      case ops::Activation::kSilu: y[i] = v / (1.0 + std::exp(-v)); break;
+      case ops::Activation::kGelu: y[i] = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); break;
+    }
+  }
+  return y;
+}
+
 struct AttentionResult {
   Values out;  // [B, T, Hq, D]
   Values lse;  // [B, Hq, T]
