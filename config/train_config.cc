@@ -379,6 +379,25 @@ void fill_train_config_defaults(TrainConfig& config) {
     }
   }
 
+  if (peft.has_prompt_tuning()) {
+    PromptTuningConfig& prompt = *peft.mutable_prompt_tuning();
+    if (!prompt.has_num_virtual_tokens()) prompt.set_num_virtual_tokens(20);
+    if (!prompt.has_init() || prompt.init() == PromptTuningConfig::INIT_UNSPECIFIED)
+      prompt.set_init(PromptTuningConfig::RANDOM);
+    if (!prompt.has_init_text()) prompt.set_init_text("");
+  }
+  if (peft.has_p_tuning()) {
+    PTuningConfig& p_tuning = *peft.mutable_p_tuning();
+    if (!p_tuning.has_num_virtual_tokens()) p_tuning.set_num_virtual_tokens(20);
+    if (!p_tuning.has_encoder_hidden_size()) p_tuning.set_encoder_hidden_size(0);
+  }
+  if (peft.has_prefix_tuning()) {
+    PrefixTuningConfig& prefix = *peft.mutable_prefix_tuning();
+    if (!prefix.has_num_virtual_tokens()) prefix.set_num_virtual_tokens(20);
+    if (!prefix.has_prefix_projection()) prefix.set_prefix_projection(false);
+    if (!prefix.has_encoder_hidden_size()) prefix.set_encoder_hidden_size(0);
+  }
+
   DataConfig& data = *config.mutable_data();
   if (!data.has_seq_len()) data.set_seq_len(1024);
   if (!data.has_batch_size()) data.set_batch_size(8);
@@ -464,6 +483,33 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
                                                        "down_proj or all-linear"));
     }
   }
+
+  if (config.peft().has_prompt_tuning()) {
+    const PromptTuningConfig& prompt = config.peft().prompt_tuning();
+    check.greater("peft.prompt_tuning.num_virtual_tokens", prompt.num_virtual_tokens(), int64_t{0});
+    if (prompt.init() == PromptTuningConfig::TEXT && prompt.init_text().empty())
+      check.fail("peft.prompt_tuning.init_text", "empty, expected the text whose embeddings start the prompt (init TEXT)");
+    if (prompt.init() != PromptTuningConfig::TEXT && !prompt.init_text().empty())
+      check.fail("peft.prompt_tuning.init_text", "set, but init is not TEXT (set init: TEXT or drop init_text)");
+  }
+  if (config.peft().has_p_tuning()) {
+    check.greater("peft.p_tuning.num_virtual_tokens", config.peft().p_tuning().num_virtual_tokens(), int64_t{0});
+    check.at_least("peft.p_tuning.encoder_hidden_size", config.peft().p_tuning().encoder_hidden_size(), int64_t{0});
+  }
+  if (config.peft().has_prefix_tuning()) {
+    const PrefixTuningConfig& prefix = config.peft().prefix_tuning();
+    check.greater("peft.prefix_tuning.num_virtual_tokens", prefix.num_virtual_tokens(), int64_t{0});
+    check.at_least("peft.prefix_tuning.encoder_hidden_size", prefix.encoder_hidden_size(), int64_t{0});
+  }
+  const bool virtual_tokens = config.peft().has_prompt_tuning() || config.peft().has_p_tuning();
+  if (virtual_tokens && config.data().batch_mode() != PADDED)
+    check.fail("data.batch_mode",
+               str_cat(BatchMode_Name(config.data().batch_mode()), ", expected PADDED with peft.",
+                       config.peft().has_p_tuning() ? "p_tuning" : "prompt_tuning",
+                       " (its virtual tokens go in front of each sequence, so a row holds one document)"));
+  if (config.peft().has_prefix_tuning() && config.parallel().tp() > 1)
+    check.fail("parallel.tp", str_cat(config.parallel().tp(), ", expected 1 with peft.prefix_tuning (prefix tuning "
+                                                               "under tensor parallelism is not supported yet)"));
 
   const DataConfig& data = config.data();
   if (data.train_files_size() == 0) check.fail("data.train_files", "empty, expected at least one file or pattern");

@@ -28,8 +28,30 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
   options.hf_dir = config.model().hf_dir();
   options.weights_dtype = dtype_name_of(config.model().weights_dtype());
 
-  options.lora = config.peft().has_lora();
-  if (options.lora) {
+  const PeftConfig& peft = config.peft();
+  options.peft = peft.has_lora()            ? "lora"
+                 : peft.has_prompt_tuning() ? "prompt_tuning"
+                 : peft.has_p_tuning()      ? "p_tuning"
+                 : peft.has_prefix_tuning() ? "prefix_tuning"
+                                            : "none";
+  if (peft.has_prompt_tuning()) {
+    options.num_virtual_tokens = peft.prompt_tuning().num_virtual_tokens();
+    const PromptTuningConfig::Init init = peft.prompt_tuning().init();
+    options.prompt_init = init == PromptTuningConfig::TEXT           ? "text"
+                          : init == PromptTuningConfig::SAMPLE_VOCAB ? "sample_vocab"
+                                                                     : "random";
+    options.prompt_init_text = peft.prompt_tuning().init_text();
+  }
+  if (peft.has_p_tuning()) {
+    options.num_virtual_tokens = peft.p_tuning().num_virtual_tokens();
+    options.encoder_hidden_size = peft.p_tuning().encoder_hidden_size();
+  }
+  if (peft.has_prefix_tuning()) {
+    options.num_virtual_tokens = peft.prefix_tuning().num_virtual_tokens();
+    options.prefix_projection = peft.prefix_tuning().prefix_projection();
+    options.encoder_hidden_size = peft.prefix_tuning().encoder_hidden_size();
+  }
+  if (peft.has_lora()) {
     const llmft::LoraConfig& lora = config.peft().lora();
     options.lora_r = lora.r();
     options.lora_alpha = lora.alpha();

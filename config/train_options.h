@@ -25,13 +25,20 @@ struct TrainOptions {
   std::string hf_dir;
   std::string weights_dtype = "f32";
 
-  // peft: LoRA when `lora` is true, full fine-tuning otherwise
-  bool lora = false;
+  // peft: "none" (full fine-tuning), "lora", "prompt_tuning", "p_tuning",
+  // "prefix_tuning"; each method's fields below (the others keep defaults)
+  std::string peft = "none";
+  bool lora() const { return peft == "lora"; }
   int64_t lora_r = 8;
   float lora_alpha = 16.0f;
   float lora_dropout = 0.0f;
   bool lora_use_rslora = false;
   std::vector<std::string> lora_target_modules = {"q_proj", "v_proj"};
+  int64_t num_virtual_tokens = 20;        // prompt_tuning, p_tuning, prefix_tuning
+  std::string prompt_init = "random";     // prompt_tuning: "random", "text", "sample_vocab"
+  std::string prompt_init_text;           // prompt_tuning with "text"
+  int64_t encoder_hidden_size = 0;        // p_tuning, prefix_tuning with projection; 0: hidden_size
+  bool prefix_projection = false;         // prefix_tuning
 
   // data
   std::vector<std::string> train_files;

@@ -112,7 +112,7 @@ int run_eval(std::span<char*> args) {
     std::string where = checkpoint.value_or("");
     if (where.empty()) where = trainer::latest_checkpoint(options.checkpoint_dir) ? "latest" : "none";
     if (where == "none") {
-      what = options.hf_dir + (options.lora ? " (LoRA at initialisation: the base model)" : "");
+      what = options.hf_dir + (options.lora() ? " (LoRA at initialisation: the base model)" : "");
     } else {
       what = options.hf_dir + " + " + trainer::load_checkpoint_weights(*model, options, where).string();
     }

@@ -86,7 +86,7 @@ int run_export(std::span<char*> args) {
     gguf_options.type = *type;
   }
   const config::TrainOptions options = config::load_train_options(*config.path, config.overrides);
-  if (adapter_dir && !options.lora)
+  if (adapter_dir && !options.lora())
     throw_bad_input("export: --adapter: ", *config.path,
                     " is a full fine-tuning run (peft none), which has no adapter; use --merged OUT for the trained "
                     "weights");

@@ -89,7 +89,7 @@ size_t torch_dtype_bytes(const std::string& torch_dtype) { return torch_dtype ==
 void print_run_estimate(const ModelConfig& config, const config::TrainOptions& options, int64_t dp) {
   const trainer::MemoryEstimate estimate = trainer::estimate_training_memory(config, options, static_cast<int>(dp));
   std::printf("\nrun %s: %s, %s, batch %lld x seq %lld, activation checkpointing %s, dp %lld x tp %lld%s\n",
-              options.source.c_str(), options.lora ? str_cat("LoRA r=", options.lora_r).c_str() : "full fine-tuning",
+              options.source.c_str(), options.lora() ? str_cat("LoRA r=", options.lora_r).c_str() : "full fine-tuning",
               options.compute_dtype.c_str(), static_cast<long long>(options.batch_size),
               static_cast<long long>(options.seq_len), options.activation_checkpointing.c_str(),
               static_cast<long long>(dp), static_cast<long long>(options.tp), options.zero1 ? ", ZeRO-1" : "");
@@ -110,7 +110,7 @@ int run_inspect(std::span<char*> raw_args) {
     if (args.model_dir.empty()) args.model_dir = run->hf_dir;
     args.seq_len = run->seq_len;
     args.batch_size = run->batch_size;
-    if (run->lora) args.lora_rank = run->lora_r;
+    if (run->lora()) args.lora_rank = run->lora_r;
   }
   const std::filesystem::path directory = args.model_dir;
   if (!std::filesystem::is_directory(directory))

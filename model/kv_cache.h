@@ -24,9 +24,10 @@ struct KvCache {
   // position again.
   std::vector<Tensor> keys, values;
   // Filled rows: prefix-tuning positions (when a prefix hook is set) plus every
-  // token seen.
+  // token seen (prompt-tuning virtual tokens included); also the position id
+  // of the next token (model/llama.h numbers tokens after a prefix from P).
   int64_t num_rows = 0;
-  // Tokens seen so far: the position id of the next token.
+  // Token rows run so far (virtual tokens included; 0: nothing run yet).
   int64_t num_positions = 0;
   // Token positions to make room for when the buffers are first allocated
   // (generate() sets prompt + max_new_tokens, so decoding never reallocates);

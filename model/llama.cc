@@ -247,6 +247,9 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
   const int64_t n = step.rows, hidden = config_.hidden_size, vocab = config_.vocab_size;
 
   // Positions and targets, with the prompt-tuning positions (no target) first.
+  // Behind a prefix of P key/value positions the tokens are numbered from P,
+  // as transformers numbers tokens after P cached ones (and PEFT offsets
+  // explicit position_ids by P for prefix tuning).
   std::vector<int32_t> positions(static_cast<size_t>(n)), targets(static_cast<size_t>(n), -100);
   std::vector<int32_t> given_positions = batch.position_ids.defined() ? host_ints(batch.position_ids)
                                                                       : std::vector<int32_t>();
@@ -256,9 +259,10 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
     for (int64_t i = 0; i < step.time; ++i) {
       const size_t row = static_cast<size_t>(s * step.time + i);
       const int64_t real = i - virtual_tokens;  // index among the real tokens, negative for virtual ones
-      positions[row] = given_positions.empty() || real < 0
-                           ? static_cast<int32_t>(i)
-                           : given_positions[static_cast<size_t>(s * real_time + real)];
+      positions[row] = static_cast<int32_t>(step.num_prefix) +
+                       (given_positions.empty() || real < 0
+                            ? static_cast<int32_t>(i)
+                            : given_positions[static_cast<size_t>(s * real_time + real)]);
       if (real >= 0 && !given_targets.empty()) {
         targets[row] = given_targets[static_cast<size_t>(s * real_time + real)];
         if (targets[row] >= 0) ++num_targets;

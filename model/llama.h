@@ -89,7 +89,9 @@ class PromptEmbeddingHook {
 
 // Prefix tuning (Li & Liang 2021): per-layer key/value prefixes that every
 // query attends to (ops::AttentionOptions::num_prefix). They enter attention
-// as given (no RoPE), like cached keys/values in transformers.
+// as given (no RoPE), like cached keys/values in transformers, and the real
+// tokens' positions start at P (given position_ids are offset by P), as
+// transformers + PEFT number them.
 class AttentionPrefixHook {
  public:
   virtual ~AttentionPrefixHook() = default;
@@ -176,8 +178,8 @@ class LlamaModel {
   // after the filled ones (allocating cache.reserved_positions rows at first,
   // doubling when full), and returns the f32 logits [vocab] of the last new
   // token on the context's device. An empty cache is the prefill; with a
-  // prefix hook set, its K/V enter the cache on that first call. Prompt-tuning
-  // hooks are not supported.
+  // prefix hook set, its K/V enter the cache on that first call, and with a
+  // prompt-tuning hook its virtual tokens run in front of the prompt.
   Tensor forward_incremental(Context& context, std::span<const int32_t> new_ids, KvCache& cache);
 
  private:

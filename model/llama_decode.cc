@@ -44,14 +44,15 @@ void LlamaModel::reserve_cache(Context& context, KvCache& cache, int64_t rows, i
 Tensor LlamaModel::forward_incremental(Context& context, std::span<const int32_t> new_ids, KvCache& cache) {
   const DType dtype = options_.compute_dtype;
   if (new_ids.empty()) throw_bad_input("forward_incremental: no new tokens");
-  if (prompt_hook_ != nullptr) throw_bad_input("forward_incremental: prompt tuning is not supported with the KV cache");
   for (int32_t id : new_ids)
     if (id < 0 || id >= config_.vocab_size)
       throw_bad_input("forward_incremental: token id ", id, " outside [0, ", config_.vocab_size, ")");
   if (cache.empty()) cache.num_rows = 0;
   // Prefix-tuning K/V enter the cache at the prefill, as the first rows.
   const int64_t prefix_rows = cache.empty() && prefix_hook_ != nullptr ? prefix_hook_->num_prefix() : 0;
-  const int64_t n = static_cast<int64_t>(new_ids.size()), hidden = config_.hidden_size;
+  // Prompt-tuning embeddings run at the prefill, in front of the prompt.
+  const int64_t virtual_tokens = cache.empty() && prompt_hook_ != nullptr ? prompt_hook_->num_virtual_tokens() : 0;
+  const int64_t n = static_cast<int64_t>(new_ids.size()) + virtual_tokens, hidden = config_.hidden_size;
   const int64_t rows = cache.num_rows + prefix_rows + n;
   if (config_.sliding_window > 0 && rows > config_.sliding_window)
     throw_bad_input("forward_incremental: sequence length ", rows, " exceeds the model's sliding_window (",
@@ -77,13 +78,21 @@ Tensor LlamaModel::forward_incremental(Context& context, std::span<const int32_t
   step.cache = &cache;
   step.num_prefix = cache.num_rows;
   step.attention.num_prefix = step.num_prefix;
-  std::vector<int32_t> positions(new_ids.size());
-  for (size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<int32_t>(cache.num_positions + i);
+  // Every cached row (prefix, virtual and real tokens) counts: the next
+  // token's position is the number of rows before it, as in run().
+  std::vector<int32_t> positions(static_cast<size_t>(n));
+  for (size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<int32_t>(cache.num_rows + i);
   step.positions = context.upload(Tensor::from_ints({n}, positions));
 
-  Tensor ids = context.upload(Tensor::from_ints({n}, std::vector<int32_t>(new_ids.begin(), new_ids.end())));
+  const int64_t real = static_cast<int64_t>(new_ids.size());
+  Tensor ids = context.upload(Tensor::from_ints({real}, std::vector<int32_t>(new_ids.begin(), new_ids.end())));
   Tensor hidden_states = context.empty({n, hidden}, dtype);
-  ops::embedding_forward(context, ids, embed_tokens_->value, hidden_states);
+  Tensor real_states = hidden_states.slice_rows(virtual_tokens, n);
+  ops::embedding_forward(context, ids, embed_tokens_->value, real_states);
+  if (virtual_tokens > 0) {
+    Tensor prompt = hidden_states.slice_rows(0, virtual_tokens);
+    prompt_hook_->forward(context, prompt);
+  }
   for (size_t l = 0; l < num_layers; ++l) {
     BlockActivations activations;
     activations.input = hidden_states;

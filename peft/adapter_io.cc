@@ -8,6 +8,8 @@
 
 #include "core/error.h"
 #include "core/json_depth.h"
+#include "peft/prefix_tuning.h"
+#include "peft/prompt_tuning.h"
 
 namespace llmft {
 
@@ -56,7 +58,9 @@ void save_lora_adapter(const LoraModel& lora, const std::filesystem::path& direc
   write_file_atomically(directory / kConfigFile, json.dump(2) + "\n");
 }
 
-LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
+namespace {
+
+nlohmann::json read_adapter_json(const std::filesystem::path& path) {
   const std::string file = path.string();
   std::ifstream in(path);
   if (!in) throw_bad_input(file, ": cannot open the adapter config");
@@ -67,6 +71,20 @@ LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
     throw_bad_input(file, ": not valid JSON (", error.what(), ")");
   }
   if (!json.is_object()) throw_bad_input(file, ": expected a JSON object at the top level");
+  return json;
+}
+
+LoraConfig lora_config_from_json(const nlohmann::json& json, const std::string& file);
+
+}  // namespace
+
+LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
+  return lora_config_from_json(read_adapter_json(path), path.string());
+}
+
+namespace {
+
+LoraConfig lora_config_from_json(const nlohmann::json& json, const std::string& file) {
   auto field = [&](const char* name) -> const nlohmann::json& {
     if (!json.contains(name)) throw_bad_input(file, ": field '", name, "' is missing");
     return json.at(name);
@@ -133,6 +151,65 @@ LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
   return config;
 }
 
+// An integer field of a prompt-learning adapter config that must equal what
+// `model` implies (the adapter was made for this base).
+int64_t integer_field(const nlohmann::json& json, const std::string& file, const char* name,
+                      std::optional<int64_t> expected, const char* meaning) {
+  if (!json.contains(name)) throw_bad_input(file, ": field '", name, "' is missing");
+  const nlohmann::json& value = json.at(name);
+  if (!value.is_number_integer()) throw_bad_input(file, ": field '", name, "': expected an integer, found ", value.dump());
+  const int64_t result = value.get<int64_t>();
+  if (expected && result != *expected)
+    throw_bad_input(file, ": field '", name, "': expected ", *expected, " (", meaning, "), found ", result,
+                    "; the adapter was made for another base model");
+  return result;
+}
+
+}  // namespace
+
+std::unique_ptr<PeftMethod> load_peft_adapter(Context& context, LlamaModel& model,
+                                              const std::filesystem::path& directory) {
+  const std::filesystem::path path = directory / kConfigFile;
+  const std::string file = path.string();
+  const nlohmann::json json = read_adapter_json(path);
+  if (!json.contains("peft_type")) throw_bad_input(file, ": field 'peft_type' is missing");
+  const nlohmann::json& type = json.at("peft_type");
+  const std::string name = type.is_string() ? type.get<std::string>() : type.dump();
+  if (name == "LORA") {
+    auto lora = std::make_unique<LoraModel>(context, model, lora_config_from_json(json, file));
+    load_lora_adapter_weights(*lora, directory);
+    return lora;
+  }
+  const ModelConfig& base = model.config();
+  const bool prefix = name == "PREFIX_TUNING";
+  if (name != "PROMPT_TUNING" && name != "P_TUNING" && !prefix)
+    throw_bad_input(file, ": field 'peft_type': expected \"LORA\", \"PROMPT_TUNING\", \"P_TUNING\" or \"PREFIX_TUNING\", "
+                    "found ", type.dump());
+  const int64_t tokens = integer_field(json, file, "num_virtual_tokens", std::nullopt, "");
+  if (tokens < 1) throw_bad_input(file, ": field 'num_virtual_tokens': expected an integer >= 1, found ", tokens);
+  integer_field(json, file, "num_layers", base.num_hidden_layers, "the base model's num_hidden_layers");
+  if (json.contains("num_transformer_submodules"))
+    integer_field(json, file, "num_transformer_submodules", 1, "a decoder-only model");
+  if (prefix) {
+    integer_field(json, file, "token_dim", base.kv_size(), "the base model's num_key_value_heads x head_dim");
+    integer_field(json, file, "num_attention_heads", base.num_key_value_heads, "the base model's num_key_value_heads");
+    PrefixTuning::Config config;
+    config.num_virtual_tokens = tokens;
+    config.encoder = false;
+    auto method = std::make_unique<PrefixTuning>(context, model, config);
+    method->load_adapter_weights(directory);
+    return method;
+  }
+  integer_field(json, file, "token_dim", base.hidden_size, "the base model's hidden_size");
+  PromptTuning::Config config;
+  config.type = name == "P_TUNING" ? PeftType::kPTuning : PeftType::kPromptTuning;
+  config.num_virtual_tokens = tokens;
+  config.encoder = false;
+  auto method = std::make_unique<PromptTuning>(context, model, config);
+  method->load_adapter_weights(directory);
+  return method;
+}
+
 void load_lora_adapter_weights(LoraModel& lora, const std::filesystem::path& directory) {
   const SafetensorsFile weights = SafetensorsFile::open(directory / kWeightsFile);
   const std::string& file = weights.path();
@@ -157,6 +234,15 @@ void load_lora_adapter_weights(LoraModel& lora, const std::filesystem::path& dir
                       "model.layers.0.self_attn.q_proj.lora_A.weight')");
 }
 
+void LoraModel::save_adapter(const std::filesystem::path& directory, const std::string& base_model_name_or_path,
+                             std::optional<DType> dtype) const {
+  save_lora_adapter(*this, directory, base_model_name_or_path, dtype);
+}
+
+void LoraModel::load_adapter_weights(const std::filesystem::path& directory) {
+  load_lora_adapter_weights(*this, directory);
+}
+
 std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model,
                                              const std::filesystem::path& directory) {
   const LoraConfig config = read_lora_adapter_config(directory / kConfigFile);
@@ -165,12 +251,14 @@ std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model
   return lora;
 }
 
-void save_lora_merged(const LoraModel& lora, const std::filesystem::path& directory, std::optional<DType> dtype,
-                      uint64_t max_shard_bytes) {
+void save_merged_model(const PeftMethod& method, const std::filesystem::path& directory, std::optional<DType> dtype,
+                       uint64_t max_shard_bytes) {
+  const std::string reason = method.merge_unsupported_reason();
+  if (!reason.empty()) throw_bad_input("merge: ", reason);
   std::filesystem::create_directories(directory);
-  const DType out_dtype = dtype.value_or(lora.model().options().compute_dtype);
-  write_safetensors_checkpoint(directory, lora.merged_state_dict(out_dtype), max_shard_bytes);
-  ModelConfig saved = lora.model().config();
+  const DType out_dtype = dtype.value_or(method.model().options().compute_dtype);
+  write_safetensors_checkpoint(directory, method.merged_state_dict(out_dtype), max_shard_bytes);
+  ModelConfig saved = method.model().config();
   saved.torch_dtype = torch_dtype_name(out_dtype);
   saved.save(directory / "config.json");
 }

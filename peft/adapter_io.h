@@ -1,4 +1,5 @@
 // Hugging Face PEFT adapter directories in and out, and merged export.
+// (The prompt-learning methods' format: peft/prompt_learning_io.h.)
 //
 // An adapter directory (peft PeftModel.save_pretrained, 0.21) holds
 //  * adapter_config.json: LoraConfig's fields ("peft_type": "LORA",
@@ -45,12 +46,22 @@ void load_lora_adapter_weights(LoraModel& lora, const std::filesystem::path& dir
 std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model,
                                              const std::filesystem::path& directory);
 
+// Any adapter directory llmft reads, by its adapter_config.json's peft_type:
+// LORA (load_lora_adapter), PROMPT_TUNING and P_TUNING (peft/prompt_tuning.h)
+// or PREFIX_TUNING (peft/prefix_tuning.h), the latter three for inference as
+// PEFT loads them (the stored embeddings, no encoder). A config made for
+// another base (num_layers, token_dim, num_attention_heads) or an unknown
+// peft_type is one kBadInput line naming the file and the field.
+std::unique_ptr<PeftMethod> load_peft_adapter(Context& context, LlamaModel& model,
+                                              const std::filesystem::path& directory);
+
 // A transformers-loadable model directory (config.json + model.safetensors,
-// sharded above max_shard_bytes) whose weights are W + scaling · B A, merged
-// in fp32 and cast to `dtype` (default the compute dtype). The model in
-// memory is not modified.
-void save_lora_merged(const LoraModel& lora, const std::filesystem::path& directory,
-                      std::optional<DType> dtype = std::nullopt, uint64_t max_shard_bytes = kDefaultMaxShardBytes);
+// sharded above max_shard_bytes) whose weights are `method`'s
+// merged_state_dict (LoRA: W + scaling · B A merged in fp32), cast to `dtype`
+// (default the compute dtype). The model in memory is not modified. A method
+// that cannot merge is a kBadInput saying why.
+void save_merged_model(const PeftMethod& method, const std::filesystem::path& directory,
+                       std::optional<DType> dtype = std::nullopt, uint64_t max_shard_bytes = kDefaultMaxShardBytes);
 
 // Copies the tokenizer and generation files transformers keeps beside a model
 // (tokenizer.json, tokenizer_config.json, special_tokens_map.json,

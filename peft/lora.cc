@@ -209,6 +209,12 @@ std::vector<std::string> LoraModel::adapted_modules() const {
   return names;
 }
 
+std::string LoraModel::fingerprint_text() const {
+  std::string text = str_cat("lora(r=", config_.r, ",alpha=", config_.alpha, ",rslora=", config_.use_rslora, ",targets=");
+  for (const std::string& name : config_.resolved_target_modules()) text += name + " ";
+  return text + ")";
+}
+
 void LoraModel::set_training(bool training) {
   for (auto& adapter : adapters_) adapter->set_training(training);
 }

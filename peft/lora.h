@@ -29,6 +29,7 @@
 
 #include "kernels/ops.h"
 #include "model/llama.h"
+#include "peft/peft_method.h"
 
 namespace llmft {
 
@@ -118,7 +119,7 @@ class LoraAdapter : public LinearAdapter {
   bool merged_ = false;
 };
 
-class LoraModel {
+class LoraModel : public PeftMethod {
  public:
   // Attaches an adapter to every targeted Linear of `model` (layer by layer,
   // q, k, v, o, gate, up, down), draws every A from Philox(config.seed) in that
@@ -127,25 +128,33 @@ class LoraModel {
   LoraModel(Context& context, LlamaModel& model, const LoraConfig& config);
   // Detaches its adapters, leaving any other adapter of the model; merged
   // weights stay merged.
-  ~LoraModel();
+  ~LoraModel() override;
   LoraModel(const LoraModel&) = delete;
   LoraModel& operator=(const LoraModel&) = delete;
 
   const LoraConfig& config() const { return config_; }
-  LlamaModel& model() { return model_; }
-  const LlamaModel& model() const { return model_; }
+  PeftType type() const override { return PeftType::kLora; }
+  LlamaModel& model() override { return model_; }
+  const LlamaModel& model() const override { return model_; }
   // The LoRA parameters (trainable, fp32 gradients), A then B per module.
   // LlamaModel::forward_backward adds into their gradients; they are not in
   // the model's registry, so the trainer zeroes them through this one.
-  ParameterRegistry& parameters() { return parameters_; }
-  const ParameterRegistry& parameters() const { return parameters_; }
+  ParameterRegistry& parameters() override { return parameters_; }
+  const ParameterRegistry& parameters() const override { return parameters_; }
   const std::vector<std::shared_ptr<LoraAdapter>>& adapters() const { return adapters_; }
   // The module names adapted ("model.layers.0.self_attn.q_proj", ...).
   std::vector<std::string> adapted_modules() const;
 
-  void set_training(bool training);
-  void set_dropout_step(uint64_t step);
-  void set_data_parallel_rank(int rank);
+  void set_training(bool training) override;
+  void set_dropout_step(uint64_t step) override;
+  void set_data_parallel_rank(int rank) override;
+  // "lora(r=8,alpha=16,rslora=0,targets=q_proj v_proj )".
+  std::string fingerprint_text() const override;
+  std::string merge_unsupported_reason() const override { return {}; }
+  // peft/adapter_io.h save_lora_adapter / load_lora_adapter_weights.
+  void save_adapter(const std::filesystem::path& directory, const std::string& base_model_name_or_path,
+                    std::optional<DType> dtype = std::nullopt) const override;
+  void load_adapter_weights(const std::filesystem::path& directory) override;
 
   // W += scaling · B A (unmerge: -=), computed in fp32 and cast back to W's
   // dtype. Merging twice or unmerging an unmerged model is an error.
@@ -157,7 +166,7 @@ class LoraModel {
   // fp32, then cast to `dtype`, default the compute dtype), as host tensors
   // under HF names; the model itself is left untouched. Not under tensor
   // parallelism (export from the layout-free checkpoint instead).
-  std::vector<NamedTensor> merged_state_dict(std::optional<DType> dtype = std::nullopt) const;
+  std::vector<NamedTensor> merged_state_dict(std::optional<DType> dtype = std::nullopt) const override;
 
  private:
   void apply_delta(Context& context, float sign);

@@ -46,11 +46,22 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
   return static_cast<uint64_t>(bytes);
 }
 
+namespace {
+
+std::vector<NamedTensor> merged_or_refuse(const PeftMethod& method, const char* command) {
+  const std::string reason = method.merge_unsupported_reason();
+  if (!reason.empty()) throw_bad_input(command, ": cannot merge: ", reason, "; export it with --adapter");
+  return method.merged_state_dict(DType::kF32);
+}
+
+}  // namespace
+
 std::vector<std::string> export_merged(TrainingModel& model, const std::filesystem::path& base_dir,
                                        const std::filesystem::path& out, std::optional<DType> dtype,
                                        uint64_t max_shard_bytes) {
-  if (model.lora) {
-    save_lora_merged(*model.lora, out, dtype, max_shard_bytes);
+  if (model.peft) {
+    merged_or_refuse(*model.peft, "export --merged");  // the one-line refusal before anything is written
+    save_merged_model(*model.peft, out, dtype, max_shard_bytes);
   } else {
     model.model->save_pretrained(out, dtype, max_shard_bytes);
   }
@@ -59,11 +70,11 @@ std::vector<std::string> export_merged(TrainingModel& model, const std::filesyst
 
 void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
                     std::optional<DType> dtype) {
-  if (!model.lora)
+  if (!model.peft)
     throw_bad_input(
         "export --adapter: the run is full fine-tuning (peft none), which has no adapter; use --merged "
         "for the trained weights");
-  save_lora_adapter(*model.lora, out, base_model_name_or_path, dtype);
+  model.peft->save_adapter(out, base_model_name_or_path, dtype);
 }
 
 void write_gguf_atomically(const gguf::GgufModelExport& plan, const std::filesystem::path& out, FileOps& files) {
@@ -87,7 +98,7 @@ std::vector<std::string> export_gguf(TrainingModel& model, const std::filesystem
                                      FileOps& files) {
   // The merged fp32 weights, each handed to the writer when its turn comes.
   std::vector<NamedTensor> tensors =
-      model.lora ? model.lora->merged_state_dict(DType::kF32) : model.model->state_dict(DType::kF32);
+      model.peft ? merged_or_refuse(*model.peft, "export --gguf") : model.model->state_dict(DType::kF32);
   std::map<std::string, const Tensor*> by_name;
   gguf::HfModelSource source;
   source.config = model.model->config();

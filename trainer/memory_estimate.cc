@@ -31,7 +31,7 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   const double parameters = V * D * (config.tie_word_embeddings ? 1.0 : 2.0) + layers * per_layer + D;
 
   double trainable = parameters;
-  if (options.lora) {
+  if (options.lora()) {
     LoraConfig lora;
     lora.target_modules = options.lora_target_modules;
     const std::vector<std::string> targets = lora.resolved_target_modules();
@@ -51,7 +51,7 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   const double zero1 = options.zero1 && dp > 1 ? static_cast<double>(dp) : 1.0;
   MemoryEstimate estimate;
   auto set = [&](MemoryCategory category, double value) { estimate.bytes[static_cast<size_t>(category)] = value; };
-  set(MemoryCategory::kFrozenWeights, options.lora ? parameters * w : 0.0);
+  set(MemoryCategory::kFrozenWeights, options.lora() ? parameters * w : 0.0);
   // fp32 masters only for 16-bit values (an f32 value is its own master).
   set(MemoryCategory::kTrainableWeights, trainable * w + (w < 4 ? trainable * 4 / zero1 : 0.0));
   // ZeRO-1 adds the reduce-scattered shard of the flat gradient buckets.

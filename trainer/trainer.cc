@@ -72,7 +72,7 @@ Trainer::Trainer(Context& context, config::TrainOptions options, TrainerHooks ho
     }
   }
   model_ = build_training_model(context_, options_, /*for_training=*/true, model_tp);
-  if (model_->lora) model_->lora->set_data_parallel_rank(dp_->rank());
+  if (model_->peft) model_->peft->set_data_parallel_rank(dp_->rank());
   const ModelConfig& model_config = model_->model->config();
   eos_id_ = document_eos_id(options_, model_config);
 
@@ -379,7 +379,7 @@ StepRecord Trainer::train_step() {
     const uint64_t dropout_step = dropout_micro_steps_++;
     if (buckets_ && !host_context_ && i + 1 == micro_batches.size()) buckets_->begin_reduction();
     if (micro_tokens[i] == 0) continue;  // contributes nothing to loss or gradient
-    if (model_->lora) model_->lora->set_dropout_step(dropout_step);
+    if (model_->peft) model_->peft->set_dropout_step(dropout_step);
     const double weight = static_cast<double>(micro_tokens[i]) / static_cast<double>(record.trained_tokens);
     StepResult result = model_->model->forward_backward(context_, to_model_batch(context_, micro_batches[i]),
                                                         static_cast<float>(loss_scale * weight));

@@ -38,6 +38,7 @@
 
 #include "core/context.h"
 #include "data/loader.h"
+#include "kernels/ops.h"
 #include "optim/adamw.h"
 #include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"

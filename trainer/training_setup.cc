@@ -3,6 +3,10 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "data/tokenizer.h"
+#include "peft/lora.h"
+#include "peft/prefix_tuning.h"
+#include "peft/prompt_tuning.h"
 #include "trainer/checkpoint.h"
 
 namespace llmft::trainer {
@@ -20,7 +24,7 @@ std::vector<Parameter*> TrainingModel::trainable_parameters() {
   return result;
 }
 
-ParameterRegistry& TrainingModel::trainable_registry() { return lora ? lora->parameters() : model->parameters(); }
+ParameterRegistry& TrainingModel::trainable_registry() { return peft ? peft->parameters() : model->parameters(); }
 
 std::vector<NamedTensor> TrainingModel::trainable_tensors() {
   std::vector<NamedTensor> tensors;
@@ -29,7 +33,51 @@ std::vector<NamedTensor> TrainingModel::trainable_tensors() {
 }
 
 void TrainingModel::set_training(bool training) {
-  if (lora) lora->set_training(training);
+  if (peft) peft->set_training(training);
+}
+
+std::unique_ptr<PeftMethod> attach_peft_method(Context& context, LlamaModel& model,
+                                               const config::TrainOptions& options) {
+  if (options.peft == "lora") {
+    LoraConfig lora_config;
+    lora_config.r = options.lora_r;
+    lora_config.alpha = options.lora_alpha;
+    lora_config.dropout = options.lora_dropout;
+    lora_config.use_rslora = options.lora_use_rslora;
+    lora_config.target_modules = options.lora_target_modules;
+    lora_config.seed = options.seed;
+    lora_config.validate(options.source + ": peft.lora");
+    return std::make_unique<LoraModel>(context, model, lora_config);
+  }
+  if (options.peft == "prompt_tuning" || options.peft == "p_tuning") {
+    PromptTuning::Config config;
+    config.type = options.peft == "p_tuning" ? PeftType::kPTuning : PeftType::kPromptTuning;
+    config.num_virtual_tokens = options.num_virtual_tokens;
+    config.encoder_hidden_size = options.encoder_hidden_size;
+    config.seed = options.seed;
+    config.init = options.prompt_init == "text"           ? PromptTuning::Init::kText
+                  : options.prompt_init == "sample_vocab" ? PromptTuning::Init::kSampleVocab
+                                                          : PromptTuning::Init::kRandom;
+    if (config.init == PromptTuning::Init::kText) {
+      // PEFT tokenizes init text with the model's tokenizer, special tokens
+      // included (tokenizer(init_text)["input_ids"]).
+      config.init_text = options.prompt_init_text;
+      config.init_token_ids = load_tokenizer(options.hf_dir)->encode_with_special_tokens(options.prompt_init_text);
+    }
+    config.validate(str_cat(options.source, ": peft.", options.peft));
+    return std::make_unique<PromptTuning>(context, model, config);
+  }
+  if (options.peft == "prefix_tuning") {
+    PrefixTuning::Config config;
+    config.num_virtual_tokens = options.num_virtual_tokens;
+    config.prefix_projection = options.prefix_projection;
+    config.encoder_hidden_size = options.encoder_hidden_size;
+    config.seed = options.seed;
+    config.validate(options.source + ": peft.prefix_tuning");
+    return std::make_unique<PrefixTuning>(context, model, config);
+  }
+  throw_bad_input(options.source, ": field 'peft': unknown method '", options.peft,
+                  "', expected none, lora, prompt_tuning, p_tuning or prefix_tuning");
 }
 
 std::unique_ptr<TrainingModel> build_training_model(Context& context, const config::TrainOptions& options, bool for_training,
@@ -47,7 +95,8 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const conf
 
   auto result = std::make_unique<TrainingModel>();
   {
-    MemoryCategoryScope category(options.lora ? MemoryCategory::kFrozenWeights : MemoryCategory::kTrainableWeights);
+    MemoryCategoryScope category(options.peft != "none" ? MemoryCategory::kFrozenWeights
+                                                        : MemoryCategory::kTrainableWeights);
     result->model = LlamaModel::load(context, options.hf_dir, llama_options);
   }
   if (options.activation_checkpointing != "none") {
@@ -59,22 +108,14 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const conf
     for (int64_t layer = 0; layer < result->model->config().num_hidden_layers; ++layer)
       if (layer % options.checkpoint_every_n_layers == 0) result->model->set_activation_policy(layer, policy);
   }
-  if (options.lora) {
-    LoraConfig lora_config;
-    lora_config.r = options.lora_r;
-    lora_config.alpha = options.lora_alpha;
-    lora_config.dropout = options.lora_dropout;
-    lora_config.use_rslora = options.lora_use_rslora;
-    lora_config.target_modules = options.lora_target_modules;
-    lora_config.seed = options.seed;
-    lora_config.validate(options.source + ": peft.lora");
-    result->lora = std::make_unique<LoraModel>(context, *result->model, lora_config);
-  } else {
+  if (options.peft == "none") {
     result->model->parameters().set_trainable([](const std::string&) { return true; });
     if (for_training) result->model->parameters().allocate_grads(context, DType::kF32);
+  } else {
+    result->peft = attach_peft_method(context, *result->model, options);
   }
-  result->fingerprint_text = training_fingerprint_text(*result->model, options);
-  result->fingerprint = training_fingerprint(*result->model, options);
+  result->fingerprint_text = training_fingerprint_text(*result->model, options, result->peft.get());
+  result->fingerprint = training_fingerprint(*result->model, options, result->peft.get());
   return result;
 }
 
@@ -112,22 +153,18 @@ uint64_t base_weights_sample_hash(const SafetensorsCheckpoint& checkpoint, const
   return hash;
 }
 
-std::string training_fingerprint_text(const LlamaModel& model, const config::TrainOptions& options) {
+std::string training_fingerprint_text(const LlamaModel& model, const config::TrainOptions& options,
+                                      const PeftMethod* peft) {
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(options.hf_dir);
   const DType dtype = parse_float_dtype(options.compute_dtype, "precision.compute_dtype");
-  std::string text = str_cat("model=", model.config().to_json().dump(), ";weights=", std::hex,
-                             base_weights_sample_hash(checkpoint, model, dtype), std::dec, ";peft=");
-  if (!options.lora) return text + "none";
-  LoraConfig lora_config;
-  lora_config.target_modules = options.lora_target_modules;
-  text += str_cat("lora(r=", options.lora_r, ",alpha=", options.lora_alpha, ",rslora=", options.lora_use_rslora,
-                  ",targets=");
-  for (const std::string& name : lora_config.resolved_target_modules()) text += name + " ";
-  return text + ")";
+  return str_cat("model=", model.config().to_json().dump(), ";weights=", std::hex,
+                 base_weights_sample_hash(checkpoint, model, dtype), std::dec, ";peft=",
+                 peft != nullptr ? peft->fingerprint_text() : "none");
 }
 
-std::string training_fingerprint(const LlamaModel& model, const config::TrainOptions& options) {
-  const std::string text = training_fingerprint_text(model, options);
+std::string training_fingerprint(const LlamaModel& model, const config::TrainOptions& options,
+                                 const PeftMethod* peft) {
+  const std::string text = training_fingerprint_text(model, options, peft);
   const uint64_t hash = fnv1a(kFnvOffsetBasis, text.data(), text.size());
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
@@ -204,8 +241,8 @@ std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, cons
   fp32.compute_dtype = fp32.weights_dtype = "f32";
   std::unique_ptr<TrainingModel> model = build_training_model(context, fp32, /*for_training=*/false);
   // The run's fingerprint: its base-weight sample hashed in its compute dtype.
-  model->fingerprint = training_fingerprint(*model->model, options);
-  model->fingerprint_text = training_fingerprint_text(*model->model, options);
+  model->fingerprint = training_fingerprint(*model->model, options, model->peft.get());
+  model->fingerprint_text = training_fingerprint_text(*model->model, options, model->peft.get());
   CheckpointReader reader = CheckpointReader::open(where, options.checkpoint_dir, model->fingerprint);
   reader.load_fp32_weights(model->trainable_tensors());
   if (source) *source = reader.directory();

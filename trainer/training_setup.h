@@ -1,6 +1,6 @@
 // What the trainer, `llmft eval` and `llmft export` build from a training
-// configuration: the base model in its precision, the PEFT wrapper (LoRA or
-// none), the list of trainable parameters, the checkpoint fingerprint, the
+// configuration: the base model in its precision, the PEFT method (or none
+// for full fine-tuning), the list of trainable parameters, the checkpoint fingerprint, the
 // EOS id and the data-loader options.
 #pragma once
 
@@ -13,7 +13,7 @@
 #include "core/context.h"
 #include "data/loader.h"
 #include "model/llama.h"
-#include "peft/lora.h"
+#include "peft/peft_method.h"
 #include "config/train_options.h"
 
 namespace llmft::trainer {
@@ -23,12 +23,12 @@ DType parse_float_dtype(const std::string& name, const std::string& field);
 
 struct TrainingModel {
   std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<LoraModel> lora;  // null for full fine-tuning
+  std::unique_ptr<PeftMethod> peft;  // null for full fine-tuning
   std::string fingerprint;          // see training_fingerprint
   std::string fingerprint_text;     // its canonical text, for messages
 
-  // LoRA's A/B matrices, or every base parameter for full fine-tuning, in
-  // registry order.
+  // The PEFT method's parameters, or every base parameter for full
+  // fine-tuning, in registry order.
   std::vector<Parameter*> trainable_parameters();
   ParameterRegistry& trainable_registry();
   // Trainable values by name (what a checkpoint's trainable.safetensors holds).
@@ -37,9 +37,15 @@ struct TrainingModel {
   void set_training(bool training);
 };
 
+// The PEFT method options.peft names (lora, prompt_tuning, p_tuning,
+// prefix_tuning), attached to `model` and initialised from options.seed; the
+// base is frozen. kBadInput naming options.source and the field for a value
+// the method refuses.
+std::unique_ptr<PeftMethod> attach_peft_method(Context& context, LlamaModel& model, const config::TrainOptions& options);
+
 // Loads options.hf_dir in precision.compute_dtype (which must equal
 // model.weights_dtype: LlamaModel holds weights and activations in one
-// dtype), then attaches LoRA (seed data.seed) or marks every parameter
+// dtype), then attaches the PEFT method (seed data.seed) or marks every parameter
 // trainable, and allocates fp32 gradients. Without `for_training` (eval,
 // export) full fine-tuning allocates no gradients. With `tensor_parallel`
 // (size > 1) each rank holds and loads its slices (model/llama.h).
@@ -50,12 +56,15 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const conf
 // Canonical text of what the checkpoint tensors belong to: the model's
 // config.json (every architecture field), a sample of the base weights as
 // loaded (see base_weights_sample_hash), and the PEFT method with the fields
-// that shape or scale its tensors (LoRA r, alpha, rsLoRA, resolved targets).
+// that shape or scale its tensors (PeftMethod::fingerprint_text; LoRA r,
+// alpha, rsLoRA, resolved targets).
 // Dropout, data and optimizer settings may change across a resume and are
 // left out; dtypes are checked tensor by tensor when a checkpoint loads.
-std::string training_fingerprint_text(const LlamaModel& model, const config::TrainOptions& options);
+std::string training_fingerprint_text(const LlamaModel& model, const config::TrainOptions& options,
+                                      const PeftMethod* peft);
 // 16 hex digits of FNV-1a 64 over that text (short enough for error lines).
-std::string training_fingerprint(const LlamaModel& model, const config::TrainOptions& options);
+std::string training_fingerprint(const LlamaModel& model, const config::TrainOptions& options,
+                                 const PeftMethod* peft);
 // FNV-1a 64 over the bytes of the first and last row of every parameter's
 // full tensor in `checkpoint` (the whole of 1-D ones), in the model's
 // registry order: two checkpoints of one architecture (a base model and its

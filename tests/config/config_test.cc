@@ -286,9 +286,49 @@ TEST(TrainConfigErrors, UnknownFieldWithNothingCloseHasNoSuggestion) {
             "llmft.DataConfig");
 }
 
-TEST(TrainConfigErrors, PeftMethodOfTheNextIssueIsUnknown) {
-  EXPECT_EQ(load_error("peft { prefix_tuning {} }\n"),
-            "run.pbtxt:1:8: unknown field 'prefix_tuning' in llmft.PeftConfig");
+TEST(TrainConfigErrors, PeftMethodNotBuiltYetIsUnknown) {
+  EXPECT_EQ(load_error("peft { bottleneck {} }\n"), "run.pbtxt:1:8: unknown field 'bottleneck' in llmft.PeftConfig");
+}
+
+TEST(TrainConfig, PromptLearningMethodsGetTheirDefaults) {
+  const std::vector<std::string> padded = {"data.batch_mode=PADDED"};
+  ConfigFile prompt(std::string(kMinimal) + "peft { prompt_tuning {} }\n");
+  const TrainConfig prompt_config = load_train_config(prompt.path(), padded);
+  EXPECT_EQ(prompt_config.peft().prompt_tuning().num_virtual_tokens(), 20);
+  EXPECT_EQ(prompt_config.peft().prompt_tuning().init(), PromptTuningConfig::RANDOM);
+  const TrainConfig p_config = load_train_config(prompt.path(), {"peft.p_tuning.num_virtual_tokens=4",
+                                                                 "data.batch_mode=PADDED"});
+  EXPECT_EQ(p_config.peft().p_tuning().num_virtual_tokens(), 4);
+  EXPECT_EQ(p_config.peft().p_tuning().encoder_hidden_size(), 0);
+  ConfigFile prefix(std::string(kMinimal) + "peft { prefix_tuning { prefix_projection: true } }\n");
+  const TrainConfig prefix_config = load_train_config(prefix.path());
+  EXPECT_EQ(prefix_config.peft().prefix_tuning().num_virtual_tokens(), 20);
+  EXPECT_TRUE(prefix_config.peft().prefix_tuning().prefix_projection());
+  EXPECT_EQ(prefix_config.peft().prefix_tuning().encoder_hidden_size(), 0);
+}
+
+TEST(TrainConfigErrors, PromptLearningFieldsNameTheFieldAndTheExpectation) {
+  EXPECT_EQ(load_error(kMinimal, {"peft.prompt_tuning.num_virtual_tokens=3"}),
+            "run.pbtxt: field 'data.batch_mode': PACKED, expected PADDED with peft.prompt_tuning (its virtual tokens "
+            "go in front of each sequence, so a row holds one document)");
+  EXPECT_EQ(load_error(kMinimal, {"peft.p_tuning.num_virtual_tokens=3", "data.batch_mode=PACKED_CONTIGUOUS"}),
+            "run.pbtxt: field 'data.batch_mode': PACKED_CONTIGUOUS, expected PADDED with peft.p_tuning (its virtual "
+            "tokens go in front of each sequence, so a row holds one document)");
+  EXPECT_EQ(load_error(kMinimal, {"peft.prompt_tuning.num_virtual_tokens=0", "data.batch_mode=PADDED"}),
+            "run.pbtxt: field 'peft.prompt_tuning.num_virtual_tokens': 0 out of range, expected > 0");
+  EXPECT_EQ(load_error(kMinimal, {"peft.prompt_tuning.init=TEXT", "data.batch_mode=PADDED"}),
+            "run.pbtxt: field 'peft.prompt_tuning.init_text': empty, expected the text whose embeddings start the "
+            "prompt (init TEXT)");
+  EXPECT_EQ(load_error(kMinimal, {"peft.prompt_tuning.init_text=hello", "data.batch_mode=PADDED"}),
+            "run.pbtxt: field 'peft.prompt_tuning.init_text': set, but init is not TEXT (set init: TEXT or drop "
+            "init_text)");
+  EXPECT_EQ(load_error(kMinimal, {"peft.p_tuning.encoder_hidden_size=-2", "data.batch_mode=PADDED"}),
+            "run.pbtxt: field 'peft.p_tuning.encoder_hidden_size': -2 out of range, expected >= 0");
+  EXPECT_EQ(load_error(kMinimal, {"peft.prefix_tuning.num_virtual_tokens=-1"}),
+            "run.pbtxt: field 'peft.prefix_tuning.num_virtual_tokens': -1 out of range, expected > 0");
+  EXPECT_EQ(load_error(kMinimal, {"peft.prefix_tuning.num_virtual_tokens=2", "parallel.tp=2"}),
+            "run.pbtxt: field 'parallel.tp': 2, expected 1 with peft.prefix_tuning (prefix tuning under tensor "
+            "parallelism is not supported yet)");
 }
 
 TEST(TrainConfigErrors, WrongTypeInFileNamesLineAndExpectation) {

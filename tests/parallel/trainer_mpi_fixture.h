@@ -94,7 +94,7 @@ class TrainerUnderMpi : public ::testing::Test {
     config::TrainOptions options;
     options.source = "test";
     options.hf_dir = (root_ / "model").string();
-    options.lora = lora;
+    options.peft = lora ? "lora" : "none";
     options.lora_r = 4;
     options.lora_alpha = 8.0f;
     options.lora_dropout = 0.0f;

@@ -107,14 +107,14 @@ TEST_F(AdapterIoTest, SaveLoadRoundTrip) {
 // The merged directory, loaded as a plain model, gives the base+LoRA logits.
 TEST_F(AdapterIoTest, MergedExportReloadsWithAdapterLogits) {
   const fs::path merged_dir = directory_ / "merged";
-  save_lora_merged(*lora_, merged_dir);
+  save_merged_model(*lora_, merged_dir);
   auto merged = LlamaModel::load(*context_, merged_dir);
   const std::vector<float> expected = logits_of(*context_, *model_, tiny_batch());
   const std::vector<float> got = logits_of(*context_, *merged, tiny_batch());
   ASSERT_EQ(expected.size(), got.size());
   for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], expected[i], 1e-4f) << i;
   // bf16 export: config says so and the weights are bf16.
-  save_lora_merged(*lora_, directory_ / "merged_bf16", DType::kBF16);
+  save_merged_model(*lora_, directory_ / "merged_bf16", DType::kBF16);
   const nlohmann::json config = nlohmann::json::parse(std::ifstream(directory_ / "merged_bf16" / "config.json"));
   EXPECT_EQ(config.at("torch_dtype"), "bfloat16");
   EXPECT_EQ(SafetensorsCheckpoint::open(directory_ / "merged_bf16").entry("model.norm.weight").dtype_name, "BF16");

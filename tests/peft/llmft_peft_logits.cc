@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
     }
     write_logits(*context, *model, ids, out_dir / "lora.f32");
     llmft::save_lora_adapter(lora, out_dir / "adapter", argv[1]);
-    llmft::save_lora_merged(lora, out_dir / "merged");
+    llmft::save_merged_model(lora, out_dir / "merged");
     llmft::copy_tokenizer_files(argv[1], out_dir / "merged");
     std::printf("%lld %lld\n", static_cast<long long>(ids.size()), static_cast<long long>(model->config().vocab_size));
   } catch (const llmft::Error& error) {

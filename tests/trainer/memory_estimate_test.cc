@@ -56,7 +56,7 @@ class MemoryEstimateTest : public ::testing::Test {
     config::TrainOptions o;
     o.source = "test";
     o.hf_dir = (*root_ / "model").string();
-    o.lora = lora;
+    o.peft = lora ? "lora" : "none";
     o.lora_r = 8;
     o.lora_target_modules = {"all-linear"};
     o.lora_dropout = 0.1f;

@@ -56,7 +56,7 @@ class TrainerTest : public ::testing::Test {
     config::TrainOptions options;
     options.source = "test";
     options.hf_dir = (root_ / "model").string();
-    options.lora = true;
+    options.peft = "lora";
     options.lora_r = 4;
     options.lora_alpha = 8.0f;
     options.lora_dropout = 0.1f;
@@ -78,7 +78,7 @@ class TrainerTest : public ::testing::Test {
   }
   config::TrainOptions full_options(const std::string& run) const {
     config::TrainOptions options = lora_options(run);
-    options.lora = false;
+    options.peft = "none";
     options.lr = 1e-3;
     return options;
   }
@@ -857,7 +857,7 @@ TEST_F(TrainerTest, TrainOptionsComeFromTheTextConfigWithDefaults) {
                                                    "run.pbtxt", {"optimizer.lr=3e-4", "model.weights_dtype=float16"});
   EXPECT_EQ(options.source, "run.pbtxt");
   EXPECT_EQ(options.hf_dir, "m");
-  EXPECT_TRUE(options.lora);
+  EXPECT_EQ(options.peft, "lora");
   EXPECT_EQ(options.lora_r, 4);
   EXPECT_EQ(options.lora_alpha, 16.0f);
   EXPECT_EQ(options.lora_target_modules, std::vector<std::string>{"all-linear"});
@@ -872,7 +872,7 @@ TEST_F(TrainerTest, TrainOptionsComeFromTheTextConfigWithDefaults) {
   EXPECT_EQ(options.weights_dtype, "f16");
   EXPECT_EQ(options.keep_last, 3);
   EXPECT_EQ(options.log_every_n_steps, 10);
-  EXPECT_FALSE(config::parse_train_options("model { hf_dir: \"m\" } data { train_files: \"x\" }", "full.pbtxt").lora);
+  EXPECT_FALSE(config::parse_train_options("model { hf_dir: \"m\" } data { train_files: \"x\" }", "full.pbtxt").lora());
 }
 
 TEST_F(TrainerTest, TrainLogsLossLrGradNormTokensPerSecondAndEvalMetrics) {
@@ -969,8 +969,9 @@ TEST_F(TrainerTest, AdapterExportRoundTripsThroughLoadLoraAdapter) {
   auto base = LlamaModel::load(*context_, options.hf_dir);
   auto loaded = load_lora_adapter(*context_, *base, root_ / "adapter");
   EXPECT_EQ(loaded->config().r, 4);
-  EXPECT_EQ(loaded->adapted_modules(), trained->lora->adapted_modules());
-  for (Parameter* parameter : trained->lora->parameters().all())
+  const auto& trained_lora = dynamic_cast<const LoraModel&>(*trained->peft);
+  EXPECT_EQ(loaded->adapted_modules(), trained_lora.adapted_modules());
+  for (const Parameter* parameter : trained_lora.parameters().all())
     EXPECT_EQ(loaded->parameters().get(parameter->name).value.to_floats(), parameter->value.to_floats())
         << parameter->name;
 

@@ -1,0 +1,15 @@
+#include "peft/peft_method.h"
+
+namespace llmft {
+
+std::string_view peft_type_name(PeftType type) {
+  switch (type) {
+    case PeftType::kLora: return "LORA";
+    case PeftType::kPromptTuning: return "PROMPT_TUNING";
+    case PeftType::kPTuning: return "P_TUNING";
+    case PeftType::kPrefixTuning: return "PREFIX_TUNING";
+  }
+  return "UNKNOWN";
+}
+
+}  // namespace llmft
