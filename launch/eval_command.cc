@@ -112,7 +112,9 @@ int run_eval(std::span<char*> args) {
     std::string where = checkpoint.value_or("");
     if (where.empty()) where = trainer::latest_checkpoint(options.checkpoint_dir) ? "latest" : "none";
     if (where == "none") {
-      what = options.hf_dir + (options.lora() ? " (LoRA at initialisation: the base model)" : "");
+      what = options.hf_dir + (options.lora()             ? " (LoRA at initialisation: the base model)"
+                               : options.peft != "none" ? " (peft." + options.peft + " at initialisation)"
+                                                        : "");
     } else {
       what = options.hf_dir + " + " + trainer::load_checkpoint_weights(*model, options, where).string();
     }

@@ -6,9 +6,9 @@
 //                  above --max-shard-size) and the base model's tokenizer
 //                  files. LoRA is merged as W + scaling·B·A in fp32, then cast
 //                  (peft/adapter_io.h); full fine-tuning writes the trained
-//                  weights.
+//                  weights; prompt, P- and prefix tuning cannot merge (exit 2).
 //   --adapter OUT  a Hugging Face PEFT adapter (adapter_config.json +
-//                  adapter_model.safetensors); LoRA runs only.
+//                  adapter_model.safetensors) of any PEFT method.
 //   --gguf OUT     the merged model as one GGUF file for llama.cpp/Ollama
 //                  (model/gguf_export.h), matrices in --type (default f16).
 // Any of them may be given at once. --dtype defaults to the run's compute dtype.
@@ -37,7 +37,7 @@ constexpr const char* kUsage =
     "  --merged OUT: Hugging Face model directory (LoRA merged in fp32, or the fully fine-tuned weights),\n"
     "    sharded above --max-shard-size (bytes, or with KB/MB/GB = 10^3.. or KiB/MiB/GiB = 2^10..), with the\n"
     "    base model's tokenizer files.\n"
-    "  --adapter OUT: Hugging Face PEFT adapter directory (LoRA runs only).\n"
+    "  --adapter OUT: Hugging Face PEFT adapter directory (LoRA, prompt, P- and prefix tuning).\n"
     "  --gguf OUT.gguf: the merged model as one GGUF file (llama.cpp, Ollama) with the tokenizer and chat\n"
     "    template; --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1 for its matrices (default f16).\n"
     "  --checkpoint: default latest (the newest step-N of checkpoint.dir).\n";
@@ -86,10 +86,15 @@ int run_export(std::span<char*> args) {
     gguf_options.type = *type;
   }
   const config::TrainOptions options = config::load_train_options(*config.path, config.overrides);
-  if (adapter_dir && !options.lora())
+  if (adapter_dir && options.peft == "none")
     throw_bad_input("export: --adapter: ", *config.path,
                     " is a full fine-tuning run (peft none), which has no adapter; use --merged OUT for the trained "
                     "weights");
+  if ((merged_dir || gguf_path) && options.peft != "none" && options.peft != "lora")
+    throw_bad_input("export: ", merged_dir ? "--merged" : "--gguf", ": ", *config.path, " trains peft.", options.peft,
+                    ", which cannot be merged into the base weights (it adds ",
+                    options.peft == "prefix_tuning" ? "key/value positions to every layer" : "virtual input tokens",
+                    "); use --adapter OUT");
   std::optional<DType> dtype;
   if (dtype_name) dtype = trainer::parse_float_dtype(*dtype_name, "export: --dtype");
   if (checkpoint == "latest" && !trainer::latest_checkpoint(options.checkpoint_dir))
@@ -119,7 +124,8 @@ int run_export(std::span<char*> args) {
   }
   if (adapter_dir) {
     trainer::export_adapter(*model, options.hf_dir, *adapter_dir, dtype);
-    std::printf("LoRA adapter of %s written to %s\n", source.string().c_str(), adapter_dir->c_str());
+    std::printf("%s adapter of %s written to %s\n", std::string(peft_type_name(model->peft->type())).c_str(),
+                source.string().c_str(), adapter_dir->c_str());
   }
   return 0;
 }

@@ -28,17 +28,20 @@
 #include "launch/exact_match.h"
 #include "model/generation.h"
 #include "model/llama.h"
+#include "peft/adapter_io.h"
 
 namespace llmft::launch {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: llmft generate --model DIR (--prompt TEXT | --chat TEXT [--system TEXT] | --messages FILE.json |\n"
+    "usage: llmft generate --model DIR [--adapter DIR] (--prompt TEXT | --chat TEXT [--system TEXT] | --messages FILE.json |\n"
     "                                    --batch FILE.jsonl [--batch-output FILE.jsonl] [--show N])\n"
     "                      [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
     "                      [--dtype f32|bf16] [--device cpu|cuda[:N]] [--threads N] [--chat-template FILE]\n"
     "                      [--print-ids] [--render-only] [--no-generation-prompt] [--special-tokens-in-content]\n"
     "                      [--template-limits output_mb=N,loop_iterations=N,range=N,built_mb=N,depth=N]\n"
+    "  --adapter: a Hugging Face PEFT adapter directory (LORA, PROMPT_TUNING, P_TUNING, PREFIX_TUNING)\n"
+    "  applied to the model (llmft export --adapter writes one; PEFT-made ones load too).\n"
     "  --prompt: plain text (BOS added as the tokenizer config says). --chat: one user turn through the\n"
     "  model's chat template; --messages: a JSON list of {\"role\", \"content\"} (or {\"messages\": [...]}).\n"
     "  Temperature 0 (the default) is greedy. On a machine whose cores are busy with other work,\n"
@@ -58,6 +61,7 @@ constexpr const char* kUsage =
 
 struct GenerateArgs {
   std::string model;
+  std::optional<std::string> adapter;
   std::optional<std::string> prompt, chat, system, messages_file, chat_template_file;
   std::optional<std::string> batch_file, batch_output_file;
   int64_t show = 3;  // --batch: generations printed beside their expected answer
@@ -85,6 +89,7 @@ GenerateArgs parse_args(std::span<char*> args) {
   for (ArgCursor cursor("generate", args); cursor.next();) {
     const std::string_view arg = cursor.arg();
     if (arg == "--model") parsed.model = cursor.value();
+    else if (arg == "--adapter") parsed.adapter = cursor.value();
     else if (arg == "--prompt") parsed.prompt = cursor.value();
     else if (arg == "--chat") parsed.chat = cursor.value();
     else if (arg == "--system") parsed.system = cursor.value();
@@ -365,6 +370,11 @@ int run_generate(std::span<char*> args) {
   options.compute_dtype = parsed.dtype;
   const auto load_start = std::chrono::steady_clock::now();
   std::unique_ptr<LlamaModel> model = LlamaModel::load(*context, model_directory, options);
+  std::unique_ptr<PeftMethod> adapter;
+  if (parsed.adapter) {
+    adapter = load_peft_adapter(*context, *model, *parsed.adapter);
+    adapter->set_training(false);
+  }
   if (model->config().vocab_size < tokenizer->vocab_size())
     throw_bad_input(parsed.model, ": the tokenizer has ", tokenizer->vocab_size(),
                     " ids but config.json vocab_size is ", model->config().vocab_size);

@@ -232,8 +232,23 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
   if (batch.position_ids.defined()) check_batch_tensor(batch.position_ids, "position_ids", batch_shape);
   if (batch.doc_start.defined()) check_batch_tensor(batch.doc_start, "doc_start", batch_shape);
   const int64_t virtual_tokens = prompt_hook_ != nullptr ? prompt_hook_->num_virtual_tokens() : 0;
-  if (virtual_tokens > 0 && (batch.position_ids.defined() || batch.doc_start.defined()))
-    throw_bad_input("batch: prompt tuning cannot be combined with explicit position_ids or doc_start (packing)");
+  // Prompt tuning numbers virtual and real tokens together (0 .. P+T-1): PEFT
+  // ignores position_ids for it. Rows of one document each are fine: the
+  // loader's padded rows (doc_start 0, or t for a trailing pad, which no
+  // target depends on under the causal mask); packed rows are not.
+  bool use_positions = batch.position_ids.defined(), use_doc_start = batch.doc_start.defined();
+  if (virtual_tokens > 0) {
+    use_positions = false;
+    if (use_doc_start) {
+      const std::vector<int32_t> starts = host_ints(batch.doc_start);
+      for (size_t i = 0; i < starts.size(); ++i) {
+        const int32_t t = static_cast<int32_t>(i % static_cast<size_t>(real_time));
+        if (starts[i] != 0 && starts[i] != t)
+          throw_bad_input("batch: prompt tuning needs one document per row (padded rows), found packed rows");
+      }
+      use_doc_start = false;
+    }
+  }
 
   StepState step;
   step.batch = b;
@@ -251,8 +266,7 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
   // as transformers numbers tokens after P cached ones (and PEFT offsets
   // explicit position_ids by P for prefix tuning).
   std::vector<int32_t> positions(static_cast<size_t>(n)), targets(static_cast<size_t>(n), -100);
-  std::vector<int32_t> given_positions = batch.position_ids.defined() ? host_ints(batch.position_ids)
-                                                                      : std::vector<int32_t>();
+  std::vector<int32_t> given_positions = use_positions ? host_ints(batch.position_ids) : std::vector<int32_t>();
   std::vector<int32_t> given_targets = batch.targets.defined() ? host_ints(batch.targets) : std::vector<int32_t>();
   int64_t num_targets = 0;
   for (int64_t s = 0; s < b; ++s) {
@@ -271,7 +285,7 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
   }
   step.positions = context.upload(Tensor::from_ints({n}, positions));
   Tensor targets_device = context.upload(Tensor::from_ints({n}, targets));
-  if (batch.doc_start.defined()) {
+  if (use_doc_start) {
     step.doc_start = context.upload(batch.doc_start).reshape({n});
     step.attention.doc_start = &step.doc_start;
   }

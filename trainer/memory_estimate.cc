@@ -48,18 +48,32 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
     if (has("down_proj")) per_layer_lora += r * (I + D);
     trainable = layers * per_layer_lora;
   }
+  // Prompt learning: the virtual tokens (or prefix key/values) and any
+  // encoder, H wide (peft/prompt_tuning.h, peft/prefix_tuning.h).
+  const double P = static_cast<double>(options.num_virtual_tokens);
+  const double H = options.encoder_hidden_size > 0 ? static_cast<double>(options.encoder_hidden_size) : D;
+  const double prefix_width = layers * 2 * static_cast<double>(config.kv_size());
+  if (options.peft == "prompt_tuning") trainable = P * D;
+  if (options.peft == "p_tuning") trainable = P * D + (D * H + H) + (H * H + H) + (H * D + D);
+  if (options.peft == "prefix_tuning")
+    trainable = options.prefix_projection
+                    ? P * static_cast<double>(config.kv_size()) + (config.kv_size() * H + H) + (H + 1) * prefix_width
+                    : P * prefix_width;
   const double zero1 = options.zero1 && dp > 1 ? static_cast<double>(dp) : 1.0;
   MemoryEstimate estimate;
   auto set = [&](MemoryCategory category, double value) { estimate.bytes[static_cast<size_t>(category)] = value; };
-  set(MemoryCategory::kFrozenWeights, options.lora() ? parameters * w : 0.0);
+  set(MemoryCategory::kFrozenWeights, options.peft != "none" ? parameters * w : 0.0);
   // fp32 masters only for 16-bit values (an f32 value is its own master).
   set(MemoryCategory::kTrainableWeights, trainable * w + (w < 4 ? trainable * 4 / zero1 : 0.0));
   // ZeRO-1 adds the reduce-scattered shard of the flat gradient buckets.
   set(MemoryCategory::kGradients, trainable * 4 + (zero1 > 1 ? trainable * 4 / zero1 : 0.0));
   set(MemoryCategory::kOptimizerState, trainable * 8 / zero1);
 
-  // Activations of one micro-batch of N = batch_size x seq_len rows.
-  const double N = static_cast<double>(options.batch_size * options.seq_len);
+  // Activations of one micro-batch of N = batch_size x seq_len rows (and the
+  // virtual tokens in front of each row with prompt or P-tuning).
+  const bool virtual_rows = options.peft == "prompt_tuning" || options.peft == "p_tuning";
+  const double B = static_cast<double>(options.batch_size);
+  const double N = B * (static_cast<double>(options.seq_len) + (virtual_rows ? P : 0.0));
   // A block's full set for the backward: norm outputs, q, k, v, attention
   // output, residual midpoint, gate, up, silu(gate)·up and the block output
   // (the next block's input), in the compute dtype; two f32 RMS statistics
@@ -88,7 +102,12 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
                             : policy == "full"  ? all - full_checkpoint
                                                 : all - selective;
   const double backward = N * (D + I + 2 * D + 2 * q + 2 * kv) * w;
-  set(MemoryCategory::kActivations, kept + tail + recomputed + backward);
+  // Prefix tuning: each layer's keys and values grow by P rows per sequence,
+  // and the prefix's own [layers·2, P, kv] values and f32 gradient.
+  const double prefix = options.peft != "prefix_tuning"
+                            ? 0.0
+                            : layers * B * P * 2 * kv * w + P * prefix_width * (w + 4);
+  set(MemoryCategory::kActivations, kept + tail + recomputed + backward + prefix);
   return estimate;
 }
 

@@ -87,7 +87,44 @@ class DataParallelTrainer : public mpi_testing::TrainerUnderMpi {
     for (const std::string& hash : hashes) EXPECT_EQ(hash, hashes[0]);
   }
 
+  // Prompt, P- and prefix tuning: their parameters' gradients (summed over a
+  // rank's sequences by the method, then over ranks by the buckets) give the
+  // one-process run's losses and weights.
+  void expect_method_same_as_one_process(const std::string& peft) {
+    parallel::ParallelContext& grid = *mpi_grid();
+    const int world = grid.world_size();
+    auto method_options = [&](const std::string& run, int64_t batch_size) {
+      config::TrainOptions result = options(/*lora=*/true, run, batch_size);
+      result.peft = peft;
+      result.num_virtual_tokens = 3;
+      result.encoder_hidden_size = 8;
+      result.prefix_projection = true;
+      result.packed = peft == "prefix_tuning";  // virtual tokens need padded rows
+      return result;
+    };
+    std::vector<double> reference_losses, losses;
+    Trainer reference(*context_, method_options("reference-" + peft, 2 * world), hooks(&reference_losses, nullptr));
+    reference.train();
+    config::TrainOptions dp_options = method_options("dp-" + peft, 2);
+    dp_options.dp = world;
+    Trainer data_parallel(*context_, dp_options, hooks(&losses, &grid));
+    data_parallel.train();
+    ASSERT_EQ(losses.size(), reference_losses.size());
+    for (size_t i = 0; i < losses.size(); ++i)
+      EXPECT_NEAR(losses[i], reference_losses[i], 1e-5 * std::abs(reference_losses[i])) << peft << " step " << i + 1;
+    const double worst =
+        mpi_testing::max_difference(reference.model().trainable_tensors(), data_parallel.model().trainable_tensors());
+    EXPECT_LT(worst, 1e-5) << peft;
+    EXPECT_NE(reference_losses.front(), reference_losses.back()) << peft << ": nothing trained";
+    if (grid.world_rank() == 0)
+      std::printf("dp %d vs one process (%s): max |weight difference| %.3g over %zu steps\n", world, peft.c_str(),
+                  worst, losses.size());
+  }
 };
+
+TEST_F(DataParallelTrainer, PromptPAndPrefixTuningMatchOneProcessWithTheSameGlobalBatch) {
+  for (const char* peft : {"prompt_tuning", "p_tuning", "prefix_tuning"}) expect_method_same_as_one_process(peft);
+}
 
 TEST_F(DataParallelTrainer, FullFineTuningMatchesOneProcessWithTheSameGlobalBatch) {
   expect_same_as_one_process(/*lora=*/false);

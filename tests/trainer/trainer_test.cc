@@ -454,7 +454,7 @@ TEST_F(TrainerTest, AnInjectedInfSkipsTheStepUntouchedBacksTheScaleOffAndTrainin
 
 struct ResumeCase {
   const char* name;
-  bool lora;
+  const char* peft;  // TrainOptions::peft
   const char* compute_dtype;
 };
 
@@ -463,7 +463,19 @@ void PrintTo(const ResumeCase& resume_case, std::ostream* out) { *out << resume_
 class TrainerResumeTest : public TrainerTest, public ::testing::WithParamInterface<ResumeCase> {
  protected:
   config::TrainOptions options(const std::string& run) const {
-    config::TrainOptions result = GetParam().lora ? lora_options(run) : full_options(run);
+    const std::string peft = GetParam().peft;
+    config::TrainOptions result = peft == "none" ? full_options(run) : lora_options(run);
+    result.peft = peft;
+    if (peft == "prompt_tuning" || peft == "p_tuning") {
+      result.packed = false;  // virtual tokens in front of each (padded) row
+      result.num_virtual_tokens = 3;
+      result.encoder_hidden_size = 8;
+    }
+    if (peft == "prefix_tuning") {
+      result.num_virtual_tokens = 2;
+      result.prefix_projection = true;
+      result.activation_checkpointing = "selective";  // layer 0's projection reruns in the backward
+    }
     result.compute_dtype = result.weights_dtype = GetParam().compute_dtype;
     if (result.compute_dtype == "f16") {
       result.init_scale = 1024.0f;
@@ -519,9 +531,12 @@ TEST_P(TrainerResumeTest, ResumedRunRepeatsTheUninterruptedLossesAndWeightsBitFo
 }
 
 INSTANTIATE_TEST_SUITE_P(Runs, TrainerResumeTest,
-                         ::testing::Values(ResumeCase{"LoraDropout", true, "f32"},
-                                           ResumeCase{"FullFineTuning", false, "f32"},
-                                           ResumeCase{"FullFineTuningF16LossScaling", false, "f16"}),
+                         ::testing::Values(ResumeCase{"LoraDropout", "lora", "f32"},
+                                           ResumeCase{"FullFineTuning", "none", "f32"},
+                                           ResumeCase{"FullFineTuningF16LossScaling", "none", "f16"},
+                                           ResumeCase{"PromptTuning", "prompt_tuning", "f32"},
+                                           ResumeCase{"PTuningBf16", "p_tuning", "bf16"},
+                                           ResumeCase{"PrefixTuningProjectionSelective", "prefix_tuning", "f32"}),
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
 
 TEST_P(TrainerResumeTest, HostOptimizerCopiesChangeNoBitAndResumeToo) {
