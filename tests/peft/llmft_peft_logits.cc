@@ -8,8 +8,15 @@
 // without and with the adapter.
 //
 // llmft_peft_logits --load MODEL_DIR ADAPTER_DIR OUT.f32 TOKEN_ID...: loads a
-// PEFT adapter directory (made by peft itself) onto MODEL_DIR with llmft's
-// load_lora_adapter and writes the base+LoRA logits (eval: no dropout).
+// PEFT adapter directory (made by peft itself, any type llmft reads) onto
+// MODEL_DIR with llmft's load_peft_adapter and writes the adapted logits
+// (eval: no dropout; prompt and P-tuning: [P + T, vocab], virtual rows first,
+// as PeftModel returns them).
+//
+// llmft_peft_logits --method METHOD MODEL_DIR OUT_DIR TOKEN_ID...: attaches
+// prompt_tuning, p_tuning, prefix_tuning or prefix_projection (5 virtual
+// tokens, encoder width 16, seed 1234, llmft's own initialisation), writes
+// OUT_DIR/adapter/ (the PEFT adapter) and OUT_DIR/method.f32 (the logits).
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +28,8 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "peft/adapter_io.h"
+#include "peft/prefix_tuning.h"
+#include "peft/prompt_tuning.h"
 
 namespace {
 
@@ -45,15 +54,60 @@ int load_mode(int argc, char** argv) {
   }
   std::unique_ptr<llmft::Context> context = llmft::Context::cpu(/*seed=*/0);
   std::unique_ptr<llmft::LlamaModel> model = llmft::LlamaModel::load(*context, argv[2]);
-  std::unique_ptr<llmft::LoraModel> lora = llmft::load_lora_adapter(*context, *model, argv[3]);
-  lora->set_training(false);
+  std::unique_ptr<llmft::PeftMethod> adapter = llmft::load_peft_adapter(*context, *model, argv[3]);
+  adapter->set_training(false);
   std::vector<int32_t> ids;
   for (int i = 5; i < argc; ++i) ids.push_back(static_cast<int32_t>(std::strtol(argv[i], nullptr, 10)));
   write_logits(*context, *model, ids, argv[4]);
   return 0;
 }
 
+int method_mode(int argc, char** argv) {
+  if (argc < 6) {
+    std::fprintf(stderr, "usage: llmft_peft_logits --method METHOD MODEL_DIR OUT_DIR TOKEN_ID...\n");
+    return 2;
+  }
+  const std::string method_name = argv[2];
+  std::unique_ptr<llmft::Context> context = llmft::Context::cpu(/*seed=*/0);
+  std::unique_ptr<llmft::LlamaModel> model = llmft::LlamaModel::load(*context, argv[3]);
+  std::unique_ptr<llmft::PeftMethod> method;
+  if (method_name == "prompt_tuning" || method_name == "p_tuning") {
+    llmft::PromptTuning::Config config;
+    config.type = method_name == "p_tuning" ? llmft::PeftType::kPTuning : llmft::PeftType::kPromptTuning;
+    config.num_virtual_tokens = 5;
+    config.encoder_hidden_size = 16;
+    config.seed = 1234;
+    method = std::make_unique<llmft::PromptTuning>(*context, *model, config);
+  } else if (method_name == "prefix_tuning" || method_name == "prefix_projection") {
+    llmft::PrefixTuning::Config config;
+    config.num_virtual_tokens = 5;
+    config.prefix_projection = method_name == "prefix_projection";
+    config.encoder_hidden_size = 16;
+    config.seed = 1234;
+    method = std::make_unique<llmft::PrefixTuning>(*context, *model, config);
+  } else {
+    std::fprintf(stderr, "llmft_peft_logits: unknown method '%s'\n", method_name.c_str());
+    return 2;
+  }
+  method->set_training(false);
+  const std::filesystem::path out_dir = argv[4];
+  std::filesystem::create_directories(out_dir);
+  std::vector<int32_t> ids;
+  for (int i = 5; i < argc; ++i) ids.push_back(static_cast<int32_t>(std::strtol(argv[i], nullptr, 10)));
+  write_logits(*context, *model, ids, out_dir / "method.f32");
+  method->save_adapter(out_dir / "adapter", argv[3]);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--method") {
+    try {
+      return method_mode(argc, argv);
+    } catch (const llmft::Error& error) {
+      std::fprintf(stderr, "llmft_peft_logits: error: %s\n", error.what());
+      return error.exit_code();
+    }
+  }
   if (argc > 1 && std::string(argv[1]) == "--load") {
     try {
       return load_mode(argc, argv);
