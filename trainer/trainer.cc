@@ -128,6 +128,17 @@ Trainer::Trainer(Context& context, config::TrainOptions options, TrainerHooks ho
   } else {
     optimizer_ = std::make_unique<optim::AdamW>(optimizer_context, optimizer_parameters(), adamw);
   }
+  {
+    // As PEFT's print_trainable_parameters: whole tensors, whatever the tp layout.
+    auto full_count = [](const Parameter& parameter) { return shape_numel(parameter.full_shape()); };
+    int64_t trainable = 0, base = 0;
+    for (const Parameter* parameter : model_->trainable_parameters()) trainable += full_count(*parameter);
+    for (const Parameter* parameter : model_->model->parameters().all()) base += full_count(*parameter);
+    const int64_t total = model_->peft ? base + trainable : base;
+    char percent[32];
+    std::snprintf(percent, sizeof percent, "%.4g", 100.0 * static_cast<double>(trainable) / static_cast<double>(total));
+    say(str_cat("trainable parameters: ", trainable, " of ", total, " (", percent, "%), peft ", options_.peft));
+  }
   if (options_.zero1 || parallel_->world_size() > 1) {
     // What AdamW's state costs this rank, next to the unsharded figure
     // (fp32 moments, plus fp32 masters of 16-bit values).

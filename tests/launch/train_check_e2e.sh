@@ -18,6 +18,11 @@ $out" ;; esac
 done
 
 "$llmft" train --config "$examples/full_finetune_small.pbtxt" --check >/dev/null || fail "full_finetune_small: exit $?"
+for method in prompt_tuning p_tuning prefix_tuning; do
+  out=$("$llmft" train --config "$examples/${method}_smollm2.pbtxt" --check) || fail "${method}_smollm2: exit $?"
+  case "$out" in *"$method {"*) ;; *) fail "${method}_smollm2: --check output lacks '$method {':
+$out" ;; esac
+done
 
 # expect_error NAME EXPECTED_SUBSTRING ARGS...: exit 2, exactly one stderr line containing the text.
 expect_error() {

@@ -138,6 +138,28 @@ for example in lora_smollm2 full_finetune_small; do
   case "$out" in *"eval step 3: loss "*"finished at step 3/3"*) ;; *) fail "examples/$example.pbtxt: $out" ;; esac
 done
 
+# Prefix tuning through the binary: trains the prefix only, exports its PEFT
+# adapter, and --merged (which it cannot do) is one error line, exit 2, no output.
+prefix_sets="--set peft.prefix_tuning.num_virtual_tokens=3 --set checkpoint.dir=$work/prefix --set logging.jsonl_path=
+  --set logging.tensorboard_dir= --set logging.eval_every_n_steps=0 --set schedule.total_steps=4"
+# shellcheck disable=SC2086  # $prefix_sets is a list of arguments
+out=$("$llmft" train --config "$work/run.pbtxt" $prefix_sets 2>&1) || fail "prefix tuning train exited $?: $out"
+case "$out" in *"trainable parameters: "*" peft prefix_tuning"*"finished at step 4/4"*) ;;
+  *) fail "prefix tuning train output: $out" ;; esac
+# shellcheck disable=SC2086
+err=$("$llmft" export --config "$work/run.pbtxt" $prefix_sets --merged "$work/prefix-merged" 2>&1 >/dev/null)
+code=$?
+[ "$code" -eq 2 ] || fail "export --merged of prefix tuning: exit $code, expected 2: $err"
+[ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] || fail "export --merged of prefix tuning: more than one line: $err"
+case "$err" in *"trains peft.prefix_tuning, which cannot be merged"*"use --adapter OUT"*) ;;
+  *) fail "export --merged of prefix tuning: $err" ;; esac
+[ ! -e "$work/prefix-merged" ] || fail "a refused export left $work/prefix-merged"
+# shellcheck disable=SC2086
+"$llmft" export --config "$work/run.pbtxt" $prefix_sets --adapter "$work/prefix-adapter" >/dev/null ||
+  fail "export --adapter of prefix tuning exited $?"
+grep -q '"peft_type": "PREFIX_TUNING"' "$work/prefix-adapter/adapter_config.json" ||
+  fail "prefix adapter config: $(cat "$work/prefix-adapter/adapter_config.json")"
+
 # SIGTERM: the step in flight finishes, a checkpoint is written, exit 128 + 15.
 "$llmft" train --config "$work/run.pbtxt" --set schedule.kind=constant --set schedule.total_steps=100000000 \
   --set checkpoint.dir="$work/long" --set checkpoint.every_n_steps=0 --set logging.every_n_steps=1 \
