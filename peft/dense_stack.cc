@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/allocator.h"
 #include "core/error.h"
 
 namespace llmft {
@@ -22,6 +23,7 @@ DenseStack::DenseStack(Context& context, ParameterRegistry& registry, const std:
     auto draw = [&](Parameter& parameter) {
       std::vector<float> values(static_cast<size_t>(parameter.value.numel()));
       for (float& value : values) value = static_cast<float>(bound * (2.0 * generator.next_uniform() - 1.0));
+      MemoryCategoryScope scratch(MemoryCategory::kWorkspace);  // the host copy is not a weight
       parameter.value.copy_from(Tensor::from_floats(parameter.value.shape(), values, dtype));
     };
     draw(weight);

@@ -108,5 +108,37 @@ TEST_F(MemoryEstimateTest, EveryCategoryIsWithinTenPercentOfTheMeasuredPeak) {
       }
 }
 
+// Prompt, P- and prefix tuning: their small trainable sets, the virtual
+// tokens' extra rows and the prefix's extra key/value rows.
+TEST_F(MemoryEstimateTest, PromptLearningMethodsAreWithinTenPercentOfTheMeasuredPeak) {
+  auto context = Context::cpu(0, 1);
+  for (const std::string method : {"prompt_tuning", "p_tuning", "prefix_tuning", "prefix_projection"}) {
+    config::TrainOptions run = options(true, "none", "f32");
+    run.peft = method == "prefix_projection" ? "prefix_tuning" : method;
+    run.prefix_projection = method == "prefix_projection";
+    run.num_virtual_tokens = 16;
+    run.encoder_hidden_size = 48;
+    run.packed = method.starts_with("prefix");  // virtual tokens need padded rows
+    MemoryPeaks measured;
+    {
+      TrainerHooks hooks;
+      hooks.progress = nullptr;
+      Trainer trainer(*context, run, hooks);
+      trainer.train_step();
+      measured = trainer.memory_peaks();
+    }
+    const MemoryEstimate estimate = estimate_training_memory(small_config(), run, 1);
+    for (MemoryCategory category :
+         {MemoryCategory::kFrozenWeights, MemoryCategory::kTrainableWeights, MemoryCategory::kOptimizerState,
+          MemoryCategory::kGradients, MemoryCategory::kActivations}) {
+      const double got = measured.bytes[static_cast<size_t>(category)], want = estimate.of(category);
+      std::printf("%-22s %-18s measured %10.0f estimated %10.0f (%+.1f%%)\n", method.c_str(),
+                  memory_category_name(category), got, want, got > 0 ? 100.0 * (want - got) / got : 0.0);
+      EXPECT_GT(got, 0.0) << method << ": " << memory_category_name(category);
+      EXPECT_LE(std::abs(want - got), 0.1 * got) << method << ": " << memory_category_name(category);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace llmft::trainer
