@@ -391,6 +391,15 @@ void fill_train_config_defaults(TrainConfig& config) {
     if (!p_tuning.has_num_virtual_tokens()) p_tuning.set_num_virtual_tokens(20);
     if (!p_tuning.has_encoder_hidden_size()) p_tuning.set_encoder_hidden_size(0);
   }
+  if (peft.has_bottleneck()) {
+    BottleneckConfig& bottleneck = *peft.mutable_bottleneck();
+    if (!bottleneck.has_placement() || bottleneck.placement() == BottleneckConfig::PLACEMENT_UNSPECIFIED)
+      bottleneck.set_placement(BottleneckConfig::PFEIFFER);
+    if (!bottleneck.has_bottleneck()) bottleneck.set_bottleneck(0);
+    if (!bottleneck.has_reduction_factor()) bottleneck.set_reduction_factor(16);
+    if (!bottleneck.has_non_linearity() || bottleneck.non_linearity() == BottleneckConfig::NON_LINEARITY_UNSPECIFIED)
+      bottleneck.set_non_linearity(BottleneckConfig::RELU);
+  }
   if (peft.has_prefix_tuning()) {
     PrefixTuningConfig& prefix = *peft.mutable_prefix_tuning();
     if (!prefix.has_num_virtual_tokens()) prefix.set_num_virtual_tokens(20);
@@ -500,6 +509,10 @@ void validate_train_config(const TrainConfig& config, const std::string& source_
     const PrefixTuningConfig& prefix = config.peft().prefix_tuning();
     check.greater("peft.prefix_tuning.num_virtual_tokens", prefix.num_virtual_tokens(), int64_t{0});
     check.at_least("peft.prefix_tuning.encoder_hidden_size", prefix.encoder_hidden_size(), int64_t{0});
+  }
+  if (config.peft().has_bottleneck()) {
+    check.at_least("peft.bottleneck.bottleneck", config.peft().bottleneck().bottleneck(), int64_t{0});
+    check.at_least("peft.bottleneck.reduction_factor", config.peft().bottleneck().reduction_factor(), int64_t{1});
   }
   const bool virtual_tokens = config.peft().has_prompt_tuning() || config.peft().has_p_tuning();
   if (virtual_tokens && config.data().batch_mode() != PADDED)

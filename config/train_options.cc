@@ -33,7 +33,19 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
                  : peft.has_prompt_tuning() ? "prompt_tuning"
                  : peft.has_p_tuning()      ? "p_tuning"
                  : peft.has_prefix_tuning() ? "prefix_tuning"
+                 : peft.has_bottleneck()    ? "bottleneck"
                                             : "none";
+  if (peft.has_bottleneck()) {
+    const BottleneckConfig& bottleneck = peft.bottleneck();
+    options.bottleneck_placement = bottleneck.placement() == BottleneckConfig::HOULSBY ? "houlsby" : "pfeiffer";
+    options.bottleneck_size = bottleneck.bottleneck();
+    options.bottleneck_reduction_factor = bottleneck.reduction_factor();
+    const BottleneckConfig::NonLinearity activation = bottleneck.non_linearity();
+    options.bottleneck_activation = activation == BottleneckConfig::GELU   ? "gelu"
+                                    : activation == BottleneckConfig::SILU ? "silu"
+                                    : activation == BottleneckConfig::TANH ? "tanh"
+                                                                           : "relu";
+  }
   if (peft.has_prompt_tuning()) {
     options.num_virtual_tokens = peft.prompt_tuning().num_virtual_tokens();
     const PromptTuningConfig::Init init = peft.prompt_tuning().init();

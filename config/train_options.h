@@ -26,7 +26,7 @@ struct TrainOptions {
   std::string weights_dtype = "f32";
 
   // peft: "none" (full fine-tuning), "lora", "prompt_tuning", "p_tuning",
-  // "prefix_tuning"; each method's fields below (the others keep defaults)
+  // "prefix_tuning", "bottleneck"; each method's fields below (the others keep defaults)
   std::string peft = "none";
   bool lora() const { return peft == "lora"; }
   int64_t lora_r = 8;
@@ -39,6 +39,10 @@ struct TrainOptions {
   std::string prompt_init_text;           // prompt_tuning with "text"
   int64_t encoder_hidden_size = 0;        // p_tuning, prefix_tuning with projection; 0: hidden_size
   bool prefix_projection = false;         // prefix_tuning
+  std::string bottleneck_placement = "pfeiffer";  // bottleneck: "pfeiffer" or "houlsby"
+  int64_t bottleneck_size = 0;                    // 0: hidden_size / reduction factor
+  int64_t bottleneck_reduction_factor = 16;
+  std::string bottleneck_activation = "relu";     // "relu", "gelu", "silu", "tanh"
 
   // data
   std::vector<std::string> train_files;

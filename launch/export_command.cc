@@ -8,7 +8,8 @@
 //                  (peft/adapter_io.h); full fine-tuning writes the trained
 //                  weights; prompt, P- and prefix tuning cannot merge (exit 2).
 //   --adapter OUT  a Hugging Face PEFT adapter (adapter_config.json +
-//                  adapter_model.safetensors) of any PEFT method.
+//                  adapter_model.safetensors) of any PEFT method; AdapterHub's
+//                  directory (adapter.safetensors) for bottleneck adapters.
 //   --gguf OUT     the merged model as one GGUF file for llama.cpp/Ollama
 //                  (model/gguf_export.h), matrices in --type (default f16).
 // Any of them may be given at once. --dtype defaults to the run's compute dtype.
@@ -37,7 +38,8 @@ constexpr const char* kUsage =
     "  --merged OUT: Hugging Face model directory (LoRA merged in fp32, or the fully fine-tuned weights),\n"
     "    sharded above --max-shard-size (bytes, or with KB/MB/GB = 10^3.. or KiB/MiB/GiB = 2^10..), with the\n"
     "    base model's tokenizer files.\n"
-    "  --adapter OUT: Hugging Face PEFT adapter directory (LoRA, prompt, P- and prefix tuning).\n"
+    "  --adapter OUT: Hugging Face PEFT adapter directory (LoRA, prompt, P- and prefix tuning), or\n"
+    "  AdapterHub's for bottleneck adapters.\n"
     "  --gguf OUT.gguf: the merged model as one GGUF file (llama.cpp, Ollama) with the tokenizer and chat\n"
     "    template; --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1 for its matrices (default f16).\n"
     "  --checkpoint: default latest (the newest step-N of checkpoint.dir).\n";
@@ -93,7 +95,9 @@ int run_export(std::span<char*> args) {
   if ((merged_dir || gguf_path) && options.peft != "none" && options.peft != "lora")
     throw_bad_input("export: ", merged_dir ? "--merged" : "--gguf", ": ", *config.path, " trains peft.", options.peft,
                     ", which cannot be merged into the base weights (it adds ",
-                    options.peft == "prefix_tuning" ? "key/value positions to every layer" : "virtual input tokens",
+                    options.peft == "prefix_tuning" ? "key/value positions to every layer"
+                    : options.peft == "bottleneck"  ? "a non-linear module to every layer"
+                                                    : "virtual input tokens",
                     "); use --adapter OUT");
   std::optional<DType> dtype;
   if (dtype_name) dtype = trainer::parse_float_dtype(*dtype_name, "export: --dtype");

@@ -104,6 +104,27 @@ class AttentionPrefixHook {
   virtual void backward(Context& context, int64_t layer, const Tensor& dkeys, const Tensor& dvalues) = 0;
 };
 
+// Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020) on the
+// residual stream: after a sub-block (attention or MLP) whose output h joins
+// the residual r, the stream becomes r + h + f(x), with x = h (the
+// sub-block's output; Houlsby) or x = r + h (after the residual add;
+// Pfeiffer) — AdapterHub's Llama placement. The model saves x for the
+// backward; the hook recomputes anything else from it.
+enum class BlockSite { kAttention, kMlp };
+class ResidualAdapterHook {
+ public:
+  virtual ~ResidualAdapterHook() = default;
+  virtual bool adapts(int64_t layer, BlockSite site) const = 0;
+  // true: x = r + h (Pfeiffer); false: x = h (Houlsby).
+  virtual bool after_residual() const = 0;
+  // Adds f(x) to `stream` ([N, hidden], compute dtype).
+  virtual void forward(Context& context, int64_t layer, BlockSite site, const Tensor& x, Tensor& stream) = 0;
+  // dstream = dL/d(stream): accumulates the hook's parameter gradients and
+  // adds (df/dx)ᵀ dstream to dx.
+  virtual void backward(Context& context, int64_t layer, BlockSite site, const Tensor& dstream, const Tensor& x,
+                        Tensor& dx) = 0;
+};
+
 class LlamaModel {
  public:
   // Parameters allocated but not initialised; use init_random or load_weights.
@@ -163,6 +184,7 @@ class LlamaModel {
   // final norm (a tied head's weight is the embedding's), -1 for the rest.
   int64_t gradient_stage(const std::string& name) const;
   void set_attention_prefix_hook(AttentionPrefixHook* hook) { prefix_hook_ = hook; }
+  void set_residual_adapter_hook(ResidualAdapterHook* hook) { residual_hook_ = hook; }
 
   // Loss (and optionally logits f32 [B, P+T, V] on the context's device,
   // where P is the number of prompt-tuning tokens) without gradients.
@@ -194,6 +216,10 @@ class LlamaModel {
   void block_backward(Context& context, StepState& step, int64_t layer, BlockActivations& activations,
                       Tensor& dresidual);
   void recompute_selective(Context& context, int64_t layer, BlockActivations& activations);
+  void add_residual(Context& context, int64_t layer, BlockSite site, const Tensor& residual, Tensor& sublayer,
+                    Tensor& adapter_input);
+  Tensor residual_backward(Context& context, int64_t layer, BlockSite site, const Tensor& adapter_input,
+                           Tensor& dstream);
   // Sums a row-parallel partial output (forward) or a column-parallel partial
   // input gradient (backward) over the tensor-parallel group.
   void reduce_over_tensor_parallel(Tensor& partial, std::string_view what) const;
@@ -215,6 +241,7 @@ class LlamaModel {
   Tensor inv_freq_;  // f32 [head_dim / 2] on the device
   PromptEmbeddingHook* prompt_hook_ = nullptr;
   AttentionPrefixHook* prefix_hook_ = nullptr;
+  ResidualAdapterHook* residual_hook_ = nullptr;
   std::function<void(int64_t)> gradient_stage_hook_;
 };
 

@@ -74,7 +74,7 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
   a.mid = context.empty({n, hidden}, dtype);
   layer.o->forward(context, a.attention_out.reshape({n, heads * head_dim}), a.mid);
   reduce_over_tensor_parallel(a.mid, "attention output all-reduce (tensor parallel)");
-  ops::add(context, a.mid, a.input, a.mid);
+  add_residual(context, layer_index, BlockSite::kAttention, a.input, a.mid, a.attention_adapter_input);
 
   // MLP half: mid + down(silu(gate(norm(mid))) * up(norm(mid))).
   const int64_t inter = local_intermediate_;
@@ -90,7 +90,41 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
   output = context.empty({n, hidden}, dtype);
   layer.down->forward(context, a.act, output);
   reduce_over_tensor_parallel(output, "MLP output all-reduce (tensor parallel)");
-  ops::add(context, output, a.mid, output);
+  add_residual(context, layer_index, BlockSite::kMlp, a.mid, output, a.mlp_adapter_input);
+}
+
+// sublayer = residual + sublayer (+ f(x) with a residual adapter here, x
+// saved in adapter_input: the sublayer's own output or the sum).
+void LlamaModel::add_residual(Context& context, int64_t layer_index, BlockSite site, const Tensor& residual,
+                              Tensor& sublayer, Tensor& adapter_input) {
+  const bool adapted = residual_hook_ != nullptr && residual_hook_->adapts(layer_index, site);
+  auto keep_input = [&] {
+    adapter_input = context.empty(sublayer.shape(), sublayer.dtype());
+    adapter_input.copy_from(sublayer);
+  };
+  if (adapted && !residual_hook_->after_residual()) keep_input();
+  ops::add(context, sublayer, residual, sublayer);
+  if (!adapted) return;
+  if (residual_hook_->after_residual()) keep_input();
+  residual_hook_->forward(context, layer_index, site, adapter_input, sublayer);
+}
+
+// The backward of add_residual: `dstream` = dL/d(its result) is the
+// residual's gradient (updated in place with a Pfeiffer adapter's input
+// gradient); returns dL/d(sublayer output), `dstream` itself when no Houlsby
+// adapter adds to it.
+Tensor LlamaModel::residual_backward(Context& context, int64_t layer_index, BlockSite site, const Tensor& adapter_input,
+                                     Tensor& dstream) {
+  if (residual_hook_ == nullptr || !residual_hook_->adapts(layer_index, site)) return dstream;
+  Tensor dx = context.empty(dstream.shape(), dstream.dtype());
+  ops::fill(context, dx, 0.0f);
+  residual_hook_->backward(context, layer_index, site, dstream, adapter_input, dx);
+  if (residual_hook_->after_residual()) {
+    ops::add(context, dstream, dx, dstream);  // x = r + h: both r and h see it
+    return dstream;
+  }
+  ops::add(context, dx, dstream, dx);  // x = h: only h does
+  return dx;
 }
 
 // kSelective: the norms and SwiGLU from the kept input, mid, gate and up,
@@ -124,7 +158,8 @@ void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer
   // MLP half. Under tensor parallelism dresidual is whole on every rank; the
   // input gradient of the column-parallel gate/up is this rank's share.
   Tensor dact = context.empty({n, local_intermediate_}, dtype);
-  layer.down->backward(context, dresidual, a.act, &dact);
+  const Tensor dmlp_out = residual_backward(context, layer_index, BlockSite::kMlp, a.mlp_adapter_input, dresidual);
+  layer.down->backward(context, dmlp_out, a.act, &dact);
   ops::swiglu_backward(context, dact, a.gate, a.up, a.gate, a.up);  // gate/up now hold dgate/dup
   Tensor dnorm = context.empty({n, hidden}, dtype);
   layer.gate->backward(context, a.gate, a.mlp_norm, &dnorm);
@@ -137,7 +172,9 @@ void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer
 
   // Attention half.
   Tensor dattention = context.empty({n, heads * head_dim}, dtype);
-  layer.o->backward(context, dresidual, a.attention_out.reshape({n, heads * head_dim}), &dattention);
+  const Tensor dattention_out =
+      residual_backward(context, layer_index, BlockSite::kAttention, a.attention_adapter_input, dresidual);
+  layer.o->backward(context, dattention_out, a.attention_out.reshape({n, heads * head_dim}), &dattention);
   Tensor dq = context.empty(a.q.shape(), dtype);
   Tensor dk = context.empty(a.k.shape(), dtype);
   Tensor dv = context.empty(a.v.shape(), dtype);

@@ -50,10 +50,12 @@ struct LlamaModel::BlockActivations {
   Tensor mid;                             // input + o_proj(attention_out)
   Tensor mlp_norm, mlp_rstd;              // post_attention_layernorm(mid)
   Tensor gate, up, act;                   // [N, I]; act = silu(gate) * up
+  // Residual adapters' inputs x (ResidualAdapterHook), where a layer has them.
+  Tensor attention_adapter_input, mlp_adapter_input;
 
   void release_all_but_input() {
     attention_norm = attention_rstd = q = k = v = attention_out = lse = mid = mlp_norm = mlp_rstd = gate = up =
-        act = Tensor();
+        act = attention_adapter_input = mlp_adapter_input = Tensor();
   }
   // ActivationPolicy::kSelective: what recompute_selective rebuilds.
   void release_recomputable() { attention_norm = attention_rstd = mlp_norm = mlp_rstd = act = Tensor(); }

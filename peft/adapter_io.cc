@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/json_depth.h"
+#include "peft/bottleneck.h"
 #include "peft/prefix_tuning.h"
 #include "peft/prompt_tuning.h"
 
@@ -172,6 +173,13 @@ std::unique_ptr<PeftMethod> load_peft_adapter(Context& context, LlamaModel& mode
   const std::filesystem::path path = directory / kConfigFile;
   const std::string file = path.string();
   const nlohmann::json json = read_adapter_json(path);
+  // AdapterHub's directories have no peft_type but a "config" object.
+  if (!json.contains("peft_type") && json.contains("config") && json.at("config").is_object()) {
+    auto method = std::make_unique<BottleneckAdapters>(
+        context, model, BottleneckAdapters::read_adapterhub_config(path, model.config()));
+    method->load_adapter_weights(directory);
+    return method;
+  }
   if (!json.contains("peft_type")) throw_bad_input(file, ": field 'peft_type' is missing");
   const nlohmann::json& type = json.at("peft_type");
   const std::string name = type.is_string() ? type.get<std::string>() : type.dump();

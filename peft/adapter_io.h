@@ -49,7 +49,9 @@ std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model
 // Any adapter directory llmft reads, by its adapter_config.json's peft_type:
 // LORA (load_lora_adapter), PROMPT_TUNING and P_TUNING (peft/prompt_tuning.h)
 // or PREFIX_TUNING (peft/prefix_tuning.h), the latter three for inference as
-// PEFT loads them (the stored embeddings, no encoder). A config made for
+// PEFT loads them (the stored embeddings, no encoder); an AdapterHub
+// directory (a "config" object, no peft_type) is a bottleneck adapter
+// (peft/bottleneck.h). A config made for
 // another base (num_layers, token_dim, num_attention_heads) or an unknown
 // peft_type is one kBadInput line naming the file and the field.
 std::unique_ptr<PeftMethod> load_peft_adapter(Context& context, LlamaModel& model,

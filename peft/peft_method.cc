@@ -8,6 +8,7 @@ std::string_view peft_type_name(PeftType type) {
     case PeftType::kPromptTuning: return "PROMPT_TUNING";
     case PeftType::kPTuning: return "P_TUNING";
     case PeftType::kPrefixTuning: return "PREFIX_TUNING";
+    case PeftType::kBottleneck: return "BOTTLENECK";
   }
   return "UNKNOWN";
 }

@@ -20,9 +20,10 @@
 namespace llmft {
 
 // Hugging Face PEFT's peft_type values (peft/utils/peft_types.py).
-enum class PeftType { kLora, kPromptTuning, kPTuning, kPrefixTuning };
+// kBottleneck is AdapterHub's bottleneck adapter (PEFT has none).
+enum class PeftType { kLora, kPromptTuning, kPTuning, kPrefixTuning, kBottleneck };
 
-// "LORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING".
+// "LORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"; "BOTTLENECK" (AdapterHub, not a PEFT type).
 std::string_view peft_type_name(PeftType type);
 
 class PeftMethod {

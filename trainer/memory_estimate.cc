@@ -55,6 +55,12 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   const double prefix_width = layers * 2 * static_cast<double>(config.kv_size());
   if (options.peft == "prompt_tuning") trainable = P * D;
   if (options.peft == "p_tuning") trainable = P * D + (D * H + H) + (H * H + H) + (H * D + D);
+  if (options.peft == "bottleneck") {
+    const double b = options.bottleneck_size > 0 ? static_cast<double>(options.bottleneck_size)
+                                                 : std::floor(D / static_cast<double>(options.bottleneck_reduction_factor));
+    const double sites = options.bottleneck_placement == "houlsby" ? 2.0 : 1.0;
+    trainable = layers * sites * (2 * D * b + b + D);
+  }
   if (options.peft == "prefix_tuning")
     trainable = options.prefix_projection
                     ? P * static_cast<double>(config.kv_size()) + (config.kv_size() * H + H) + (H + 1) * prefix_width
@@ -85,9 +91,14 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   const std::string& policy = options.activation_checkpointing;
   const int64_t every = std::max<int64_t>(options.checkpoint_every_n_layers, 1);
   double kept = N * D * w;  // the embedding output (block 0's input)
+  // Bottleneck adapters keep each adapter's input x ([N, D]) for the backward.
+  const double adapter_sites =
+      options.peft != "bottleneck" ? 0.0 : options.bottleneck_placement == "houlsby" ? 2.0 : 1.0;
+  const double adapter_inputs = adapter_sites * N * D * w;
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
     const bool checkpointed = policy != "none" && layer % every == 0;
     kept += !checkpointed ? all : policy == "full" ? full_checkpoint : selective;
+    if (!checkpointed || policy != "full") kept += adapter_inputs;
   }
   // After the blocks: the final norm's output and its gradient, the LM
   // head's logits chunk, f32 losses, log-sum-exp, dloss, targets and positions.

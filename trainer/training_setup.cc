@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "peft/bottleneck.h"
 #include "peft/lora.h"
 #include "peft/prefix_tuning.h"
 #include "peft/prompt_tuning.h"
@@ -76,8 +77,22 @@ std::unique_ptr<PeftMethod> attach_peft_method(Context& context, LlamaModel& mod
     config.validate(options.source + ": peft.prefix_tuning");
     return std::make_unique<PrefixTuning>(context, model, config);
   }
+  if (options.peft == "bottleneck") {
+    BottleneckAdapters::Config config;
+    config.placement = options.bottleneck_placement == "houlsby" ? BottleneckAdapters::Placement::kHoulsby
+                                                                 : BottleneckAdapters::Placement::kPfeiffer;
+    config.bottleneck = options.bottleneck_size;
+    config.reduction_factor = options.bottleneck_reduction_factor;
+    config.activation = options.bottleneck_activation == "gelu"   ? ops::Activation::kGelu
+                        : options.bottleneck_activation == "silu" ? ops::Activation::kSilu
+                        : options.bottleneck_activation == "tanh" ? ops::Activation::kTanh
+                                                                  : ops::Activation::kRelu;
+    config.seed = options.seed;
+    config.validate(options.source + ": peft.bottleneck");
+    return std::make_unique<BottleneckAdapters>(context, model, config);
+  }
   throw_bad_input(options.source, ": field 'peft': unknown method '", options.peft,
-                  "', expected none, lora, prompt_tuning, p_tuning or prefix_tuning");
+                  "', expected none, lora, prompt_tuning, p_tuning, prefix_tuning or bottleneck");
 }
 
 std::unique_ptr<TrainingModel> build_training_model(Context& context, const config::TrainOptions& options, bool for_training,

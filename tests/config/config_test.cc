@@ -286,8 +286,21 @@ TEST(TrainConfigErrors, UnknownFieldWithNothingCloseHasNoSuggestion) {
             "llmft.DataConfig");
 }
 
-TEST(TrainConfigErrors, PeftMethodNotBuiltYetIsUnknown) {
-  EXPECT_EQ(load_error("peft { bottleneck {} }\n"), "run.pbtxt:1:8: unknown field 'bottleneck' in llmft.PeftConfig");
+TEST(TrainConfigErrors, UnknownPeftMethodNamesTheField) {
+  EXPECT_EQ(load_error("peft { ia3 {} }\n"), "run.pbtxt:1:8: unknown field 'ia3' in llmft.PeftConfig");
+}
+
+TEST(TrainConfig, BottleneckDefaultsAndRanges) {
+  ConfigFile file(std::string(kMinimal) + "peft { bottleneck { placement: HOULSBY } }\n");
+  const TrainConfig config = load_train_config(file.path());
+  EXPECT_EQ(config.peft().bottleneck().placement(), BottleneckConfig::HOULSBY);
+  EXPECT_EQ(config.peft().bottleneck().reduction_factor(), 16);
+  EXPECT_EQ(config.peft().bottleneck().bottleneck(), 0);
+  EXPECT_EQ(config.peft().bottleneck().non_linearity(), BottleneckConfig::RELU);
+  EXPECT_EQ(load_error(kMinimal, {"peft.bottleneck.reduction_factor=0"}),
+            "run.pbtxt: field 'peft.bottleneck.reduction_factor': 0 out of range, expected >= 1");
+  EXPECT_EQ(load_error(kMinimal, {"peft.bottleneck.bottleneck=-4"}),
+            "run.pbtxt: field 'peft.bottleneck.bottleneck': -4 out of range, expected >= 0");
 }
 
 TEST(TrainConfig, PromptLearningMethodsGetTheirDefaults) {

@@ -18,7 +18,7 @@ $out" ;; esac
 done
 
 "$llmft" train --config "$examples/full_finetune_small.pbtxt" --check >/dev/null || fail "full_finetune_small: exit $?"
-for method in prompt_tuning p_tuning prefix_tuning; do
+for method in prompt_tuning p_tuning prefix_tuning bottleneck; do
   out=$("$llmft" train --config "$examples/${method}_smollm2.pbtxt" --check) || fail "${method}_smollm2: exit $?"
   case "$out" in *"$method {"*) ;; *) fail "${method}_smollm2: --check output lacks '$method {':
 $out" ;; esac

@@ -87,7 +87,7 @@ class DataParallelTrainer : public mpi_testing::TrainerUnderMpi {
     for (const std::string& hash : hashes) EXPECT_EQ(hash, hashes[0]);
   }
 
-  // Prompt, P- and prefix tuning: their parameters' gradients (summed over a
+  // Prompt, P- and prefix tuning, bottleneck adapters: their parameters' gradients (summed over a
   // rank's sequences by the method, then over ranks by the buckets) give the
   // one-process run's losses and weights.
   void expect_method_same_as_one_process(const std::string& peft) {
@@ -99,7 +99,9 @@ class DataParallelTrainer : public mpi_testing::TrainerUnderMpi {
       result.num_virtual_tokens = 3;
       result.encoder_hidden_size = 8;
       result.prefix_projection = true;
-      result.packed = peft == "prefix_tuning";  // virtual tokens need padded rows
+      result.bottleneck_placement = "houlsby";
+      result.bottleneck_reduction_factor = 4;
+      result.packed = peft == "prefix_tuning" || peft == "bottleneck";  // virtual tokens need padded rows
       return result;
     };
     std::vector<double> reference_losses, losses;
@@ -122,8 +124,9 @@ class DataParallelTrainer : public mpi_testing::TrainerUnderMpi {
   }
 };
 
-TEST_F(DataParallelTrainer, PromptPAndPrefixTuningMatchOneProcessWithTheSameGlobalBatch) {
-  for (const char* peft : {"prompt_tuning", "p_tuning", "prefix_tuning"}) expect_method_same_as_one_process(peft);
+TEST_F(DataParallelTrainer, PromptPPrefixTuningAndBottleneckMatchOneProcessWithTheSameGlobalBatch) {
+  for (const char* peft : {"prompt_tuning", "p_tuning", "prefix_tuning", "bottleneck"})
+    expect_method_same_as_one_process(peft);
 }
 
 TEST_F(DataParallelTrainer, FullFineTuningMatchesOneProcessWithTheSameGlobalBatch) {

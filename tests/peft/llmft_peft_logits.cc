@@ -15,7 +15,9 @@
 //
 // llmft_peft_logits --method METHOD MODEL_DIR OUT_DIR TOKEN_ID...: attaches
 // prompt_tuning, p_tuning, prefix_tuning or prefix_projection (5 virtual
-// tokens, encoder width 16, seed 1234, llmft's own initialisation), writes
+// tokens, encoder width 16, seed 1234, llmft's own initialisation), or
+// bottleneck_pfeiffer (gelu) / bottleneck_houlsby (silu) (reduction factor 8,
+// random up-projections), writes
 // OUT_DIR/adapter/ (the PEFT adapter) and OUT_DIR/method.f32 (the logits).
 #include <cstdio>
 #include <cstdlib>
@@ -28,6 +30,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "peft/adapter_io.h"
+#include "peft/bottleneck.h"
 #include "peft/prefix_tuning.h"
 #include "peft/prompt_tuning.h"
 
@@ -85,6 +88,23 @@ int method_mode(int argc, char** argv) {
     config.encoder_hidden_size = 16;
     config.seed = 1234;
     method = std::make_unique<llmft::PrefixTuning>(*context, *model, config);
+  } else if (method_name == "bottleneck_pfeiffer" || method_name == "bottleneck_houlsby") {
+    llmft::BottleneckAdapters::Config config;
+    config.placement = method_name == "bottleneck_houlsby" ? llmft::BottleneckAdapters::Placement::kHoulsby
+                                                           : llmft::BottleneckAdapters::Placement::kPfeiffer;
+    config.reduction_factor = 8;
+    config.activation = method_name == "bottleneck_houlsby" ? llmft::ops::Activation::kSilu
+                                                            : llmft::ops::Activation::kGelu;
+    config.seed = 1234;
+    method = std::make_unique<llmft::BottleneckAdapters>(*context, *model, config);
+    // The up-projections start at zero; random ones make the adapter matter.
+    llmft::PhiloxGenerator generator(99);
+    for (llmft::Parameter* parameter : method->parameters().all()) {
+      if (parameter->name.find("adapter_up") == std::string::npos) continue;
+      std::vector<float> values(static_cast<size_t>(parameter->value.numel()));
+      for (float& value : values) value = 0.2f * generator.next_normal();
+      parameter->value.copy_from(llmft::Tensor::from_floats(parameter->value.shape(), values));
+    }
   } else {
     std::fprintf(stderr, "llmft_peft_logits: unknown method '%s'\n", method_name.c_str());
     return 2;

@@ -6,7 +6,12 @@
 #include <vector>
 
 #include "core/philox.h"
+#include <gtest/gtest.h>
+
+#include <cmath>
+
 #include "peft/lora.h"
+#include "peft/peft_method.h"
 
 namespace llmft::peft_test {
 
@@ -35,6 +40,46 @@ inline void randomize_lora_b(LoraModel& lora, uint64_t seed, float stddev) {
     std::vector<float> values(static_cast<size_t>(parameter->value.numel()));
     for (float& value : values) value = stddev * generator.next_normal();
     parameter->value.copy_from(Tensor::from_floats(parameter->value.shape(), values, parameter->value.dtype()));
+  }
+}
+
+// Every parameter of `method`: the analytic gradient at its largest entry and
+// three random ones against (L(p + h) - L(p - h)) / 2h. A ReLU encoder wants
+// a smaller h, so that p ± h stays on one side of each unit's kink.
+inline void check_gradients(Context& context, LlamaModel& model, PeftMethod& method, float step = 1e-2f) {
+  method.parameters().zero_grads(context);
+  const Batch batch = tiny_batch();
+  model.forward_backward(context, batch);
+  PhiloxGenerator generator(9);
+  for (Parameter* parameter : method.parameters().all()) {
+    ASSERT_EQ(parameter->grad.dtype(), DType::kF32) << parameter->name;
+    const std::vector<float> grad = parameter->grad.to_floats();
+    float* values = parameter->value.data<float>();
+    size_t largest = 0;
+    for (size_t i = 0; i < grad.size(); ++i)
+      if (std::fabs(grad[i]) > std::fabs(grad[largest])) largest = i;
+    const double scale = std::fabs(grad[largest]);
+    ASSERT_GT(scale, 1e-7) << parameter->name << " has no gradient at all";
+    std::vector<size_t> coordinates = {largest};
+    for (int i = 0; i < 3; ++i) coordinates.push_back(generator.next_below(grad.size()));
+    for (size_t index : coordinates) {
+      const float original = values[index];
+      values[index] = original + step;
+      const double plus = model.forward(context, batch).loss;
+      values[index] = original - step;
+      const double minus = model.forward(context, batch).loss;
+      values[index] = original;
+      const double numeric = (plus - minus) / (2.0 * step);
+      // f32 loss noise / 2h: ~1e-5 at h = 1e-2, ~1e-4 at 1e-3.
+      EXPECT_NEAR(grad[index], numeric, 2e-2 * scale + 5e-7 / step) << parameter->name << "[" << index << "] scale " << scale;
+    }
+  }
+}
+
+inline void expect_base_frozen(const LlamaModel& model) {
+  for (const Parameter* parameter : model.parameters().all()) {
+    EXPECT_FALSE(parameter->trainable) << parameter->name;
+    EXPECT_FALSE(parameter->grad.defined()) << parameter->name;
   }
 }
 

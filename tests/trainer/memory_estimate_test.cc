@@ -108,17 +108,18 @@ TEST_F(MemoryEstimateTest, EveryCategoryIsWithinTenPercentOfTheMeasuredPeak) {
       }
 }
 
-// Prompt, P- and prefix tuning: their small trainable sets, the virtual
+// Prompt, P- and prefix tuning, bottleneck adapters: their small trainable sets, the virtual
 // tokens' extra rows and the prefix's extra key/value rows.
 TEST_F(MemoryEstimateTest, PromptLearningMethodsAreWithinTenPercentOfTheMeasuredPeak) {
   auto context = Context::cpu(0, 1);
-  for (const std::string method : {"prompt_tuning", "p_tuning", "prefix_tuning", "prefix_projection"}) {
+  for (const std::string method : {"prompt_tuning", "p_tuning", "prefix_tuning", "prefix_projection", "bottleneck"}) {
     config::TrainOptions run = options(true, "none", "f32");
     run.peft = method == "prefix_projection" ? "prefix_tuning" : method;
+    run.bottleneck_placement = "houlsby";
     run.prefix_projection = method == "prefix_projection";
     run.num_virtual_tokens = 16;
     run.encoder_hidden_size = 48;
-    run.packed = method.starts_with("prefix");  // virtual tokens need padded rows
+    run.packed = method != "prompt_tuning" && method != "p_tuning";  // virtual tokens need padded rows
     MemoryPeaks measured;
     {
       TrainerHooks hooks;

@@ -471,6 +471,11 @@ class TrainerResumeTest : public TrainerTest, public ::testing::WithParamInterfa
       result.num_virtual_tokens = 3;
       result.encoder_hidden_size = 8;
     }
+    if (peft == "bottleneck") {
+      result.bottleneck_placement = "houlsby";
+      result.bottleneck_reduction_factor = 4;
+      result.activation_checkpointing = "full";  // the adapters rerun in the recomputed blocks
+    }
     if (peft == "prefix_tuning") {
       result.num_virtual_tokens = 2;
       result.prefix_projection = true;
@@ -536,7 +541,8 @@ INSTANTIATE_TEST_SUITE_P(Runs, TrainerResumeTest,
                                            ResumeCase{"FullFineTuningF16LossScaling", "none", "f16"},
                                            ResumeCase{"PromptTuning", "prompt_tuning", "f32"},
                                            ResumeCase{"PTuningBf16", "p_tuning", "bf16"},
-                                           ResumeCase{"PrefixTuningProjectionSelective", "prefix_tuning", "f32"}),
+                                           ResumeCase{"PrefixTuningProjectionSelective", "prefix_tuning", "f32"},
+                                           ResumeCase{"BottleneckHoulsbyFull", "bottleneck", "f32"}),
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
 
 TEST_P(TrainerResumeTest, HostOptimizerCopiesChangeNoBitAndResumeToo) {
