@@ -11,7 +11,7 @@
 # (40 steps of batch 4, padded rows of 96 tokens, cosine schedule) with the
 # method and its learning rate overridden; LoRA is scored on its merged
 # export, the others (which cannot merge) through `generate --adapter` on the
-# base. Outputs under runs/peft/ (git-ignored). LLMFT_PEFT_RUNS="lora
+# base. The machine's load average is recorded beside each run. Outputs under runs/peft/ (git-ignored). LLMFT_PEFT_RUNS="lora
 # prefix_tuning" makes only the runs named.
 set -euo pipefail
 build_dir=${1:-build}
@@ -30,14 +30,16 @@ train="$runs/data/train-00000-of-00001.tfrecord"
 validation="$runs/data/train-val-00000-of-00001.tfrecord"
 
 # name | learning rate | the method's --set overrides, ';'-separated (the oneof member they name selects it).
-# Learning rates: LoRA the quickstart's; prompt learning methods the larger
-# rates their papers and PEFT's examples use (Lester et al.: 0.3 with
-# Adafactor; PEFT's prompt-tuning example 3e-2, prefix tuning 1e-2).
+# Learning rates: LoRA's and the bottleneck adapters' the quickstart's; the
+# prompt-learning methods the larger rates their papers and PEFT's examples
+# use (Lester et al.: 0.3 with Adafactor; PEFT's prompt-tuning example 3e-2,
+# prefix tuning 1e-2).
 runs_to_make=(
   "lora|1e-3|"
   "prompt_tuning|3e-2|peft.prompt_tuning.num_virtual_tokens=20;peft.prompt_tuning.init=TEXT;peft.prompt_tuning.init_text=Extract the record as JSON"
   "p_tuning|3e-3|peft.p_tuning.num_virtual_tokens=20;peft.p_tuning.encoder_hidden_size=128"
   "prefix_tuning|1e-2|peft.prefix_tuning.num_virtual_tokens=20;peft.prefix_tuning.prefix_projection=true;peft.prefix_tuning.encoder_hidden_size=128"
+  "bottleneck|1e-3|peft.bottleneck.placement=PFEIFFER;peft.bottleneck.reduction_factor=16"
 )
 summary="$runs/summary.txt"
 printf '%-14s %6s %12s %9s %8s %11s %11s %10s\n' method lr trainable "train s" "tok/s" exact stopped "val loss" \

@@ -176,7 +176,7 @@ std::unique_ptr<PeftMethod> load_peft_adapter(Context& context, LlamaModel& mode
   // AdapterHub's directories have no peft_type but a "config" object.
   if (!json.contains("peft_type") && json.contains("config") && json.at("config").is_object()) {
     auto method = std::make_unique<BottleneckAdapters>(
-        context, model, BottleneckAdapters::read_adapterhub_config(path, model.config()));
+        context, model, BottleneckAdapters::from_adapterhub_config(json, file, model.config()));
     method->load_adapter_weights(directory);
     return method;
   }

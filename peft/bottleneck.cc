@@ -1,12 +1,10 @@
 #include "peft/bottleneck.h"
 
 #include <cmath>
-#include <fstream>
 #include <set>
 
 #include "core/allocator.h"
 #include "core/error.h"
-#include "core/json_depth.h"
 #include "core/philox.h"
 #include "model/safetensors.h"
 
@@ -226,17 +224,9 @@ void BottleneckAdapters::load_adapter_weights(const std::filesystem::path& direc
                       "' with this placement)");
 }
 
-BottleneckAdapters::Config BottleneckAdapters::read_adapterhub_config(const std::filesystem::path& path,
+BottleneckAdapters::Config BottleneckAdapters::from_adapterhub_config(const nlohmann::json& json,
+                                                                      const std::string& file,
                                                                       const ModelConfig& model) {
-  const std::string file = path.string();
-  std::ifstream in(path);
-  if (!in) throw_bad_input(file, ": cannot open the adapter config");
-  nlohmann::json json;
-  try {
-    json = parse_json(in, file);
-  } catch (const nlohmann::json::exception& error) {
-    throw_bad_input(file, ": not valid JSON (", error.what(), ")");
-  }
   if (!json.is_object() || !json.contains("config") || !json.at("config").is_object())
     throw_bad_input(file, ": field 'config': expected AdapterHub's adapter config object");
   const nlohmann::json& c = json.at("config");

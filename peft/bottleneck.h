@@ -57,10 +57,11 @@ class BottleneckAdapters : public PeftMethod, public ResidualAdapterHook {
   const Config& config() const { return config_; }
   int64_t bottleneck() const { return bottleneck_; }
 
-  // Reads an AdapterHub adapter_config.json; kBadInput naming the file and
-  // field for what llmft does not compute the same way (layer norms, gating,
-  // PHM layers, parallel adapters, left-out layers, another hidden size).
-  static Config read_adapterhub_config(const std::filesystem::path& path, const ModelConfig& model);
+  // The Config of an AdapterHub adapter_config.json (`json`, read from
+  // `file`); kBadInput naming the file and field for what llmft does not
+  // compute the same way (layer norms, gating, PHM layers, parallel adapters,
+  // left-out layers, another hidden size).
+  static Config from_adapterhub_config(const nlohmann::json& json, const std::string& file, const ModelConfig& model);
 
   // PeftMethod
   PeftType type() const override { return PeftType::kBottleneck; }

@@ -62,24 +62,13 @@ std::vector<NamedTensor> PrefixTuning::merged_state_dict(std::optional<DType>) c
   throw_bad_input("merge: ", merge_unsupported_reason());
 }
 
-void PrefixTuning::to_layer_major(const Tensor& token_major, Tensor& layer_major) const {
-  const int64_t p = config_.num_virtual_tokens, kv = kv_width(), slots = num_layers() * 2;
-  const Tensor source = token_major.reshape({p * slots, kv});
-  Tensor target = layer_major.reshape({slots * p, kv});
-  for (int64_t token = 0; token < p; ++token)
-    for (int64_t slot = 0; slot < slots; ++slot)
-      target.slice_rows(slot * p + token, slot * p + token + 1)
-          .copy_from(source.slice_rows(token * slots + slot, token * slots + slot + 1));
-}
-
-void PrefixTuning::to_token_major(const Tensor& layer_major, Tensor& token_major) const {
-  const int64_t p = config_.num_virtual_tokens, kv = kv_width(), slots = num_layers() * 2;
-  const Tensor source = layer_major.reshape({slots * p, kv});
-  Tensor target = token_major.reshape({p * slots, kv});
-  for (int64_t token = 0; token < p; ++token)
-    for (int64_t slot = 0; slot < slots; ++slot)
-      target.slice_rows(token * slots + slot, token * slots + slot + 1)
-          .copy_from(source.slice_rows(slot * p + token, slot * p + token + 1));
+void PrefixTuning::transpose_rows(const Tensor& from, Tensor& to, int64_t outer, int64_t inner) const {
+  const int64_t kv = kv_width();
+  const Tensor source = from.reshape({outer * inner, kv});
+  Tensor target = to.reshape({inner * outer, kv});
+  for (int64_t i = 0; i < outer; ++i)
+    for (int64_t j = 0; j < inner; ++j)
+      target.slice_rows(j * outer + i, j * outer + i + 1).copy_from(source.slice_rows(i * inner + j, i * inner + j + 1));
 }
 
 void PrefixTuning::forward(Context& context, int64_t layer, Tensor& keys, Tensor& values) {
@@ -89,7 +78,7 @@ void PrefixTuning::forward(Context& context, int64_t layer, Tensor& keys, Tensor
     const Tensor token_major = encoder_ ? encoder_->forward(context, embedding_->value) : embedding_->value;
     if (!layer_major_.defined())
       layer_major_ = context.empty({num_layers() * 2, p, kv}, model_.options().compute_dtype);
-    to_layer_major(token_major, layer_major_);
+    transpose_rows(token_major, layer_major_, p, num_layers() * 2);
   }
   keys.reshape({p, kv}).copy_from(layer_major_.slice_rows(2 * layer, 2 * layer + 1).reshape({p, kv}));
   values.reshape({p, kv}).copy_from(layer_major_.slice_rows(2 * layer + 1, 2 * layer + 2).reshape({p, kv}));
@@ -110,7 +99,7 @@ void PrefixTuning::backward(Context& context, int64_t layer, const Tensor& dkeys
   }
   if (layer != 0) return;
   Tensor token_major = context.empty({p, num_layers() * 2 * kv}, DType::kF32);
-  to_token_major(layer_major_gradient_, token_major);
+  transpose_rows(layer_major_gradient_, token_major, num_layers() * 2, p);
   if (!encoder_) {
     ops::add_scaled(context, 1.0f, token_major, embedding_->grad);
     return;

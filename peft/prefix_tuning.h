@@ -82,9 +82,9 @@ class PrefixTuning : public PeftMethod, public AttentionPrefixHook {
   int64_t encoder_width() const {
     return config_.encoder_hidden_size > 0 ? config_.encoder_hidden_size : model_.config().hidden_size;
   }
-  // [P, layers·2·kv] -> [layers·2, P, kv] and back, one row of kv at a time.
-  void to_layer_major(const Tensor& token_major, Tensor& layer_major) const;
-  void to_token_major(const Tensor& layer_major, Tensor& token_major) const;
+  // `from` seen as [outer, inner, kv] into `to` as [inner, outer, kv], one
+  // row of kv at a time: [P, layers·2·kv] -> [layers·2, P, kv] and back.
+  void transpose_rows(const Tensor& from, Tensor& to, int64_t outer, int64_t inner) const;
 
   Context& context_;
   LlamaModel& model_;

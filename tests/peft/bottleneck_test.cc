@@ -127,30 +127,7 @@ TEST(Bottleneck, RecomputedBlocksGiveTheSameGradients) {
   }
 }
 
-class BottleneckAdapterDirTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    directory_ = std::filesystem::path(::testing::TempDir()) /
-                 ("llmft_bottleneck_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    std::filesystem::remove_all(directory_);
-  }
-  void TearDown() override { std::filesystem::remove_all(directory_); }
-  std::string load_error() {
-    auto fresh = LlamaModel::load(*context_, tiny_llama_dir());
-    return testing::bad_input_message([&] { load_peft_adapter(*context_, *fresh, directory_); });
-  }
-  void edit_config(const std::function<void(nlohmann::json&)>& edit) {
-    nlohmann::json json;
-    {
-      std::ifstream in(directory_ / "adapter_config.json");
-      json = nlohmann::json::parse(in);
-    }
-    edit(json);
-    std::ofstream(directory_ / "adapter_config.json") << json.dump();
-  }
-  std::unique_ptr<Context> context_ = Context::cpu(0, 2);
-  std::filesystem::path directory_;
-};
+using BottleneckAdapterDirTest = peft_test::AdapterDirectoryTest;
 
 TEST_F(BottleneckAdapterDirTest, RoundTripsInBothPlacements) {
   for (auto placement : kPlacements) {

@@ -162,42 +162,10 @@ void check_lora_gradients(float dropout) {
   LoraModel lora(*context, *model, config);
   randomize_lora_b(lora, 5, 0.5f);
   lora.set_dropout_step(3);
-  lora.parameters().zero_grads(*context);
-  const Batch batch = tiny_batch();
-  model->forward_backward(*context, batch);
-  PhiloxGenerator generator(9);
-  const float step = 1e-2f;
-  int checked = 0;
-  double worst_ratio = 0.0;
-  for (Parameter* parameter : lora.parameters().all()) {
-    ASSERT_EQ(parameter->grad.dtype(), DType::kF32);
-    const std::vector<float> grad = parameter->grad.to_floats();
-    float* values = parameter->value.data<float>();
-    size_t largest = 0;
-    for (size_t i = 0; i < grad.size(); ++i)
-      if (std::fabs(grad[i]) > std::fabs(grad[largest])) largest = i;
-    const double scale = std::fabs(grad[largest]);
-    ASSERT_GT(scale, 1e-6) << parameter->name << " has no gradient at all";
-    std::vector<size_t> coordinates = {largest};
-    for (int i = 0; i < 3; ++i) coordinates.push_back(generator.next_below(grad.size()));
-    for (size_t index : coordinates) {
-      const float original = values[index];
-      values[index] = original + step;
-      const double plus = model->forward(*context, batch).loss;
-      values[index] = original - step;
-      const double minus = model->forward(*context, batch).loss;
-      values[index] = original;
-      const double numeric = (plus - minus) / (2.0 * step);
-      // f32 loss noise / 2h is ~1e-5; the h² term stays below 2% of the scale.
-      const double tolerance = 2e-2 * scale + 5e-5;
-      worst_ratio = std::max(worst_ratio, std::fabs(grad[index] - numeric) / tolerance);
-      EXPECT_NEAR(grad[index], numeric, tolerance) << parameter->name << "[" << index << "] scale " << scale;
-      ++checked;
-    }
-  }
-  EXPECT_EQ(checked, 4 * 28);
-  std::printf("dropout %.2f: checked %d coordinates; worst |analytic - numeric| / tolerance = %.3f\n", dropout, checked,
-              worst_ratio);
+  const peft_test::GradientCheck check = peft_test::check_gradients(*context, *model, lora);
+  EXPECT_EQ(check.checked, 4 * 28);
+  std::printf("dropout %.2f: checked %d coordinates; worst |analytic - numeric| / tolerance = %.3f\n", dropout,
+              check.checked, check.worst_ratio);
 }
 
 TEST(Lora, GradientsMatchFiniteDifferences) { check_lora_gradients(0.0f); }

@@ -213,15 +213,8 @@ TEST(PromptLearning, IncrementalDecodingMatchesTheFullForward) {
   }
 }
 
-class PromptLearningAdapterTest : public ::testing::Test {
+class PromptLearningAdapterTest : public peft_test::AdapterDirectoryTest {
  protected:
-  void SetUp() override {
-    directory_ = std::filesystem::path(::testing::TempDir()) /
-                 ("llmft_prompt_adapter_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    std::filesystem::remove_all(directory_);
-  }
-  void TearDown() override { std::filesystem::remove_all(directory_); }
-
   // Saves `method`, loads the directory onto a fresh base and compares logits.
   void round_trip(PeftMethod& method, LlamaModel& model, const char* type) {
     method.save_adapter(directory_, "tiny_llama");
@@ -238,22 +231,6 @@ class PromptLearningAdapterTest : public ::testing::Test {
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], expected[i], 1e-5f) << i;
   }
 
-  std::string load_error() {
-    auto fresh = LlamaModel::load(*context_, tiny_llama_dir());
-    return testing::bad_input_message([&] { load_peft_adapter(*context_, *fresh, directory_); });
-  }
-  void edit_config(const std::function<void(nlohmann::json&)>& edit) {
-    nlohmann::json json;
-    {
-      std::ifstream in(directory_ / "adapter_config.json");
-      json = nlohmann::json::parse(in);
-    }
-    edit(json);
-    std::ofstream(directory_ / "adapter_config.json") << json.dump();
-  }
-
-  std::unique_ptr<Context> context_ = Context::cpu(0, 2);
-  std::filesystem::path directory_;
 };
 
 TEST_F(PromptLearningAdapterTest, EveryMethodRoundTripsWithTheComputedEmbeddings) {
