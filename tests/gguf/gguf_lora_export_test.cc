@@ -86,7 +86,9 @@ class GgufLoraExportTest : public ::testing::Test {
       const int64_t out = shape[0], in = shape[1], rank = static_cast<int64_t>(b_info.ne[0]);
       // llama.cpp's get_scale: alpha over the rank read from B's ne[0].
       const double scale = alpha / static_cast<double>(rank);
+      // Only the llama architecture permutes q and k (qwen2 keeps Hugging Face's rows).
       int64_t heads = 0;
+      if (file.get_string("general.architecture") != "llama") undo_permutation = false;
       if (hf_name.ends_with("q_proj.weight")) heads = config.num_attention_heads;
       if (hf_name.ends_with("k_proj.weight")) heads = config.num_key_value_heads;
       if (heads > 0 && undo_permutation) b = gguf::unpermute_rope_rows(b, out, rank, heads);
@@ -156,6 +158,18 @@ TEST_F(GgufLoraExportTest, BasePlusScaledProductWithPermutationUndoneIsTheMerged
   // A is never permuted: the stored A of q is LoRA's A as it is.
   const Parameter& q_a = model_.lora->adapters().front()->lora_a();
   EXPECT_EQ(file.dequantize(file.tensor("blk.0.attn_q.weight.lora_a")), q_a.value.to_floats());
+}
+
+TEST_F(GgufLoraExportTest, Qwen2KeepsBInHuggingFaceRowOrder) {
+  model_.model = LlamaModel::load(*context_, peft_test::tiny_llama_dir().parent_path() / "tiny_qwen2");
+  attach_lora(4, 8.0f, false);
+  const fs::path out = root_ / "adapter.gguf";
+  trainer::export_gguf_adapter(model_, peft_test::tiny_llama_dir().parent_path() / "tiny_qwen2", out, {});
+  const gguf::GgufFile file = gguf::GgufFile::open(out);
+  EXPECT_EQ(file.get_string("general.architecture"), "qwen2");  // must equal the base GGUF's
+  const Parameter& q_b = model_.lora->adapters().front()->lora_b();
+  EXPECT_EQ(file.dequantize(file.tensor("blk.0.attn_q.weight.lora_b")), q_b.value.to_floats());
+  EXPECT_LE(reconstruction_error(file, true), 1e-5f);
 }
 
 TEST_F(GgufLoraExportTest, RsLoraWritesTheAlphaThatGivesItsScaling) {
