@@ -58,7 +58,8 @@ constexpr const char* kUsage =
     "  after trimming leading and trailing whitespace from both; nothing else is normalised) and\n"
     "  `stopped_by_itself S/N = P%` (generations that ended at EOS/end-of-turn before --max-new-tokens).\n"
     "  --batch-output writes every generation as JSONL: {\"prompt\" (the last user message), \"expected\",\n"
-    "  \"generated\", \"exact\", \"stopped\", \"new_tokens\"}.\n";
+    "  \"generated\", \"exact\", \"stopped\", \"new_tokens\", \"prompt_ids\" (the rendered conversation),\n"
+    "  \"generated_ids\" (the stop token included when one ended it)}.\n";
 
 struct GenerateArgs {
   std::string model;
@@ -302,7 +303,9 @@ int run_batch(const GenerateArgs& parsed, const std::filesystem::path& model_dir
                                      {"generated", generated},
                                      {"exact", is_exact},
                                      {"stopped", result.stopped},
-                                     {"new_tokens", result.tokens.size()}};
+                                     {"new_tokens", result.tokens.size()},
+                                     {"prompt_ids", prompt_ids},
+                                     {"generated_ids", result.tokens}};
       *output << line.dump() << '\n';
     }
     if (show_progress) {

@@ -201,24 +201,57 @@ uint32_t llama_file_type(GgmlType type) {
   }
 }
 
+std::string gguf_architecture(const ModelConfig& config, const std::string& where) {
+  // convert_hf_to_gguf.py's MistralModel writes the llama architecture.
+  if (config.model_type == "llama" || config.model_type == "mistral") return "llama";
+  if (config.model_type == "qwen2") return "qwen2";
+  throw_bad_input(where, ": field 'model_type': '", config.model_type,
+                  "' is not supported by the GGUF export (llama, mistral, qwen2)");
+}
+
+std::vector<std::pair<std::string, Shape>> gguf_model_tensors(const ModelConfig& config) {
+  const int64_t hidden = config.hidden_size;
+  std::vector<std::pair<std::string, Shape>> expected = {{"model.embed_tokens.weight", {config.vocab_size, hidden}}};
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    const std::string prefix = str_cat("model.layers.", layer, ".");
+    expected.push_back({prefix + "input_layernorm.weight", {hidden}});
+    expected.push_back({prefix + "self_attn.q_proj.weight", {config.q_size(), hidden}});
+    expected.push_back({prefix + "self_attn.k_proj.weight", {config.kv_size(), hidden}});
+    expected.push_back({prefix + "self_attn.v_proj.weight", {config.kv_size(), hidden}});
+    if (config.qkv_bias) {
+      expected.push_back({prefix + "self_attn.q_proj.bias", {config.q_size()}});
+      expected.push_back({prefix + "self_attn.k_proj.bias", {config.kv_size()}});
+      expected.push_back({prefix + "self_attn.v_proj.bias", {config.kv_size()}});
+    }
+    expected.push_back({prefix + "self_attn.o_proj.weight", {hidden, config.q_size()}});
+    expected.push_back({prefix + "post_attention_layernorm.weight", {hidden}});
+    expected.push_back({prefix + "mlp.gate_proj.weight", {config.intermediate_size, hidden}});
+    expected.push_back({prefix + "mlp.up_proj.weight", {config.intermediate_size, hidden}});
+    expected.push_back({prefix + "mlp.down_proj.weight", {hidden, config.intermediate_size}});
+  }
+  expected.push_back({"model.norm.weight", {hidden}});
+  if (!config.tie_word_embeddings) expected.push_back({"lm_head.weight", {config.vocab_size, hidden}});
+  return expected;
+}
+
+int64_t gguf_rope_permute_heads(const std::string& arch, const ModelConfig& config, const std::string& hf_name) {
+  if (arch != "llama") return 0;
+  if (hf_name.ends_with("self_attn.q_proj.weight")) return config.num_attention_heads;
+  if (hf_name.ends_with("self_attn.k_proj.weight")) return config.num_key_value_heads;
+  return 0;
+}
+
 GgufModelExport GgufModelExport::plan(HfModelSource source, const GgufExportOptions& options) {
   const ModelConfig& config = source.config;
   const std::string& where = source.config_source;
   if (!can_quantize(options.type))
     throw_bad_input("GGUF export: type ", ggml_type_name(static_cast<uint32_t>(options.type)),
                     " is not supported (supported: ", quantize_type_names(), ")");
-  std::string arch;
-  if (config.model_type == "llama" || config.model_type == "mistral") {
-    arch = "llama";  // convert_hf_to_gguf.py's MistralModel writes the llama architecture
-    if (config.qkv_bias || config.o_bias)
-      throw_bad_input(where, ": field 'attention_bias': true is not supported by the GGUF export of ", config.model_type);
-  } else if (config.model_type == "qwen2") {
-    arch = "qwen2";
-    if (config.o_bias) throw_bad_input(where, ": field 'attention_bias': an o_proj bias is not supported for qwen2");
-  } else {
-    throw_bad_input(where, ": field 'model_type': '", config.model_type,
-                    "' is not supported by the GGUF export (llama, mistral, qwen2)");
-  }
+  const std::string arch = gguf_architecture(config, where);
+  if (arch == "llama" && (config.qkv_bias || config.o_bias))
+    throw_bad_input(where, ": field 'attention_bias': true is not supported by the GGUF export of ", config.model_type);
+  if (arch == "qwen2" && config.o_bias)
+    throw_bad_input(where, ": field 'attention_bias': an o_proj bias is not supported for qwen2");
   if (config.rope_scaling.type == RopeScalingType::kLlama3)
     throw_bad_input(where, ": field 'rope_scaling': type llama3 is not supported by the GGUF export (llama.cpp needs "
                            "a rope_freqs tensor for it)");
@@ -270,28 +303,7 @@ GgufModelExport GgufModelExport::plan(HfModelSource source, const GgufExportOpti
   // Tensors, in the converter's order: embedding, blocks, final norm, head.
   std::map<std::string, Shape> available;
   for (const auto& [name, shape] : hf.tensors) available[name] = shape;
-  const int64_t hidden = config.hidden_size;
-  std::vector<std::pair<std::string, Shape>> expected = {{"model.embed_tokens.weight", {config.vocab_size, hidden}}};
-  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    const std::string prefix = str_cat("model.layers.", layer, ".");
-    expected.push_back({prefix + "input_layernorm.weight", {hidden}});
-    expected.push_back({prefix + "self_attn.q_proj.weight", {config.q_size(), hidden}});
-    expected.push_back({prefix + "self_attn.k_proj.weight", {config.kv_size(), hidden}});
-    expected.push_back({prefix + "self_attn.v_proj.weight", {config.kv_size(), hidden}});
-    if (config.qkv_bias) {
-      expected.push_back({prefix + "self_attn.q_proj.bias", {config.q_size()}});
-      expected.push_back({prefix + "self_attn.k_proj.bias", {config.kv_size()}});
-      expected.push_back({prefix + "self_attn.v_proj.bias", {config.kv_size()}});
-    }
-    expected.push_back({prefix + "self_attn.o_proj.weight", {hidden, config.q_size()}});
-    expected.push_back({prefix + "post_attention_layernorm.weight", {hidden}});
-    expected.push_back({prefix + "mlp.gate_proj.weight", {config.intermediate_size, hidden}});
-    expected.push_back({prefix + "mlp.up_proj.weight", {config.intermediate_size, hidden}});
-    expected.push_back({prefix + "mlp.down_proj.weight", {hidden, config.intermediate_size}});
-  }
-  expected.push_back({"model.norm.weight", {hidden}});
-  if (!config.tie_word_embeddings) expected.push_back({"lm_head.weight", {config.vocab_size, hidden}});
-
+  const std::vector<std::pair<std::string, Shape>> expected = gguf_model_tensors(config);
   std::map<std::string, bool> used;
   const std::optional<GgmlTypeTraits> traits = ggml_type_traits(static_cast<uint32_t>(options.type));
   int64_t fallbacks = 0;
@@ -310,9 +322,7 @@ GgufModelExport GgufModelExport::plan(HfModelSource source, const GgufExportOpti
         ++fallbacks;
       }
     }
-    int64_t heads = 0;
-    if (arch == "llama" && name.ends_with("self_attn.q_proj.weight")) heads = config.num_attention_heads;
-    if (arch == "llama" && name.ends_with("self_attn.k_proj.weight")) heads = config.num_key_value_heads;
+    const int64_t heads = gguf_rope_permute_heads(arch, config, name);
     writer.add_tensor(gguf_tensor_name(name), shape, type);
     result.tensors_.push_back({name, shape, type, heads});
   }

@@ -72,4 +72,16 @@ class GgufModelExport {
 // llama.cpp's general.file_type (LlamaFileType) for files whose matrices are `type`.
 uint32_t llama_file_type(GgmlType type);
 
+// general.architecture for `config`: "llama" (Llama, Mistral) or "qwen2";
+// kBadInput naming `where` and field 'model_type' for anything else.
+std::string gguf_architecture(const ModelConfig& config, const std::string& where);
+
+// The Hugging Face tensors of a llama-family model with `config`, with their
+// shapes, in the order convert_hf_to_gguf.py writes them.
+std::vector<std::pair<std::string, Shape>> gguf_model_tensors(const ModelConfig& config);
+
+// The head count LlamaModel.permute uses for the rows of `hf_name` in a GGUF of
+// `arch` (q: attention heads, k: KV heads, llama arch only), or 0: not permuted.
+int64_t gguf_rope_permute_heads(const std::string& arch, const ModelConfig& config, const std::string& hf_name);
+
 }  // namespace llmft::gguf

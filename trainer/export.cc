@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cmath>
 #include <map>
 
 #include "core/error.h"
@@ -77,12 +78,13 @@ void export_adapter(TrainingModel& model, const std::string& base_model_name_or_
   model.peft->save_adapter(out, base_model_name_or_path, dtype);
 }
 
-void write_gguf_atomically(const gguf::GgufModelExport& plan, const std::filesystem::path& out, FileOps& files) {
+void write_gguf_atomically(const std::function<void(const gguf::GgufWriter::Sink&)>& write_file,
+                           const std::filesystem::path& out, FileOps& files) {
   const std::filesystem::path directory = out.parent_path().empty() ? std::filesystem::path(".") : out.parent_path();
   const std::string temp = (directory / str_cat(".", out.filename().string(), ".tmp-", ::getpid())).string();
   try {
     std::unique_ptr<CheckpointFile> file = files.create(temp);
-    plan.write([&](const void* data, size_t bytes) { file->append(data, bytes); });
+    write_file([&](const void* data, size_t bytes) { file->append(data, bytes); });
     file->sync();
     file->close();
     files.rename(temp, out.string());
@@ -110,7 +112,39 @@ std::vector<std::string> export_gguf(TrainingModel& model, const std::filesystem
   }
   source.load = [&](const std::string& name) { return by_name.at(name)->to_floats(); };
   const gguf::GgufModelExport plan = gguf::GgufModelExport::plan(std::move(source), options);
-  write_gguf_atomically(plan, out, files);
+  write_gguf_atomically([&](const gguf::GgufWriter::Sink& sink) { plan.write(sink); }, out, files);
+  return plan.notes();
+}
+
+std::vector<std::string> export_gguf_adapter(TrainingModel& model, const std::filesystem::path& base_dir,
+                                             const std::filesystem::path& out,
+                                             const gguf::GgufLoraExportOptions& options, FileOps& files) {
+  if (!model.lora)
+    throw_bad_input(
+        "export --gguf-adapter: the run is full fine-tuning (peft none), which has no adapter; use --gguf for the "
+        "trained weights");
+  const LoraConfig& config = model.lora->config();
+  gguf::LoraAdapterSource source;
+  source.config = model.model->config();
+  source.config_source = (base_dir / "config.json").string();
+  source.adapter_source = str_cat("LoRA of ", base_dir.string(), " (r ", config.r, ")");
+  // llama.cpp scales by alpha / r (get_scale in src/llama-adapter.h); rsLoRA's
+  // alpha / sqrt(r) is the same scale with alpha·sqrt(r), computed in double
+  // as LoraConfig::scaling does.
+  source.alpha = config.use_rslora ? static_cast<float>(config.alpha * std::sqrt(static_cast<double>(config.r)))
+                                   : config.alpha;
+  std::vector<const LoraAdapter*> adapters;
+  for (const auto& adapter : model.lora->adapters()) {
+    source.pairs.push_back({adapter->base().weight().name, adapter->lora_a().value.shape(),
+                            adapter->lora_b().value.shape()});
+    adapters.push_back(adapter.get());
+  }
+  source.load = [&](size_t index, bool b) {
+    const Parameter& matrix = b ? adapters[index]->lora_b() : adapters[index]->lora_a();
+    return matrix.value.to_floats();
+  };
+  const gguf::GgufLoraExport plan = gguf::GgufLoraExport::plan(std::move(source), options);
+  write_gguf_atomically([&](const gguf::GgufWriter::Sink& sink) { plan.write(sink); }, out, files);
   return plan.notes();
 }
 
@@ -124,7 +158,7 @@ std::vector<std::string> convert_directory_to_gguf(const std::filesystem::path& 
   for (const std::string& name : checkpoint->tensor_names()) source.tensors.push_back({name, checkpoint->entry(name).shape});
   source.load = [checkpoint](const std::string& name) { return checkpoint->tensor_as(name, DType::kF32).to_floats(); };
   const gguf::GgufModelExport plan = gguf::GgufModelExport::plan(std::move(source), options);
-  write_gguf_atomically(plan, out, files);
+  write_gguf_atomically([&](const gguf::GgufWriter::Sink& sink) { plan.write(sink); }, out, files);
   return plan.notes();
 }
 

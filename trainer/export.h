@@ -4,12 +4,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
 #include "model/gguf_export.h"
+#include "model/gguf_lora_export.h"
 #include "model/safetensors.h"
 #include "trainer/file_ops.h"
 #include "trainer/training_setup.h"
@@ -35,13 +37,14 @@ std::vector<std::string> export_merged(TrainingModel& model, const std::filesyst
 void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
                     std::optional<DType> dtype = std::nullopt);
 
-// Streams `plan` into `out` through `files`: a temporary file beside it
-// (".<name>.tmp-<pid>"), fsynced, renamed into place, the directory fsynced.
-// Any failure (a full disk mid-write included) removes the temporary file,
-// so `out` is the old file or the whole new one, never part of one; the
+// Streams a GGUF file (`write_file` hands its bytes to the sink in order,
+// e.g. GgufModelExport::write) into `out` through `files`: a temporary file
+// beside it (".<name>.tmp-<pid>"), fsynced, renamed into place, the directory
+// fsynced. Any failure (a full disk mid-write included) removes the temporary
+// file, so `out` is the old file or the whole new one, never part of one; the
 // error names the file.
-void write_gguf_atomically(const gguf::GgufModelExport& plan, const std::filesystem::path& out,
-                           FileOps& files = local_file_ops());
+void write_gguf_atomically(const std::function<void(const gguf::GgufWriter::Sink&)>& write_file,
+                           const std::filesystem::path& out, FileOps& files = local_file_ops());
 
 // The model as trained (LoRA merged in fp32, or the fully fine-tuned weights)
 // as one GGUF file, with the tokenizer and chat template of `base_dir`.
@@ -49,6 +52,16 @@ void write_gguf_atomically(const gguf::GgufModelExport& plan, const std::filesys
 std::vector<std::string> export_gguf(TrainingModel& model, const std::filesystem::path& base_dir,
                                      const std::filesystem::path& out, const gguf::GgufExportOptions& options,
                                      FileOps& files = local_file_ops());
+
+// The run's LoRA adapter as one llama.cpp adapter GGUF (gguf_lora_export.h)
+// for `llama-cli -m base.gguf --lora out`, from the fp32 LoRA matrices, with
+// adapter.lora.alpha = scaling · r so llama.cpp's alpha / r is the run's
+// scaling (alpha / r, or alpha / sqrt(r) with rsLoRA). kBadInput for a full
+// fine-tuning model, which has no adapter. Returns notes for the user.
+std::vector<std::string> export_gguf_adapter(TrainingModel& model, const std::filesystem::path& base_dir,
+                                             const std::filesystem::path& out,
+                                             const gguf::GgufLoraExportOptions& options,
+                                             FileOps& files = local_file_ops());
 
 // A Hugging Face directory (config.json, safetensors, tokenizer files) as one
 // GGUF file, read and written one tensor at a time.

@@ -1,6 +1,6 @@
+# side-environment: adapters  (tests/interop/CMakeLists.txt: .venv-adapters ahead of .venv on PYTHONPATH)
 """llmft's bottleneck adapters against AdapterHub's `adapters` library.
 
-# side-environment: adapters
 (transformers 4.57 and adapters 1.3 from .venv-adapters, ahead of .venv on
 PYTHONPATH: tests/interop/requirements-adapters.txt.)
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # e2e: `llmft train` on a tiny random model, then `llmft export` (merged, GGUF,
-# sharded, adapter) and `llmft eval`, through the binary; SIGTERM during
+# sharded, adapter, adapter GGUF) and `llmft eval`, through the binary; SIGTERM during
 # training writes a checkpoint that `--set checkpoint.resume=latest` continues.
 # usage: train_export_e2e.sh LLMFT_BINARY MAKE_TINY_RUN_BINARY SOURCE_DIR
 set -u
@@ -100,7 +100,17 @@ expect_error "GGUF without a tokenizer" "tokenizer.json: missing: the GGUF expor
   export --config "$work/run.pbtxt" --gguf "$work/none.gguf"
 expect_error "GGUF k-quant" "--type: 'q4_k' is not supported" \
   export --config "$work/run.pbtxt" --gguf "$work/none.gguf" --type q4_k
+expect_error "GGUF adapter of a full fine-tuning run" "--gguf-adapter: $work/run.pbtxt is a full fine-tuning run" \
+  export --config "$work/run.pbtxt" --set peft.none= --gguf-adapter "$work/none.gguf"
+expect_error "GGUF adapter type" "--type: 'q4_0' is not supported for --gguf-adapter" \
+  export --config "$work/run.pbtxt" --gguf-adapter "$work/none.gguf" --type q4_0
 [ -z "$(ls "$work" | grep gguf)" ] || fail "a failed GGUF export left a file: $(ls "$work" | grep gguf)"
+# The adapter GGUF needs no tokenizer (llama.cpp takes the vocabulary from the base GGUF).
+out=$("$llmft" export --config "$work/run.pbtxt" --gguf-adapter "$work/adapter.gguf") ||
+  fail "export --gguf-adapter exited $?: $out"
+case "$out" in *"LoRA adapter GGUF (F32) of "*"--lora $work/adapter.gguf"*) ;; *) fail "export --gguf-adapter said: $out" ;; esac
+[ "$(head -c 4 "$work/adapter.gguf")" = GGUF ] || fail "export --gguf-adapter wrote no GGUF file"
+rm "$work/adapter.gguf"
 
 # With a byte-level BPE tokenizer (64 plain tokens, no merges) the merged model
 # exports to GGUF, and `convert --gguf` of that file scores like the merged export.

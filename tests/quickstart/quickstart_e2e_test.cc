@@ -212,7 +212,7 @@ class GenerateBatchTest : public ::testing::Test {
   // The library's greedy generation of one conversation, with the stop ids
   // that `llmft generate` takes from a model directory (config EOS ids and the
   // tokenizer's EOS; the test vocabulary has no ChatML end-of-turn token).
-  static GenerationResult reference(const nlohmann::json& messages, int64_t max_new_tokens) {
+  static std::vector<int32_t> prompt_ids(const nlohmann::json& messages) {
     std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(directory_);
     ModelChatTemplate model_template = load_chat_template(directory_);
     ChatTemplateInputs inputs;
@@ -220,7 +220,11 @@ class GenerateBatchTest : public ::testing::Test {
     inputs.bos_token = model_template.bos_token;
     inputs.eos_token = model_template.eos_token;
     inputs.add_generation_prompt = true;
-    const std::vector<int32_t> prompt = encode_chat(*tokenizer, model_template.chat_template.render(inputs));
+    return encode_chat(*tokenizer, model_template.chat_template.render(inputs));
+  }
+  static GenerationResult reference(const nlohmann::json& messages, int64_t max_new_tokens) {
+    std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(directory_);
+    const std::vector<int32_t> prompt = prompt_ids(messages);
     auto context = Context::cpu(0, 2);
     auto model = LlamaModel::load(*context, directory_);
     GenerationOptions options;
@@ -289,6 +293,8 @@ TEST_F(GenerateBatchTest, CountsExactMatchesAndSelfStopsOfTheLibrarysGenerations
     EXPECT_EQ(lines[i]["exact"], exact[i]) << i;
     EXPECT_EQ(lines[i]["stopped"], expected_results[i].stopped) << i;
     EXPECT_EQ(lines[i]["new_tokens"], expected_results[i].tokens.size()) << i;
+    EXPECT_EQ(lines[i]["generated_ids"].get<std::vector<int32_t>>(), expected_results[i].tokens) << i;
+    EXPECT_EQ(lines[i]["prompt_ids"].get<std::vector<int32_t>>(), prompt_ids(conversations()[i])) << i;
   }
   fs::remove_all(batch.parent_path());
 }
