@@ -119,11 +119,15 @@ std::vector<std::string> export_gguf(TrainingModel& model, const std::filesystem
 std::vector<std::string> export_gguf_adapter(TrainingModel& model, const std::filesystem::path& base_dir,
                                              const std::filesystem::path& out,
                                              const gguf::GgufLoraExportOptions& options, FileOps& files) {
-  if (!model.lora)
+  if (!model.peft)
     throw_bad_input(
         "export --gguf-adapter: the run is full fine-tuning (peft none), which has no adapter; use --gguf for the "
         "trained weights");
-  const LoraConfig& config = model.lora->config();
+  const auto* lora = dynamic_cast<const LoraModel*>(model.peft.get());
+  if (lora == nullptr)
+    throw_bad_input("export --gguf-adapter: the run trains ", peft_type_name(model.peft->type()),
+                    "; llama.cpp's adapter GGUF holds LoRA only (use --adapter)");
+  const LoraConfig& config = lora->config();
   gguf::LoraAdapterSource source;
   source.config = model.model->config();
   source.config_source = (base_dir / "config.json").string();
@@ -134,7 +138,7 @@ std::vector<std::string> export_gguf_adapter(TrainingModel& model, const std::fi
   source.alpha = config.use_rslora ? static_cast<float>(config.alpha * std::sqrt(static_cast<double>(config.r)))
                                    : config.alpha;
   std::vector<const LoraAdapter*> adapters;
-  for (const auto& adapter : model.lora->adapters()) {
+  for (const auto& adapter : lora->adapters()) {
     source.pairs.push_back({adapter->base().weight().name, adapter->lora_a().value.shape(),
                             adapter->lora_b().value.shape()});
     adapters.push_back(adapter.get());

@@ -54,10 +54,12 @@ class GgufLoraExportTest : public ::testing::Test {
     config.use_rslora = rslora;
     config.target_modules = {"all-linear"};
     config.seed = 3;
-    model_.lora = std::make_unique<LoraModel>(*context_, *model_.model, config);
-    peft_test::randomize_lora_b(*model_.lora, 11, 0.2f);
-    model_.lora->set_training(false);
+    model_.peft = std::make_unique<LoraModel>(*context_, *model_.model, config);
+    peft_test::randomize_lora_b(lora(), 11, 0.2f);
+    lora().set_training(false);
   }
+
+  LoraModel& lora() { return dynamic_cast<LoraModel&>(*model_.peft); }
 
   std::vector<std::string> entries() {
     std::vector<std::string> names;
@@ -73,7 +75,7 @@ class GgufLoraExportTest : public ::testing::Test {
     const float alpha = static_cast<float>(file.get_float("adapter.lora.alpha"));
     std::map<std::string, std::vector<float>> base, merged;
     for (const NamedTensor& tensor : model_.model->state_dict(DType::kF32)) base[tensor.name] = tensor.tensor.to_floats();
-    for (const NamedTensor& tensor : model_.lora->merged_state_dict(DType::kF32))
+    for (const NamedTensor& tensor : lora().merged_state_dict(DType::kF32))
       merged[tensor.name] = tensor.tensor.to_floats();
     float worst = 0.0f;
     for (const auto& [hf_name, shape] : gguf::gguf_model_tensors(config)) {
@@ -156,7 +158,7 @@ TEST_F(GgufLoraExportTest, BasePlusScaledProductWithPermutationUndoneIsTheMerged
   // come out wrong.
   EXPECT_GT(reconstruction_error(file, false), 100 * 1e-5f);
   // A is never permuted: the stored A of q is LoRA's A as it is.
-  const Parameter& q_a = model_.lora->adapters().front()->lora_a();
+  const Parameter& q_a = lora().adapters().front()->lora_a();
   EXPECT_EQ(file.dequantize(file.tensor("blk.0.attn_q.weight.lora_a")), q_a.value.to_floats());
 }
 
@@ -167,7 +169,7 @@ TEST_F(GgufLoraExportTest, Qwen2KeepsBInHuggingFaceRowOrder) {
   trainer::export_gguf_adapter(model_, peft_test::tiny_llama_dir().parent_path() / "tiny_qwen2", out, {});
   const gguf::GgufFile file = gguf::GgufFile::open(out);
   EXPECT_EQ(file.get_string("general.architecture"), "qwen2");  // must equal the base GGUF's
-  const Parameter& q_b = model_.lora->adapters().front()->lora_b();
+  const Parameter& q_b = lora().adapters().front()->lora_b();
   EXPECT_EQ(file.dequantize(file.tensor("blk.0.attn_q.weight.lora_b")), q_b.value.to_floats());
   EXPECT_LE(reconstruction_error(file, true), 1e-5f);
 }
@@ -177,7 +179,7 @@ TEST_F(GgufLoraExportTest, RsLoraWritesTheAlphaThatGivesItsScaling) {
   const fs::path out = root_ / "adapter.gguf";
   trainer::export_gguf_adapter(model_, peft_test::tiny_llama_dir(), out, {});
   const gguf::GgufFile file = gguf::GgufFile::open(out);
-  EXPECT_FLOAT_EQ(static_cast<float>(file.get_float("adapter.lora.alpha")) / 4.0f, model_.lora->config().scaling());
+  EXPECT_FLOAT_EQ(static_cast<float>(file.get_float("adapter.lora.alpha")) / 4.0f, lora().config().scaling());
   EXPECT_LE(reconstruction_error(file, true), 1e-5f);
 }
 
@@ -192,7 +194,7 @@ TEST_F(GgufLoraExportTest, HalfTypesRoundAndQ8_0KeepsF16ForShortRows) {
     const gguf::GgufFile file = gguf::GgufFile::open(out);
     const gguf::TensorInfo& a = file.tensor("blk.0.attn_v.weight.lora_a");
     const gguf::TensorInfo& b = file.tensor("blk.0.attn_v.weight.lora_b");
-    const std::vector<float> a_want = model_.lora->adapters()[2]->lora_a().value.to_floats();
+    const std::vector<float> a_want = lora().adapters()[2]->lora_a().value.to_floats();
     const std::vector<float> a_got = file.dequantize(a);
     EXPECT_EQ(a.type, type);  // rows of 64 (hidden) fill whole Q8_0 blocks
     if (type == gguf::GgmlType::kQ8_0) {
