@@ -105,8 +105,9 @@ constexpr ArchitectureInfo kArchitectures[] = {
     {"Qwen2ForCausalLM", "qwen2"},
 };
 
-RopeScaling parse_rope_scaling(const json& value, const std::string& source) {
-  const std::string field = "rope_scaling";
+// `field`: "rope_scaling" (transformers 4) or "rope_parameters" (transformers
+// 5, which also holds rope_theta there).
+RopeScaling parse_rope_scaling(const json& value, const std::string& source, const std::string& field = "rope_scaling") {
   auto fail = [&](const std::string& name, const std::string& expected, const std::string& found) {
     throw_bad_input(source, ": field '", name, "': expected ", expected, ", found ", found);
   };
@@ -147,8 +148,8 @@ RopeScaling parse_rope_scaling(const json& value, const std::string& source) {
            str_cat(scaling.high_freq_factor));
     return scaling;
   }
-  throw_bad_input(source, ": field 'rope_scaling.rope_type': expected \"default\", \"linear\" or \"llama3\" (others are "
-                  "not supported), found ", describe(json(type)));
+  throw_bad_input(source, ": field '", field, ".rope_type': expected \"default\", \"linear\" or \"llama3\" (others "
+                  "are not supported), found ", describe(json(type)));
 }
 
 json rope_scaling_to_json(const RopeScaling& scaling) {
@@ -218,8 +219,21 @@ ModelConfig ModelConfig::from_json(const json& object, const std::string& source
   config.vocab_size = reader.positive_int("vocab_size", true);
   config.max_position_embeddings = reader.positive_int("max_position_embeddings", false, 2048);
   config.rms_norm_eps = reader.positive_number("rms_norm_eps", 1e-6);
-  config.rope_theta = reader.positive_number("rope_theta", 10000.0);
-  if (const json* scaling = reader.find("rope_scaling")) config.rope_scaling = parse_rope_scaling(*scaling, source);
+  // transformers 5 writes RoPE's base and scaling together as rope_parameters
+  // ({"rope_theta", "rope_type", "factor", ...}); transformers 4 as rope_theta
+  // and rope_scaling. rope_parameters wins where both are present, as there.
+  if (const json* parameters = reader.find("rope_parameters"); parameters != nullptr && !parameters->is_null()) {
+    if (!parameters->is_object()) reader.fail("rope_parameters", "an object", describe(*parameters));
+    FieldReader rope(*parameters, source);
+    const json* theta = rope.find("rope_theta");
+    if (theta != nullptr && (!theta->is_number() || !(theta->get<double>() > 0.0)))
+      reader.fail("rope_parameters.rope_theta", "a positive number", describe(*theta));
+    config.rope_theta = theta != nullptr ? theta->get<double>() : reader.positive_number("rope_theta", 10000.0);
+    config.rope_scaling = parse_rope_scaling(*parameters, source, "rope_parameters");
+  } else {
+    config.rope_theta = reader.positive_number("rope_theta", 10000.0);
+    if (const json* scaling = reader.find("rope_scaling")) config.rope_scaling = parse_rope_scaling(*scaling, source);
+  }
   config.tie_word_embeddings = reader.boolean("tie_word_embeddings", false);
 
   std::string activation = reader.string("hidden_act", "silu");

@@ -140,6 +140,45 @@ class GgufExportTest(unittest.TestCase):
             self.assertLessEqual(difference, LOGIT_TOLERANCE, prompt)
         print(f"largest logit difference {worst:.3g} (tolerance {LOGIT_TOLERANCE})")
 
+    def test_a_qwen2_gguf_loads_in_transformers_with_llmfts_logits(self):
+        # A small random Qwen2 (q/k/v biases, the qwen2 architecture keys, no
+        # q/k permutation) with SmolLM2's tokenizer, exported by convert --to-gguf.
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        directory = WORK_DIR / "tiny-qwen2"
+        torch.manual_seed(5)
+        config = Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                             max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1e6,
+                             bos_token_id=1, eos_token_id=2)
+        model = Qwen2ForCausalLM(config).eval()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("bias"):
+                    parameter.copy_(0.5 * torch.randn(parameter.shape))  # biases that matter
+        model.save_pretrained(directory, safe_serialization=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (self.directory / name).exists():
+                (directory / name).write_bytes((self.directory / name).read_bytes())
+        out = WORK_DIR / "tiny-qwen2-f32.gguf"
+        run_llmft("convert", "--to-gguf", str(directory), "--out", str(out), "--type", "f32")
+        reader = gguf.GGUFReader(out)
+        self.assertEqual(field(reader, "general.architecture"), "qwen2")
+        loaded = AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name,
+                                                      dtype=torch.float32).eval()
+        ids = AutoTokenizer.from_pretrained(directory)(PROMPTS[0]).input_ids
+        logits_out = WORK_DIR / "qwen2-logits.f32"
+        subprocess.run([os.environ["LLMFT_LOGITS"], str(directory), str(logits_out), *map(str, ids)],
+                       check=True, capture_output=True, text=True)
+        ours = np.fromfile(logits_out, dtype=np.float32).reshape(len(ids), -1)
+        with torch.no_grad():
+            theirs = loaded(torch.tensor([ids])).logits[0].numpy()
+            original = model(torch.tensor([ids])).logits[0].numpy()
+        # transformers 5 saves rope_theta inside rope_parameters: llmft must read it there.
+        self.assertLessEqual(float(np.abs(ours - original).max()), LOGIT_TOLERANCE, "llmft vs the Qwen2 itself")
+        difference = float(np.abs(theirs - ours).max())
+        self.assertLessEqual(difference, LOGIT_TOLERANCE, "transformers on llmft's qwen2 GGUF vs llmft")
+        print(f"qwen2 GGUF: |transformers - llmft| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
+
     def assert_one_line_failure(self, result, code, text, out):
         self.assertEqual(result.returncode, code, result.stdout + result.stderr)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)

@@ -180,6 +180,33 @@ TEST(ModelConfig, MissingOrMalformedFileNamesThePath) {
   std::filesystem::remove_all(directory);
 }
 
+// transformers 5 writes rope_theta and the scaling inside rope_parameters;
+// read as transformers 4's rope_theta + rope_scaling would be (a config that
+// ignored it would silently run RoPE with base 10000).
+TEST(ModelConfig, ReadsTransformers5RopeParameters) {
+  json config = tiny_llama();
+  config.erase("rope_theta");
+  config["rope_parameters"] = {{"rope_theta", 1000000.0}, {"rope_type", "default"}};
+  ModelConfig plain = ModelConfig::from_json(config, "config.json");
+  EXPECT_EQ(plain.rope_theta, 1000000.0);
+  EXPECT_EQ(plain.rope_scaling.type, RopeScalingType::kNone);
+  config["rope_parameters"] = {{"rope_theta", 500000.0}, {"rope_type", "llama3"}, {"factor", 8.0},
+                               {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                               {"original_max_position_embeddings", 64}};
+  config["rope_theta"] = 10000.0;  // rope_parameters wins, as in transformers 5
+  ModelConfig scaled = ModelConfig::from_json(config, "config.json");
+  EXPECT_EQ(scaled.rope_theta, 500000.0);
+  EXPECT_EQ(scaled.rope_scaling.type, RopeScalingType::kLlama3);
+  EXPECT_EQ(scaled.rope_scaling.original_max_position_embeddings, 64);
+  config["rope_parameters"] = {{"rope_theta", -1.0}, {"rope_type", "default"}};
+  EXPECT_EQ(error_of(config),
+            "dir/config.json: field 'rope_parameters.rope_theta': expected a positive number, found number -1.0");
+  config["rope_parameters"] = {{"rope_theta", 1e4}, {"rope_type", "yarn"}};
+  EXPECT_EQ(error_of(config),
+            "dir/config.json: field 'rope_parameters.rope_type': expected \"default\", \"linear\" or \"llama3\" "
+            "(others are not supported), found string \"yarn\"");
+}
+
 TEST(ModelConfig, JsonRoundTrip) {
   json source = tiny_llama();
   source["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
