@@ -433,9 +433,12 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& d
     auto known = file_numbers.find(file_name);
     if (known == file_numbers.end()) {
       std::filesystem::path shard_path = directory / file_name;
-      if (!std::filesystem::exists(shard_path))
+      // The error_code form: a name the file system rejects (longer than
+      // NAME_MAX) is a bad index, not a std::filesystem_error escaping.
+      std::error_code error;
+      if (!std::filesystem::exists(shard_path, error))
         throw_bad_input(index_name, ": weight_map: tensor '", tensor_name, "' is in '", file_name,
-                        "', which does not exist");
+                        error ? str_cat("', which cannot be opened: ", error.message()) : std::string("', which does not exist"));
       checkpoint.files_.push_back(SafetensorsFile::open(shard_path));
       known = file_numbers.emplace(file_name, checkpoint.files_.size() - 1).first;
     }

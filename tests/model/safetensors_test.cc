@@ -318,6 +318,19 @@ TEST_F(SafetensorsTest, ShardedCheckpointErrors) {
   std::ofstream(directory_ / "model.safetensors.index.json") << R"({"weight_map": {"w": "../elsewhere.safetensors"}})";
   EXPECT_THROW(SafetensorsCheckpoint::open(directory_), Error);
 
+  // Found by fuzz/safetensors_fuzz: a shard name longer than NAME_MAX made
+  // std::filesystem::exists throw filesystem_error past the kBadInput contract.
+  const std::string long_name(300, 'b');
+  std::ofstream(directory_ / "model.safetensors.index.json") << R"({"weight_map": {"w": ")" << long_name << R"("}})";
+  try {
+    SafetensorsCheckpoint::open(directory_);
+    FAIL();
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+    EXPECT_CONTAINS(error.what(), "model.safetensors.index.json: weight_map: tensor 'w' is in '" + long_name +
+                                      "', which cannot be opened: File name too long");
+  }
+
   fs::remove_all(directory_);
   fs::create_directories(directory_);
   try {
