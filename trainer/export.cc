@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <functional>
 #include <map>
 
 #include "core/error.h"
@@ -46,15 +48,60 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
   return static_cast<uint64_t>(bytes);
 }
 
+namespace {
+
+// Writes a model directory in two phases, so that a failure while writing
+// (a full disk) leaves an existing `out` exactly as it was: `write` fills a
+// fresh staging directory beside `out` (".<name>.tmp-<pid>", same file
+// system), every file of which is fsynced; only then is each file renamed into
+// `out`, which needs no space. A failure before the renames removes the
+// staging directory and nothing in `out` has changed; a crash during the
+// renames leaves every file of `out` whole, some old and some new.
+void write_directory_staged(const std::filesystem::path& out_path,
+                            const std::function<void(const std::filesystem::path&)>& write, FileOps& files) {
+  std::filesystem::path out = out_path.lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "dir/" -> "dir"
+  const std::filesystem::path parent = out.parent_path().empty() ? std::filesystem::path(".") : out.parent_path();
+  std::filesystem::create_directories(parent);
+  const std::filesystem::path staging = parent / str_cat(".", out.filename().string(), ".tmp-", ::getpid());
+  files.remove_all(staging.string());
+  try {
+    write(staging);
+  } catch (...) {
+    files.remove_all(staging.string());
+    throw;
+  }
+  files.make_directory(out.string());
+  const std::vector<std::string> names = files.list(staging.string());
+  for (const std::string& name : names) files.rename((staging / name).string(), (out / name).string());
+  // A single-file model and a sharded one must not sit side by side: the
+  // index would shadow the new single file (transformers reads the index first).
+  const bool single = std::find(names.begin(), names.end(), "model.safetensors") != names.end();
+  const bool sharded = std::find(names.begin(), names.end(), "model.safetensors.index.json") != names.end();
+  if (single) files.remove_all((out / "model.safetensors.index.json").string());
+  if (sharded) files.remove_all((out / "model.safetensors").string());
+  files.sync_directory(out.string());
+  files.remove_all(staging.string());
+}
+
+}  // namespace
+
 std::vector<std::string> export_merged(TrainingModel& model, const std::filesystem::path& base_dir,
                                        const std::filesystem::path& out, std::optional<DType> dtype,
                                        uint64_t max_shard_bytes) {
-  if (model.lora) {
-    save_lora_merged(*model.lora, out, dtype, max_shard_bytes);
-  } else {
-    model.model->save_pretrained(out, dtype, max_shard_bytes);
-  }
-  return copy_tokenizer_files(base_dir, out);
+  std::vector<std::string> copied;
+  write_directory_staged(
+      out,
+      [&](const std::filesystem::path& staging) {
+        if (model.lora) {
+          save_lora_merged(*model.lora, staging, dtype, max_shard_bytes);
+        } else {
+          model.model->save_pretrained(staging, dtype, max_shard_bytes);
+        }
+        copied = copy_tokenizer_files(base_dir, staging);
+      },
+      local_file_ops());
+  return copied;
 }
 
 void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
@@ -63,7 +110,9 @@ void export_adapter(TrainingModel& model, const std::string& base_model_name_or_
     throw_bad_input(
         "export --adapter: the run is full fine-tuning (peft none), which has no adapter; use --merged "
         "for the trained weights");
-  save_lora_adapter(*model.lora, out, base_model_name_or_path, dtype);
+  write_directory_staged(
+      out, [&](const std::filesystem::path& staging) { save_lora_adapter(*model.lora, staging, base_model_name_or_path, dtype); },
+      local_file_ops());
 }
 
 void write_gguf_atomically(const gguf::GgufModelExport& plan, const std::filesystem::path& out, FileOps& files) {
