@@ -222,10 +222,21 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& file_path) {
     // not wrap around to a small size).
     uint64_t expected_bytes = dtype->bytes;
     bool overflow = false;
+    // Shapes are int64 here: each extent, and the element count multiplied
+    // out in order (safetensors' own validation: try_fold with checked_mul),
+    // must fit, or a zero-element tensor could carry a dimension of 2^63 that
+    // turns negative, or [2^62, 2^62, 0] whose running product overflows.
+    constexpr uint64_t kMaxExtent = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+    uint64_t elements = 1;
     for (const json& extent : *shape_it) {
       if (!extent.is_number_unsigned())
         fail("field 'shape': expected a list of non-negative integers, found ", describe(*shape_it));
       uint64_t size = extent.get<uint64_t>();
+      if (size > kMaxExtent)
+        fail("field 'shape': dimension ", entry.shape.size(), " is ", size, ", above 2^63-1");
+      if (size != 0 && elements > kMaxExtent / size)
+        fail("field 'shape': ", describe(*shape_it), " has more than 2^63-1 elements");
+      elements *= size;
       entry.shape.push_back(static_cast<int64_t>(size));
       if (size != 0 && expected_bytes > std::numeric_limits<uint64_t>::max() / size) overflow = true;
       else expected_bytes *= size;

@@ -139,8 +139,22 @@ TEST_F(SafetensorsTest, RejectsMalformedEntryFields) {
   path = write_raw(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})", 4);
   EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': field 'data_offsets': expected [begin, end]");
   // A shape whose byte size overflows 64 bits must not wrap around to a small size.
-  path = write_raw(R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 8], "data_offsets": [0, 0]}})", 0);
-  EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': shape");
+  // (2^62 elements fit in int64; their 2^64 bytes do not.)
+  path = write_raw(R"({"w": {"dtype": "F32", "shape": [2305843009213693952, 2], "data_offsets": [0, 0]}})", 0);
+  EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': shape [2305843009213693952, 2] of F32 needs more than 2^64");
+  // Found by fuzz/safetensors_fuzz: a zero-element tensor with a dimension
+  // of 2^63 (accepted, and negative as int64) and one whose element count
+  // overflows before its zero dimension (accepted; safetensors rejects it).
+  path = write_raw(R"({"w": {"dtype": "F32", "shape": [0, 9223372036854775808], "data_offsets": [0, 0]}})", 0);
+  EXPECT_CONTAINS(open_error(path),
+                  path.string() + ": tensor 'w': field 'shape': dimension 1 is 9223372036854775808, above 2^63-1");
+  path = write_raw(
+      R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 4611686018427387904, 0], "data_offsets": [0, 0]}})", 0);
+  EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': field 'shape': array [4611686018427387904,"
+                                                    "4611686018427387904,0] has more than 2^63-1 elements");
+  // The control: a zero dimension first keeps the count at 0, as in safetensors.
+  path = write_raw(R"({"w": {"dtype": "F32", "shape": [0, 4611686018427387904, 4], "data_offsets": [0, 0]}})", 0);
+  EXPECT_EQ(SafetensorsFile::open(path).entry("w").shape, (Shape{0, 4611686018427387904, 4}));
 }
 
 TEST_F(SafetensorsTest, RecognisedButUnsupportedDtypeFailsOnlyWhenRequested) {
