@@ -786,7 +786,7 @@ std::unique_ptr<BpeTokenizer> load_bpe_tokenizer(const std::filesystem::path& to
     buffer << in.rdbuf();
     try {
       return parse_json<json>(buffer.str(), path.string());
-    } catch (const json::parse_error& error) {
+    } catch (const json::exception& error) {  // parse_error, and out_of_range for a number like 1e999
       throw_bad_input(path.string(), ": not valid JSON: ", error.what());
     }
   };

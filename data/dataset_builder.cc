@@ -359,7 +359,7 @@ TokenizedRecord RecordTokenizer::tokenize(std::string_view line) {
   json record;
   try {
     record = parse_json<json>(line, "");  // the caller prefixes file and line
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {  // parse_error, and out_of_range for a number like 1e999
     throw_bad_input("not valid JSON: ", error.what());
   }
   if (!record.is_object()) throw_bad_input("expected a JSON object, found ", record.type_name());
@@ -417,11 +417,12 @@ DatasetBuildSummary build_dataset(const Tokenizer& tokenizer, const DatasetBuild
   std::optional<ShardOutput> validation;
   // Compression is given explicitly: the ".partial" suffix hides the extension from kAuto.
   Compression compression = options.compression == Compression::kAuto ? Compression::kNone : options.compression;
-  auto open = [compression](ShardOutput& shard, std::string path) {
+  FileSystem& file_system = options.file_system != nullptr ? *options.file_system : local_file_system();
+  auto open = [compression, &file_system](ShardOutput& shard, std::string path) {
     shard.summary.path = std::move(path);
     RecordWriterOptions writer_options;
     writer_options.compression = compression;
-    shard.writer = std::make_unique<RecordWriter>(shard.summary.path + ".partial", writer_options);
+    shard.writer = std::make_unique<RecordWriter>(shard.summary.path + ".partial", writer_options, file_system);
   };
   auto remove_partials = [&] {
     std::error_code ignored;

@@ -71,7 +71,8 @@
 // records) records chosen by a Philox stream seeded with `seed` (Floyd's
 // sampling), so a given input, seed and shard count always gives the same
 // files. Files are written as *.partial and renamed when all succeeded; on an
-// error no shard set is left behind.
+// error (a bad record, a full disk) the *.partial files are removed and the
+// shards of an earlier build under the same prefix are left as they were.
 // With compression kGzip/kZlib (`--compression gzip|zlib`) the whole files
 // are compressed and named *.tfrecord.gz / *.tfrecord.zlib, the extensions
 // the reader's kAuto recognises (data/tfrecord.h); TensorFlow reads them with
@@ -129,6 +130,10 @@ struct DatasetBuildOptions {
   // and how their loss mask is made.
   const ModelChatTemplate* chat_template = nullptr;
   ChatMaskOptions chat;
+  // Where the shards are written (the input is read with std::ifstream);
+  // null: local_file_system(). Tests pass one that fails a write, as a full
+  // disk does.
+  FileSystem* file_system = nullptr;
 };
 
 struct ShardSummary {

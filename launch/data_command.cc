@@ -227,7 +227,9 @@ int run_build(std::span<char*> args) {
     options.chat_template = &*chat_template;
     std::fprintf(stderr, "chat template: %s\n", chat_template->chat_template.origin().c_str());
   }
-  auto progress = [](const data::DatasetBuildProgress& state) {
+  bool progress_shown = false;
+  auto progress = [&progress_shown](const data::DatasetBuildProgress& state) {
+    progress_shown = true;
     double mb_per_second = state.seconds > 0 ? static_cast<double>(state.input_bytes) / 1e6 / state.seconds : 0.0;
     std::fprintf(stderr, "\rrecords read %llu/%llu  written %llu  tokens %s  %.1f MB/s  %.0f s   ",
                  static_cast<unsigned long long>(state.records_read),
@@ -236,7 +238,15 @@ int run_build(std::span<char*> args) {
                  mb_per_second, state.seconds);
     std::fflush(stderr);
   };
-  data::DatasetBuildSummary summary = data::build_dataset(*tokenizer, options, progress);
+  data::DatasetBuildSummary summary;
+  try {
+    summary = data::build_dataset(*tokenizer, options, progress);
+  } catch (...) {
+    // The progress line ends in "\r", not a newline: end it, so that the
+    // error main() prints is a line of its own.
+    if (progress_shown) std::fprintf(stderr, "\n");
+    throw;
+  }
   std::fprintf(stderr, "\n");
 
   size_t width = 5;

@@ -278,7 +278,7 @@ ModelConfig ModelConfig::load(const std::filesystem::path& path) {
   json object;
   try {
     object = parse_json<json>(in, file.string());
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {  // parse_error, and out_of_range for a number like 1e999
     throw_bad_input(file.string(), ": not valid JSON: ", error.what());
   }
   return from_json(object, file.string());

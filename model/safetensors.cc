@@ -183,7 +183,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& file_path) {
   json header;
   try {
     header = parse_json<json>(header_text, str_cat(path, ": header"));
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {  // parse_error, and out_of_range for a number like 1e999
     throw_bad_input(path, ": header is not valid JSON: ", error.what());
   }
   if (!header.is_object()) throw_bad_input(path, ": header is not a JSON object, found ", describe(header));
@@ -222,10 +222,21 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& file_path) {
     // not wrap around to a small size).
     uint64_t expected_bytes = dtype->bytes;
     bool overflow = false;
+    // Shapes are int64 here: each extent, and the element count multiplied
+    // out in order (safetensors' own validation: try_fold with checked_mul),
+    // must fit, or a zero-element tensor could carry a dimension of 2^63 that
+    // turns negative, or [2^62, 2^62, 0] whose running product overflows.
+    constexpr uint64_t kMaxExtent = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+    uint64_t elements = 1;
     for (const json& extent : *shape_it) {
       if (!extent.is_number_unsigned())
         fail("field 'shape': expected a list of non-negative integers, found ", describe(*shape_it));
       uint64_t size = extent.get<uint64_t>();
+      if (size > kMaxExtent)
+        fail("field 'shape': dimension ", entry.shape.size(), " is ", size, ", above 2^63-1");
+      if (size != 0 && elements > kMaxExtent / size)
+        fail("field 'shape': ", describe(*shape_it), " has more than 2^63-1 elements");
+      elements *= size;
       entry.shape.push_back(static_cast<int64_t>(size));
       if (size != 0 && expected_bytes > std::numeric_limits<uint64_t>::max() / size) overflow = true;
       else expected_bytes *= size;
@@ -412,7 +423,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& d
   json index;
   try {
     index = parse_json<json>(in, index_name);
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {  // parse_error, and out_of_range for a number like 1e999
     throw_bad_input(index_name, ": not valid JSON: ", error.what());
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
@@ -433,9 +444,12 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& d
     auto known = file_numbers.find(file_name);
     if (known == file_numbers.end()) {
       std::filesystem::path shard_path = directory / file_name;
-      if (!std::filesystem::exists(shard_path))
+      // The error_code form: a name the file system rejects (longer than
+      // NAME_MAX) is a bad index, not a std::filesystem_error escaping.
+      std::error_code error;
+      if (!std::filesystem::exists(shard_path, error))
         throw_bad_input(index_name, ": weight_map: tensor '", tensor_name, "' is in '", file_name,
-                        "', which does not exist");
+                        error ? str_cat("', which cannot be opened: ", error.message()) : std::string("', which does not exist"));
       checkpoint.files_.push_back(SafetensorsFile::open(shard_path));
       known = file_numbers.emplace(file_name, checkpoint.files_.size() - 1).first;
     }

@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
@@ -284,10 +285,15 @@ std::vector<std::string> copy_tokenizer_files(const std::filesystem::path& from,
   std::vector<std::string> copied;
   for (const char* name : kNames) {
     if (!std::filesystem::exists(from / name)) continue;
-    std::error_code error;
-    std::filesystem::copy_file(from / name, to / name, std::filesystem::copy_options::overwrite_existing, error);
-    if (error)
-      throw_runtime((to / name).string(), ": cannot copy from ", (from / name).string(), ": ", error.message());
+    // Read whole and written atomically (temp file, fsync, rename) rather
+    // than copy_file(overwrite_existing), which truncates the previous copy
+    // first: a full disk would leave an exported model without a readable
+    // tokenizer.json. The files are at most a few MB.
+    std::ifstream in(from / name, std::ios::binary);
+    std::ostringstream bytes;
+    if (in) bytes << in.rdbuf();
+    if (!in || in.bad()) throw_runtime((from / name).string(), ": cannot read (copying it to ", to.string(), ")");
+    write_file_atomically(to / name, bytes.str());
     copied.push_back(name);
   }
   return copied;

@@ -258,7 +258,7 @@ CheckpointReader CheckpointReader::open(const std::string& where, const std::fil
   json root;
   try {
     root = parse_json(ops.read(state_path), state_path);
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {  // parse_error, and out_of_range for a number like 1e999
     throw_bad_input(state_path, ": not valid JSON: ", error.what());
   }
   if (!root.is_object()) throw_bad_input(state_path, ": expected a JSON object, found ", root.type_name());

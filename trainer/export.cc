@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <functional>
 #include <map>
 
 #include "core/error.h"
@@ -49,10 +51,48 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
 
 namespace {
 
-std::vector<NamedTensor> merged_or_refuse(const PeftMethod& method, const char* command) {
+void refuse_unless_mergeable(const PeftMethod& method, const char* command) {
   const std::string reason = method.merge_unsupported_reason();
   if (!reason.empty()) throw_bad_input(command, ": cannot merge: ", reason, "; export it with --adapter");
+}
+
+std::vector<NamedTensor> merged_or_refuse(const PeftMethod& method, const char* command) {
+  refuse_unless_mergeable(method, command);
   return method.merged_state_dict(DType::kF32);
+}
+
+// Writes a model directory in two phases, so that a failure while writing
+// (a full disk) leaves an existing `out` exactly as it was: `write` fills a
+// fresh staging directory beside `out` (".<name>.tmp-<pid>", same file
+// system), every file of which is fsynced; only then is each file renamed into
+// `out`, which needs no space. A failure before the renames removes the
+// staging directory and nothing in `out` has changed; a crash during the
+// renames leaves every file of `out` whole, some old and some new.
+void write_directory_staged(const std::filesystem::path& out_path,
+                            const std::function<void(const std::filesystem::path&)>& write, FileOps& files) {
+  std::filesystem::path out = out_path.lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "dir/" -> "dir"
+  const std::filesystem::path parent = out.parent_path().empty() ? std::filesystem::path(".") : out.parent_path();
+  std::filesystem::create_directories(parent);
+  const std::filesystem::path staging = parent / str_cat(".", out.filename().string(), ".tmp-", ::getpid());
+  files.remove_all(staging.string());
+  try {
+    write(staging);
+  } catch (...) {
+    files.remove_all(staging.string());
+    throw;
+  }
+  files.make_directory(out.string());
+  const std::vector<std::string> names = files.list(staging.string());
+  for (const std::string& name : names) files.rename((staging / name).string(), (out / name).string());
+  // A single-file model and a sharded one must not sit side by side: the
+  // index would shadow the new single file (transformers reads the index first).
+  const bool single = std::find(names.begin(), names.end(), "model.safetensors") != names.end();
+  const bool sharded = std::find(names.begin(), names.end(), "model.safetensors.index.json") != names.end();
+  if (single) files.remove_all((out / "model.safetensors.index.json").string());
+  if (sharded) files.remove_all((out / "model.safetensors").string());
+  files.sync_directory(out.string());
+  files.remove_all(staging.string());
 }
 
 }  // namespace
@@ -60,13 +100,20 @@ std::vector<NamedTensor> merged_or_refuse(const PeftMethod& method, const char* 
 std::vector<std::string> export_merged(TrainingModel& model, const std::filesystem::path& base_dir,
                                        const std::filesystem::path& out, std::optional<DType> dtype,
                                        uint64_t max_shard_bytes) {
-  if (model.peft) {
-    merged_or_refuse(*model.peft, "export --merged");  // the one-line refusal before anything is written
-    save_merged_model(*model.peft, out, dtype, max_shard_bytes);
-  } else {
-    model.model->save_pretrained(out, dtype, max_shard_bytes);
-  }
-  return copy_tokenizer_files(base_dir, out);
+  std::vector<std::string> copied;
+  if (model.peft) refuse_unless_mergeable(*model.peft, "export --merged");  // the one-line refusal before anything is written
+  write_directory_staged(
+      out,
+      [&](const std::filesystem::path& staging) {
+        if (model.peft) {
+          save_merged_model(*model.peft, staging, dtype, max_shard_bytes);
+        } else {
+          model.model->save_pretrained(staging, dtype, max_shard_bytes);
+        }
+        copied = copy_tokenizer_files(base_dir, staging);
+      },
+      local_file_ops());
+  return copied;
 }
 
 void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
@@ -75,7 +122,10 @@ void export_adapter(TrainingModel& model, const std::string& base_model_name_or_
     throw_bad_input(
         "export --adapter: the run is full fine-tuning (peft none), which has no adapter; use --merged "
         "for the trained weights");
-  model.peft->save_adapter(out, base_model_name_or_path, dtype);
+  write_directory_staged(
+      out,
+      [&](const std::filesystem::path& staging) { model.peft->save_adapter(staging, base_model_name_or_path, dtype); },
+      local_file_ops());
 }
 
 void write_gguf_atomically(const std::function<void(const gguf::GgufWriter::Sink&)>& write_file,

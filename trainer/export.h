@@ -28,12 +28,15 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag = "--m
 // scaling·B·A in fp32 and cast to `dtype` (default the compute dtype), or the
 // fully fine-tuned weights; then the tokenizer and generation files of
 // `base_dir`. Returns the names of the copied tokenizer files.
+// The files are written into a staging directory beside `out` and moved in
+// only when all are on disk: a failure (a full disk) leaves `out` as it was.
 std::vector<std::string> export_merged(TrainingModel& model, const std::filesystem::path& base_dir,
                                        const std::filesystem::path& out, std::optional<DType> dtype = std::nullopt,
                                        uint64_t max_shard_bytes = kDefaultMaxShardBytes);
 
-// adapter_config.json + adapter_model.safetensors (PEFT names). kBadInput for
-// a full fine-tuning model, which has no adapter.
+// adapter_config.json + adapter_model.safetensors (PEFT names), staged as
+// export_merged's files are. kBadInput for a full fine-tuning model, which has
+// no adapter.
 void export_adapter(TrainingModel& model, const std::string& base_model_name_or_path, const std::filesystem::path& out,
                     std::optional<DType> dtype = std::nullopt);
 

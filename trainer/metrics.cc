@@ -85,7 +85,18 @@ MetricsWriter::MetricsWriter(MetricsWriterOptions options) : options_(std::move(
     tensorboard::Event first;
     first.set_wall_time(start);
     first.set_file_version(kEventFileVersion);
-    write_event(*event_writer_, first);
+    try {
+      write_event(*event_writer_, first);
+    } catch (const Error&) {
+      // A file without its version record is not an event file (TensorBoard
+      // skips it): on a full disk, leave none behind rather than an empty one.
+      event_writer_.reset();
+      std::error_code ignored;
+      std::filesystem::remove(event_file_path_, ignored);
+      if (jsonl_file_ != nullptr) std::fclose(jsonl_file_);
+      jsonl_file_ = nullptr;
+      throw;
+    }
   }
 }
 

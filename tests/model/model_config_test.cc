@@ -177,6 +177,14 @@ TEST(ModelConfig, MissingOrMalformedFileNamesThePath) {
   } catch (const Error& error) {
     EXPECT_NE(std::string(error.what()).find("config.json: not valid JSON"), std::string::npos) << error.what();
   }
+  // A number beyond a double's range (out_of_range, not parse_error).
+  std::ofstream(directory / "config.json") << "{\"hidden_size\": 1e999}";
+  try {
+    ModelConfig::load(directory);
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("config.json: not valid JSON"), std::string::npos) << error.what();
+  }
   std::filesystem::remove_all(directory);
 }
 

@@ -139,8 +139,31 @@ TEST_F(SafetensorsTest, RejectsMalformedEntryFields) {
   path = write_raw(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})", 4);
   EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': field 'data_offsets': expected [begin, end]");
   // A shape whose byte size overflows 64 bits must not wrap around to a small size.
-  path = write_raw(R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 8], "data_offsets": [0, 0]}})", 0);
-  EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': shape");
+  // (2^62 elements fit in int64; their 2^64 bytes do not.)
+  path = write_raw(R"({"w": {"dtype": "F32", "shape": [2305843009213693952, 2], "data_offsets": [0, 0]}})", 0);
+  EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': shape [2305843009213693952, 2] of F32 needs more than 2^64");
+  // Found by fuzz/safetensors_fuzz: a zero-element tensor with a dimension
+  // of 2^63 (accepted, and negative as int64) and one whose element count
+  // overflows before its zero dimension (accepted; safetensors rejects it).
+  path = write_raw(R"({"w": {"dtype": "F32", "shape": [0, 9223372036854775808], "data_offsets": [0, 0]}})", 0);
+  EXPECT_CONTAINS(open_error(path),
+                  path.string() + ": tensor 'w': field 'shape': dimension 1 is 9223372036854775808, above 2^63-1");
+  path = write_raw(
+      R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 4611686018427387904, 0], "data_offsets": [0, 0]}})", 0);
+  EXPECT_CONTAINS(open_error(path), path.string() + ": tensor 'w': field 'shape': array [4611686018427387904,"
+                                                    "4611686018427387904,0] has more than 2^63-1 elements");
+  // The control: a zero dimension first keeps the count at 0, as in safetensors.
+  path = write_raw(R"({"w": {"dtype": "F32", "shape": [0, 4611686018427387904, 4], "data_offsets": [0, 0]}})", 0);
+  EXPECT_EQ(SafetensorsFile::open(path).entry("w").shape, (Shape{0, 4611686018427387904, 4}));
+}
+
+// Found by fuzz/safetensors_fuzz: a number too large for a double (5e5555)
+// is nlohmann's out_of_range, not a parse_error, and escaped the error
+// contract (std::terminate).
+TEST_F(SafetensorsTest, RejectsNumberOutOfRangeAsInvalidJson) {
+  fs::path path = write_raw(R"({"__metadata__": {"format": "pt"}, "b": {"dtype": 5e5555}})", 0);
+  EXPECT_CONTAINS(open_error(path), path.string() + ": header is not valid JSON: ");
+  EXPECT_CONTAINS(open_error(path), "number overflow parsing '5e5555'");
 }
 
 TEST_F(SafetensorsTest, RecognisedButUnsupportedDtypeFailsOnlyWhenRequested) {
@@ -317,6 +340,19 @@ TEST_F(SafetensorsTest, ShardedCheckpointErrors) {
 
   std::ofstream(directory_ / "model.safetensors.index.json") << R"({"weight_map": {"w": "../elsewhere.safetensors"}})";
   EXPECT_THROW(SafetensorsCheckpoint::open(directory_), Error);
+
+  // Found by fuzz/safetensors_fuzz: a shard name longer than NAME_MAX made
+  // std::filesystem::exists throw filesystem_error past the kBadInput contract.
+  const std::string long_name(300, 'b');
+  std::ofstream(directory_ / "model.safetensors.index.json") << R"({"weight_map": {"w": ")" << long_name << R"("}})";
+  try {
+    SafetensorsCheckpoint::open(directory_);
+    FAIL();
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
+    EXPECT_CONTAINS(error.what(), "model.safetensors.index.json: weight_map: tensor 'w' is in '" + long_name +
+                                      "', which cannot be opened: File name too long");
+  }
 
   fs::remove_all(directory_);
   fs::create_directories(directory_);

@@ -167,7 +167,11 @@ TEST(ByteFallbackTokenizer, MatchesTokenizersIdsTemplateAndDecoder) {
   EXPECT_EQ(tokenizer->suffix_ids(), std::vector<int32_t>{2});
   EXPECT_EQ(tokenizer->bos_id(), 1);
   EXPECT_EQ(tokenizer->eos_id(), 2);
-  for (const json& entry : read_json(kTestData / "byte_fallback_expected.json")["cases"]) {
+  // Held in a variable: a range-for over read_json(...)["cases"] iterates a
+  // member of a temporary destroyed before the loop body runs (ASan:
+  // heap-use-after-free; the temporary's lifetime is not extended through operator[]).
+  const json expected = read_json(kTestData / "byte_fallback_expected.json");
+  for (const json& entry : expected["cases"]) {
     std::string text = entry["text"];
     EXPECT_EQ(tokenizer->encode(text), ids_of(entry["ids"])) << text;
     EXPECT_EQ(tokenizer->encode_with_special_tokens(text), ids_of(entry["ids_with_special"])) << text;

@@ -315,6 +315,63 @@ TEST_F(MetricsTest, FailedEventWriteIsAnErrorNamingTheFile) {
   }
 }
 
+// Creates real files, as the local file system does, on a disk with
+// `free_bytes` of room: appends beyond it fail as write(2) does with ENOSPC.
+class FullDiskFileSystem : public data::FileSystem {
+ public:
+  explicit FullDiskFileSystem(long free_bytes) : free_bytes_(free_bytes) {}
+  std::unique_ptr<data::ReadableFile> open_read(const std::string& path) override {
+    return data::local_file_system().open_read(path);
+  }
+  std::unique_ptr<data::WritableFile> open_write(const std::string& path) override {
+    return std::make_unique<File>(data::local_file_system().open_write(path), free_bytes_);
+  }
+  std::vector<std::string> glob(const std::string& pattern) override { return data::local_file_system().glob(pattern); }
+
+ private:
+  class File : public data::WritableFile {
+   public:
+    File(std::unique_ptr<data::WritableFile> file, long& free_bytes) : file_(std::move(file)), free_bytes_(free_bytes) {}
+    void append(const void* data, size_t bytes) override {
+      if ((free_bytes_ -= static_cast<long>(bytes)) < 0) throw_runtime(path(), ": write failed: No space left on device");
+      file_->append(data, bytes);
+    }
+    void close() override { file_->close(); }
+    const std::string& path() const override { return file_->path(); }
+
+   private:
+    std::unique_ptr<data::WritableFile> file_;
+    long& free_bytes_;
+  };
+  long free_bytes_;
+};
+
+TEST_F(MetricsTest, AFullDiskAtTheVersionRecordLeavesNoEventFile) {
+  for (long free_bytes : {0L, 1L << 20}) {  // no room; and the control, with room
+    SCOPED_TRACE(free_bytes);
+    std::filesystem::remove_all(dir_ / "tb");
+    FullDiskFileSystem file_system(free_bytes);
+    MetricsWriterOptions options = options_with_clock(1764080000.0);
+    options.file_system = &file_system;
+    const std::filesystem::path path = dir_ / "tb" / "events.out.tfevents.1764080000.testhost";
+    if (free_bytes == 0) {
+      try {
+        MetricsWriter writer(options);
+        ADD_FAILURE() << "no error";
+      } catch (const Error& error) {
+        EXPECT_NE(std::string(error.what()).find(path.string() + ": write failed: No space left on device"),
+                  std::string::npos)
+            << error.what();
+      }
+      EXPECT_FALSE(std::filesystem::exists(path));
+    } else {
+      MetricsWriter writer(options);
+      writer.close();
+      EXPECT_GT(std::filesystem::file_size(path), 0u);
+    }
+  }
+}
+
 TEST(ProgressLine, MatchesTheDocumentedExample) {
   ProgressLine line;
   line.step = 120;
