@@ -2,6 +2,7 @@
 #include "kernels/ops.h"
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/op_checks.h"
 #ifdef LLMFT_WITH_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #define LLMFT_DISPATCH(context, call) ((context).is_cuda() ? ::llmft::cuda::call : ::llmft::cpu::call)
@@ -10,6 +11,9 @@
 #endif
 
 namespace llmft::ops {
+
+using kernels::require_dtype;
+using kernels::require_shape;
 
 void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, float alpha,
           float beta) {
@@ -67,14 +71,44 @@ void swiglu_backward(Context& context, const Tensor& dout, const Tensor& gate, c
   LLMFT_DISPATCH(context, swiglu_backward(context, dout, gate, up, dgate, dup));
 }
 
+namespace {
+
+// The shared prefix's tensors against k ([B, rows, Hkv, Dh]); checked here for both backends.
+void check_shared_prefix(std::string_view op, const Tensor& k, const SharedPrefix& prefix, bool backward) {
+  if (prefix.keys == nullptr) {
+    if (prefix.values != nullptr || prefix.dkeys != nullptr || prefix.dvalues != nullptr)
+      throw_runtime(op, ": shared_prefix: values or gradients given without keys");
+    return;
+  }
+  if (prefix.values == nullptr) throw_runtime(op, ": shared_prefix: keys given without values");
+  const Tensor& keys = *prefix.keys;
+  if (keys.dim() != 3 || k.dim() != 4 || keys.size(1) != k.size(2) || keys.size(2) != k.size(3))
+    throw_runtime(op, ": shared_prefix.keys: expected [positions, ", k.dim() == 4 ? k.size(2) : -1, ", ",
+                  k.dim() == 4 ? k.size(3) : -1, "] (k's KV heads and head_dim), found ", keys.to_string());
+  require_dtype(op, "shared_prefix.keys", keys, k.dtype());
+  require_dtype(op, "shared_prefix.values", *prefix.values, k.dtype());
+  require_shape(op, "shared_prefix.values", *prefix.values, keys.shape());
+  if (!backward) return;
+  if (prefix.dkeys == nullptr || prefix.dvalues == nullptr)
+    throw_runtime(op, ": shared_prefix: the backward needs dkeys and dvalues");
+  require_dtype(op, "shared_prefix.dkeys", *prefix.dkeys, DType::kF32);
+  require_dtype(op, "shared_prefix.dvalues", *prefix.dvalues, DType::kF32);
+  require_shape(op, "shared_prefix.dkeys", *prefix.dkeys, keys.shape());
+  require_shape(op, "shared_prefix.dvalues", *prefix.dvalues, keys.shape());
+}
+
+}  // namespace
+
 void attention_forward(Context& context, const Tensor& q, const Tensor& k, const Tensor& v,
                        const AttentionOptions& options, Tensor& out, Tensor& lse) {
+  check_shared_prefix("attention_forward", k, options.shared_prefix, /*backward=*/false);
   LLMFT_DISPATCH(context, attention_forward(context, q, k, v, options, out, lse));
 }
 
 void attention_backward(Context& context, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const AttentionOptions& options, Tensor& dq, Tensor& dk,
                         Tensor& dv) {
+  check_shared_prefix("attention_backward", k, options.shared_prefix, /*backward=*/true);
   LLMFT_DISPATCH(context, attention_backward(context, dout, q, k, v, out, lse, options, dq, dk, dv));
 }
 

@@ -82,24 +82,38 @@ void activation_forward(Context& context, Activation kind, const Tensor& x, Tens
 void activation_backward(Context& context, Activation kind, const Tensor& dy, const Tensor& x, Tensor& dx);
 
 // ---- Causal self-attention with grouped-query heads --------------------------------
+// Key/value positions shared by every sequence of the batch (prefix tuning,
+// Li & Liang 2021): read from their own [S, Hkv, Dh] tensors (k's dtype), so a
+// batch of B sequences needs no B copies of them in k and v.
+struct SharedPrefix {
+  const Tensor* keys = nullptr;    // null: no shared prefix (S = 0)
+  const Tensor* values = nullptr;  // with keys
+  // Backward only, both set with `keys`: f32 [S, Hkv, Dh], overwritten with
+  // the gradient summed over the batch (in batch order, so deterministic).
+  Tensor* dkeys = nullptr;
+  Tensor* dvalues = nullptr;
+};
 struct AttentionOptions {
   float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
-  // Leading key/value positions visible to every query: prefix-tuning K/V, or
-  // the KV cache during generation.
+  // Leading key/value positions of k and v visible to every query: the KV
+  // cache during generation (with prefix tuning, its prefix rows too).
   int64_t num_prefix = 0;
   // Optional i32 [B*T]: with packed sequences, query t attends only to keys
   // P + [doc_start[t], t] (its own document) besides the prefix. Null means 0.
   const Tensor* doc_start = nullptr;
+  SharedPrefix shared_prefix;
 };
 // q: [B, T, Hq, Dh]; k, v: [B, P + T, Hkv, Dh] with Hq a multiple of Hkv (query
 // head h uses KV head h / (Hq / Hkv)); out: [B, T, Hq, Dh]; lse: f32 [B, Hq, T],
 // the log-sum-exp of each query's scaled scores, saved for the backward.
-// Query t sees key positions [0, P) and P + [doc_start(t), t]. Online softmax
-// (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022): the [T, T]
-// score matrix is never materialised on the GPU.
+// The keys of sequence b are the S shared positions followed by k[b]'s P + T:
+// query t sees the shared ones, k's [0, P) and P + [doc_start(t), t]. Online
+// softmax (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022): the
+// [T, T] score matrix is never materialised on the GPU.
 void attention_forward(Context& context, const Tensor& q, const Tensor& k, const Tensor& v,
                        const AttentionOptions& options, Tensor& out, Tensor& lse);
-// dq, dk, dv overwritten (shapes of q, k, v).
+// dq, dk, dv overwritten (shapes of q, k, v), and the shared prefix's
+// gradients when options.shared_prefix has them.
 void attention_backward(Context& context, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const AttentionOptions& options, Tensor& dq, Tensor& dk,
                         Tensor& dv);

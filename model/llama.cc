@@ -289,7 +289,9 @@ StepResult LlamaModel::run(Context& context, const Batch& batch, bool backward, 
     step.doc_start = context.upload(batch.doc_start).reshape({n});
     step.attention.doc_start = &step.doc_start;
   }
-  step.attention.num_prefix = step.num_prefix;
+  // Prefix tuning's K/V are not rows of k and v: block_forward passes them
+  // to attention as a shared prefix, read from one [P, Hkv, Dh] tensor.
+  step.attention.num_prefix = 0;
   if (backward) parameters_.allocate_grads(context, options_.grad_dtype);
 
   // Embedding (+ prompt-tuning embeddings in front of each sequence).

@@ -100,7 +100,8 @@ class AttentionPrefixHook {
   // sequence. Called again for a block recomputed by gradient checkpointing,
   // so it must give the same values both times.
   virtual void forward(Context& context, int64_t layer, Tensor& keys, Tensor& values) = 0;
-  // dkeys/dvalues: [B, P, kv_heads, head_dim].
+  // dkeys/dvalues: f32 [P, kv_heads, head_dim], summed over the batch's
+  // sequences (attention reads one copy of the prefix for all of them).
   virtual void backward(Context& context, int64_t layer, const Tensor& dkeys, const Tensor& dvalues) = 0;
 };
 

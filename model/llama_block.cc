@@ -47,30 +47,23 @@ void LlamaModel::block_forward(Context& context, StepState& step, int64_t layer_
               .reshape({1, p + t, kv_heads, head_dim});
     a.v = cache_rows(step.cache->values[static_cast<size_t>(layer_index)], 0, p + t)
               .reshape({1, p + t, kv_heads, head_dim});
-  } else if (p == 0) {
+  } else {
     a.k = k4;
     a.v = v.reshape({b, t, kv_heads, head_dim});
-  } else {
-    // [B, P + T, Hkv, Dh]: each sequence's rows are its P prefix positions
-    // followed by its T own positions.
-    Tensor prefix_k = context.empty({p, kv_heads, head_dim}, dtype);
-    Tensor prefix_v = context.empty({p, kv_heads, head_dim}, dtype);
-    step.prefix_hook->forward(context, layer_index, prefix_k, prefix_v);
-    a.k = context.empty({b, p + t, kv_heads, head_dim}, dtype);
-    a.v = context.empty({b, p + t, kv_heads, head_dim}, dtype);
-    Tensor k_rows = a.k.reshape({b * (p + t), kv_heads * head_dim});
-    Tensor v_rows = a.v.reshape({b * (p + t), kv_heads * head_dim});
-    for (int64_t s = 0; s < b; ++s) {
-      const int64_t base = s * (p + t);
-      k_rows.slice_rows(base, base + p).copy_from(prefix_k.reshape({p, kv_heads * head_dim}));
-      v_rows.slice_rows(base, base + p).copy_from(prefix_v.reshape({p, kv_heads * head_dim}));
-      k_rows.slice_rows(base + p, base + p + t).copy_from(k.slice_rows(s * t, (s + 1) * t));
-      v_rows.slice_rows(base + p, base + p + t).copy_from(v.slice_rows(s * t, (s + 1) * t));
+    if (p > 0) {
+      // Prefix tuning: this layer's P key/value positions, one copy that
+      // attention reads for every sequence (ops::SharedPrefix).
+      a.prefix_k = context.empty({p, kv_heads, head_dim}, dtype);
+      a.prefix_v = context.empty({p, kv_heads, head_dim}, dtype);
+      step.prefix_hook->forward(context, layer_index, a.prefix_k, a.prefix_v);
     }
   }
+  ops::AttentionOptions attention = step.attention;
+  attention.shared_prefix.keys = a.prefix_k.defined() ? &a.prefix_k : nullptr;
+  attention.shared_prefix.values = a.prefix_v.defined() ? &a.prefix_v : nullptr;
   a.attention_out = context.empty({b, t, heads, head_dim}, dtype);
   a.lse = context.empty({b, heads, t}, DType::kF32);
-  ops::attention_forward(context, a.q, a.k, a.v, step.attention, a.attention_out, a.lse);
+  ops::attention_forward(context, a.q, a.k, a.v, attention, a.attention_out, a.lse);
   a.mid = context.empty({n, hidden}, dtype);
   layer.o->forward(context, a.attention_out.reshape({n, heads * head_dim}), a.mid);
   reduce_over_tensor_parallel(a.mid, "attention output all-reduce (tensor parallel)");
@@ -178,30 +171,21 @@ void LlamaModel::block_backward(Context& context, StepState& step, int64_t layer
   Tensor dq = context.empty(a.q.shape(), dtype);
   Tensor dk = context.empty(a.k.shape(), dtype);
   Tensor dv = context.empty(a.v.shape(), dtype);
-  ops::attention_backward(context, dattention.reshape({b, t, heads, head_dim}), a.q, a.k, a.v, a.attention_out, a.lse,
-                          step.attention, dq, dk, dv);
-  Tensor dk_own = dk, dv_own = dv;  // gradients of this block's own K/V positions
+  ops::AttentionOptions attention = step.attention;
+  Tensor dprefix_k, dprefix_v;  // f32 [P, Hkv, Dh], summed over the batch by attention_backward
   if (p > 0) {
-    Tensor dprefix_k = context.empty({b, p, kv_heads, head_dim}, dtype);
-    Tensor dprefix_v = context.empty({b, p, kv_heads, head_dim}, dtype);
-    dk_own = context.empty({b, t, kv_heads, head_dim}, dtype);
-    dv_own = context.empty({b, t, kv_heads, head_dim}, dtype);
-    const int64_t width = kv_heads * head_dim;
-    Tensor dk_rows = dk.reshape({b * (p + t), width}), dv_rows = dv.reshape({b * (p + t), width});
-    for (int64_t s = 0; s < b; ++s) {
-      const int64_t base = s * (p + t);
-      dprefix_k.reshape({b * p, width}).slice_rows(s * p, (s + 1) * p).copy_from(dk_rows.slice_rows(base, base + p));
-      dprefix_v.reshape({b * p, width}).slice_rows(s * p, (s + 1) * p).copy_from(dv_rows.slice_rows(base, base + p));
-      dk_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dk_rows.slice_rows(base + p, base + p + t));
-      dv_own.reshape({b * t, width}).slice_rows(s * t, (s + 1) * t).copy_from(dv_rows.slice_rows(base + p, base + p + t));
-    }
-    step.prefix_hook->backward(context, layer_index, dprefix_k, dprefix_v);
+    dprefix_k = context.empty({p, kv_heads, head_dim}, DType::kF32);
+    dprefix_v = context.empty({p, kv_heads, head_dim}, DType::kF32);
+    attention.shared_prefix = {&a.prefix_k, &a.prefix_v, &dprefix_k, &dprefix_v};
   }
+  ops::attention_backward(context, dattention.reshape({b, t, heads, head_dim}), a.q, a.k, a.v, a.attention_out, a.lse,
+                          attention, dq, dk, dv);
+  if (p > 0) step.prefix_hook->backward(context, layer_index, dprefix_k, dprefix_v);
   ops::rope_backward(context, dq, step.positions, inv_freq_, dq);
-  ops::rope_backward(context, dk_own, step.positions, inv_freq_, dk_own);
+  ops::rope_backward(context, dk, step.positions, inv_freq_, dk);
   layer.q->backward(context, dq.reshape({n, heads * head_dim}), a.attention_norm, &dnorm);
-  layer.k->backward(context, dk_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
-  layer.v->backward(context, dv_own.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
+  layer.k->backward(context, dk.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
+  layer.v->backward(context, dv.reshape({n, kv_heads * head_dim}), a.attention_norm, &dnorm, true);
   reduce_over_tensor_parallel(dnorm, "attention input gradient all-reduce (tensor parallel)");
   ops::rmsnorm_backward(context, dnorm, a.input, layer.input_norm->value, a.attention_rstd, dnorm_input,
                         grad_of(layer.input_norm));

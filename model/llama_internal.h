@@ -29,7 +29,9 @@ struct LlamaModel::StepState {
   int64_t batch = 0;
   int64_t time = 0;       // sequence length incl. prompt-tuning tokens
   int64_t rows = 0;       // batch * time
-  int64_t num_prefix = 0;  // prefix-tuning K/V positions
+  // Key/value positions before the tokens: prefix tuning's (training and
+  // evaluation, a shared prefix of attention), or the KV cache's filled rows.
+  int64_t num_prefix = 0;
   Tensor positions;       // i32 [rows] on the device
   Tensor doc_start;       // i32 [rows] or undefined
   ops::AttentionOptions attention;
@@ -45,7 +47,9 @@ struct LlamaModel::StepState {
 struct LlamaModel::BlockActivations {
   Tensor input;                           // [N, D]
   Tensor attention_norm, attention_rstd;  // input_layernorm(input), f32 [N]
-  Tensor q, k, v;                         // [B, T, Hq, Dh] after RoPE; [B, P + T, Hkv, Dh] (k after RoPE)
+  Tensor q, k, v;                         // [B, T, Hq, Dh] after RoPE; [B, T, Hkv, Dh] (k after RoPE;
+                                          // the KV cache's [1, P + T, ...] when decoding)
+  Tensor prefix_k, prefix_v;              // prefix tuning's [P, Hkv, Dh] of this layer, shared by every sequence
   Tensor attention_out, lse;              // [B, T, Hq, Dh], f32 [B, Hq, T]
   Tensor mid;                             // input + o_proj(attention_out)
   Tensor mlp_norm, mlp_rstd;              // post_attention_layernorm(mid)
@@ -54,8 +58,8 @@ struct LlamaModel::BlockActivations {
   Tensor attention_adapter_input, mlp_adapter_input;
 
   void release_all_but_input() {
-    attention_norm = attention_rstd = q = k = v = attention_out = lse = mid = mlp_norm = mlp_rstd = gate = up =
-        act = attention_adapter_input = mlp_adapter_input = Tensor();
+    attention_norm = attention_rstd = q = k = v = prefix_k = prefix_v = attention_out = lse = mid = mlp_norm =
+        mlp_rstd = gate = up = act = attention_adapter_input = mlp_adapter_input = Tensor();
   }
   // ActivationPolicy::kSelective: what recompute_selective rebuilds.
   void release_recomputable() { attention_norm = attention_rstd = mlp_norm = mlp_rstd = act = Tensor(); }

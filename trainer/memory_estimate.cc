@@ -113,11 +113,11 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
                             : policy == "full"  ? all - full_checkpoint
                                                 : all - selective;
   const double backward = N * (D + I + 2 * D + 2 * q + 2 * kv) * w;
-  // Prefix tuning: each layer's keys and values grow by P rows per sequence,
-  // and the prefix's own [layers·2, P, kv] values and f32 gradient.
-  const double prefix = options.peft != "prefix_tuning"
-                            ? 0.0
-                            : layers * B * P * 2 * kv * w + P * prefix_width * (w + 4);
+  // Prefix tuning: each layer keeps its [P, kv] keys and values once (attention
+  // reads them for every sequence, ops::SharedPrefix), and the prefix's own
+  // [layers·2, P, kv] values and f32 gradient.
+  const double prefix =
+      options.peft != "prefix_tuning" ? 0.0 : layers * P * 2 * kv * w + P * prefix_width * (w + 4);
   set(MemoryCategory::kActivations, kept + tail + recomputed + backward + prefix);
   return estimate;
 }

@@ -11,6 +11,11 @@
 //   dV = P^T dO,  dP = dO V^T,  dS = P o (dP - rowsum(dO o O)),
 //   dQ = scale * dS K,  dK = scale * dS^T Q,
 // summing dK/dV over the query heads that share a KV head (GQA).
+//
+// A shared prefix (ops::SharedPrefix, prefix tuning) is a set of key rows
+// that come first in every sequence: the kernels see keys
+// [shared | k's rows], reading the shared rows from their own tensor, and
+// the backward sums their gradient over the batch in batch order.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -27,7 +32,10 @@ constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kParallelAttentionWork = int64_t{1} << 20;
 
 struct AttentionShape {
-  int64_t batch, time, query_heads, kv_heads, head_dim, prefix, keys;
+  // prefix: every position visible to every query (shared + num_prefix);
+  // keys: all of a sequence's keys (shared + k_rows); k_rows: k's rows per
+  // sequence (num_prefix + time).
+  int64_t batch, time, query_heads, kv_heads, head_dim, shared, prefix, keys, k_rows;
   int64_t heads_per_group;
   float scale;
 };
@@ -43,13 +51,20 @@ AttentionShape check_attention(std::string_view op, const Tensor& q, const Tenso
   shape.time = q.size(1);
   shape.query_heads = q.size(2);
   shape.head_dim = q.size(3);
-  shape.prefix = options.num_prefix;
-  if (shape.prefix < 0) throw_runtime(op, ": num_prefix must be >= 0, found ", shape.prefix);
-  shape.keys = shape.prefix + shape.time;
-  if (k.dim() != 4 || k.size(0) != shape.batch || k.size(1) != shape.keys || k.size(3) != shape.head_dim) {
-    throw_runtime(op, ": k has shape ", shape_to_string(k.shape()), ", expected [", shape.batch, ", ", shape.keys,
-                  " (num_prefix ", shape.prefix, " + time ", shape.time, "), kv_heads, ", shape.head_dim, "]");
+  if (options.num_prefix < 0) throw_runtime(op, ": num_prefix must be >= 0, found ", options.num_prefix);
+  shape.k_rows = options.num_prefix + shape.time;
+  if (k.dim() != 4 || k.size(0) != shape.batch || k.size(1) != shape.k_rows || k.size(3) != shape.head_dim) {
+    throw_runtime(op, ": k has shape ", shape_to_string(k.shape()), ", expected [", shape.batch, ", ", shape.k_rows,
+                  " (num_prefix ", options.num_prefix, " + time ", shape.time, "), kv_heads, ", shape.head_dim, "]");
   }
+  // Shapes and dtypes of the shared prefix are checked in kernels/ops.cc.
+  shape.shared = options.shared_prefix.keys != nullptr ? options.shared_prefix.keys->size(0) : 0;
+  if (shape.shared > 0) {
+    require_float(op, "shared_prefix.keys", *options.shared_prefix.keys);
+    require_float(op, "shared_prefix.values", *options.shared_prefix.values);
+  }
+  shape.prefix = shape.shared + options.num_prefix;
+  shape.keys = shape.shared + shape.k_rows;
   shape.kv_heads = k.size(2);
   require_shape(op, "v", v, k.shape());
   if (shape.kv_heads == 0 || shape.query_heads % shape.kv_heads != 0) {
@@ -120,6 +135,26 @@ const float* head_rows(const FloatReader& reader, int64_t first_row, int64_t row
   return scratch;
 }
 
+// Keys [first_key, first_key + count) of KV head `head` of sequence `b` as f32
+// (see head_rows): with a shared prefix, its rows then k's, gathered into
+// `scratch` (ld = head_dim); without one, head_rows of k.
+const float* key_rows(const FloatReader& rows, const FloatReader* shared_rows, const AttentionShape& shape, int64_t b,
+                      int64_t first_key, int64_t count, int64_t head, float* scratch, int64_t& ld) {
+  const int64_t D = shape.head_dim, H = shape.kv_heads;
+  if (shape.shared == 0) return head_rows(rows, b * shape.k_rows + first_key, count, H, head, D, scratch, ld);
+  ld = D;
+  for (int64_t index = 0; index < count; ++index) {
+    const int64_t key = first_key + index;
+    float* row = scratch + index * D;
+    const FloatReader& from = key < shape.shared ? *shared_rows : rows;
+    const int64_t element = key < shape.shared ? (key * H + head) * D
+                                               : ((b * shape.k_rows + key - shape.shared) * H + head) * D;
+    const float* values = from.read(element, D, row);
+    if (values != row) std::copy(values, values + D, row);
+  }
+  return scratch;
+}
+
 // Where to write rows of one head of an output: the tensor for f32 (ld =
 // heads * head_dim), else `scratch` (ld = head_dim) that store_head_rows rounds back.
 float* open_head_rows(Tensor& tensor, int64_t first_row, int64_t heads, int64_t head, int64_t head_dim,
@@ -157,10 +192,12 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
   require_dtype(op, "lse", lse, DType::kF32);
   require_numel(op, "lse", lse, shape.batch * shape.query_heads * shape.time);
   const std::vector<int32_t> starts = document_starts(op, options, shape);
-  const int64_t T = shape.time, D = shape.head_dim, S = shape.keys, Hq = shape.query_heads, Hkv = shape.kv_heads;
+  const int64_t T = shape.time, D = shape.head_dim, S = shape.keys, Hq = shape.query_heads;
   const int64_t blocks = ceil_div(T, kQueryBlock);
   const int64_t tasks = shape.batch * Hq * blocks;
   FloatReader q_reader(q), k_reader(k), v_reader(v);
+  const FloatReader shared_k_reader(shape.shared > 0 ? *options.shared_prefix.keys : k);
+  const FloatReader shared_v_reader(shape.shared > 0 ? *options.shared_prefix.values : v);
   FloatWriter out_writer(out);
   float* lse_data = lse.data<float>();
 
@@ -183,8 +220,10 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
 
       int64_t ldq, ldk, ldv, ldo;
       const float* q_rows = head_rows(q_reader, b * T + t_begin, rows, Hq, h, D, q_scratch.data(), ldq);
-      const float* k_rows = head_rows(k_reader, b * S + tile.key_begin, columns, Hkv, g, D, k_scratch.data(), ldk);
-      const float* v_rows = head_rows(v_reader, b * S + tile.key_begin, columns, Hkv, g, D, v_scratch.data(), ldv);
+      const float* k_rows =
+          key_rows(k_reader, &shared_k_reader, shape, b, tile.key_begin, columns, g, k_scratch.data(), ldk);
+      const float* v_rows =
+          key_rows(v_reader, &shared_v_reader, shape, b, tile.key_begin, columns, g, v_scratch.data(), ldv);
 
       sgemm(false, true, rows, columns, D, shape.scale, q_rows, ldq, k_rows, ldk, 0.0f, scores.data(), columns);
       for (int64_t row = 0; row < rows; ++row) {
@@ -243,6 +282,8 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
   std::unique_ptr<float[]> partial_dk = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(tasks * slice));
   std::unique_ptr<float[]> partial_dv = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(tasks * slice));
   FloatReader q_reader(q), k_reader(k), v_reader(v), out_reader(out), dout_reader(dout);
+  const FloatReader shared_k_reader(shape.shared > 0 ? *options.shared_prefix.keys : k);
+  const FloatReader shared_v_reader(shape.shared > 0 ? *options.shared_prefix.values : v);
   FloatWriter dq_writer(dq), dk_writer(dk), dv_writer(dv);
   const float* lse_data = lse.data<float>();
   const bool parallel = tasks > 1 && tasks * T * S * D > kParallelWork;
@@ -262,8 +303,8 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
       std::fill(dk_sum, dk_sum + slice, 0.0f);
       std::fill(dv_sum, dv_sum + slice, 0.0f);
       int64_t ldk, ldv;
-      const float* k_all = head_rows(k_reader, b * S, S, Hkv, g, D, k_scratch.data(), ldk);
-      const float* v_all = head_rows(v_reader, b * S, S, Hkv, g, D, v_scratch.data(), ldv);
+      const float* k_all = key_rows(k_reader, &shared_k_reader, shape, b, 0, S, g, k_scratch.data(), ldk);
+      const float* v_all = key_rows(v_reader, &shared_v_reader, shape, b, 0, S, g, v_scratch.data(), ldv);
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t t_begin = block * kQueryBlock, t_end = std::min(T, t_begin + kQueryBlock);
         const int64_t rows = t_end - t_begin;
@@ -312,7 +353,9 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
     }
   }
 
-  // dK/dV rows: the sum over each group's query heads, into the first head's slice, then stored.
+  // dK/dV rows: the sum over each group's query heads, into the first head's
+  // slice, then stored; shared-prefix rows (key < shared) are summed over
+  // the batch afterwards.
   const int64_t kv_rows = shape.batch * S * Hkv;
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t index = 0; index < kv_rows; ++index) {
@@ -328,8 +371,31 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
         dv_row[d] += dv_other[d];
       }
     }
-    dk_writer.write(index * D, D, dk_row);
-    dv_writer.write(index * D, D, dv_row);
+    if (key < shape.shared) continue;
+    const int64_t element = ((b * shape.k_rows + key - shape.shared) * Hkv + g) * D;
+    dk_writer.write(element, D, dk_row);
+    dv_writer.write(element, D, dv_row);
+  }
+  if (shape.shared == 0) return;
+  float* dshared_k = options.shared_prefix.dkeys->data<float>();
+  float* dshared_v = options.shared_prefix.dvalues->data<float>();
+  const int64_t shared_rows = shape.shared * Hkv;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t index = 0; index < shared_rows; ++index) {
+    const int64_t g = index % Hkv, key = index / Hkv;
+    float* dk_out = dshared_k + index * D;
+    float* dv_out = dshared_v + index * D;
+    std::fill(dk_out, dk_out + D, 0.0f);
+    std::fill(dv_out, dv_out + D, 0.0f);
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      const int64_t first_task = b * Hq + g * shape.heads_per_group;
+      const float* dk_row = partial_dk.get() + first_task * slice + key * D;
+      const float* dv_row = partial_dv.get() + first_task * slice + key * D;
+      for (int64_t d = 0; d < D; ++d) {
+        dk_out[d] += dk_row[d];
+        dv_out[d] += dv_row[d];
+      }
+    }
   }
 }
 

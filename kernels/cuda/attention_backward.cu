@@ -17,6 +17,10 @@
 // (attention_common.cuh). Next optimisations: tensor cores (mma/wgmma), larger
 // tiles, skipping query tiles wholly hidden by doc_start, and a
 // deterministic dQ option.
+// A shared prefix (ops::SharedPrefix): the blocks of batch entry b write
+// their shared-key rows of dK/dV to an fp32 [B, S, Hkv, Dh] scratch, and a
+// fourth launch sums it over b in batch order (no atomics, so those
+// gradients are the same bits on every run).
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -56,8 +60,10 @@ constexpr size_t backward_shared_bytes() {
 // columns j = t%4 + 4c; for dQ it owns query row i and columns d = t%4 + 4k.
 template <typename T, int kHeadDimPad>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_kernel(Shape shape, const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                              const float* row_dot, const int32_t* doc_start, float* dq_accumulator, T* dk, T* dv) {
+    attention_backward_kernel(Shape shape, const T* q, const T* k, const T* v, const T* shared_k, const T* shared_v,
+                              const T* dout, const float* lse, const float* row_dot, const int32_t* doc_start,
+                              float* dq_accumulator, T* dk, T* dv, float* dshared_k_partial,
+                              float* dshared_v_partial) {
   constexpr int stride = kHeadDimPad + 1;
   constexpr int kOutPerThread = kHeadDimPad / kThreadsPerRow;
   constexpr int p_stride = kBlockK + 1;
@@ -82,8 +88,8 @@ __global__ void __launch_bounds__(kThreads)
     const int r = e / kHeadDimPad, d = e % kHeadDimPad;
     const int64_t s = k0 + r;
     const bool inside = s < shape.keys && d < shape.head_dim;
-    k_tile[r * stride + d] = inside ? to_float(k[kv_index(shape, b, s, kv_head, d)]) : 0.0f;
-    v_tile[r * stride + d] = inside ? to_float(v[kv_index(shape, b, s, kv_head, d)]) : 0.0f;
+    k_tile[r * stride + d] = inside ? load_key(shape, k, shared_k, b, s, kv_head, d) : 0.0f;
+    v_tile[r * stride + d] = inside ? load_key(shape, v, shared_v, b, s, kv_head, d) : 0.0f;
   }
 
   float dk_accumulator[kOutPerThread], dv_accumulator[kOutPerThread];
@@ -178,9 +184,24 @@ __global__ void __launch_bounds__(kThreads)
     for (int kk = 0; kk < kOutPerThread; ++kk) {
       const int d = sub + kThreadsPerRow * kk;
       if (d >= shape.head_dim) continue;
-      dk[kv_index(shape, b, key, kv_head, d)] = from_float<T>(dk_accumulator[kk] * shape.scale);
-      dv[kv_index(shape, b, key, kv_head, d)] = from_float<T>(dv_accumulator[kk]);
+      if (key < shape.shared) {
+        dshared_k_partial[shared_index(shape, b, key, kv_head, d)] = dk_accumulator[kk] * shape.scale;
+        dshared_v_partial[shared_index(shape, b, key, kv_head, d)] = dv_accumulator[kk];
+      } else {
+        dk[kv_index(shape, b, key - shape.shared, kv_head, d)] = from_float<T>(dk_accumulator[kk] * shape.scale);
+        dv[kv_index(shape, b, key - shape.shared, kv_head, d)] = from_float<T>(dv_accumulator[kk]);
+      }
     }
+  }
+}
+
+// out[i] = sum over b of partial[b * n + i], b in order.
+__global__ void sum_over_batch_kernel(const float* partial, int64_t batch, int64_t n, float* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float sum = 0.0f;
+    for (int64_t b = 0; b < batch; ++b) sum += partial[b * n + i];
+    out[i] = sum;
   }
 }
 
@@ -194,8 +215,8 @@ __global__ void round_accumulator_kernel(const float* accumulator, T* out, int64
 
 template <typename T, int kHeadDimPad>
 void launch_backward(Context& context, const Shape& shape, const Tensor& dout, const Tensor& q, const Tensor& k,
-                     const Tensor& v, const Tensor& out, const Tensor& lse, const int32_t* doc_start, Tensor& dq,
-                     Tensor& dk, Tensor& dv) {
+                     const Tensor& v, const Tensor& out, const Tensor& lse, const ops::SharedPrefix& shared,
+                     const int32_t* doc_start, Tensor& dq, Tensor& dk, Tensor& dv) {
   cudaStream_t stream = stream_of(context);
   const int64_t query_rows = shape.batch * shape.time * shape.q_heads;
 
@@ -213,12 +234,32 @@ void launch_backward(Context& context, const Shape& shape, const Tensor& dout, c
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
   const dim3 grid(static_cast<unsigned>(ceil_div(shape.keys, kBlockK)), static_cast<unsigned>(shape.kv_heads),
                   static_cast<unsigned>(shape.batch));
+  const int64_t shared_elements = shape.shared * shape.kv_heads * shape.head_dim;
+  Tensor dshared_k_partial, dshared_v_partial;
+  const T* shared_k = nullptr;
+  const T* shared_v = nullptr;
+  if (shape.shared > 0) {
+    dshared_k_partial = context.empty({shape.batch, shape.shared, shape.kv_heads, shape.head_dim}, DType::kF32);
+    dshared_v_partial = context.empty({shape.batch, shape.shared, shape.kv_heads, shape.head_dim}, DType::kF32);
+    shared_k = static_cast<const T*>(shared.keys->raw_data());
+    shared_v = static_cast<const T*>(shared.values->raw_data());
+  }
   kernel<<<grid, kThreads, shared_bytes, stream>>>(
       shape, static_cast<const T*>(q.raw_data()), static_cast<const T*>(k.raw_data()),
-      static_cast<const T*>(v.raw_data()), static_cast<const T*>(dout.raw_data()), lse.data<float>(),
-      row_dot.data<float>(), doc_start, dq_accumulator.data<float>(), static_cast<T*>(dk.raw_data()),
-      static_cast<T*>(dv.raw_data()));
+      static_cast<const T*>(v.raw_data()), shared_k, shared_v, static_cast<const T*>(dout.raw_data()),
+      lse.data<float>(), row_dot.data<float>(), doc_start, dq_accumulator.data<float>(),
+      static_cast<T*>(dk.raw_data()), static_cast<T*>(dv.raw_data()),
+      shape.shared > 0 ? dshared_k_partial.data<float>() : nullptr,
+      shape.shared > 0 ? dshared_v_partial.data<float>() : nullptr);
   LLMFT_CUDA_CHECK_LAUNCH();
+  if (shape.shared > 0) {
+    sum_over_batch_kernel<<<grid_for(context, shared_elements, 256), 256, 0, stream>>>(
+        dshared_k_partial.data<float>(), shape.batch, shared_elements, shared.dkeys->data<float>());
+    LLMFT_CUDA_CHECK_LAUNCH();
+    sum_over_batch_kernel<<<grid_for(context, shared_elements, 256), 256, 0, stream>>>(
+        dshared_v_partial.data<float>(), shape.batch, shared_elements, shared.dvalues->data<float>());
+    LLMFT_CUDA_CHECK_LAUNCH();
+  }
 
   const int64_t n = dq.numel();
   round_accumulator_kernel<T>
@@ -245,20 +286,24 @@ void attention_backward(Context& context, const Tensor& dout, const Tensor& q, c
   require_shape(op, "dq", dq, q.shape());
   require_shape(op, "dk", dk, k.shape());
   require_shape(op, "dv", dv, v.shape());
-  if (shape.batch == 0 || shape.q_heads == 0) return;
-  if (shape.time == 0) {
+  if (shape.batch == 0 || shape.q_heads == 0 || shape.time == 0) {
     // No queries: nothing attends to the prefix keys, their gradients are 0.
     fill(context, dk, 0.0f);
     fill(context, dv, 0.0f);
+    if (shape.shared > 0) {
+      fill(context, *options.shared_prefix.dkeys, 0.0f);
+      fill(context, *options.shared_prefix.dvalues, 0.0f);
+    }
     return;
   }
   const int32_t* doc_start = options.doc_start != nullptr ? options.doc_start->data<int32_t>() : nullptr;
   dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (shape.head_dim <= 64) {
-      launch_backward<T, 64>(context, shape, dout, q, k, v, out, lse, doc_start, dq, dk, dv);
+      launch_backward<T, 64>(context, shape, dout, q, k, v, out, lse, options.shared_prefix, doc_start, dq, dk, dv);
     } else {
-      launch_backward<T, 128>(context, shape, dout, q, k, v, out, lse, doc_start, dq, dk, dv);
+      launch_backward<T, 128>(context, shape, dout, q, k, v, out, lse, options.shared_prefix, doc_start, dq, dk,
+                              dv);
     }
   });
 }

@@ -25,8 +25,10 @@ constexpr int64_t kMaxHeadDim = 128;
 struct Shape {
   int64_t batch = 0;
   int64_t time = 0;      // T, queries per sequence
-  int64_t keys = 0;      // P + T
-  int64_t prefix = 0;    // P
+  int64_t shared = 0;    // S, shared-prefix positions (ops::SharedPrefix), read from their own tensors
+  int64_t k_rows = 0;    // num_prefix + T, k's rows per sequence
+  int64_t keys = 0;      // S + num_prefix + T: a sequence's keys, the shared ones first
+  int64_t prefix = 0;    // P = S + num_prefix, the keys visible to every query
   int64_t q_heads = 0;   // Hq
   int64_t kv_heads = 0;  // Hkv
   int64_t head_dim = 0;  // Dh
@@ -42,8 +44,24 @@ __device__ __forceinline__ int64_t q_index(const Shape& shape, int64_t b, int64_
   return ((b * shape.time + t) * shape.q_heads + h) * shape.head_dim + d;
 }
 
-__device__ __forceinline__ int64_t kv_index(const Shape& shape, int64_t b, int64_t s, int64_t h, int64_t d) {
-  return ((b * shape.keys + s) * shape.kv_heads + h) * shape.head_dim + d;
+// Element (row, h, d) of sequence b in k or v (row counts k's own rows).
+__device__ __forceinline__ int64_t kv_index(const Shape& shape, int64_t b, int64_t row, int64_t h, int64_t d) {
+  return ((b * shape.k_rows + row) * shape.kv_heads + h) * shape.head_dim + d;
+}
+
+// Element (s, h, d) of a shared-prefix tensor [S, Hkv, Dh] (or of batch b's
+// slice of the backward's [B, S, Hkv, Dh] partial gradients).
+__device__ __forceinline__ int64_t shared_index(const Shape& shape, int64_t b, int64_t s, int64_t h, int64_t d) {
+  return ((b * shape.shared + s) * shape.kv_heads + h) * shape.head_dim + d;
+}
+
+// Key position s (0 <= s < keys) of sequence b as fp32: a shared-prefix row
+// for s < S, else row s - S of k (or v).
+template <typename T>
+__device__ __forceinline__ float load_key(const Shape& shape, const T* rows, const T* shared_rows, int64_t b,
+                                          int64_t s, int64_t h, int64_t d) {
+  return s < shape.shared ? to_float(shared_rows[shared_index(shape, 0, s, h, d)])
+                          : to_float(rows[kv_index(shape, b, s - shape.shared, h, d)]);
 }
 
 __device__ __forceinline__ int64_t lse_index(const Shape& shape, int64_t b, int64_t h, int64_t t) {
@@ -77,13 +95,23 @@ inline Shape check_attention_arguments(Context& context, std::string_view op, co
   shape.time = q.size(1);
   shape.q_heads = q.size(2);
   shape.head_dim = q.size(3);
-  shape.prefix = options.num_prefix;
-  if (shape.prefix < 0) throw_runtime(op, ": num_prefix must be >= 0, found ", shape.prefix);
-  shape.keys = shape.prefix + shape.time;
-  if (k.dim() != 4 || k.size(0) != shape.batch || k.size(1) != shape.keys || k.size(3) != shape.head_dim) {
-    throw_runtime(op, ": k: expected [", shape.batch, ", ", shape.keys, " (num_prefix ", shape.prefix, " + T ",
-                  shape.time, "), Hkv, ", shape.head_dim, "], found ", k.to_string());
+  if (options.num_prefix < 0) throw_runtime(op, ": num_prefix must be >= 0, found ", options.num_prefix);
+  shape.k_rows = options.num_prefix + shape.time;
+  if (k.dim() != 4 || k.size(0) != shape.batch || k.size(1) != shape.k_rows || k.size(3) != shape.head_dim) {
+    throw_runtime(op, ": k: expected [", shape.batch, ", ", shape.k_rows, " (num_prefix ", options.num_prefix,
+                  " + T ", shape.time, "), Hkv, ", shape.head_dim, "], found ", k.to_string());
   }
+  // The shared prefix's shapes and dtypes are checked in kernels/ops.cc.
+  const ops::SharedPrefix& shared = options.shared_prefix;
+  if (shared.keys != nullptr) {
+    require_on_context(op, "shared_prefix.keys", *shared.keys, context);
+    require_on_context(op, "shared_prefix.values", *shared.values, context);
+    if (shared.dkeys != nullptr) require_on_context(op, "shared_prefix.dkeys", *shared.dkeys, context);
+    if (shared.dvalues != nullptr) require_on_context(op, "shared_prefix.dvalues", *shared.dvalues, context);
+    shape.shared = shared.keys->size(0);
+  }
+  shape.prefix = shape.shared + options.num_prefix;
+  shape.keys = shape.shared + shape.k_rows;
   shape.kv_heads = k.size(2);
   require_shape(op, "v", v, k.shape());
   require_shape(op, "out", out, q.shape());

@@ -4,8 +4,9 @@
 // the running max m, running sum l and the unnormalised output O of each query
 // in registers, so the [T, T] score matrix is never materialised; it saves
 // lse = m + log(l) (fp32 [B, Hq, T]) for the backward. Masking follows ops.h:
-// query t sees keys [0, P) (prefix/KV cache) and P + [doc_start(t), t]; key
-// tiles entirely hidden from every query of the tile are skipped.
+// query t sees keys [0, P) (shared prefix, then the KV cache's) and
+// P + [doc_start(t), t]; key tiles entirely hidden from every query of the
+// tile are skipped. Shared-prefix keys are loaded from their own tensors.
 //
 // Storage may be f32, bf16 or f16; everything is computed in fp32 in shared
 // memory with CUDA cores. This is the straightforward tiled kernel: correct by
@@ -33,6 +34,7 @@ constexpr size_t forward_shared_bytes() {
 // threads of a row are consecutive lanes and combine with __shfl_xor 1, 2.
 template <typename T, int kHeadDimPad>
 __global__ void __launch_bounds__(kThreads) attention_forward_kernel(Shape shape, const T* q, const T* k, const T* v,
+                                                                     const T* shared_k, const T* shared_v,
                                                                      const int32_t* doc_start, T* out, float* lse) {
   constexpr int stride = kHeadDimPad + 1;
   constexpr int kOutPerThread = kHeadDimPad / kThreadsPerRow;
@@ -81,8 +83,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(Shape shape
       const int r = e / kHeadDimPad, d = e % kHeadDimPad;
       const int64_t s = k0 + r;
       const bool inside = s < shape.keys && d < shape.head_dim;
-      k_tile[r * stride + d] = inside ? to_float(k[kv_index(shape, b, s, kv_head, d)]) : 0.0f;
-      v_tile[r * stride + d] = inside ? to_float(v[kv_index(shape, b, s, kv_head, d)]) : 0.0f;
+      k_tile[r * stride + d] = inside ? load_key(shape, k, shared_k, b, s, kv_head, d) : 0.0f;
+      v_tile[r * stride + d] = inside ? load_key(shape, v, shared_v, b, s, kv_head, d) : 0.0f;
     }
     __syncthreads();
 
@@ -146,7 +148,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(Shape shape
 
 template <typename T, int kHeadDimPad>
 void launch_forward(Context& context, const Shape& shape, const Tensor& q, const Tensor& k, const Tensor& v,
-                    const int32_t* doc_start, Tensor& out, Tensor& lse) {
+                    const ops::SharedPrefix& shared, const int32_t* doc_start, Tensor& out, Tensor& lse) {
+  const T* shared_k = shared.keys != nullptr ? static_cast<const T*>(shared.keys->raw_data()) : nullptr;
+  const T* shared_v = shared.values != nullptr ? static_cast<const T*>(shared.values->raw_data()) : nullptr;
   constexpr size_t shared_bytes = forward_shared_bytes<kHeadDimPad>();
   auto kernel = attention_forward_kernel<T, kHeadDimPad>;
   LLMFT_CUDA_CHECK(
@@ -155,7 +159,8 @@ void launch_forward(Context& context, const Shape& shape, const Tensor& q, const
                   static_cast<unsigned>(shape.batch));
   kernel<<<grid, kThreads, shared_bytes, stream_of(context)>>>(
       shape, static_cast<const T*>(q.raw_data()), static_cast<const T*>(k.raw_data()),
-      static_cast<const T*>(v.raw_data()), doc_start, static_cast<T*>(out.raw_data()), lse.data<float>());
+      static_cast<const T*>(v.raw_data()), shared_k, shared_v, doc_start, static_cast<T*>(out.raw_data()),
+      lse.data<float>());
   LLMFT_CUDA_CHECK_LAUNCH();
 }
 
@@ -170,9 +175,9 @@ void attention_forward(Context& context, const Tensor& q, const Tensor& k, const
   dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (shape.head_dim <= 64) {
-      launch_forward<T, 64>(context, shape, q, k, v, doc_start, out, lse);
+      launch_forward<T, 64>(context, shape, q, k, v, options.shared_prefix, doc_start, out, lse);
     } else {
-      launch_forward<T, 128>(context, shape, q, k, v, doc_start, out, lse);
+      launch_forward<T, 128>(context, shape, q, k, v, options.shared_prefix, doc_start, out, lse);
     }
   });
 }

@@ -368,6 +368,7 @@ struct AttentionCase {
   int64_t batch, time, q_heads, kv_heads, head_dim, prefix;
   std::vector<int64_t> doc_boundaries;  // document starts within each row (besides 0); empty: no doc_start
   float softmax_scale = 0.0f;
+  int64_t shared = 0;  // shared-prefix positions (ops::SharedPrefix, prefix tuning)
 };
 
 Tensor doc_start_tensor(const AttentionCase& shape) {
@@ -392,23 +393,33 @@ void add_attention_cases(std::vector<OpCase>& table) {
       {"docs_B2_T50_Hq4_Hkv1_D32", 2, 50, 4, 1, 32, 0, {13, 29}},
       {"prefix40_docs_B1_T45_Hq3_Hkv1_D80_scale", 1, 45, 3, 1, 80, 40, {7, 33}, 0.2f},
       {"single_query_prefix3_D64", 1, 1, 2, 1, 64, 3, {}},
+      {"shared20_B3_T37_Hq4_Hkv2_D64", 3, 37, 4, 2, 64, 0, {}, 0.0f, 20},
+      {"shared5_prefix2_docs_B2_T45_Hq2_Hkv1_D80", 2, 45, 2, 1, 80, 2, {11, 30}, 0.0f, 5},
   };
   for (DType dtype : kFloatDTypes) {
     for (const AttentionCase& shape : cases) {
       const Shape q_shape = {shape.batch, shape.time, shape.q_heads, shape.head_dim};
       const Shape kv_shape = {shape.batch, shape.prefix + shape.time, shape.kv_heads, shape.head_dim};
+      const Shape shared_shape = {shape.shared, shape.kv_heads, shape.head_dim};
       auto make_inputs = [=] {
-        return Inputs{random_tensor(q_shape, dtype, 71), random_tensor(kv_shape, dtype, 72),
-                      random_tensor(kv_shape, dtype, 73), random_tensor(q_shape, dtype, 74), doc_start_tensor(shape)};
+        return Inputs{random_tensor(q_shape, dtype, 71),        random_tensor(kv_shape, dtype, 72),
+                      random_tensor(kv_shape, dtype, 73),       random_tensor(q_shape, dtype, 74),
+                      doc_start_tensor(shape),                  random_tensor(shared_shape, dtype, 75),
+                      random_tensor(shared_shape, dtype, 76)};
       };
       // Runs the forward (and the backward when asked) on `context`.
       auto run = [=](Context& context, const Inputs& in, bool backward) {
         Tensor q = place(context, in[0]), k = place(context, in[1]), v = place(context, in[2]);
         Tensor doc_start = place(context, in[4]);
+        Tensor shared_k = place(context, in[5]), shared_v = place(context, in[6]);
         ops::AttentionOptions options;
         options.softmax_scale = shape.softmax_scale;
         options.num_prefix = shape.prefix;
         options.doc_start = shape.doc_boundaries.empty() ? nullptr : &doc_start;
+        if (shape.shared > 0) {
+          options.shared_prefix.keys = &shared_k;
+          options.shared_prefix.values = &shared_v;
+        }
         Tensor out = context.empty(q_shape, dtype);
         Tensor lse = context.empty({shape.batch, shape.q_heads, shape.time}, DType::kF32);
         ops::attention_forward(context, q, k, v, options, out, lse);
@@ -416,8 +427,14 @@ void add_attention_cases(std::vector<OpCase>& table) {
         Tensor dout = place(context, in[3]);
         Tensor dq = context.empty(q_shape, dtype), dk = context.empty(kv_shape, dtype),
                dv = context.empty(kv_shape, dtype);
+        Tensor dshared_k = context.empty(shared_shape, DType::kF32), dshared_v = context.empty(shared_shape, DType::kF32);
+        if (shape.shared > 0) {
+          options.shared_prefix.dkeys = &dshared_k;
+          options.shared_prefix.dvalues = &dshared_v;
+        }
         ops::attention_backward(context, dout, q, k, v, out, lse, options, dq, dk, dv);
-        return Outputs{{"dq", dq}, {"dk", dk}, {"dv", dv}};
+        if (shape.shared == 0) return Outputs{{"dq", dq}, {"dk", dk}, {"dv", dv}};
+        return Outputs{{"dq", dq}, {"dk", dk}, {"dv", dv}, {"dshared_keys", dshared_k}, {"dshared_values", dshared_v}};
       };
       // bf16 backward: dS = P (dP - D) subtracts nearly equal fp32 numbers
       // computed from bf16-rounded outputs, so allow two bf16 ulps more.

@@ -45,6 +45,33 @@ class OpContract : public ::testing::Test {
   std::unique_ptr<Context> context = Context::cpu(0);
 };
 
+// ---- Attention's shared prefix ------------------------------------------------------------
+
+TEST_F(OpContract, AttentionSharedPrefixArgumentsAreChecked) {
+  const Tensor q = Tensor::zeros_cpu({1, 2, 2, 4}, DType::kF32), k = Tensor::zeros_cpu({1, 2, 1, 4}, DType::kF32);
+  const Tensor wrong_width = Tensor::zeros_cpu({3, 1, 8}, DType::kF32);
+  const Tensor keys = Tensor::zeros_cpu({3, 1, 4}, DType::kF32), bf16_keys = Tensor::zeros_cpu({3, 1, 4}, DType::kBF16);
+  Tensor out = Tensor::empty_cpu({1, 2, 2, 4}, DType::kF32), lse = Tensor::empty_cpu({1, 2, 2}, DType::kF32);
+  ops::AttentionOptions options;
+  options.shared_prefix.keys = &wrong_width;
+  options.shared_prefix.values = &wrong_width;
+  expect_error([&] { ops::attention_forward(*context, q, k, k, options, out, lse); }, ErrorKind::kRuntime,
+               {"attention_forward: shared_prefix.keys: expected [positions, 1, 4]"});
+  options.shared_prefix.keys = &bf16_keys;
+  options.shared_prefix.values = &bf16_keys;
+  expect_error([&] { ops::attention_forward(*context, q, k, k, options, out, lse); }, ErrorKind::kRuntime,
+               {"shared_prefix.keys"});
+  options.shared_prefix.keys = &keys;
+  options.shared_prefix.values = nullptr;
+  expect_error([&] { ops::attention_forward(*context, q, k, k, options, out, lse); }, ErrorKind::kRuntime,
+               {"shared_prefix: keys given without values"});
+  options.shared_prefix.values = &keys;
+  Tensor dq = Tensor::empty_cpu(q.shape(), DType::kF32), dk = Tensor::empty_cpu(k.shape(), DType::kF32);
+  Tensor dv = Tensor::empty_cpu(k.shape(), DType::kF32);
+  expect_error([&] { ops::attention_backward(*context, q, q, k, k, out, lse, options, dq, dk, dv); },
+               ErrorKind::kRuntime, {"attention_backward: shared_prefix: the backward needs dkeys and dvalues"});
+}
+
 // ---- Dropout --------------------------------------------------------------------------
 
 TEST_F(OpContract, DropoutKeepsExactlyThePhiloxMaskWithInvertedScaling) {

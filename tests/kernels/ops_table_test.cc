@@ -631,6 +631,95 @@ TEST_F(OpTable, AttentionBackward) {
   }
 }
 
+// A shared prefix (prefix tuning): S key/value rows shared by every
+// sequence, before k's num_prefix rows. The reference sees them as what they
+// mean: every sequence's keys are the shared rows followed by its own.
+struct SharedPrefixCase {
+  int64_t batch, time, query_heads, kv_heads, head_dim, shared, prefix;
+  bool two_documents;
+};
+
+// [S, Hkv, D] shared rows and [B, P + T, Hkv, D] rows -> [B, S + P + T, Hkv, D].
+Values with_shared_rows(const Values& shared, const Values& rows, int64_t batch, int64_t shared_rows,
+                        int64_t own_rows, int64_t width) {
+  Values all;
+  for (int64_t b = 0; b < batch; ++b) {
+    all.insert(all.end(), shared.begin(), shared.begin() + shared_rows * width);
+    all.insert(all.end(), rows.begin() + b * own_rows * width, rows.begin() + (b + 1) * own_rows * width);
+  }
+  return all;
+}
+
+TEST_F(OpTable, AttentionSharedPrefix) {
+  const std::vector<SharedPrefixCase> cases = {
+      {3, 13, 4, 2, 8, 3, 0, false},  // GQA, three sequences sharing one prefix
+      {2, 70, 2, 1, 4, 5, 2, true},   // past the query block, KV-cache rows after it, packed documents
+  };
+  for (const SharedPrefixCase& spec : cases) {
+    AttentionCase as_attention{spec.batch, spec.time, spec.query_heads, spec.kv_heads, spec.head_dim, spec.prefix,
+                               spec.two_documents, 0.0f};
+    const std::vector<int32_t> starts = document_starts(as_attention);
+    const Tensor starts_tensor = starts.empty() ? Tensor() : ints_of(starts, {spec.batch * spec.time});
+    const int64_t own_rows = spec.prefix + spec.time, width = spec.kv_heads * spec.head_dim;
+    const Shape q_shape{spec.batch, spec.time, spec.query_heads, spec.head_dim};
+    const Shape kv_shape{spec.batch, own_rows, spec.kv_heads, spec.head_dim};
+    const Shape shared_shape{spec.shared, spec.kv_heads, spec.head_dim};
+    const double scale = 1.0 / std::sqrt(double(spec.head_dim));
+    const std::string label = str_cat("attention shared prefix S", spec.shared, " ", attention_label(as_attention));
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const Values q = rounded(random_values(shape_numel(q_shape), 121, 1.5), dtype);
+      const Values k = rounded(random_values(shape_numel(kv_shape), 122, 1.5), dtype);
+      const Values v = rounded(random_values(shape_numel(kv_shape), 123), dtype);
+      const Values shared_k = rounded(random_values(shape_numel(shared_shape), 124, 1.5), dtype);
+      const Values shared_v = rounded(random_values(shape_numel(shared_shape), 125), dtype);
+      const Values dout = rounded(random_values(shape_numel(q_shape), 126), dtype);
+      const Forward forward = [&](const std::vector<Values>& in) {
+        return reference::attention(in[0], with_shared_rows(in[3], in[1], spec.batch, spec.shared, own_rows, width),
+                                    with_shared_rows(in[4], in[2], spec.batch, spec.shared, own_rows, width),
+                                    spec.batch, spec.time, spec.query_heads, spec.kv_heads, spec.head_dim,
+                                    spec.shared + spec.prefix, starts, scale)
+            .out;
+      };
+      const Tensor q_tensor = tensor_of(q, q_shape, dtype), k_tensor = tensor_of(k, kv_shape, dtype);
+      const Tensor v_tensor = tensor_of(v, kv_shape, dtype);
+      const Tensor shared_k_tensor = tensor_of(shared_k, shared_shape, dtype);
+      const Tensor shared_v_tensor = tensor_of(shared_v, shared_shape, dtype);
+      Tensor dshared_k = tensor_of(Values(shared_k.size(), 1e30), shared_shape, DType::kF32);
+      Tensor dshared_v = tensor_of(Values(shared_v.size(), 1e30), shared_shape, DType::kF32);
+      ops::AttentionOptions options;
+      options.num_prefix = spec.prefix;
+      options.doc_start = starts.empty() ? nullptr : &starts_tensor;
+      options.shared_prefix = {&shared_k_tensor, &shared_v_tensor, &dshared_k, &dshared_v};
+      Tensor out = Tensor::empty_cpu(q_shape, dtype);
+      Tensor lse = Tensor::empty_cpu({spec.batch, spec.query_heads, spec.time}, DType::kF32);
+      ops::attention_forward(*context, q_tensor, k_tensor, v_tensor, options, out, lse);
+      const reference::AttentionResult want =
+          reference::attention(q, with_shared_rows(shared_k, k, spec.batch, spec.shared, own_rows, width),
+                               with_shared_rows(shared_v, v, spec.batch, spec.shared, own_rows, width), spec.batch,
+                               spec.time, spec.query_heads, spec.kv_heads, spec.head_dim, spec.shared + spec.prefix,
+                               starts, scale);
+      const std::string dtype_name = str_cat(label, " ", dtype_label(dtype));
+      report(dtype_name + " out", scaled_error(values_of(out), want.out), forward_tolerance(dtype));
+      report(dtype_name + " lse", scaled_error(values_of(lse), want.lse), 1e-5);
+
+      Tensor dq = tensor_of(Values(q.size(), 1e30), q_shape, dtype);
+      Tensor dk = tensor_of(Values(k.size(), 1e30), kv_shape, dtype);
+      Tensor dv = tensor_of(Values(v.size(), 1e30), kv_shape, dtype);
+      ops::attention_backward(*context, tensor_of(dout, q_shape, dtype), q_tensor, k_tensor, v_tensor, out, lse,
+                              options, dq, dk, dv);
+      const std::vector<Values> inputs = {q, k, v, shared_k, shared_v};
+      const double tolerance = dtype == DType::kF32 ? kGradientTolerance : 1.5e-2;
+      report(dtype_name + " dq", finite_difference_error(forward, inputs, 0, values_of(dq), dout), tolerance);
+      report(dtype_name + " dk", finite_difference_error(forward, inputs, 1, values_of(dk), dout), tolerance);
+      report(dtype_name + " dv", finite_difference_error(forward, inputs, 2, values_of(dv), dout), tolerance);
+      report(dtype_name + " dshared_keys",
+             finite_difference_error(forward, inputs, 3, values_of(dshared_k), dout), tolerance);
+      report(dtype_name + " dshared_values",
+             finite_difference_error(forward, inputs, 4, values_of(dshared_v), dout), tolerance);
+    }
+  }
+}
+
 // ---- Elementwise -------------------------------------------------------------------------------
 
 TEST_F(OpTable, Elementwise) {

@@ -542,7 +542,12 @@ INSTANTIATE_TEST_SUITE_P(Runs, TrainerResumeTest,
                                            ResumeCase{"PromptTuning", "prompt_tuning", "f32"},
                                            ResumeCase{"PTuningBf16", "p_tuning", "bf16"},
                                            ResumeCase{"PrefixTuningProjectionSelective", "prefix_tuning", "f32"},
-                                           ResumeCase{"BottleneckHoulsbyFull", "bottleneck", "f32"}),
+                                           ResumeCase{"BottleneckHoulsbyFull", "bottleneck", "f32"},
+                                           // Mixed precision for the two modes with their own block-level
+                                           // arithmetic: bf16 prefix K/V in attention, f16 adapters under
+                                           // dynamic loss scaling.
+                                           ResumeCase{"PrefixTuningProjectionSelectiveBf16", "prefix_tuning", "bf16"},
+                                           ResumeCase{"BottleneckHoulsbyFullF16LossScaling", "bottleneck", "f16"}),
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
 
 TEST_P(TrainerResumeTest, HostOptimizerCopiesChangeNoBitAndResumeToo) {
