@@ -24,6 +24,7 @@ must stay within a few minutes on 2 shared cores).
 """
 
 import json
+import os
 import subprocess
 import time
 import unittest
@@ -33,9 +34,14 @@ import llama_cpp
 
 from interop_common import ARGS, WORK_DIR, convert_smollm2, main, run_llmft
 
-TRAIN_STEPS = 12
-HELDOUT = 20  # of the quickstart's 50, for the exact match
-GREEDY = 5  # of those, for the token-by-token comparison
+# LLMFT_LLAMACPP_FULL=1 (bench/run_llamacpp_quickstart.sh) makes it the quickstart
+# itself: 2,000 training conversations, its 40 steps, and every one of the 50
+# held-out conversations for both checks.
+FULL = os.environ.get("LLMFT_LLAMACPP_FULL") == "1"
+TRAIN_RECORDS = 2000 if FULL else 200
+TRAIN_STEPS = 40 if FULL else 12
+HELDOUT = 50 if FULL else 20  # of the quickstart's 50, for the exact match
+GREEDY = 50 if FULL else 5  # of those, for the token-by-token comparison
 MAX_NEW_TOKENS = 32  # as scripts/quickstart: the answers take 23-28 tokens with the end of turn
 EXACT_MATCH_FLOOR = 0.8
 CONTROL_PROMPTS = 2
@@ -86,7 +92,7 @@ class LlamaCppQuickstartTest(unittest.TestCase):
         start = time.monotonic()
         cls.base_dir = convert_smollm2("f32")
         task_dir, data_dir, run_dir = WORK_DIR / "task", WORK_DIR / "data", WORK_DIR / "run"
-        subprocess.run([quickstart_task_binary(), "make", "--out", str(task_dir), "--train", "200", "--heldout", "50",
+        subprocess.run([quickstart_task_binary(), "make", "--out", str(task_dir), "--train", str(TRAIN_RECORDS), "--heldout", "50",
                         "--seed", "1"], check=True, capture_output=True)
         run_llmft("data", "build", "--input", str(task_dir / "train.jsonl"), "--format", "messages", "--tokenizer",
                   str(cls.base_dir), "--output", str(data_dir / "train"), "--shards", "1", "--seq-len", "96")
