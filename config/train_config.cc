@@ -445,6 +445,7 @@ void fill_train_config_defaults(TrainConfig& config) {
   if (!precision.has_growth_interval()) precision.set_growth_interval(2000);
   if (!precision.has_hysteresis()) precision.set_hysteresis(1);
   if (!precision.has_loss_scaling()) precision.set_loss_scaling(precision.compute_dtype() == FLOAT16);
+  if (!precision.has_deterministic()) precision.set_deterministic(false);
 
   ParallelConfig& parallel = *config.mutable_parallel();
   // parallel.dp stays unset: it defaults to the launched world size / tp.

@@ -113,6 +113,7 @@ TrainOptions convert(const TrainConfig& config, const std::string& source) {
   options.growth_interval = precision.growth_interval();
   options.hysteresis = precision.hysteresis();
   options.loss_scaling = precision.loss_scaling();
+  options.deterministic = precision.deterministic();
 
   const MemoryConfig& memory = config.memory();
   options.activation_checkpointing = memory.activation_checkpointing() == FULL        ? "full"

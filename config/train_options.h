@@ -85,6 +85,7 @@ struct TrainOptions {
   int64_t growth_interval = 2000;
   int64_t hysteresis = 1;
   bool loss_scaling = false;  // dynamic loss scaling (resolved: on for f16)
+  bool deterministic = false;  // CUDA kernels without float atomics (Context::deterministic)
 
   // memory: gradient checkpointing "none", "full" or "selective" of blocks
   // 0, k, 2k, ... (k = checkpoint_every_n_layers)

@@ -39,6 +39,14 @@ class Context {
   // Copies a host tensor to this device (a shallow share when already here).
   Tensor upload(const Tensor& host) const;
 
+  // Deterministic kernels (precision.deterministic): when set, the CUDA
+  // backend sums every gradient in a fixed order, without float atomics
+  // (attention's dQ, the f32 embedding gradient, the gradient statistics), so
+  // a run repeats bit for bit on the same GPU, at some speed. The CPU backend
+  // is deterministic either way (every sum has a fixed thread and order).
+  bool deterministic() const { return deterministic_; }
+  void set_deterministic(bool deterministic) { deterministic_ = deterministic; }
+
   // Waits for all work queued on this context's stream.
   void synchronize();
 
@@ -50,6 +58,7 @@ class Context {
   Context();
   Device device_;
   uint64_t seed_ = 0;
+  bool deterministic_ = false;
   std::unique_ptr<Allocator> owned_allocator_;
   Allocator* allocator_ = nullptr;
   std::unique_ptr<CudaResources> cuda_;

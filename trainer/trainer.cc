@@ -43,6 +43,8 @@ Trainer::Trainer(Context& context, config::TrainOptions options, TrainerHooks ho
     : context_(context), options_(std::move(options)), hooks_(std::move(hooks)) {
   // The per-category peaks reported after the first step are this run's.
   context_.allocator().reset_category_peaks();
+  // precision.deterministic: the CUDA kernels sum without float atomics.
+  context_.set_deterministic(options_.deterministic);
   if (!hooks_.parallel) single_process_ = parallel::ParallelContext::single_process();
   parallel_ = hooks_.parallel ? hooks_.parallel : single_process_.get();
   dp_ = &parallel_->dp();

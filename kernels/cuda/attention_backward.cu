@@ -15,8 +15,13 @@
 // summation order (hence its last bits) varies between runs.
 // The [T, T] matrix is never materialised. Same masking as the forward
 // (attention_common.cuh). Next optimisations: tensor cores (mma/wgmma), larger
-// tiles, skipping query tiles wholly hidden by doc_start, and a
-// deterministic dQ option.
+// tiles, skipping query tiles wholly hidden by doc_start.
+// Deterministic contexts (Context::deterministic) replace the atomics: launch
+// 2 leaves dQ alone, and a dQ kernel with one block per (query tile, query
+// head, batch entry) walks the key tiles its queries see (as the forward),
+// recomputes dS and sums dQ = scale * dS K in registers in key order (FA2's
+// separate-dQ schedule: P and dP are computed twice, every dQ element has one
+// writer).
 // A shared prefix (ops::SharedPrefix): the blocks of batch entry b write
 // their shared-key rows of dK/dV to an fp32 [B, S, Hkv, Dh] scratch, and a
 // fourth launch sums it over b in batch order (no atomics, so those
@@ -163,8 +168,8 @@ __global__ void __launch_bounds__(kThreads)
         dk_accumulator[kk] += dk_sum;
       }
 
-      // dQ for query row `row`.
-      if (row_valid) {
+      // dQ for query row `row` (deterministic contexts: the dQ kernel instead).
+      if (row_valid && dq_accumulator != nullptr) {
 #pragma unroll
         for (int kk = 0; kk < kOutPerThread; ++kk) {
           const int d = sub + kThreadsPerRow * kk;
@@ -205,6 +210,107 @@ __global__ void sum_over_batch_kernel(const float* partial, int64_t batch, int64
   }
 }
 
+template <int kHeadDimPad>
+constexpr size_t dq_shared_bytes() {
+  constexpr int stride = kHeadDimPad + 1;
+  return sizeof(float) * ((2 * kBlockQ + 2 * kBlockK) * stride + kBlockQ * (kBlockK + 1)) + sizeof(int) * kBlockQ;
+}
+
+// Deterministic dQ: thread t owns query row i = t / 4, score columns
+// j = t%4 + 4c and dQ columns d = t%4 + 4k, as in the forward kernel.
+template <typename T, int kHeadDimPad>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_kernel(Shape shape, const T* q, const T* k, const T* v, const T* shared_k,
+                                 const T* shared_v, const T* dout, const float* lse, const float* row_dot,
+                                 const int32_t* doc_start, T* dq) {
+  constexpr int stride = kHeadDimPad + 1;
+  constexpr int kOutPerThread = kHeadDimPad / kThreadsPerRow;
+  constexpr int p_stride = kBlockK + 1;
+  extern __shared__ float shared[];
+  float* q_tile = shared;                                              // [kBlockQ][stride]
+  float* do_tile = q_tile + kBlockQ * stride;                          // [kBlockQ][stride]
+  float* k_tile = do_tile + kBlockQ * stride;                          // [kBlockK][stride]
+  float* v_tile = k_tile + kBlockK * stride;                           // [kBlockK][stride]
+  float* ds_tile = v_tile + kBlockK * stride;                          // [kBlockQ][p_stride]
+  int* row_doc_start = reinterpret_cast<int*>(ds_tile + kBlockQ * p_stride);  // [kBlockQ]
+
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kBlockQ;
+  const int64_t head = blockIdx.y, b = blockIdx.z;
+  const int64_t kv_head = head / (shape.q_heads / shape.kv_heads);
+  const int tid = threadIdx.x;
+  const int row = tid / kThreadsPerRow, sub = tid % kThreadsPerRow;
+  const int64_t query = q0 + row;
+  const bool row_valid = query < shape.time;
+
+  for (int e = tid; e < kBlockQ * kHeadDimPad; e += kThreads) {
+    const int r = e / kHeadDimPad, d = e % kHeadDimPad;
+    const int64_t t = q0 + r;
+    const bool inside = t < shape.time && d < shape.head_dim;
+    q_tile[r * stride + d] = inside ? to_float(q[q_index(shape, b, t, head, d)]) : 0.0f;
+    do_tile[r * stride + d] = inside ? to_float(dout[q_index(shape, b, t, head, d)]) : 0.0f;
+  }
+  if (sub == 0) row_doc_start[row] = (row_valid && doc_start != nullptr) ? doc_start[b * shape.time + query] : 0;
+  const float my_lse = row_valid ? lse[lse_index(shape, b, head, query)] : 0.0f;
+  const float my_dot = row_valid ? row_dot[lse_index(shape, b, head, query)] : 0.0f;
+  __syncthreads();
+  int tile_min_doc_start = row_doc_start[0];
+  for (int r = 1; r < kBlockQ; ++r) {
+    if (q0 + r < shape.time) tile_min_doc_start = min(tile_min_doc_start, row_doc_start[r]);
+  }
+  const int64_t my_doc_start = row_doc_start[row];
+  const int64_t last_query = min(q0 + kBlockQ, shape.time) - 1;
+  const int64_t key_end = shape.prefix + last_query + 1;  // exclusive
+
+  float accumulator[kOutPerThread];
+#pragma unroll
+  for (int kk = 0; kk < kOutPerThread; ++kk) accumulator[kk] = 0.0f;
+
+  for (int64_t k0 = 0; k0 < key_end; k0 += kBlockK) {
+    if (k0 >= shape.prefix && k0 + kBlockK <= shape.prefix + tile_min_doc_start) continue;  // all hidden
+    __syncthreads();  // the previous step is done with k_tile, v_tile, ds_tile
+    for (int e = tid; e < kBlockK * kHeadDimPad; e += kThreads) {
+      const int r = e / kHeadDimPad, d = e % kHeadDimPad;
+      const int64_t s = k0 + r;
+      const bool inside = s < shape.keys && d < shape.head_dim;
+      k_tile[r * stride + d] = inside ? load_key(shape, k, shared_k, b, s, kv_head, d) : 0.0f;
+      v_tile[r * stride + d] = inside ? load_key(shape, v, shared_v, b, s, kv_head, d) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < kColumnsPerThread; ++c) {
+      const int j = sub + kThreadsPerRow * c;
+      const int64_t s = k0 + j;
+      const bool visible = row_valid && s < shape.keys && key_visible(s, query, shape.prefix, my_doc_start);
+      float ds = 0.0f;
+      if (visible) {
+        float score = 0.0f, dp = 0.0f;
+#pragma unroll 16
+        for (int d = 0; d < kHeadDimPad; ++d) {
+          score += q_tile[row * stride + d] * k_tile[j * stride + d];
+          dp += do_tile[row * stride + d] * v_tile[j * stride + d];
+        }
+        ds = expf(score * shape.scale - my_lse) * (dp - my_dot);
+      }
+      ds_tile[row * p_stride + j] = ds;
+    }
+    __syncthreads();  // the row's four threads wrote its dS columns
+#pragma unroll
+    for (int kk = 0; kk < kOutPerThread; ++kk) {
+      const int d = sub + kThreadsPerRow * kk;
+      float sum = 0.0f;
+#pragma unroll 8
+      for (int j = 0; j < kBlockK; ++j) sum += ds_tile[row * p_stride + j] * k_tile[j * stride + d];
+      accumulator[kk] += sum;
+    }
+  }
+  if (!row_valid) return;
+#pragma unroll
+  for (int kk = 0; kk < kOutPerThread; ++kk) {
+    const int d = sub + kThreadsPerRow * kk;
+    if (d < shape.head_dim) dq[q_index(shape, b, query, head, d)] = from_float<T>(accumulator[kk] * shape.scale);
+  }
+}
+
 template <typename T>
 __global__ void round_accumulator_kernel(const float* accumulator, T* out, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -225,8 +331,12 @@ void launch_backward(Context& context, const Shape& shape, const Tensor& dout, c
       shape, static_cast<const T*>(dout.raw_data()), static_cast<const T*>(out.raw_data()), row_dot.data<float>());
   LLMFT_CUDA_CHECK_LAUNCH();
 
-  Tensor dq_accumulator = context.empty(q.shape(), DType::kF32);
-  LLMFT_CUDA_CHECK(cudaMemsetAsync(dq_accumulator.raw_data(), 0, dq_accumulator.nbytes(), stream));
+  const bool deterministic = context.deterministic();
+  Tensor dq_accumulator;
+  if (!deterministic) {
+    dq_accumulator = context.empty(q.shape(), DType::kF32);
+    LLMFT_CUDA_CHECK(cudaMemsetAsync(dq_accumulator.raw_data(), 0, dq_accumulator.nbytes(), stream));
+  }
 
   constexpr size_t shared_bytes = backward_shared_bytes<kHeadDimPad>();
   auto kernel = attention_backward_kernel<T, kHeadDimPad>;
@@ -247,7 +357,7 @@ void launch_backward(Context& context, const Shape& shape, const Tensor& dout, c
   kernel<<<grid, kThreads, shared_bytes, stream>>>(
       shape, static_cast<const T*>(q.raw_data()), static_cast<const T*>(k.raw_data()),
       static_cast<const T*>(v.raw_data()), shared_k, shared_v, static_cast<const T*>(dout.raw_data()),
-      lse.data<float>(), row_dot.data<float>(), doc_start, dq_accumulator.data<float>(),
+      lse.data<float>(), row_dot.data<float>(), doc_start, deterministic ? nullptr : dq_accumulator.data<float>(),
       static_cast<T*>(dk.raw_data()), static_cast<T*>(dv.raw_data()),
       shape.shared > 0 ? dshared_k_partial.data<float>() : nullptr,
       shape.shared > 0 ? dshared_v_partial.data<float>() : nullptr);
@@ -261,6 +371,20 @@ void launch_backward(Context& context, const Shape& shape, const Tensor& dout, c
     LLMFT_CUDA_CHECK_LAUNCH();
   }
 
+  if (deterministic) {
+    constexpr size_t dq_bytes = dq_shared_bytes<kHeadDimPad>();
+    auto dq_kernel = attention_backward_dq_kernel<T, kHeadDimPad>;
+    LLMFT_CUDA_CHECK(
+        cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dq_bytes)));
+    const dim3 dq_grid(static_cast<unsigned>(ceil_div(shape.time, kBlockQ)), static_cast<unsigned>(shape.q_heads),
+                       static_cast<unsigned>(shape.batch));
+    dq_kernel<<<dq_grid, kThreads, dq_bytes, stream>>>(
+        shape, static_cast<const T*>(q.raw_data()), static_cast<const T*>(k.raw_data()),
+        static_cast<const T*>(v.raw_data()), shared_k, shared_v, static_cast<const T*>(dout.raw_data()),
+        lse.data<float>(), row_dot.data<float>(), doc_start, static_cast<T*>(dq.raw_data()));
+    LLMFT_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const int64_t n = dq.numel();
   round_accumulator_kernel<T>
       <<<grid_for(context, n, 256), 256, 0, stream>>>(dq_accumulator.data<float>(), static_cast<T*>(dq.raw_data()), n);

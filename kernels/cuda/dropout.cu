@@ -11,7 +11,12 @@
 // read of every gradient: fp32 squares summed per thread, then double across
 // threads and blocks (atomicAdd on double), and one read-back at the end
 // (the caller needs the numbers on the host anyway to decide clipping and
-// whether to skip the step).
+// whether to skip the step). A deterministic context (Context::deterministic)
+// has each block write its own sum instead, and the host adds the blocks in
+// order: the same bits on every run, for one read-back of a few KB per tensor.
+#include <algorithm>
+#include <vector>
+
 #include "core/philox.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
@@ -101,8 +106,9 @@ struct DeviceGradientStats {
   unsigned long long non_finite_count;
 };
 
+// per_block: block b writes stats[b] (deterministic); else atomics into stats[0].
 template <typename T>
-__global__ void gradient_stats_kernel(const T* values, int64_t n, DeviceGradientStats* stats) {
+__global__ void gradient_stats_kernel(const T* values, int64_t n, DeviceGradientStats* stats, bool per_block) {
   __shared__ double scratch[32];
   float thread_sum = 0.0f;
   unsigned non_finite = 0;
@@ -116,7 +122,10 @@ __global__ void gradient_stats_kernel(const T* values, int64_t n, DeviceGradient
   }
   const double block_total = block_sum<double>(static_cast<double>(thread_sum), scratch);
   const int any_non_finite = __syncthreads_or(static_cast<int>(non_finite));
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && per_block) {
+    stats[blockIdx.x].sum_of_squares = block_total;
+    stats[blockIdx.x].non_finite_count = any_non_finite ? 1ull : 0ull;
+  } else if (threadIdx.x == 0) {
     atomicAdd(&stats->sum_of_squares, block_total);
     if (any_non_finite) atomicAdd(&stats->non_finite_count, 1ull);
   }
@@ -143,28 +152,45 @@ ops::GradientStats gradient_stats(Context& context, std::span<const Tensor> tens
     require_float(op, name, tensors[index]);
   }
   cudaStream_t stream = stream_of(context);
-  Tensor device_stats = context.empty({2}, DType::kI64);  // 16 bytes for DeviceGradientStats
   static_assert(sizeof(DeviceGradientStats) == 16);
+  // Deterministic: one DeviceGradientStats per block of every launch, in launch order.
+  const bool per_block = context.deterministic();
+  int64_t slots = 1;
+  if (per_block) {
+    slots = 0;
+    for (const Tensor& tensor : tensors)
+      if (tensor.numel() > 0) slots += grid_for(context, tensor.numel(), kThreads);
+    slots = std::max<int64_t>(slots, 1);
+  }
+  Tensor device_stats = context.empty({2 * slots}, DType::kI64);  // 16 bytes per DeviceGradientStats
   auto* stats = static_cast<DeviceGradientStats*>(device_stats.raw_data());
-  LLMFT_CUDA_CHECK(cudaMemsetAsync(stats, 0, sizeof(DeviceGradientStats), stream));
+  LLMFT_CUDA_CHECK(cudaMemsetAsync(stats, 0, slots * sizeof(DeviceGradientStats), stream));
   // One launch per tensor; a LoRA run has a few hundred. Next optimisation: one
   // launch over a device table of (pointer, numel, dtype).
+  int64_t slot = 0;
   for (const Tensor& tensor : tensors) {
     const int64_t n = tensor.numel();
     if (n == 0) continue;
     const unsigned blocks = grid_for(context, n, kThreads);
     dispatch_float(tensor.dtype(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
-      gradient_stats_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(tensor.raw_data()), n, stats);
+      gradient_stats_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(tensor.raw_data()), n,
+                                                                 stats + (per_block ? slot : 0), per_block);
       LLMFT_CUDA_CHECK_LAUNCH();
     });
+    if (per_block) slot += blocks;
   }
-  DeviceGradientStats host_stats{};
-  LLMFT_CUDA_CHECK(cudaMemcpyAsync(&host_stats, stats, sizeof host_stats, cudaMemcpyDeviceToHost, stream));
+  std::vector<DeviceGradientStats> host_stats(static_cast<size_t>(slots));
+  LLMFT_CUDA_CHECK(cudaMemcpyAsync(host_stats.data(), stats, slots * sizeof(DeviceGradientStats),
+                                   cudaMemcpyDeviceToHost, stream));
   LLMFT_CUDA_CHECK(cudaStreamSynchronize(stream));
   ops::GradientStats result;
-  result.sum_of_squares = host_stats.sum_of_squares;
-  result.all_finite = host_stats.non_finite_count == 0;
+  unsigned long long non_finite = 0;
+  for (const DeviceGradientStats& block : host_stats) {  // in order: the same sum on every run
+    result.sum_of_squares += block.sum_of_squares;
+    non_finite += block.non_finite_count;
+  }
+  result.all_finite = non_finite == 0;
   return result;
 }
 

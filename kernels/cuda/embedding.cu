@@ -8,7 +8,9 @@
 //
 // Backward, f32 dtable: one thread per (position, column) atomicAdds in fp32
 // into dtable. Repeated ids therefore add in a run-dependent order (fp32
-// last-bit differences between runs), the price of a sync-free scatter.
+// last-bit differences between runs), the price of a sync-free scatter;
+// a deterministic context (Context::deterministic) takes the segment path
+// below instead.
 // Backward, bf16/f16 dtable: 16-bit atomics would round after every add and
 // race on the packed pair, so the host (which has the ids anyway) groups the
 // positions by id in position order (a CSR list); one block per distinct id
@@ -129,7 +131,7 @@ void embedding_backward(Context& context, const Tensor& ids, const Tensor& dout,
   const std::vector<int32_t> host_ids = download_checked_ids(context, op, ids, vocab_size);
   if (dim == 0) return;
   cudaStream_t stream = stream_of(context);
-  if (dtable.dtype() == DType::kF32) {
+  if (dtable.dtype() == DType::kF32 && !context.deterministic()) {
     embedding_backward_atomic_kernel<<<grid_for(context, count * dim, kThreads), kThreads, 0, stream>>>(
         ids.data<int32_t>(), dout.raw_data(), dout.dtype(), dtable.data<float>(), count, dim);
     LLMFT_CUDA_CHECK_LAUNCH();

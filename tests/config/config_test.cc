@@ -178,6 +178,7 @@ TEST(TrainConfig, UnwrittenFieldsTakeTheDefaultsTheProtoDocuments) {
   EXPECT_EQ(config.parallel().bucket_mb(), 25.0);
   EXPECT_EQ(config.parallel().timeout_s(), 600.0);
   EXPECT_FALSE(config.precision().loss_scaling());  // on only for FLOAT16 unless written
+  EXPECT_FALSE(config.precision().deterministic());
   EXPECT_EQ(config.memory().activation_checkpointing(), NONE);
   EXPECT_EQ(config.memory().checkpoint_every_n_layers(), 1);
   EXPECT_EQ(config.checkpoint().dir(), "checkpoints");

@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -69,6 +70,22 @@ struct OpCase {
 };
 
 constexpr DType kFloatDTypes[] = {DType::kF32, DType::kBF16, DType::kF16};
+
+// Runs a case's ops with Context::deterministic set (the CUDA kernels that sum
+// without float atomics), restoring the context's setting after.
+class DeterministicScope {
+ public:
+  DeterministicScope(Context& context, bool deterministic) : context_(context), saved_(context.deterministic()) {
+    context_.set_deterministic(deterministic);
+  }
+  ~DeterministicScope() { context_.set_deterministic(saved_); }
+  DeterministicScope(const DeterministicScope&) = delete;
+  DeterministicScope& operator=(const DeterministicScope&) = delete;
+
+ private:
+  Context& context_;
+  bool saved_;
+};
 
 std::string label(DType dtype) { return std::string(dtype_name(dtype)); }
 
@@ -204,19 +221,26 @@ void add_embedding_cases(std::vector<OpCase>& table) {
           return Outputs{{"out", out}};
         }});
     // Only 7 distinct ids among 40 positions: repeated ids must accumulate.
-    table.push_back(OpCase{"embedding_backward/" + label(dtype) + "/repeated_ids", tolerance_for(dtype),
-                           [=] {
-                             std::vector<int32_t> ids = random_ints(count, 7, 33);
-                             for (int32_t& id : ids) id *= 7;
-                             return Inputs{int_tensor({count}, ids), random_tensor({count, dim}, dtype, 34),
-                                           random_tensor({vocab, dim}, dtype, 35)};
-                           },
-                           [=](Context& context, const Inputs& in) {
-                             Tensor ids = place(context, in[0]), dout = place(context, in[1]),
-                                    dtable = place(context, in[2]);
-                             ops::embedding_backward(context, ids, dout, dtable);
-                             return Outputs{{"dtable", dtable}};
-                           }});
+    // f32 also deterministically (the segment kernel instead of atomics).
+    for (bool deterministic : {false, true}) {
+      if (deterministic && dtype != DType::kF32) continue;  // 16-bit tables always take the segment kernel
+      table.push_back(OpCase{"embedding_backward/" + label(dtype) + "/repeated_ids" +
+                                 (deterministic ? "_deterministic" : ""),
+                             tolerance_for(dtype),
+                             [=] {
+                               std::vector<int32_t> ids = random_ints(count, 7, 33);
+                               for (int32_t& id : ids) id *= 7;
+                               return Inputs{int_tensor({count}, ids), random_tensor({count, dim}, dtype, 34),
+                                             random_tensor({vocab, dim}, dtype, 35)};
+                             },
+                             [=](Context& context, const Inputs& in) {
+                               DeterministicScope scope(context, deterministic);
+                               Tensor ids = place(context, in[0]), dout = place(context, in[1]),
+                                      dtable = place(context, in[2]);
+                               ops::embedding_backward(context, ids, dout, dtable);
+                               return Outputs{{"dtable", dtable}};
+                             }});
+    }
   }
 }
 
@@ -369,6 +393,7 @@ struct AttentionCase {
   std::vector<int64_t> doc_boundaries;  // document starts within each row (besides 0); empty: no doc_start
   float softmax_scale = 0.0f;
   int64_t shared = 0;  // shared-prefix positions (ops::SharedPrefix, prefix tuning)
+  bool deterministic = false;  // Context::deterministic: dQ from its own kernel, no atomics
 };
 
 Tensor doc_start_tensor(const AttentionCase& shape) {
@@ -395,6 +420,8 @@ void add_attention_cases(std::vector<OpCase>& table) {
       {"single_query_prefix3_D64", 1, 1, 2, 1, 64, 3, {}},
       {"shared20_B3_T37_Hq4_Hkv2_D64", 3, 37, 4, 2, 64, 0, {}, 0.0f, 20},
       {"shared5_prefix2_docs_B2_T45_Hq2_Hkv1_D80", 2, 45, 2, 1, 80, 2, {11, 30}, 0.0f, 5},
+      {"deterministic_gqa_B2_T37_Hq4_Hkv2_D64", 2, 37, 4, 2, 64, 0, {}, 0.0f, 0, true},
+      {"deterministic_shared5_prefix2_docs_B2_T45_Hq2_Hkv1_D80_scale", 2, 45, 2, 1, 80, 2, {11, 30}, 0.3f, 5, true},
   };
   for (DType dtype : kFloatDTypes) {
     for (const AttentionCase& shape : cases) {
@@ -410,6 +437,7 @@ void add_attention_cases(std::vector<OpCase>& table) {
       // Runs the forward (and the backward when asked) on `context`.
       auto run = [=](Context& context, const Inputs& in, bool backward) {
         Tensor q = place(context, in[0]), k = place(context, in[1]), v = place(context, in[2]);
+        DeterministicScope scope(context, shape.deterministic);
         Tensor doc_start = place(context, in[4]);
         Tensor shared_k = place(context, in[5]), shared_v = place(context, in[6]);
         ops::AttentionOptions options;
@@ -576,15 +604,17 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
                          }});
   // Sum of squares and finiteness over several tensors of mixed dtypes,
   // returned as a [3] f32 tensor {sum of squares, all finite, all finite with an inf added}.
+  for (bool deterministic : {false, true})
   table.push_back(OpCase{
-      "gradient_stats/mixed/3_tensors", 1e-6,
+      std::string("gradient_stats/mixed/3_tensors") + (deterministic ? "_deterministic" : ""), 1e-6,
       [] {
         std::vector<float> with_inf(100, 1.0f);
         with_inf[37] = INFINITY;
         return Inputs{random_tensor({3, 1001}, DType::kF32, 101), random_tensor({77}, DType::kBF16, 102),
                       random_tensor({5000}, DType::kF16, 103), Tensor::from_floats({100}, with_inf, DType::kBF16)};
       },
-      [](Context& context, const Inputs& in) {
+      [deterministic](Context& context, const Inputs& in) {
+        DeterministicScope scope(context, deterministic);
         std::vector<Tensor> finite = {place(context, in[0]), place(context, in[1]), place(context, in[2])};
         const ops::GradientStats stats = ops::gradient_stats(context, finite);
         finite.push_back(place(context, in[3]));
@@ -769,6 +799,44 @@ void expect_bad_input(Body&& body, const std::string& expected_fragment) {
   } catch (const Error& error) {
     EXPECT_EQ(error.kind(), ErrorKind::kBadInput) << error.what();
     EXPECT_NE(std::string(error.what()).find(expected_fragment), std::string::npos) << error.what();
+  }
+}
+
+// Context::deterministic: the backward ops that otherwise sum with float
+// atomics (attention's dQ, the f32 embedding gradient, the gradient
+// statistics) give the same bits when run again on the same inputs.
+TEST(CudaDeterministicTest, AtomicFreeBackwardsRepeatBitForBit) {
+  SKIP_WITHOUT_CUDA();
+  Context& context = cuda_context();
+  DeterministicScope scope(context, true);
+  const Shape q_shape{2, 70, 4, 64}, kv_shape{2, 70, 2, 64};
+  Tensor q = context.upload(random_tensor(q_shape, DType::kF32, 201));
+  Tensor k = context.upload(random_tensor(kv_shape, DType::kF32, 202));
+  Tensor v = context.upload(random_tensor(kv_shape, DType::kF32, 203));
+  Tensor dout = context.upload(random_tensor(q_shape, DType::kF32, 204));
+  Tensor out = context.empty(q_shape, DType::kF32), lse = context.empty({2, 4, 70}, DType::kF32);
+  ops::AttentionOptions options;
+  ops::attention_forward(context, q, k, v, options, out, lse);
+  std::vector<int32_t> ids = random_ints(300, 5, 205);  // 300 positions, 5 distinct ids
+  Tensor ids_tensor = context.upload(int_tensor({300}, ids));
+  Tensor embedding_dout = context.upload(random_tensor({300, 96}, DType::kF32, 206));
+  auto run = [&] {
+    Tensor dq = context.empty(q_shape, DType::kF32), dk = context.empty(kv_shape, DType::kF32);
+    Tensor dv = context.empty(kv_shape, DType::kF32);
+    ops::attention_backward(context, dout, q, k, v, out, lse, options, dq, dk, dv);
+    Tensor dtable = context.zeros({5, 96}, DType::kF32);
+    ops::embedding_backward(context, ids_tensor, embedding_dout, dtable);
+    const std::vector<Tensor> gradients = {dq, dtable};
+    const double norm = ops::gradient_stats(context, gradients).sum_of_squares;
+    return std::make_tuple(dq.to_floats(),
+                           dtable.to_floats(), norm);
+  };
+  const auto first = run();
+  for (int again = 0; again < 3; ++again) {
+    const auto next = run();
+    EXPECT_TRUE(std::get<0>(next) == std::get<0>(first)) << "attention dQ differs on run " << again + 2;
+    EXPECT_TRUE(std::get<1>(next) == std::get<1>(first)) << "embedding gradient differs on run " << again + 2;
+    EXPECT_EQ(std::get<2>(next), std::get<2>(first)) << "gradient sum of squares differs on run " << again + 2;
   }
 }
 

@@ -898,7 +898,16 @@ TEST_F(TrainerTest, TrainOptionsComeFromTheTextConfigWithDefaults) {
   EXPECT_EQ(options.weights_dtype, "f16");
   EXPECT_EQ(options.keep_last, 3);
   EXPECT_EQ(options.log_every_n_steps, 10);
+  EXPECT_FALSE(options.deterministic);
   EXPECT_FALSE(config::parse_train_options("model { hf_dir: \"m\" } data { train_files: \"x\" }", "full.pbtxt").lora());
+  // precision.deterministic reaches the trainer's context (Context::deterministic).
+  EXPECT_TRUE(config::parse_train_options("model { hf_dir: \"m\" } data { train_files: \"x\" }", "d.pbtxt",
+                                          {"precision.deterministic=true"})
+                  .deterministic);
+  config::TrainOptions deterministic = lora_options("deterministic");
+  deterministic.deterministic = true;
+  Trainer trainer(*context_, deterministic, quiet_hooks());
+  EXPECT_TRUE(context_->deterministic());
 }
 
 TEST_F(TrainerTest, TrainLogsLossLrGradNormTokensPerSecondAndEvalMetrics) {
