@@ -160,7 +160,7 @@ int main(int argc, char** argv) try {
   auto model = std::make_unique<llmft::LlamaModel>(*context, config, model_options);
   init_weights_quickly(*model);
 
-  llmft::LoraConfig lora_config;
+  llmft::LoraSettings lora_config;
   lora_config.r = 8;
   lora_config.alpha = 16.0f;
   lora_config.dropout = 0.0f;

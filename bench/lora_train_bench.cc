@@ -127,7 +127,7 @@ int main(int argc, char** argv) try {
   std::unique_ptr<llmft::LoraModel> lora_model;
   llmft::ParameterRegistry* trainable = &model->parameters();
   if (lora) {
-    llmft::LoraConfig lora_config;
+    llmft::LoraSettings lora_config;
     lora_config.r = 8;
     lora_config.alpha = 16.0f;
     lora_config.dropout = 0.0f;

@@ -5,10 +5,10 @@
 // fields, defaults and ranges; this is its resolved form after
 // config/train_config.h has parsed, applied --set overrides, filled defaults
 // and validated. The indirection exists because the generated llmft.pb.h
-// declares llmft::DType and llmft::LoraConfig, which collide with core's
-// llmft::DType and peft's llmft::LoraConfig: no translation unit can include
-// both, so only train_options.cc sees the proto, and this header uses
-// standard types only.
+// declares llmft::DType, which collides with core's llmft::DType: no
+// translation unit can include both, so only train_options.cc sees the
+// proto, and this header uses standard types only. (peft's LoRA struct is
+// LoraSettings, not LoraConfig, for the same reason: see peft/lora.h.)
 #pragma once
 
 #include <cstdint>

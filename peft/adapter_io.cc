@@ -25,7 +25,7 @@ constexpr const char* kWeightsFile = "adapter_model.safetensors";
 void save_lora_adapter(const LoraModel& lora, const std::filesystem::path& directory,
                        const std::string& base_model_name_or_path, std::optional<DType> dtype) {
   std::filesystem::create_directories(directory);
-  const LoraConfig& config = lora.config();
+  const LoraSettings& config = lora.config();
   // The fields peft 0.21's LoraConfig writes that matter for loading; the
   // target list is the resolved module names, as PEFT stores after injection.
   nlohmann::json json = {
@@ -76,17 +76,17 @@ nlohmann::json read_adapter_json(const std::filesystem::path& path) {
   return json;
 }
 
-LoraConfig lora_config_from_json(const nlohmann::json& json, const std::string& file);
+LoraSettings lora_config_from_json(const nlohmann::json& json, const std::string& file);
 
 }  // namespace
 
-LoraConfig read_lora_adapter_config(const std::filesystem::path& path) {
+LoraSettings read_lora_adapter_config(const std::filesystem::path& path) {
   return lora_config_from_json(read_adapter_json(path), path.string());
 }
 
 namespace {
 
-LoraConfig lora_config_from_json(const nlohmann::json& json, const std::string& file) {
+LoraSettings lora_config_from_json(const nlohmann::json& json, const std::string& file) {
   auto field = [&](const char* name) -> const nlohmann::json& {
     if (!json.contains(name)) throw_bad_input(file, ": field '", name, "' is missing");
     return json.at(name);
@@ -94,7 +94,7 @@ LoraConfig lora_config_from_json(const nlohmann::json& json, const std::string& 
   const nlohmann::json& peft_type = field("peft_type");
   if (!peft_type.is_string() || peft_type.get<std::string>() != "LORA")
     throw_bad_input(file, ": field 'peft_type': expected \"LORA\", found ", peft_type.dump());
-  LoraConfig config;
+  LoraSettings config;
   const nlohmann::json& r = field("r");
   if (!r.is_number_integer()) throw_bad_input(file, ": field 'r': expected an integer, found ", r.dump());
   config.r = r.get<int64_t>();
@@ -254,7 +254,7 @@ void LoraModel::load_adapter_weights(const std::filesystem::path& directory) {
 
 std::unique_ptr<LoraModel> load_lora_adapter(Context& context, LlamaModel& model,
                                              const std::filesystem::path& directory) {
-  const LoraConfig config = read_lora_adapter_config(directory / kConfigFile);
+  const LoraSettings config = read_lora_adapter_config(directory / kConfigFile);
   auto lora = std::make_unique<LoraModel>(context, model, config);
   load_lora_adapter_weights(*lora, directory);
   return lora;

@@ -33,8 +33,8 @@ void save_lora_adapter(const LoraModel& lora, const std::filesystem::path& direc
 // peft_type other than "LORA", missing/mistyped r, lora_alpha, target_modules,
 // bias other than "none", lora_bias, use_dora, modules_to_save,
 // trainable_token_indices, layer_replication, non-empty rank_pattern/alpha_pattern,
-// layers_to_transform/layers_pattern, and anything LoraConfig::validate refuses.
-LoraConfig read_lora_adapter_config(const std::filesystem::path& path);
+// layers_to_transform/layers_pattern, and anything LoraSettings::validate refuses.
+LoraSettings read_lora_adapter_config(const std::filesystem::path& path);
 
 // Copies the tensors of `directory`/adapter_model.safetensors into `lora`'s
 // parameters. Every LoRA parameter must be present with its exact shape and no

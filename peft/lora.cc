@@ -10,15 +10,15 @@
 
 namespace llmft {
 
-// ---- LoraConfig -----------------------------------------------------------------
+// ---- LoraSettings -----------------------------------------------------------------
 
-float LoraConfig::scaling() const {
+float LoraSettings::scaling() const {
   // peft/tuners/lora/layer.py update_layer: lora_alpha / sqrt(r) with rsLoRA, else lora_alpha / r.
   const double rank = static_cast<double>(r);
   return static_cast<float>(use_rslora ? alpha / std::sqrt(rank) : alpha / rank);
 }
 
-void LoraConfig::validate(const std::string& source) const {
+void LoraSettings::validate(const std::string& source) const {
   if (r < 1) throw_bad_input(source, ": field 'r': expected an integer >= 1, found ", r);
   if (!(dropout >= 0.0f && dropout < 1.0f))
     throw_bad_input(source, ": field 'lora_dropout': expected a probability in [0, 1), found ", dropout);
@@ -32,7 +32,7 @@ void LoraConfig::validate(const std::string& source) const {
   }
 }
 
-std::vector<std::string> LoraConfig::resolved_target_modules() const {
+std::vector<std::string> LoraSettings::resolved_target_modules() const {
   const bool all = std::find(target_modules.begin(), target_modules.end(), "all-linear") != target_modules.end();
   std::vector<std::string> result;
   for (const std::string& name : lora_target_module_names())
@@ -139,7 +139,7 @@ uint64_t mix_seed(uint64_t value) {
 
 }  // namespace
 
-LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraConfig& config) : model_(model), config_(config) {
+LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraSettings& config) : model_(model), config_(config) {
   MemoryCategoryScope category(MemoryCategory::kTrainableWeights);
   config_.validate("LoRA config");
   const std::vector<std::string> targets = config_.resolved_target_modules();

@@ -40,7 +40,12 @@ inline const std::vector<std::string>& lora_target_module_names() {
   return names;
 }
 
-struct LoraConfig {
+// LoRA's hyperparameters. (Not "LoraConfig": proto/llmft.proto's message of
+// that name is generated as llmft::LoraConfig, and two classes of one name in
+// one namespace broke the One Definition Rule: the linker gave this struct's
+// copy constructor call the protobuf message's, which the ASan build showed
+// as a null std::string inside protobuf's RepeatedPtrField copy.)
+struct LoraSettings {
   int64_t r = 8;
   float alpha = 16.0f;
   float dropout = 0.0f;     // probability, in [0, 1)
@@ -125,14 +130,14 @@ class LoraModel : public PeftMethod {
   // q, k, v, o, gate, up, down), draws every A from Philox(config.seed) in that
   // order, zeroes every B, freezes all base parameters (dropping their
   // gradients) and allocates the fp32 LoRA gradients. `model` must outlive this.
-  LoraModel(Context& context, LlamaModel& model, const LoraConfig& config);
+  LoraModel(Context& context, LlamaModel& model, const LoraSettings& config);
   // Detaches its adapters, leaving any other adapter of the model; merged
   // weights stay merged.
   ~LoraModel() override;
   LoraModel(const LoraModel&) = delete;
   LoraModel& operator=(const LoraModel&) = delete;
 
-  const LoraConfig& config() const { return config_; }
+  const LoraSettings& config() const { return config_; }
   PeftType type() const override { return PeftType::kLora; }
   LlamaModel& model() override { return model_; }
   const LlamaModel& model() const override { return model_; }
@@ -172,7 +177,7 @@ class LoraModel : public PeftMethod {
   void apply_delta(Context& context, float sign);
 
   LlamaModel& model_;
-  LoraConfig config_;
+  LoraSettings config_;
   ParameterRegistry parameters_;
   std::vector<Linear*> linears_;
   std::vector<std::shared_ptr<LoraAdapter>> adapters_;

@@ -177,14 +177,14 @@ std::vector<std::string> export_gguf_adapter(TrainingModel& model, const std::fi
   if (lora == nullptr)
     throw_bad_input("export --gguf-adapter: the run trains ", peft_type_name(model.peft->type()),
                     "; llama.cpp's adapter GGUF holds LoRA only (use --adapter)");
-  const LoraConfig& config = lora->config();
+  const LoraSettings& config = lora->config();
   gguf::LoraAdapterSource source;
   source.config = model.model->config();
   source.config_source = (base_dir / "config.json").string();
   source.adapter_source = str_cat("LoRA of ", base_dir.string(), " (r ", config.r, ")");
   // llama.cpp scales by alpha / r (get_scale in src/llama-adapter.h); rsLoRA's
   // alpha / sqrt(r) is the same scale with alpha·sqrt(r), computed in double
-  // as LoraConfig::scaling does.
+  // as LoraSettings::scaling does.
   source.alpha = config.use_rslora ? static_cast<float>(config.alpha * std::sqrt(static_cast<double>(config.r)))
                                    : config.alpha;
   std::vector<const LoraAdapter*> adapters;

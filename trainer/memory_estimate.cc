@@ -32,7 +32,7 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
 
   double trainable = parameters;
   if (options.lora()) {
-    LoraConfig lora;
+    LoraSettings lora;
     lora.target_modules = options.lora_target_modules;
     const std::vector<std::string> targets = lora.resolved_target_modules();
     const double r = static_cast<double>(options.lora_r);

@@ -40,7 +40,7 @@ void TrainingModel::set_training(bool training) {
 std::unique_ptr<PeftMethod> attach_peft_method(Context& context, LlamaModel& model,
                                                const config::TrainOptions& options) {
   if (options.peft == "lora") {
-    LoraConfig lora_config;
+    LoraSettings lora_config;
     lora_config.r = options.lora_r;
     lora_config.alpha = options.lora_alpha;
     lora_config.dropout = options.lora_dropout;

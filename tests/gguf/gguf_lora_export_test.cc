@@ -48,7 +48,7 @@ class GgufLoraExportTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(root_); }
 
   void attach_lora(int64_t rank, float alpha, bool rslora) {
-    LoraConfig config;
+    LoraSettings config;
     config.r = rank;
     config.alpha = alpha;
     config.use_rslora = rslora;

@@ -88,7 +88,7 @@ TEST_F(GenerateE2eTest, AdapterOfEveryMethodGivesTheLibrarysIds) {
     auto model = LlamaModel::load(*context, directory_);
     std::unique_ptr<PeftMethod> attached;
     if (std::string(method) == "lora") {
-      LoraConfig config;
+      LoraSettings config;
       config.target_modules = {"all-linear"};
       auto lora = std::make_unique<LoraModel>(*context, *model, config);
       PhiloxGenerator generator(5);

@@ -66,8 +66,8 @@ inline void randomize_lora(LoraModel &lora, uint64_t seed) {
   }
 }
 
-inline LoraConfig lora_config() {
-  LoraConfig config;
+inline LoraSettings lora_config() {
+  LoraSettings config;
   config.r = 4;
   config.alpha = 8.0f;
   config.target_modules = {"all-linear"};

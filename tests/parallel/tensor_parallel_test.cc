@@ -113,7 +113,7 @@ Outcome run_model(Communicator* tp, const ModelConfig& config, ActivationPolicy 
   std::unique_ptr<LoraModel> adapters;
   ParameterRegistry* trainable = &model.parameters();
   if (lora) {
-    LoraConfig lora_config;
+    LoraSettings lora_config;
     lora_config.r = 4;
     lora_config.dropout = dropout;
     lora_config.target_modules = {"all-linear"};

@@ -31,7 +31,7 @@ class AdapterIoTest : public ::testing::Test {
     fs::remove_all(directory_);
     context_ = Context::cpu(0, 2);
     model_ = LlamaModel::load(*context_, tiny_llama_dir());
-    LoraConfig config;
+    LoraSettings config;
     config.r = 4;
     config.alpha = 12.0f;
     config.dropout = 0.05f;

@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
     for (int i = 3; i < argc; ++i) ids.push_back(static_cast<int32_t>(std::strtol(argv[i], nullptr, 10)));
     write_logits(*context, *model, ids, out_dir / "base.f32");
 
-    llmft::LoraConfig config;
+    llmft::LoraSettings config;
     config.r = 8;
     config.alpha = 16.0f;
     config.dropout = 0.05f;  // recorded in the config; off in eval, as in peft's model.eval()

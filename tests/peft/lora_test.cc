@@ -24,8 +24,8 @@ using peft_test::randomize_lora_b;
 using peft_test::tiny_batch;
 using peft_test::tiny_llama_dir;
 
-LoraConfig all_linear(int64_t r, float alpha) {
-  LoraConfig config;
+LoraSettings all_linear(int64_t r, float alpha) {
+  LoraSettings config;
   config.r = r;
   config.alpha = alpha;
   config.target_modules = {"all-linear"};
@@ -47,7 +47,7 @@ TEST(Lora, InitialModelEqualsTheBaseExactly) {
 TEST(Lora, TargetsAndNames) {
   auto context = Context::cpu(0, 2);
   auto model = LlamaModel::load(*context, tiny_llama_dir());
-  LoraConfig config = all_linear(2, 4.0f);
+  LoraSettings config = all_linear(2, 4.0f);
   config.target_modules = {"v_proj", "down_proj"};
   LoraModel lora(*context, *model, config);
   EXPECT_EQ(lora.adapted_modules(),
@@ -125,7 +125,7 @@ TEST(Lora, ForwardAndScalingMatchNaiveFormula) {
     weight.value.copy_from(Tensor::from_floats({out, in}, w_values));
     a.value.copy_from(Tensor::from_floats({rank, in}, a_values));
     b.value.copy_from(Tensor::from_floats({out, rank}, b_values));
-    LoraConfig config;
+    LoraSettings config;
     config.r = rank;
     config.alpha = alpha;
     config.use_rslora = rslora;
@@ -157,7 +157,7 @@ TEST(Lora, ForwardAndScalingMatchNaiveFormula) {
 void check_lora_gradients(float dropout) {
   auto context = Context::cpu(0, 2);
   auto model = LlamaModel::load(*context, tiny_llama_dir());
-  LoraConfig config = all_linear(4, 8.0f);
+  LoraSettings config = all_linear(4, 8.0f);
   config.dropout = dropout;
   LoraModel lora(*context, *model, config);
   randomize_lora_b(lora, 5, 0.5f);
@@ -175,7 +175,7 @@ TEST(Lora, GradientsWithDropoutMatchFiniteDifferences) { check_lora_gradients(0.
 TEST(Lora, DropoutOnlyWhileTraining) {
   auto context = Context::cpu(0, 2);
   auto model = LlamaModel::load(*context, tiny_llama_dir());
-  LoraConfig config = all_linear(4, 8.0f);
+  LoraSettings config = all_linear(4, 8.0f);
   config.dropout = 0.5f;
   LoraModel lora(*context, *model, config);
   randomize_lora_b(lora, 5, 0.5f);
@@ -200,7 +200,7 @@ TEST(Lora, MergeMatchesAdapterAndUnmergeRestores) {
   auto model = LlamaModel::load(*context, tiny_llama_dir());
   const std::vector<float> original_q =
       model->parameters().get("model.layers.0.self_attn.q_proj.weight").value.to_floats();
-  LoraConfig config = all_linear(4, 8.0f);
+  LoraSettings config = all_linear(4, 8.0f);
   config.use_rslora = true;
   LoraModel lora(*context, *model, config);
   randomize_lora_b(lora, 6, 0.3f);
@@ -276,7 +276,7 @@ TEST(Lora, RecomputedBlocksGiveTheSameGradients) {
     LlamaOptions options;
     options.activation_policy = policy;
     auto model = LlamaModel::load(*context, tiny_llama_dir(), options);
-    LoraConfig config = all_linear(4, 8.0f);
+    LoraSettings config = all_linear(4, 8.0f);
     config.dropout = 0.25f;
     LoraModel lora(*context, *model, config);
     randomize_lora_b(lora, 5, 0.5f);
