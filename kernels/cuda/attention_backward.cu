@@ -89,13 +89,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x;
   const int row = tid / kThreadsPerRow, sub = tid % kThreadsPerRow;
 
-  for (int e = tid; e < kBlockK * kHeadDimPad; e += kThreads) {
-    const int r = e / kHeadDimPad, d = e % kHeadDimPad;
-    const int64_t s = k0 + r;
-    const bool inside = s < shape.keys && d < shape.head_dim;
-    k_tile[r * stride + d] = inside ? load_key(shape, k, shared_k, b, s, kv_head, d) : 0.0f;
-    v_tile[r * stride + d] = inside ? load_key(shape, v, shared_v, b, s, kv_head, d) : 0.0f;
-  }
+  load_key_value_tile<T, kHeadDimPad>(shape, k, v, shared_k, shared_v, b, k0, kv_head, k_tile, v_tile);
 
   float dk_accumulator[kOutPerThread], dv_accumulator[kOutPerThread];
 #pragma unroll
@@ -140,12 +134,9 @@ __global__ void __launch_bounds__(kThreads)
         const bool visible = row_valid && s < shape.keys && key_visible(s, query, shape.prefix, my_doc_start);
         float p = 0.0f, ds = 0.0f;
         if (visible) {
-          float score = 0.0f, dp = 0.0f;
-#pragma unroll 16
-          for (int d = 0; d < kHeadDimPad; ++d) {
-            score += q_tile[row * stride + d] * k_tile[j * stride + d];
-            dp += do_tile[row * stride + d] * v_tile[j * stride + d];
-          }
+          float score, dp;
+          score_and_dp<kHeadDimPad>(q_tile + row * stride, do_tile + row * stride, k_tile + j * stride,
+                                    v_tile + j * stride, score, dp);
           p = expf(score * shape.scale - my_lse);
           ds = p * (dp - my_dot);
         }
@@ -253,10 +244,7 @@ __global__ void __launch_bounds__(kThreads)
   const float my_lse = row_valid ? lse[lse_index(shape, b, head, query)] : 0.0f;
   const float my_dot = row_valid ? row_dot[lse_index(shape, b, head, query)] : 0.0f;
   __syncthreads();
-  int tile_min_doc_start = row_doc_start[0];
-  for (int r = 1; r < kBlockQ; ++r) {
-    if (q0 + r < shape.time) tile_min_doc_start = min(tile_min_doc_start, row_doc_start[r]);
-  }
+  const int64_t hidden_before = shape.prefix + tile_min_doc_start(row_doc_start, q0, shape.time);
   const int64_t my_doc_start = row_doc_start[row];
   const int64_t last_query = min(q0 + kBlockQ, shape.time) - 1;
   const int64_t key_end = shape.prefix + last_query + 1;  // exclusive
@@ -266,15 +254,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int kk = 0; kk < kOutPerThread; ++kk) accumulator[kk] = 0.0f;
 
   for (int64_t k0 = 0; k0 < key_end; k0 += kBlockK) {
-    if (k0 >= shape.prefix && k0 + kBlockK <= shape.prefix + tile_min_doc_start) continue;  // all hidden
+    if (k0 >= shape.prefix && k0 + kBlockK <= hidden_before) continue;  // all hidden
     __syncthreads();  // the previous step is done with k_tile, v_tile, ds_tile
-    for (int e = tid; e < kBlockK * kHeadDimPad; e += kThreads) {
-      const int r = e / kHeadDimPad, d = e % kHeadDimPad;
-      const int64_t s = k0 + r;
-      const bool inside = s < shape.keys && d < shape.head_dim;
-      k_tile[r * stride + d] = inside ? load_key(shape, k, shared_k, b, s, kv_head, d) : 0.0f;
-      v_tile[r * stride + d] = inside ? load_key(shape, v, shared_v, b, s, kv_head, d) : 0.0f;
-    }
+    load_key_value_tile<T, kHeadDimPad>(shape, k, v, shared_k, shared_v, b, k0, kv_head, k_tile, v_tile);
     __syncthreads();
 #pragma unroll
     for (int c = 0; c < kColumnsPerThread; ++c) {
@@ -283,12 +265,9 @@ __global__ void __launch_bounds__(kThreads)
       const bool visible = row_valid && s < shape.keys && key_visible(s, query, shape.prefix, my_doc_start);
       float ds = 0.0f;
       if (visible) {
-        float score = 0.0f, dp = 0.0f;
-#pragma unroll 16
-        for (int d = 0; d < kHeadDimPad; ++d) {
-          score += q_tile[row * stride + d] * k_tile[j * stride + d];
-          dp += do_tile[row * stride + d] * v_tile[j * stride + d];
-        }
+        float score, dp;
+        score_and_dp<kHeadDimPad>(q_tile + row * stride, do_tile + row * stride, k_tile + j * stride,
+                                  v_tile + j * stride, score, dp);
         ds = expf(score * shape.scale - my_lse) * (dp - my_dot);
       }
       ds_tile[row * p_stride + j] = ds;

@@ -68,6 +68,47 @@ __device__ __forceinline__ int64_t lse_index(const Shape& shape, int64_t b, int6
   return (b * shape.q_heads + h) * shape.time + t;
 }
 
+// Key/value tile [k0, k0 + kBlockK) of KV head `kv_head` of sequence b into
+// shared memory as fp32 rows of kHeadDimPad + 1 floats, zero past the keys
+// and past head_dim (so dot products over kHeadDimPad are exact). Every
+// thread of the block takes part.
+template <typename T, int kHeadDimPad>
+__device__ __forceinline__ void load_key_value_tile(const Shape& shape, const T* k, const T* v, const T* shared_k,
+                                                    const T* shared_v, int64_t b, int64_t k0, int64_t kv_head,
+                                                    float* k_tile, float* v_tile) {
+  constexpr int stride = kHeadDimPad + 1;
+  for (int e = threadIdx.x; e < kBlockK * kHeadDimPad; e += kThreads) {
+    const int r = e / kHeadDimPad, d = e % kHeadDimPad;
+    const int64_t s = k0 + r;
+    const bool inside = s < shape.keys && d < shape.head_dim;
+    k_tile[r * stride + d] = inside ? load_key(shape, k, shared_k, b, s, kv_head, d) : 0.0f;
+    v_tile[r * stride + d] = inside ? load_key(shape, v, shared_v, b, s, kv_head, d) : 0.0f;
+  }
+}
+
+// The smallest doc_start among the query tile's rows that exist: keys before
+// prefix + it are hidden from the whole tile.
+__device__ __forceinline__ int tile_min_doc_start(const int* row_doc_start, int64_t q0, int64_t time) {
+  int smallest = row_doc_start[0];
+  for (int r = 1; r < kBlockQ; ++r) {
+    if (q0 + r < time) smallest = min(smallest, row_doc_start[r]);
+  }
+  return smallest;
+}
+
+// q.k and dO.v of one query row and one key row (rows of kHeadDimPad + 1 floats in shared memory).
+template <int kHeadDimPad>
+__device__ __forceinline__ void score_and_dp(const float* q_row, const float* do_row, const float* k_row,
+                                             const float* v_row, float& score, float& dp) {
+  score = 0.0f;
+  dp = 0.0f;
+#pragma unroll 16
+  for (int d = 0; d < kHeadDimPad; ++d) {
+    score += q_row[d] * k_row[d];
+    dp += do_row[d] * v_row[d];
+  }
+}
+
 // Checks q/k/v/out/lse/doc_start as ops.h documents them and returns the shape.
 // Two deliberate differences from the CPU backend: q, k, v and out must share
 // one dtype (the kernels are instantiated per storage type, not per mix), and

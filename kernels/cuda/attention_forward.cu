@@ -63,10 +63,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(Shape shape
   if (sub == 0) row_doc_start[row] = (row_valid && doc_start != nullptr) ? doc_start[b * shape.time + query] : 0;
   __syncthreads();
   // Keys before prefix + min(doc_start) of the tile are hidden from all its rows.
-  int tile_min_doc_start = row_doc_start[0];
-  for (int r = 1; r < kBlockQ; ++r) {
-    if (q0 + r < shape.time) tile_min_doc_start = min(tile_min_doc_start, row_doc_start[r]);
-  }
+  const int64_t hidden_before = shape.prefix + tile_min_doc_start(row_doc_start, q0, shape.time);
   const int64_t my_doc_start = row_doc_start[row];
   const int64_t last_query = min(q0 + kBlockQ, shape.time) - 1;
   const int64_t key_end = shape.prefix + last_query + 1;  // exclusive
@@ -77,15 +74,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(Shape shape
   for (int kk = 0; kk < kOutPerThread; ++kk) accumulator[kk] = 0.0f;
 
   for (int64_t k0 = 0; k0 < key_end; k0 += kBlockK) {
-    if (k0 >= shape.prefix && k0 + kBlockK <= shape.prefix + tile_min_doc_start) continue;  // all hidden
+    if (k0 >= shape.prefix && k0 + kBlockK <= hidden_before) continue;  // all hidden
     __syncthreads();  // the previous step is done with k_tile, v_tile, p_tile
-    for (int e = tid; e < kBlockK * kHeadDimPad; e += kThreads) {
-      const int r = e / kHeadDimPad, d = e % kHeadDimPad;
-      const int64_t s = k0 + r;
-      const bool inside = s < shape.keys && d < shape.head_dim;
-      k_tile[r * stride + d] = inside ? load_key(shape, k, shared_k, b, s, kv_head, d) : 0.0f;
-      v_tile[r * stride + d] = inside ? load_key(shape, v, shared_v, b, s, kv_head, d) : 0.0f;
-    }
+    load_key_value_tile<T, kHeadDimPad>(shape, k, v, shared_k, shared_v, b, k0, kv_head, k_tile, v_tile);
     __syncthreads();
 
     float scores[kColumnsPerThread];
