@@ -64,10 +64,13 @@ std::vector<NamedTensor> merged_or_refuse(const PeftMethod& method, const char* 
 // Writes a model directory in two phases, so that a failure while writing
 // (a full disk) leaves an existing `out` exactly as it was: `write` fills a
 // fresh staging directory beside `out` (".<name>.tmp-<pid>", same file
-// system), every file of which is fsynced; only then is each file renamed into
-// `out`, which needs no space. A failure before the renames removes the
+// system), every file of which is fsynced; only then does it become `out`:
+// by one rename of the directory when `out` does not exist yet (so a kill at
+// any moment leaves no `out` or a complete one), else by renaming each file
+// into `out`, which needs no space. A failure before that removes the
 // staging directory and nothing in `out` has changed; a crash during the
-// renames leaves every file of `out` whole, some old and some new.
+// per-file renames leaves every file of `out` whole, some old and some new. A
+// SIGKILL leaves its staging directory behind (never `out` half-written).
 void write_directory_staged(const std::filesystem::path& out_path,
                             const std::function<void(const std::filesystem::path&)>& write, FileOps& files) {
   std::filesystem::path out = out_path.lexically_normal();
@@ -82,7 +85,12 @@ void write_directory_staged(const std::filesystem::path& out_path,
     files.remove_all(staging.string());
     throw;
   }
-  files.make_directory(out.string());
+  files.sync_directory(staging.string());  // its entries, before it or they are renamed
+  if (!files.exists(out.string())) {
+    files.rename(staging.string(), out.string());
+    files.sync_directory(parent.string());
+    return;
+  }
   const std::vector<std::string> names = files.list(staging.string());
   for (const std::string& name : names) files.rename((staging / name).string(), (out / name).string());
   // A single-file model and a sharded one must not sit side by side: the

@@ -8,7 +8,9 @@
 # that the final checkpoint's weights and optimizer state are byte-identical
 # to an uninterrupted run's and that every logged loss (a step may be logged
 # twice: once before a kill, once after the resume) equals the uninterrupted
-# run's loss of that step, bit for bit (17 significant digits).
+# run's loss of that step, bit for bit (17 significant digits). Then the
+# same for `llmft export --merged` (below): 20 SIGKILLs mid-export, and the
+# output directory is never left half-written.
 # usage: random_kill_e2e.sh LLMFT_BINARY MAKE_TINY_RUN_BINARY
 set -u
 llmft=$1 make_tiny_run=$2
@@ -75,5 +77,41 @@ step_losses "$work/straight/metrics.jsonl" > "$work/straight.losses"
 step_losses "$work/killed/metrics.jsonl" > "$work/killed.losses"
 [ "$(wc -l <"$work/straight.losses")" -eq "$steps" ] || fail "the uninterrupted run logged $(wc -l <"$work/straight.losses") steps"
 same_step_losses "$work/straight.losses" "$work/killed.losses" || fail "logged losses differ (seed $seed)"
-echo "PASS: $kills SIGKILLs (seed $seed), every checkpoint complete after each, final weights and optimizer state" \
-     "byte-identical, $(wc -l <"$work/killed.losses") logged losses all equal the uninterrupted run's"
+
+# Mid-export: `llmft export --merged` of the final checkpoint, SIGKILLed at a
+# random moment of its run 20 times, into a directory that does not exist
+# yet (it must then be absent or complete) and, every other time, over a
+# complete earlier export (every file must stay whole). Complete means the
+# uninterrupted export's files, byte for byte.
+export_to() {  # OUT
+  "$llmft" export --config "$work/killed.pbtxt" --merged "$1" --dtype f32 >"$work/export.log" 2>&1
+}
+start=$(date +%s%N)
+export_to "$work/export-straight" || fail "uninterrupted export exited $?: $(cat "$work/export.log")"
+export_ms=$(( ($(date +%s%N) - start) / 1000000 + 1 ))
+same_as_straight() {  # DIR: the uninterrupted export's files, each byte-identical
+  [ "$(ls "$1")" = "$(ls "$work/export-straight")" ] || return 1
+  for file in "$work"/export-straight/*; do cmp -s "$file" "$1/$(basename "$file")" || return 1; done
+}
+absent=0 complete=0 export_kills=0
+for attempt in $(seq 20); do
+  out="$work/export-killed-$attempt"
+  if [ $((attempt % 2)) -eq 0 ]; then export_to "$out" || fail "export before kill $attempt exited $?"; fi
+  export_to "$out" &
+  pid=$!
+  sleep "$(awk -v ms=$((RANDOM % (export_ms + export_ms / 5 + 1))) 'BEGIN { printf "%.3f", ms / 1000 }')"
+  if kill -KILL "$pid" 2>/dev/null; then export_kills=$((export_kills + 1)); fi
+  wait "$pid" 2>/dev/null
+  if [ ! -e "$out" ]; then
+    absent=$((absent + 1))
+  elif same_as_straight "$out"; then
+    complete=$((complete + 1))
+  else
+    fail "after export kill $attempt (seed $seed), $out is neither absent nor complete: $(ls -la "$out")"
+  fi
+done
+[ "$export_kills" -ge 10 ] || fail "only $export_kills of 20 export kills hit a running export (one takes ${export_ms} ms)"
+echo "PASS: $kills SIGKILLs of training (seed $seed), every checkpoint complete after each, final weights and" \
+     "optimizer state byte-identical, $(wc -l <"$work/killed.losses") logged losses all equal the uninterrupted" \
+     "run's; $export_kills SIGKILLs of export --merged (${export_ms} ms each): $absent left no directory," \
+     "$complete a complete one, none a partial one"
