@@ -88,15 +88,11 @@ void PrefixTuning::backward(Context& context, int64_t layer, const Tensor& dkeys
   const int64_t p = config_.num_virtual_tokens, kv = kv_width();
   if (!layer_major_gradient_.defined()) layer_major_gradient_ = context.empty({num_layers() * 2, p, kv}, DType::kF32);
   if (layer == num_layers() - 1) ops::fill(context, layer_major_gradient_, 0.0f);
-  // Every sequence attended to the same prefix: sum over the batch.
-  const Tensor key_rows = dkeys.reshape({-1, kv}), value_rows = dvalues.reshape({-1, kv});
-  const int64_t batch = key_rows.size(0) / p;
+  // Already summed over the batch by attention (AttentionPrefixHook::backward).
   Tensor key_gradient = layer_major_gradient_.slice_rows(2 * layer, 2 * layer + 1).reshape({p, kv});
   Tensor value_gradient = layer_major_gradient_.slice_rows(2 * layer + 1, 2 * layer + 2).reshape({p, kv});
-  for (int64_t s = 0; s < batch; ++s) {
-    ops::add_scaled(context, 1.0f, key_rows.slice_rows(s * p, (s + 1) * p), key_gradient);
-    ops::add_scaled(context, 1.0f, value_rows.slice_rows(s * p, (s + 1) * p), value_gradient);
-  }
+  ops::add_scaled(context, 1.0f, dkeys.reshape({p, kv}), key_gradient);
+  ops::add_scaled(context, 1.0f, dvalues.reshape({p, kv}), value_gradient);
   if (layer != 0) return;
   Tensor token_major = context.empty({p, num_layers() * 2 * kv}, DType::kF32);
   transpose_rows(layer_major_gradient_, token_major, num_layers() * 2, p);

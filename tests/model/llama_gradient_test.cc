@@ -238,9 +238,10 @@ class LearnedPrefix : public AttentionPrefixHook {
     std::vector<float> k = dk.to_floats(), v = dv.to_floats();
     auto& out_k = dkeys[static_cast<size_t>(layer)];
     auto& out_v = dvalues[static_cast<size_t>(layer)];
-    for (size_t i = 0; i < k.size(); ++i) {  // sum over the batch
-      out_k[i % out_k.size()] += k[i];
-      out_v[i % out_v.size()] += v[i];
+    EXPECT_EQ(k.size(), out_k.size()) << "one [P, kv_heads, head_dim] gradient, summed over the batch by attention";
+    for (size_t i = 0; i < k.size(); ++i) {
+      out_k[i] += k[i];
+      out_v[i] += v[i];
     }
   }
   std::vector<Tensor> keys, values;
