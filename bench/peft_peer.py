@@ -42,6 +42,7 @@ token, causal) against --peak-tflops (default 989, H100 SXM dense bf16) and
 torch.cuda.max_memory_allocated.
 """
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -141,11 +142,16 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--autocast", choices=["bf16"],
+                        help="CPU configs: forward and loss under torch.autocast('cpu', dtype=torch.bfloat16), "
+                             "fp32 weights and AdamW (PyTorch's mixed precision on a CPU)")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
     gpu_mode = args.config in GPU_SHAPES
     if not gpu_mode and (args.device != "cpu" or args.gradient_checkpointing):
         sys.exit("peft_peer.py: --device cuda and --gradient-checkpointing are for --config tinyllama-1.1b or tiny")
+    if gpu_mode and args.autocast:
+        sys.exit("peft_peer.py: --autocast is for the CPU configs (the GPU configs use --dtype)")
     if args.config == "smollm2-lora" and not args.model:
         sys.exit("peft_peer.py: smollm2-lora needs --model DIR")
     torch.set_num_threads(args.threads)
@@ -158,12 +164,16 @@ def main():
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
     forward = torch.compile(model) if args.compile else model
 
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast == "bf16"
+                else contextlib.nullcontext())
+
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        logits = forward(input_ids=inputs).logits
-        if gpu_mode:
-            logits = logits.float()  # the loss in fp32, as llmft's cross-entropy
-        loss = F.cross_entropy(logits.view(-1, vocab), targets.view(-1))
+        with autocast:
+            logits = forward(input_ids=inputs).logits
+            if gpu_mode:
+                logits = logits.float()  # the loss in fp32, as llmft's cross-entropy
+            loss = F.cross_entropy(logits.view(-1, vocab), targets.view(-1))
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -210,12 +220,13 @@ def main():
         return
     n_trainable = sum(p.numel() for p in trainable)
     print(f"peft_peer {args.config}: torch {torch.__version__}, {torch.get_num_threads()} threads, attention "
-          f"{args.attn}{', torch.compile' if args.compile else ''}; trainable {n_trainable / 1e6:.3f}M; batch "
+          f"{args.attn}{', torch.compile' if args.compile else ''}"
+          f"{', torch.autocast bf16' if args.autocast else ''}; trainable {n_trainable / 1e6:.3f}M; batch "
           f"{args.batch} x seq {args.seq}; {args.warmup} warm-up ({warmup_seconds:.1f} s) + {args.steps} timed steps")
     print("step times (s): " + " ".join(f"{t:.3f}" for t in times))
     print(f"tokens/s best {tokens / best:.0f}, median {tokens / median:.0f}; loss first {first_loss:.4f}, "
           f"last {loss:.4f} (ln V = {math.log(vocab):.4f})")
-    print(f"RESULT side={side} config={args.config} tokens_per_s_best={tokens / best:.1f} "
+    print(f"RESULT side={side} config={args.config} dtype={args.autocast or 'f32'} tokens_per_s_best={tokens / best:.1f} "
           f"tokens_per_s_median={tokens / median:.1f} step_s_best={best:.4f} loss_first={first_loss:.4f} "
           f"loss_last={loss:.4f}")
 

@@ -10,7 +10,9 @@
 # median of the rounds' medians), with the ratio llmft / PyTorch.
 #
 # usage: bench/run_cpu_peers.sh [--build DIR] [--rounds 2] [--steps 10] [--smollm2-steps 5]
-#                               [--configs "small-lora small-full smollm2-lora"] [--compile]
+#                               [--configs "small-lora small-full smollm2-lora"] [--compile] [--dtype f32|bf16]
+#   --dtype bf16  llmft with bf16 weights and activations (fp32 masters), PyTorch
+#              under torch.autocast("cpu", dtype=torch.bfloat16) (fp32 weights)
 #   --compile  also runs the PyTorch side under torch.compile (one more column)
 #   --wait-idle S  before each run, wait up to S seconds for a 2-second window in
 #              which the other processes keep less than a quarter of one core
@@ -31,6 +33,7 @@ steps=10
 smollm2_steps=5
 configs="small-lora small-full smollm2-lora"
 compile=0
+dtype=f32
 openblas_detect=0
 wait_idle=0
 while [[ $# -gt 0 ]]; do
@@ -41,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --smollm2-steps) smollm2_steps=$2; shift 2 ;;
     --configs) configs=$2; shift 2 ;;
     --compile) compile=1; shift ;;
+    --dtype) dtype=$2; [[ $dtype == f32 || $dtype == bf16 ]] || { echo "run_cpu_peers.sh: --dtype f32 or bf16" >&2; exit 2; }; shift 2 ;;
     --openblas-detect) openblas_detect=1; shift ;;
     --wait-idle) wait_idle=$2; shift 2 ;;
     *) echo "run_cpu_peers.sh: unknown argument '$1'" >&2; exit 2 ;;
@@ -65,7 +69,7 @@ fi
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
-echo "run_cpu_peers: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), rounds $rounds"
+echo "run_cpu_peers: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), rounds $rounds, dtype $dtype"
 echo "environment: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-<unset>} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-<unset>} OMP_NUM_THREADS=${OMP_NUM_THREADS:-<unset>}"
 # Busy share of all CPUs over the next 2 seconds, in percent of one core
 # (/proc/stat's first line: user nice system idle iowait irq softirq steal).
@@ -98,15 +102,17 @@ run_side() {  # side config round
   local args=(--config "$config")
   if [[ $config == smollm2-lora ]]; then args+=(--model "$smollm2"); count=$smollm2_steps; fi
   args+=(--steps "$count" --warmup 2)
+  local llmft_args=(--dtype "$dtype") pytorch_args=()
+  [[ $dtype == bf16 ]] && pytorch_args=(--autocast bf16)
   echo "--- round $round, $side $config; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   (( wait_idle > 0 )) && wait_for_idle
   local output
   case $side in
-    llmft) output=$("$bench_bin" "${args[@]}") ;;
-    llmft-detect) output=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$bench_bin" "${args[@]}" |
+    llmft) output=$("$bench_bin" "${args[@]}" "${llmft_args[@]}") ;;
+    llmft-detect) output=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$bench_bin" "${args[@]}" "${llmft_args[@]}" |
                            sed 's/side=llmft /side=llmft-detect /') ;;
-    pytorch) output=$(OMP_NUM_THREADS=2 "$python" bench/peft_peer.py "${args[@]}" 2>/dev/null) ;;
-    pytorch-compile) output=$(OMP_NUM_THREADS=2 "$python" bench/peft_peer.py "${args[@]}" --compile 2>/dev/null) ;;
+    pytorch) output=$(OMP_NUM_THREADS=2 "$python" bench/peft_peer.py "${args[@]}" "${pytorch_args[@]}" 2>/dev/null) ;;
+    pytorch-compile) output=$(OMP_NUM_THREADS=2 "$python" bench/peft_peer.py "${args[@]}" "${pytorch_args[@]}" --compile 2>/dev/null) ;;
   esac
   echo "$output" | grep -E '^(step times|RESULT)'
   echo "$output" | grep '^RESULT' | sed "s/^RESULT /RESULT round=$round /" >>"$results"
