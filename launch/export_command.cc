@@ -26,6 +26,7 @@
 #include "core/error.h"
 #include "launch/cli_args.h"
 #include "launch/commands.h"
+#include "peft/peft_method.h"
 #include "model/gguf_lora_export.h"
 #include "model/gguf_quantize.h"
 #include "trainer/checkpoint.h"
@@ -116,12 +117,11 @@ int run_export(std::span<char*> args) {
                                                          "use --merged OUT or --gguf OUT.gguf for the trained weights")
                                            : str_cat(" trains peft.", options.peft,
                                                      "; llama.cpp's adapter GGUF holds LoRA only (use --adapter OUT)"));
-  if ((merged_dir || gguf_path) && options.peft != "none" && options.peft != "lora")
+  // Refused before anything is loaded, with the reason the method itself gives.
+  const std::optional<PeftType> peft_type = peft_type_of_option(options.peft);
+  if ((merged_dir || gguf_path) && peft_type && !unmergeable_reason(*peft_type).empty())
     throw_bad_input("export: ", merged_dir ? "--merged" : "--gguf", ": ", *config.path, " trains peft.", options.peft,
-                    ", which cannot be merged into the base weights (it adds ",
-                    options.peft == "prefix_tuning" ? "key/value positions to every layer"
-                    : options.peft == "bottleneck"  ? "a non-linear module to every layer"
-                                                    : "virtual input tokens",
+                    ", which cannot be merged into the base weights (", unmergeable_reason(*peft_type),
                     "); use --adapter OUT");
   std::optional<DType> dtype;
   if (dtype_name) dtype = trainer::parse_float_dtype(*dtype_name, "export: --dtype");

@@ -131,9 +131,7 @@ std::string BottleneckAdapters::fingerprint_text() const {
                  ",act=", activation_name(config_.activation), ",scaling=", config_.scaling, ")");
 }
 
-std::string BottleneckAdapters::merge_unsupported_reason() const {
-  return "bottleneck adapters add a non-linear module to every layer; no base weight can hold it";
-}
+std::string BottleneckAdapters::merge_unsupported_reason() const { return unmergeable_reason(type()); }
 
 std::vector<NamedTensor> BottleneckAdapters::merged_state_dict(std::optional<DType>) const {
   throw_bad_input("merge: ", merge_unsupported_reason());

@@ -155,7 +155,7 @@ class LoraModel : public PeftMethod {
   void set_data_parallel_rank(int rank) override;
   // "lora(r=8,alpha=16,rslora=0,targets=q_proj v_proj )".
   std::string fingerprint_text() const override;
-  std::string merge_unsupported_reason() const override { return {}; }
+  std::string merge_unsupported_reason() const override { return unmergeable_reason(type()); }
   // peft/adapter_io.h save_lora_adapter / load_lora_adapter_weights.
   void save_adapter(const std::filesystem::path& directory, const std::string& base_model_name_or_path,
                     std::optional<DType> dtype = std::nullopt) const override;

@@ -26,6 +26,16 @@ enum class PeftType { kLora, kPromptTuning, kPTuning, kPrefixTuning, kBottleneck
 // "LORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"; "BOTTLENECK" (AdapterHub, not a PEFT type).
 std::string_view peft_type_name(PeftType type);
 
+// The PeftType of a run config's `peft` option (config::TrainOptions::peft:
+// "lora", "prompt_tuning", "p_tuning", "prefix_tuning", "bottleneck");
+// nullopt for "none" (full fine-tuning).
+std::optional<PeftType> peft_type_of_option(std::string_view peft);
+
+// Why an adapter of `type` cannot be merged into the base weights; empty for
+// LoRA, which can. The methods' merge_unsupported_reason() and `llmft
+// export`'s refusal before it loads anything both give this text.
+std::string unmergeable_reason(PeftType type);
+
 class PeftMethod {
  public:
   virtual ~PeftMethod() = default;

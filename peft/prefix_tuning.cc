@@ -54,9 +54,7 @@ std::string PrefixTuning::fingerprint_text() const {
   return str_cat("prefix_tuning(tokens=", config_.num_virtual_tokens, ")");
 }
 
-std::string PrefixTuning::merge_unsupported_reason() const {
-  return "PREFIX_TUNING adds trained key/value positions to every layer's attention; no base weight can hold them";
-}
+std::string PrefixTuning::merge_unsupported_reason() const { return unmergeable_reason(type()); }
 
 std::vector<NamedTensor> PrefixTuning::merged_state_dict(std::optional<DType>) const {
   throw_bad_input("merge: ", merge_unsupported_reason());

@@ -81,10 +81,7 @@ std::string PromptTuning::fingerprint_text() const {
                  config_.num_virtual_tokens, ")");
 }
 
-std::string PromptTuning::merge_unsupported_reason() const {
-  return str_cat(peft_type_name(config_.type),
-                 " puts trained virtual-token embeddings in front of every input; no base weight can hold them");
-}
+std::string PromptTuning::merge_unsupported_reason() const { return unmergeable_reason(type()); }
 
 std::vector<NamedTensor> PromptTuning::merged_state_dict(std::optional<DType>) const {
   throw_bad_input("merge: ", merge_unsupported_reason());
