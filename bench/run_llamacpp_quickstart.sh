@@ -20,6 +20,6 @@ build_dir=${1:-build}
 side=.venv-llamacpp
 [[ -f $side/.llmft-installed ]] || { echo "$side is missing: run scripts/setup" >&2; exit 1; }
 mkdir -p runs/llamacpp
-LLMFT_LLAMACPP_FULL=1 OMP_NUM_THREADS=2 PYTHONPATH="$side" PYTHONDONTWRITEBYTECODE=1 \
+LLMFT_LLAMACPP_FULL=1 LLMFT_KEEP_WORK_DIR=1 OMP_NUM_THREADS=2 PYTHONPATH="$side" PYTHONDONTWRITEBYTECODE=1 \
   .venv/bin/python tests/interop/test_llamacpp_quickstart.py --llmft "$build_dir/launch/llmft" \
   --work-dir runs/llamacpp 2>&1 | tee runs/llamacpp/output.txt

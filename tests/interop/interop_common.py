@@ -9,6 +9,7 @@ failures here, never skips: scripts/setup installs all of them.
 import argparse
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import unittest
@@ -48,6 +49,19 @@ def convert_smollm2(dtype: str = "f32") -> Path:
 
 
 def main() -> None:
+    """Runs the script's tests; on success removes the work directory.
+
+    The scratch files are converted SmolLM2 copies and fine-tuned outputs of
+    0.5 to 2.4 GB per script (14 GB for the suite), enough to fill CI's disk
+    when kept next to the sanitizer build. A failing script keeps its work
+    directory to look at; LLMFT_KEEP_WORK_DIR=1 keeps it always.
+    """
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    unittest.main(module="__main__", argv=[sys.argv[0], *_UNITTEST_ARGS], verbosity=2)
+    program = unittest.main(module="__main__", argv=[sys.argv[0], *_UNITTEST_ARGS], verbosity=2, exit=False)
+    passed = program.result.wasSuccessful()
+    if passed and os.environ.get("LLMFT_KEEP_WORK_DIR") != "1":
+        shutil.rmtree(WORK_DIR, ignore_errors=True)
+    elif not passed:
+        print(f"work directory kept for inspection: {WORK_DIR}", file=sys.stderr)
+    sys.exit(0 if passed else 1)
