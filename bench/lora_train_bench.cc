@@ -65,13 +65,14 @@ struct Options {
   int64_t lm_head_chunk_rows = 0;  // 0: the model's default (LlamaOptions)
   std::string recompute = "none";   // activation checkpointing of every block: none, selective, full
   std::string dtype = "f32";        // compute dtype: f32, or bf16 (bf16 weights and activations, fp32 masters)
+  std::string weights_dtype;        // the base's storage (model.weights_dtype); empty: the compute dtype
 };
 
 [[noreturn]] void usage(const std::string& problem) {
   std::fprintf(stderr,
                "lora_train_bench: %s\nusage: lora_train_bench --config small-lora|small-full|smollm2-lora "
                "[--model DIR] [--batch 4] [--seq 256] [--warmup 2] [--steps 10] [--lm-head-chunk-rows 0]\n"
-               "       [--recompute none|selective|full] [--dtype f32|bf16]\n",
+               "       [--recompute none|selective|full] [--dtype f32|bf16] [--weights-dtype f32|bf16]\n",
                problem.c_str());
   std::exit(2);
 }
@@ -94,6 +95,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--lm-head-chunk-rows") options.lm_head_chunk_rows = static_cast<int64_t>(number(0, true));
     else if (flag == "--recompute") options.recompute = value;
     else if (flag == "--dtype") options.dtype = value;
+    else if (flag == "--weights-dtype") options.weights_dtype = value;
     else usage("unknown flag " + flag);
   }
   if (options.config != "small-lora" && options.config != "small-full" && options.config != "smollm2-lora")
@@ -102,6 +104,9 @@ Options parse(int argc, char** argv) {
   if (options.recompute != "none" && options.recompute != "selective" && options.recompute != "full")
     usage("--recompute must be none, selective or full, found '" + options.recompute + "'");
   if (options.dtype != "f32" && options.dtype != "bf16") usage("--dtype must be f32 or bf16, found '" + options.dtype + "'");
+  if (options.weights_dtype.empty()) options.weights_dtype = options.dtype;
+  if (options.weights_dtype != "f32" && options.weights_dtype != "bf16")
+    usage("--weights-dtype must be f32 or bf16, found '" + options.weights_dtype + "'");
   return options;
 }
 
@@ -117,6 +122,7 @@ int main(int argc, char** argv) try {
   // bf16: as a run with precision.compute_dtype BFLOAT16 (trainer/training_setup.cc):
   // bf16 weights and activations, f32 gradients, AdamW's fp32 masters.
   model_options.compute_dtype = options.dtype == "bf16" ? llmft::DType::kBF16 : llmft::DType::kF32;
+  model_options.weights_dtype = options.weights_dtype == "bf16" ? llmft::DType::kBF16 : llmft::DType::kF32;
   model_options.grad_dtype = llmft::DType::kF32;
   std::unique_ptr<llmft::LlamaModel> model;
   if (options.config == "smollm2-lora") {
@@ -225,11 +231,16 @@ int main(int argc, char** argv) try {
   std::printf("activation checkpointing %s: peak memory of a step above the resident weights, gradients and "
               "optimizer state %.1f MiB\n",
               options.recompute.c_str(), static_cast<double>(step_peak_bytes) / (1 << 20));
+  double weight_bytes = 0.0;
+  for (const llmft::Parameter* parameter : model->parameters().all())
+    weight_bytes += static_cast<double>(parameter->value.nbytes());
+  std::printf("base model parameters stored in %s: %.1f MiB\n", options.weights_dtype.c_str(), weight_bytes / (1 << 20));
   std::printf("RESULT side=llmft config=%s dtype=%s tokens_per_s_best=%.1f tokens_per_s_median=%.1f step_s_best=%.4f "
               "gflops=%.1f sgemm_gflops=%.1f loss_first=%.4f loss_last=%.4f openblas=%s recompute=%s "
-              "step_peak_mib=%.1f\n",
+              "step_peak_mib=%.1f weights_dtype=%s weights_mib=%.1f\n",
               options.config.c_str(), options.dtype.c_str(), tokens_best, tokens_median, best, gflops, ceiling, first_loss, loss,
-              openblas_get_corename(), options.recompute.c_str(), static_cast<double>(step_peak_bytes) / (1 << 20));
+              openblas_get_corename(), options.recompute.c_str(), static_cast<double>(step_peak_bytes) / (1 << 20),
+              options.weights_dtype.c_str(), weight_bytes / (1 << 20));
   return 0;
 } catch (const std::exception& error) {
   std::fprintf(stderr, "lora_train_bench: %s\n", error.what());

@@ -32,7 +32,10 @@ void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool tr
           float alpha = 1.0f, float beta = 0.0f);
 
 // ---- Linear (torch.nn.Linear layout: weight [out, in]) ---------------------
-// y[N, out] = x[N, in] @ weight^T + bias. bias may be null.
+// y[N, out] = x[N, in] @ weight^T + bias. bias may be null. The weight may be
+// stored in another float dtype than x (LlamaOptions::weights_dtype): it is
+// read as stored and the product accumulates in f32 all the same (CUDA casts
+// it to x's dtype in workspace for cuBLASLt, which multiplies one type).
 void linear_forward(Context& context, const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y);
 // dx = dy @ weight (overwritten, or accumulated when accumulate_dx);
 // dweight += dy^T @ x; dbias += sum over rows of dy. Any output may be null
@@ -41,7 +44,8 @@ void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const 
                      Tensor* dweight, Tensor* dbias, bool accumulate_dx = false);
 
 // ---- Embedding --------------------------------------------------------------
-// out[n] = table[ids[n]]; ids i32 [N]; table [V, D]; out [N, D].
+// out[n] = table[ids[n]]; ids i32 [N]; table [V, D]; out [N, D]; table and
+// out may differ in float dtype (the row is converted).
 // An id outside [0, V) is an error naming the position and the id.
 void embedding_forward(Context& context, const Tensor& ids, const Tensor& table, Tensor& out);
 // dtable[ids[n]] += dout[n] (scatter-add; repeated ids accumulate).
@@ -50,7 +54,8 @@ void embedding_backward(Context& context, const Tensor& ids, const Tensor& dout,
 // ---- RMSNorm (Zhang & Sennrich 2019; Hugging Face LlamaRMSNorm) -------------
 // rstd[n] = 1 / sqrt(mean(x[n]^2) + eps) in fp32; y = weight * round(x * rstd),
 // where round() is the cast to x's dtype that LlamaRMSNorm applies before the
-// weight multiply. x, y: [N, D]; weight [D]; rstd f32 [N] (saved for backward).
+// weight multiply. x, y: [N, D]; weight [D], of any float dtype; rstd f32 [N]
+// (saved for backward).
 void rmsnorm_forward(Context& context, const Tensor& x, const Tensor& weight, float eps, Tensor& y, Tensor& rstd);
 // dx overwritten; dweight accumulated (may be null for a frozen norm).
 void rmsnorm_backward(Context& context, const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd,

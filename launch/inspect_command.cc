@@ -88,12 +88,15 @@ size_t torch_dtype_bytes(const std::string& torch_dtype) { return torch_dtype ==
 // The run's memory per rank by category, as the trainer reports it.
 void print_run_estimate(const ModelConfig& config, const config::TrainOptions& options, int64_t dp) {
   const trainer::MemoryEstimate estimate = trainer::estimate_training_memory(config, options, static_cast<int>(dp));
+  const std::string precision = options.weights_dtype == options.compute_dtype
+                                    ? options.compute_dtype
+                                    : str_cat(options.compute_dtype, " compute with ", options.weights_dtype, " weights");
   std::printf("\nrun %s: %s, %s, batch %lld x seq %lld, activation checkpointing %s, dp %lld x tp %lld%s\n",
               options.source.c_str(),
               options.lora()            ? str_cat("LoRA r=", options.lora_r).c_str()
               : options.peft != "none" ? str_cat(options.peft, " ", options.num_virtual_tokens, " virtual tokens").c_str()
                                        : "full fine-tuning",
-              options.compute_dtype.c_str(), static_cast<long long>(options.batch_size),
+              precision.c_str(), static_cast<long long>(options.batch_size),
               static_cast<long long>(options.seq_len), options.activation_checkpointing.c_str(),
               static_cast<long long>(dp), static_cast<long long>(options.tp), options.zero1 ? ", ZeRO-1" : "");
   std::printf("  memory per rank (estimate; the run prints its measured peaks after step 1):\n");

@@ -27,7 +27,9 @@ void check_batch_tensor(const Tensor& tensor, const char* field, const Shape& ex
 
 LlamaModel::LlamaModel(Context& context, const ModelConfig& config, const LlamaOptions& options)
     : config_(config), options_(options) {
-  LLMFT_CHECK(is_floating(options.compute_dtype) && is_floating(options.grad_dtype), "float dtypes required");
+  LLMFT_CHECK(is_floating(options.compute_dtype) && is_floating(options.grad_dtype) &&
+                  is_floating(options.weights_dtype.value_or(options.compute_dtype)),
+              "float dtypes required");
   if (options_.tensor_parallel != nullptr && options_.tensor_parallel->size() == 1) options_.tensor_parallel = nullptr;
   parallel::Communicator* tp = options_.tensor_parallel;
   tp_size_ = tp != nullptr ? tp->size() : 1;
@@ -92,7 +94,7 @@ Parameter& LlamaModel::add_parameter(Context& context, const std::string& name, 
   const ParameterShard shard = parallel::even_shard(full_shape, split_dim, tp_size_, tp_rank_);
   Parameter& parameter =
       parameters_.add(context, name, shard.sharded() ? parallel::shard_shape(shard, tp_size_) : full_shape,
-                      options_.compute_dtype);
+                      weights_dtype());
   parameter.shard = shard;
   return parameter;
 }
@@ -182,7 +184,7 @@ void LlamaModel::save_pretrained(const std::filesystem::path& directory, std::op
                                  uint64_t max_shard_bytes) const {
   std::filesystem::create_directories(directory);
   ModelConfig saved = config_;
-  saved.torch_dtype = torch_dtype_name(dtype.value_or(options_.compute_dtype));
+  saved.torch_dtype = torch_dtype_name(dtype.value_or(weights_dtype()));
   write_safetensors_checkpoint(directory, state_dict(dtype), max_shard_bytes);
   saved.save(directory / "config.json");
 }

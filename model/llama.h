@@ -46,7 +46,13 @@ enum class ActivationPolicy {
 };
 
 struct LlamaOptions {
-  DType compute_dtype = DType::kF32;  // weights and activations
+  DType compute_dtype = DType::kF32;  // activations (and adapters' parameters)
+  // Storage of the model's own parameters (matrices, norms, biases); unset:
+  // compute_dtype. A bf16 base under f32 compute halves the frozen weights'
+  // memory; an f32 base under bf16 compute is torch.autocast's layout. The
+  // linears, the embedding and the norms read the weight in its own dtype
+  // (kernels/ops.h).
+  std::optional<DType> weights_dtype;
   DType grad_dtype = DType::kF32;     // parameter gradients
   ActivationPolicy activation_policy = ActivationPolicy::kSaveAll;  // every block, unless set per block
   // Rows of logits computed at once by the LM head + cross-entropy; 0 picks
@@ -138,7 +144,7 @@ class LlamaModel {
   LlamaModel& operator=(const LlamaModel&) = delete;
 
   // config.json + model.safetensors (or a sharded index) from a HF directory,
-  // converted to options.compute_dtype.
+  // converted to the options' weights dtype.
   static std::unique_ptr<LlamaModel> load(Context& context, const std::filesystem::path& directory,
                                           const LlamaOptions& options = {});
   // Normal(0, stddev) weights (transformers' initializer_range is 0.02), unit
@@ -149,7 +155,7 @@ class LlamaModel {
   // parallelism); errors name the file, the tensor and the expected (full)
   // shape for missing, unexpected and mis-shaped tensors.
   void load_weights(Context& context, const SafetensorsCheckpoint& checkpoint);
-  // Writes config.json and the weights (in `dtype`, default the compute
+  // Writes config.json and the weights (in `dtype`, default the weights'
   // dtype) as a transformers-loadable directory, sharded above max_shard_bytes.
   void save_pretrained(const std::filesystem::path& directory, std::optional<DType> dtype = std::nullopt,
                        uint64_t max_shard_bytes = kDefaultMaxShardBytes) const;
@@ -163,6 +169,8 @@ class LlamaModel {
   int tensor_parallel_size() const { return tp_size_; }
   parallel::Communicator* tensor_parallel() const { return options_.tensor_parallel; }
   const LlamaOptions& options() const { return options_; }
+  // The dtype the model's own parameters are stored in.
+  DType weights_dtype() const { return options_.weights_dtype.value_or(options_.compute_dtype); }
   ParameterRegistry& parameters() { return parameters_; }
   const ParameterRegistry& parameters() const { return parameters_; }
   // Every linear layer (q, k, v, o, gate, up, down of each layer, then

@@ -17,6 +17,10 @@ double MemoryEstimate::total() const {
 MemoryEstimate estimate_training_memory(const ModelConfig& config, const config::TrainOptions& options, int dp) {
   const DType dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
   const double w = static_cast<double>(dtype_size(dtype));
+  // The model's own parameters are stored in model.weights_dtype; adapters'
+  // parameters and activations in the compute dtype.
+  const DType base_dtype = parse_float_dtype(options.weights_dtype, options.source + ": model.weights_dtype");
+  const double wb = static_cast<double>(dtype_size(base_dtype));
   const double tp = static_cast<double>(std::max<int64_t>(options.tp, 1));
   const double D = static_cast<double>(config.hidden_size), V = static_cast<double>(config.vocab_size);
   const double layers = static_cast<double>(config.num_hidden_layers);
@@ -68,9 +72,10 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   const double zero1 = options.zero1 && dp > 1 ? static_cast<double>(dp) : 1.0;
   MemoryEstimate estimate;
   auto set = [&](MemoryCategory category, double value) { estimate.bytes[static_cast<size_t>(category)] = value; };
-  set(MemoryCategory::kFrozenWeights, options.peft != "none" ? parameters * w : 0.0);
+  set(MemoryCategory::kFrozenWeights, options.peft != "none" ? parameters * wb : 0.0);
   // fp32 masters only for 16-bit values (an f32 value is its own master).
-  set(MemoryCategory::kTrainableWeights, trainable * w + (w < 4 ? trainable * 4 / zero1 : 0.0));
+  const double wt = options.peft != "none" ? w : wb;  // the trainable values' dtype size
+  set(MemoryCategory::kTrainableWeights, trainable * wt + (wt < 4 ? trainable * 4 / zero1 : 0.0));
   // ZeRO-1 adds the reduce-scattered shard of the flat gradient buckets.
   set(MemoryCategory::kGradients, trainable * 4 + (zero1 > 1 ? trainable * 4 / zero1 : 0.0));
   set(MemoryCategory::kOptimizerState, trainable * 8 / zero1);

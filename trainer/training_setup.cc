@@ -99,12 +99,9 @@ std::unique_ptr<TrainingModel> build_training_model(Context& context, const conf
                                                     parallel::Communicator* tensor_parallel) {
   const DType compute_dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
   const DType weights_dtype = parse_float_dtype(options.weights_dtype, options.source + ": model.weights_dtype");
-  if (compute_dtype != weights_dtype)
-    throw_bad_input(options.source, ": field 'model.weights_dtype': ", dtype_name(weights_dtype),
-                    " differs from precision.compute_dtype ", dtype_name(compute_dtype),
-                    "; llmft holds the base weights in the compute dtype, so set both to the same value");
   LlamaOptions llama_options;
   llama_options.compute_dtype = compute_dtype;
+  llama_options.weights_dtype = weights_dtype;
   llama_options.grad_dtype = DType::kF32;  // accumulation across micro-batches in fp32
   llama_options.tensor_parallel = tensor_parallel;
 
@@ -171,7 +168,8 @@ uint64_t base_weights_sample_hash(const SafetensorsCheckpoint& checkpoint, const
 std::string training_fingerprint_text(const LlamaModel& model, const config::TrainOptions& options,
                                       const PeftMethod* peft) {
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(options.hf_dir);
-  const DType dtype = parse_float_dtype(options.compute_dtype, "precision.compute_dtype");
+  // The base weights as the run holds them (model.weights_dtype).
+  const DType dtype = parse_float_dtype(options.weights_dtype, "model.weights_dtype");
   return str_cat("model=", model.config().to_json().dump(), ";weights=", std::hex,
                  base_weights_sample_hash(checkpoint, model, dtype), std::dec, ";peft=",
                  peft != nullptr ? peft->fingerprint_text() : "none");
@@ -255,7 +253,7 @@ std::unique_ptr<TrainingModel> load_fp32_model_for_export(Context& context, cons
   config::TrainOptions fp32 = options;
   fp32.compute_dtype = fp32.weights_dtype = "f32";
   std::unique_ptr<TrainingModel> model = build_training_model(context, fp32, /*for_training=*/false);
-  // The run's fingerprint: its base-weight sample hashed in its compute dtype.
+  // The run's fingerprint: its base-weight sample hashed in its weights dtype.
   model->fingerprint = training_fingerprint(*model->model, options, model->peft.get());
   model->fingerprint_text = training_fingerprint_text(*model->model, options, model->peft.get());
   CheckpointReader reader = CheckpointReader::open(where, options.checkpoint_dir, model->fingerprint);

@@ -43,9 +43,9 @@ struct TrainingModel {
 // the method refuses.
 std::unique_ptr<PeftMethod> attach_peft_method(Context& context, LlamaModel& model, const config::TrainOptions& options);
 
-// Loads options.hf_dir in precision.compute_dtype (which must equal
-// model.weights_dtype: LlamaModel holds weights and activations in one
-// dtype), then attaches the PEFT method (seed data.seed) or marks every parameter
+// Loads options.hf_dir with its parameters in model.weights_dtype and
+// activations in precision.compute_dtype (LlamaOptions::weights_dtype; any
+// pair of float dtypes), then attaches the PEFT method (seed data.seed) or marks every parameter
 // trainable, and allocates fp32 gradients. Without `for_training` (eval,
 // export) full fine-tuning allocates no gradients. With `tensor_parallel`
 // (size > 1) each rank holds and loads its slices (model/llama.h).

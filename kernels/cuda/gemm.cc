@@ -256,6 +256,19 @@ void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool tr
   }
 }
 
+namespace {
+
+// `weight` itself when it has `dtype`, else a workspace copy cast to it.
+Tensor weight_in_dtype(Context& context, const Tensor& weight, DType dtype) {
+  if (weight.dtype() == dtype) return weight;
+  MemoryCategoryScope category(MemoryCategory::kWorkspace);
+  Tensor cast_weight = context.empty(weight.shape(), dtype);
+  cast(context, weight, cast_weight);
+  return cast_weight;
+}
+
+}  // namespace
+
 void linear_forward(Context& context, const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) {
   constexpr std::string_view op = "linear_forward";
   require_on_context(op, "x", x, context);
@@ -263,7 +276,7 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
   require_on_context(op, "y", y, context);
   require_float(op, "x", x);
   require_float(op, "y", y);
-  require_dtype(op, "weight", weight, x.dtype());
+  require_float(op, "weight", weight);
   if (weight.dim() != 2) throw_runtime(op, ": weight: expected [out, in], found ", weight.to_string());
   const int64_t out_features = weight.size(0), in_features = weight.size(1);
   if (x.dim() < 1 || x.size(-1) != in_features) {
@@ -290,9 +303,12 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
     if (bias) launch_add_bias_rows(context, y2, *bias, rows, out_features);
     return;
   }
+  // Weights stored in another dtype than the activations (model.weights_dtype):
+  // cuBLASLt multiplies operands of one type, so the weight is cast for the call.
+  const Tensor operand = weight_in_dtype(context, weight, x.dtype());
   RowMajorProduct product;
   product.a = x2.raw_data();
-  product.b = weight.raw_data();
+  product.b = operand.raw_data();
   product.c = y2.raw_data();
   product.input_dtype = x.dtype();
   product.output_dtype = y.dtype();
@@ -313,7 +329,7 @@ void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const 
   require_on_context(op, "x", x, context);
   require_on_context(op, "weight", weight, context);
   require_float(op, "x", x);
-  require_dtype(op, "weight", weight, x.dtype());
+  require_float(op, "weight", weight);
   require_dtype(op, "dy", dy, x.dtype());
   if (weight.dim() != 2) throw_runtime(op, ": weight: expected [out, in], found ", weight.to_string());
   const int64_t out_features = weight.size(0), in_features = weight.size(1);
@@ -332,7 +348,8 @@ void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const 
       throw_runtime(op, ": dx: expected the shape of x ", x.to_string(), ", found ", dx->to_string());
     }
     Tensor dx2 = dx->reshape({rows, in_features});
-    gemm(context, dy2, weight, dx2, false, false, 1.0f, accumulate_dx ? 1.0f : 0.0f);
+    gemm(context, dy2, weight_in_dtype(context, weight, x.dtype()), dx2, false, false, 1.0f,
+         accumulate_dx ? 1.0f : 0.0f);
   }
   if (dweight != nullptr) {
     require_on_context(op, "dweight", *dweight, context);

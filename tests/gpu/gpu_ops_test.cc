@@ -206,6 +206,67 @@ void add_linear_cases(std::vector<OpCase>& table) {
   }
 }
 
+// Weights stored in another dtype than the activations (model.weights_dtype):
+// CUDA casts the weight for cuBLASLt, the CPU widens both; f32 gradients.
+void add_mixed_dtype_weight_cases(std::vector<OpCase>& table) {
+  const int64_t rows = 37, in_features = 48, out_features = 20;
+  for (const std::pair<DType, DType>& dtypes : {std::pair{DType::kF32, DType::kBF16}, std::pair{DType::kF32, DType::kF16},
+                                                std::pair{DType::kBF16, DType::kF32}}) {
+    const DType x_dtype = dtypes.first, weight_dtype = dtypes.second;  // plain locals: the lambdas copy them
+    const std::string pair = label(x_dtype) + "_x/" + label(weight_dtype) + "_weight";
+    table.push_back(OpCase{"linear_forward/" + pair, tolerance_for(x_dtype),
+                           [=] {
+                             return Inputs{random_tensor({rows, in_features}, x_dtype, 61),
+                                           random_tensor({out_features, in_features}, weight_dtype, 62),
+                                           random_tensor({out_features}, x_dtype, 63)};
+                           },
+                           [=](Context& context, const Inputs& in) {
+                             Tensor x = place(context, in[0]), weight = place(context, in[1]),
+                                    bias = place(context, in[2]);
+                             Tensor y = context.empty({rows, out_features}, x_dtype);
+                             ops::linear_forward(context, x, weight, &bias, y);
+                             return Outputs{{"y", y}};
+                           }});
+    table.push_back(OpCase{"linear_backward/" + pair, std::max(tolerance_for(x_dtype), tolerance_for(weight_dtype)),
+                           [=] {
+                             return Inputs{random_tensor({rows, out_features}, x_dtype, 64),
+                                           random_tensor({rows, in_features}, x_dtype, 65),
+                                           random_tensor({out_features, in_features}, weight_dtype, 66),
+                                           random_tensor({out_features, in_features}, DType::kF32, 67)};
+                           },
+                           [=](Context& context, const Inputs& in) {
+                             Tensor dy = place(context, in[0]), x = place(context, in[1]),
+                                    weight = place(context, in[2]), dweight = place(context, in[3]);
+                             Tensor dx = context.empty({rows, in_features}, x_dtype);
+                             ops::linear_backward(context, dy, x, weight, &dx, &dweight, nullptr);
+                             return Outputs{{"dx", dx}, {"dweight", dweight}};
+                           }});
+    table.push_back(OpCase{"rmsnorm_forward/" + pair, tolerance_for(x_dtype),
+                           [=] {
+                             return Inputs{random_tensor({rows, in_features}, x_dtype, 68),
+                                           random_tensor({in_features}, weight_dtype, 69)};
+                           },
+                           [=](Context& context, const Inputs& in) {
+                             Tensor x = place(context, in[0]), weight = place(context, in[1]);
+                             Tensor y = context.empty({rows, in_features}, x_dtype);
+                             Tensor rstd = context.empty({rows}, DType::kF32);
+                             ops::rmsnorm_forward(context, x, weight, 1e-5f, y, rstd);
+                             return Outputs{{"y", y}, {"rstd", rstd}};
+                           }});
+    table.push_back(OpCase{"embedding_forward/" + pair, 0.0,
+                           [=] {
+                             return Inputs{int_tensor({rows}, random_ints(rows, 50, 70)),
+                                           random_tensor({50, in_features}, weight_dtype, 71)};
+                           },
+                           [=](Context& context, const Inputs& in) {
+                             Tensor ids = place(context, in[0]), table = place(context, in[1]);
+                             Tensor out = context.empty({rows, in_features}, x_dtype);
+                             ops::embedding_forward(context, ids, table, out);
+                             return Outputs{{"out", out}};
+                           }});
+  }
+}
+
 void add_embedding_cases(std::vector<OpCase>& table) {
   const int64_t vocab = 50, dim = 24, count = 40;
   for (DType dtype : kFloatDTypes) {
@@ -675,6 +736,7 @@ const std::vector<OpCase>& op_table() {
     std::vector<OpCase> rows;
     add_gemm_cases(rows);
     add_linear_cases(rows);
+    add_mixed_dtype_weight_cases(rows);
     add_embedding_cases(rows);
     add_rmsnorm_cases(rows);
     add_rope_cases(rows);

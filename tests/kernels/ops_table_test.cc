@@ -289,6 +289,44 @@ TEST_F(OpTable, LinearBackward) {
   }
 }
 
+// The weight stored in another float dtype than the activations
+// (model.weights_dtype): every pair, forward (rows > 1 and one row) against
+// the naive reference on the stored values, and the backward's dx and dweight
+// (f32 gradients, as training keeps them) by finite differences.
+TEST_F(OpTable, LinearWithWeightsInAnotherDtype) {
+  const int64_t rows = 10, in = 20, out = 12;
+  for (DType x_dtype : kFloatDTypes) {
+    for (DType weight_dtype : kFloatDTypes) {
+      if (x_dtype == weight_dtype) continue;
+      const std::string pair = str_cat("x ", dtype_label(x_dtype), ", weight ", dtype_label(weight_dtype));
+      const Values weight = rounded(random_values(out * in, 42, 0.3), weight_dtype);
+      const Values bias = rounded(random_values(out, 43), x_dtype);
+      const Tensor weight_tensor = tensor_of(weight, {out, in}, weight_dtype), bias_tensor = tensor_of(bias, {out}, x_dtype);
+      for (int64_t n : {rows, int64_t{1}}) {
+        const Values x = rounded(random_values(n * in, 41), x_dtype);
+        Tensor y = Tensor::empty_cpu({n, out}, x_dtype);
+        ops::linear_forward(*context, tensor_of(x, {n, in}, x_dtype), weight_tensor, &bias_tensor, y);
+        report(str_cat("linear_forward ", pair, " rows ", n), scaled_error(values_of(y), reference::linear(x, weight, &bias, n, in, out)),
+               forward_tolerance(x_dtype));
+      }
+      const Values x = rounded(random_values(rows * in, 44), x_dtype);
+      const Values dy = rounded(random_values(rows * out, 45), x_dtype);
+      Tensor dx = Tensor::empty_cpu({rows, in}, x_dtype);
+      Tensor dweight = Tensor::zeros_cpu({out, in}, DType::kF32);
+      ops::linear_backward(*context, tensor_of(dy, {rows, out}, x_dtype), tensor_of(x, {rows, in}, x_dtype),
+                           weight_tensor, &dx, &dweight, nullptr);
+      const Forward forward = [&](const std::vector<Values>& inputs) {
+        return reference::linear(inputs[0], inputs[1], nullptr, rows, in, out);
+      };
+      const double dx_tolerance = x_dtype == DType::kF32 ? kGradientTolerance : forward_tolerance(x_dtype) * 4;
+      report(str_cat("linear_backward ", pair, " dx"), finite_difference_error(forward, {x, weight}, 0, values_of(dx), dy),
+             dx_tolerance);
+      report(str_cat("linear_backward ", pair, " dweight f32"),
+             finite_difference_error(forward, {x, weight}, 1, values_of(dweight), dy), kGradientTolerance);
+    }
+  }
+}
+
 TEST_F(OpTable, LinearBackwardSkipsNullOutputs) {
   // Frozen weight: only dx is requested; nothing else may be touched.
   const Values x = random_values(6 * 4, 31), weight = random_values(3 * 4, 32), dy = random_values(6 * 3, 33);
@@ -314,6 +352,16 @@ TEST_F(OpTable, Embedding) {
     ops::embedding_forward(*context, ints_of(ids, {count}), tensor_of(table, {vocab, dim}, dtype), out);
     report(str_cat("embedding_forward ", dtype_label(dtype), " ids[7] table[9, 6]"),
            scaled_error(values_of(out), reference::embedding(ids, table, dim)), 0.0);
+  }
+  // A table stored in another dtype than the activations (model.weights_dtype):
+  // the row is converted, exactly when the output dtype holds the table's values.
+  for (auto [table_dtype, out_dtype] : {std::pair{DType::kBF16, DType::kF32}, std::pair{DType::kF16, DType::kF32},
+                                        std::pair{DType::kF32, DType::kBF16}}) {
+    const Values table = rounded(random_values(vocab * dim, 44), table_dtype);
+    Tensor out = Tensor::empty_cpu({count, dim}, out_dtype);
+    ops::embedding_forward(*context, ints_of(ids, {count}), tensor_of(table, {vocab, dim}, table_dtype), out);
+    report(str_cat("embedding_forward table ", dtype_label(table_dtype), " -> ", dtype_label(out_dtype)),
+           scaled_error(values_of(out), rounded(reference::embedding(ids, table, dim), out_dtype)), 0.0);
   }
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     const Values dout = rounded(random_values(count * dim, 42), dtype);
@@ -357,6 +405,17 @@ TEST_F(OpTable, RmsNorm) {
       rstd_want[row] = 1.0 / std::sqrt(mean + eps);
     }
     report(str_cat("rmsnorm_forward ", dtype_label(dtype), " rstd"), scaled_error(values_of(rstd), rstd_want), 1e-6);
+  }
+  // The weight in another dtype than x (model.weights_dtype).
+  for (auto [x_dtype, weight_dtype] : {std::pair{DType::kF32, DType::kBF16}, std::pair{DType::kBF16, DType::kF32}}) {
+    const Values x = rounded(random_values(rows * dim, 57, 2.0), x_dtype);
+    const Values weight = rounded(random_values(dim, 58), weight_dtype);
+    Tensor y = Tensor::empty_cpu({rows, dim}, x_dtype), rstd = Tensor::empty_cpu({rows}, DType::kF32);
+    ops::rmsnorm_forward(*context, tensor_of(x, {rows, dim}, x_dtype), tensor_of(weight, {dim}, weight_dtype), eps, y,
+                         rstd);
+    const Values want = reference::rmsnorm(x, weight, dim, eps, [x_dtype](double h) { return round_to(x_dtype, h); });
+    report(str_cat("rmsnorm_forward x ", dtype_label(x_dtype), ", weight ", dtype_label(weight_dtype)),
+           scaled_error(values_of(y), want), forward_tolerance(x_dtype));
   }
   const Values x = random_values(rows * dim, 53, 2.0);
   const Values weight = random_values(dim, 54);

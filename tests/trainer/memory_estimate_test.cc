@@ -114,6 +114,20 @@ TEST_F(MemoryEstimateTest, EveryCategoryIsWithinTenPercentOfTheMeasuredPeak) {
       }
 }
 
+// model.weights_dtype apart from the compute dtype: the base's bytes follow
+// the weights dtype, the adapters', activations' and masters' the compute's.
+TEST_F(MemoryEstimateTest, BaseWeightsStoredApartFromTheComputeDtypeAreWithinTenPercent) {
+  auto context = Context::cpu(0, 1);
+  for (const bool lora : {false, true})
+    for (const auto& [weights_dtype, compute_dtype] :
+         std::vector<std::pair<std::string, std::string>>{{"bf16", "f32"}, {"f32", "bf16"}}) {
+      config::TrainOptions run = options(lora, "none", compute_dtype);
+      run.weights_dtype = weights_dtype;
+      expect_estimate_within_ten_percent(*context, run,
+                                         str_cat(lora ? "LoRA" : "full", " ", weights_dtype, " weights ", compute_dtype));
+    }
+}
+
 TEST_F(MemoryEstimateTest, PromptLearningMethodsAreWithinTenPercentOfTheMeasuredPeak) {
   auto context = Context::cpu(0, 1);
   for (const std::string method : {"prompt_tuning", "p_tuning", "prefix_tuning", "prefix_projection", "bottleneck"}) {

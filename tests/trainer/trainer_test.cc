@@ -358,6 +358,74 @@ TEST_F(TrainerTest, Bf16AndF16TrackTheFp32LossOver200Steps) {
   }
 }
 
+// ---- Base weights stored apart from the compute dtype ----------------------------
+
+// model.weights_dtype BFLOAT16 under FLOAT32 compute: the base holds the same
+// numbers as an f32 base whose values are bf16 (the CPU linears widen the
+// stored weight exactly), so LoRA training repeats that run's losses bit for
+// bit with half the frozen weights' memory. The control, the unrounded f32
+// base, gives other losses. The config's old refusal of the pair is gone.
+TEST_F(TrainerTest, Bf16WeightsUnderFp32ComputeTrainLikeTheirValuesInFp32) {
+  {
+    auto model = LlamaModel::load(*context_, root_ / "model");
+    model->save_pretrained(root_ / "model-bf16-values", DType::kBF16);
+  }
+  auto run = [&](const std::string& name, const fs::path& base, const std::string& weights_dtype,
+                 MemoryPeaks* peaks) {
+    config::TrainOptions options = lora_options(name);
+    options.hf_dir = base.string();
+    options.weights_dtype = weights_dtype;  // compute stays f32
+    std::vector<double> losses;
+    Trainer trainer(*context_, options, quiet_hooks(&losses));
+    trainer.train();
+    if (peaks != nullptr) *peaks = trainer.memory_peaks();
+    return losses;
+  };
+  MemoryPeaks f32_peaks, bf16_peaks;
+  const std::vector<double> f32_values = run("f32-values", root_ / "model-bf16-values", "f32", &f32_peaks);
+  const std::vector<double> bf16_storage = run("bf16-storage", root_ / "model", "bf16", &bf16_peaks);
+  ASSERT_EQ(f32_values.size(), 8u);
+  EXPECT_EQ(bf16_storage, f32_values);
+  EXPECT_NE(run("unrounded", root_ / "model", "f32", nullptr), f32_values) << "the control: f32 weights differ";
+  const double frozen_f32 = f32_peaks.bytes[static_cast<size_t>(MemoryCategory::kFrozenWeights)];
+  const double frozen_bf16 = bf16_peaks.bytes[static_cast<size_t>(MemoryCategory::kFrozenWeights)];
+  EXPECT_NEAR(frozen_bf16 / frozen_f32, 0.5, 0.01) << frozen_bf16 << " against " << frozen_f32 << " bytes";
+}
+
+// The other pairs train and track the fp32 run (8 steps, LoRA and full
+// fine-tuning; bounds as Bf16AndF16TrackTheFp32LossOver200Steps' bf16 one).
+TEST_F(TrainerTest, EveryPairOfWeightsAndComputeDtypesTracksTheFp32Run) {
+  for (bool lora : {true, false}) {
+    auto losses_of = [&](const std::string& weights_dtype, const std::string& compute_dtype) {
+      const std::string name = str_cat(lora ? "lora-" : "full-", weights_dtype, "-", compute_dtype);
+      config::TrainOptions options = lora ? lora_options(name) : full_options(name);
+      options.weights_dtype = weights_dtype;
+      options.compute_dtype = compute_dtype;
+      options.loss_scaling = compute_dtype == "f16";
+      options.init_scale = 1024.0f;
+      std::vector<double> losses;
+      Trainer trainer(*context_, options, quiet_hooks(&losses));
+      trainer.train();
+      return losses;
+    };
+    const std::vector<double> fp32 = losses_of("f32", "f32");
+    double reference = 0.0;
+    for (double loss : fp32) reference += loss;
+    for (const auto& [weights_dtype, compute_dtype] : std::vector<std::pair<std::string, std::string>>{
+             {"bf16", "f32"}, {"f16", "f32"}, {"f32", "bf16"}, {"f32", "f16"}, {"bf16", "f16"}}) {
+      const std::vector<double> losses = losses_of(weights_dtype, compute_dtype);
+      ASSERT_EQ(losses.size(), fp32.size());
+      double found = 0.0;
+      for (double loss : losses) found += loss;
+      const double deviation = std::abs(found - reference) / reference;
+      std::printf("%s weights %s, compute %s: |mean loss - fp32's| / fp32's = %.4f\n", lora ? "LoRA" : "full",
+                  weights_dtype.c_str(), compute_dtype.c_str(), deviation);
+      EXPECT_LT(deviation, 0.012) << (lora ? "LoRA " : "full ") << weights_dtype << " weights, " << compute_dtype;
+      EXPECT_LT(losses.back(), losses.front()) << "does not learn: " << weights_dtype << "/" << compute_dtype;
+    }
+  }
+}
+
 // ---- Export from the fp32 masters ----------------------------------------------
 
 // A bf16 run's export is built from its fp32 AdamW masters, not from the
@@ -456,6 +524,7 @@ struct ResumeCase {
   const char* name;
   const char* peft;  // TrainOptions::peft
   const char* compute_dtype;
+  const char* weights_dtype = nullptr;  // model.weights_dtype; null: the compute dtype
 };
 
 void PrintTo(const ResumeCase& resume_case, std::ostream* out) { *out << resume_case.name; }
@@ -482,6 +551,7 @@ class TrainerResumeTest : public TrainerTest, public ::testing::WithParamInterfa
       result.activation_checkpointing = "selective";  // layer 0's projection reruns in the backward
     }
     result.compute_dtype = result.weights_dtype = GetParam().compute_dtype;
+    if (GetParam().weights_dtype != nullptr) result.weights_dtype = GetParam().weights_dtype;
     if (result.compute_dtype == "f16") {
       result.init_scale = 1024.0f;
       result.growth_interval = 2;  // the scale changes within the run, so its state must be restored
@@ -547,7 +617,13 @@ INSTANTIATE_TEST_SUITE_P(Runs, TrainerResumeTest,
                                            // arithmetic: bf16 prefix K/V in attention, f16 adapters under
                                            // dynamic loss scaling.
                                            ResumeCase{"PrefixTuningProjectionSelectiveBf16", "prefix_tuning", "bf16"},
-                                           ResumeCase{"BottleneckHoulsbyFullF16LossScaling", "bottleneck", "f16"}),
+                                           ResumeCase{"BottleneckHoulsbyFullF16LossScaling", "bottleneck", "f16"},
+                                           // Base weights stored apart from the compute dtype: bf16 under
+                                           // fp32 compute (the masters of full fine-tuning are then the
+                                           // only fp32 copy), fp32 under bf16 compute (torch.autocast's).
+                                           ResumeCase{"LoraBf16WeightsF32Compute", "lora", "f32", "bf16"},
+                                           ResumeCase{"FullFineTuningBf16WeightsF32Compute", "none", "f32", "bf16"},
+                                           ResumeCase{"LoraF32WeightsBf16Compute", "lora", "bf16", "f32"}),
                          [](const ::testing::TestParamInfo<ResumeCase>& info) { return info.param.name; });
 
 TEST_P(TrainerResumeTest, HostOptimizerCopiesChangeNoBitAndResumeToo) {
@@ -842,12 +918,6 @@ TEST_F(TrainerTest, PackedRowsReachTheModelWithTheirPositionIdsAndDocumentStarts
 }
 
 TEST_F(TrainerTest, ConfigurationMistakesAreOneLineErrors) {
-  config::TrainOptions mixed = lora_options("run");
-  mixed.weights_dtype = "bf16";
-  EXPECT_EQ(testing::bad_input_message([&] { Trainer trainer(*context_, mixed, quiet_hooks()); }),
-            "test: field 'model.weights_dtype': bf16 differs from precision.compute_dtype f32; llmft holds the base "
-            "weights in the compute dtype, so set both to the same value");
-
   config::TrainOptions too_long = lora_options("run");
   too_long.seq_len = 4096;
   too_long.batch_size = 64;
@@ -950,6 +1020,19 @@ TEST_F(TrainerTest, TrainLogsLossLrGradNormTokensPerSecondAndEvalMetrics) {
 
 // ---- Export ----------------------------------------------------------------------
 
+// A GGUF file is written through a temporary beside it; one a killed export
+// left (its pid gone) is removed, and the file holds exactly what was written.
+TEST_F(TrainerTest, GgufWriteReplacesTheFileWholeAndRemovesADeadExportsTemporary) {
+  std::ofstream(root_ / ".model.gguf.tmp-999999999") << "partial";
+  std::ofstream(root_ / "model.gguf") << "old";
+  write_gguf_atomically([](const gguf::GgufWriter::Sink& sink) { sink("new bytes", 9); }, root_ / "model.gguf");
+  std::ifstream in(root_ / "model.gguf");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "new bytes");
+  EXPECT_FALSE(fs::exists(root_ / ".model.gguf.tmp-999999999"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(root_), fs::directory_iterator()), 3)  // data, model, model.gguf
+      << "a temporary was left behind";
+}
+
 TEST_F(TrainerTest, MergedExportHasTheLogitsOfBasePlusLoraFromTheCheckpoint) {
   config::TrainOptions options = lora_options("run");
   {
@@ -961,7 +1044,18 @@ TEST_F(TrainerTest, MergedExportHasTheLogitsOfBasePlusLoraFromTheCheckpoint) {
   load_checkpoint_weights(*trained, options, "latest");
   trained->set_training(false);
   std::ofstream(root_ / "model" / "tokenizer.json") << "{}";  // copied along
+  // Left by killed exports: a dead pid's staging directory goes, a live
+  // pid's (another export writing now: our parent stands in) and other
+  // names stay.
+  for (const std::string name : {".merged.tmp-999999999", ".merged.tmp-1x", ".other.tmp-999999999"})
+    fs::create_directories(root_ / name / "x");
+  const std::string live = str_cat(".merged.tmp-", ::getppid());
+  fs::create_directories(root_ / live);
   const std::vector<std::string> copied = export_merged(*trained, options.hf_dir, root_ / "merged");
+  EXPECT_FALSE(fs::exists(root_ / ".merged.tmp-999999999"));
+  EXPECT_TRUE(fs::exists(root_ / ".merged.tmp-1x"));
+  EXPECT_TRUE(fs::exists(root_ / ".other.tmp-999999999"));
+  EXPECT_TRUE(fs::exists(root_ / live));
   EXPECT_EQ(copied, std::vector<std::string>{"tokenizer.json"});
   EXPECT_TRUE(fs::exists(root_ / "merged" / "tokenizer.json"));
 
