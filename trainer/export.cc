@@ -1,9 +1,11 @@
 #include "trainer/export.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -61,6 +63,24 @@ std::vector<NamedTensor> merged_or_refuse(const PeftMethod& method, const char* 
   return method.merged_state_dict(DType::kF32);
 }
 
+// Removes what SIGKILLed exports into `out` left beside it: ".<name>.tmp-<pid>"
+// entries whose process is gone (kill(pid, 0) says ESRCH). A live pid's
+// entry may be another export writing now and is kept; so is anything not
+// of that exact form. (PIDs are per host: two hosts exporting into one
+// shared directory at once is not supported either way.)
+void remove_stale_staging(const std::filesystem::path& parent, const std::string& name, FileOps& files) {
+  const std::string prefix = str_cat(".", name, ".tmp-");
+  if (!files.exists(parent.string())) return;
+  for (const std::string& entry : files.list(parent.string())) {
+    if (!entry.starts_with(prefix) || entry.size() == prefix.size() || entry.size() - prefix.size() > 9) continue;
+    const std::string digits = entry.substr(prefix.size());
+    if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(digits));
+    if (pid <= 0 || pid == ::getpid()) continue;  // our own is cleared by the caller
+    if (::kill(pid, 0) == -1 && errno == ESRCH) files.remove_all((parent / entry).string());
+  }
+}
+
 // Writes a model directory in two phases, so that a failure while writing
 // (a full disk) leaves an existing `out` exactly as it was: `write` fills a
 // fresh staging directory beside `out` (".<name>.tmp-<pid>", same file
@@ -70,7 +90,8 @@ std::vector<NamedTensor> merged_or_refuse(const PeftMethod& method, const char* 
 // into `out`, which needs no space. A failure before that removes the
 // staging directory and nothing in `out` has changed; a crash during the
 // per-file renames leaves every file of `out` whole, some old and some new. A
-// SIGKILL leaves its staging directory behind (never `out` half-written).
+// SIGKILL leaves its staging directory behind (never `out` half-written); the
+// next export to `out` removes it (remove_stale_staging).
 void write_directory_staged(const std::filesystem::path& out_path,
                             const std::function<void(const std::filesystem::path&)>& write, FileOps& files) {
   std::filesystem::path out = out_path.lexically_normal();
@@ -78,6 +99,7 @@ void write_directory_staged(const std::filesystem::path& out_path,
   const std::filesystem::path parent = out.parent_path().empty() ? std::filesystem::path(".") : out.parent_path();
   std::filesystem::create_directories(parent);
   const std::filesystem::path staging = parent / str_cat(".", out.filename().string(), ".tmp-", ::getpid());
+  remove_stale_staging(parent, out.filename().string(), files);
   files.remove_all(staging.string());
   try {
     write(staging);
@@ -140,6 +162,7 @@ void write_gguf_atomically(const std::function<void(const gguf::GgufWriter::Sink
                            const std::filesystem::path& out, FileOps& files) {
   const std::filesystem::path directory = out.parent_path().empty() ? std::filesystem::path(".") : out.parent_path();
   const std::string temp = (directory / str_cat(".", out.filename().string(), ".tmp-", ::getpid())).string();
+  remove_stale_staging(directory, out.filename().string(), files);
   try {
     std::unique_ptr<CheckpointFile> file = files.create(temp);
     write_file([&](const void* data, size_t bytes) { file->append(data, bytes); });

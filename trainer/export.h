@@ -30,6 +30,8 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag = "--m
 // `base_dir`. Returns the names of the copied tokenizer files.
 // The files are written into a staging directory beside `out` and moved in
 // only when all are on disk: a failure (a full disk) leaves `out` as it was.
+// Staging directories of killed earlier exports to `out` (their pid gone) are
+// removed first.
 std::vector<std::string> export_merged(TrainingModel& model, const std::filesystem::path& base_dir,
                                        const std::filesystem::path& out, std::optional<DType> dtype = std::nullopt,
                                        uint64_t max_shard_bytes = kDefaultMaxShardBytes);
@@ -45,7 +47,8 @@ void export_adapter(TrainingModel& model, const std::string& base_model_name_or_
 // beside it (".<name>.tmp-<pid>"), fsynced, renamed into place, the directory
 // fsynced. Any failure (a full disk mid-write included) removes the temporary
 // file, so `out` is the old file or the whole new one, never part of one; the
-// error names the file.
+// error names the file. Temporaries of killed earlier exports to `out` (their
+// pid gone) are removed first.
 void write_gguf_atomically(const std::function<void(const gguf::GgufWriter::Sink&)>& write_file,
                            const std::filesystem::path& out, FileOps& files = local_file_ops());
 

@@ -97,7 +97,10 @@ absent=0 complete=0 export_kills=0
 for attempt in $(seq 20); do
   out="$work/export-killed-$attempt"
   if [ $((attempt % 2)) -eq 0 ]; then export_to "$out" || fail "export before kill $attempt exited $?"; fi
-  export_to "$out" &
+  # The command itself in the background, not export_to: a backgrounded
+  # shell function runs in a subshell, and SIGKILL would hit that bash and
+  # leave llmft running.
+  "$llmft" export --config "$work/killed.pbtxt" --merged "$out" --dtype f32 >"$work/export.log" 2>&1 &
   pid=$!
   sleep "$(awk -v ms=$((RANDOM % (export_ms + export_ms / 5 + 1))) 'BEGIN { printf "%.3f", ms / 1000 }')"
   if kill -KILL "$pid" 2>/dev/null; then export_kills=$((export_kills + 1)); fi
@@ -111,7 +114,18 @@ for attempt in $(seq 20); do
   fi
 done
 [ "$export_kills" -ge 10 ] || fail "only $export_kills of 20 export kills hit a running export (one takes ${export_ms} ms)"
+# A killed export leaves its staging directory (".NAME.tmp-PID"); the next
+# export to the same place removes it, its process being gone.
+leftovers=$(cd "$work" && ls -A | grep -c '^\.export-killed-.*\.tmp-[0-9]*$')
+for attempt in $(seq 20); do
+  out="$work/export-killed-$attempt"
+  ls -A "$work" | grep -q "^\.export-killed-$attempt\.tmp-" || continue
+  export_to "$out" || fail "export after kill $attempt exited $?: $(cat "$work/export.log")"
+  same_as_straight "$out" || fail "the export after kill $attempt is not the uninterrupted one"
+done
+if ls -A "$work" | grep -q '\.tmp-'; then fail "staging left after the re-exports: $(ls -A "$work" | grep '\.tmp-')"; fi
 echo "PASS: $kills SIGKILLs of training (seed $seed), every checkpoint complete after each, final weights and" \
      "optimizer state byte-identical, $(wc -l <"$work/killed.losses") logged losses all equal the uninterrupted" \
      "run's; $export_kills SIGKILLs of export --merged (${export_ms} ms each): $absent left no directory," \
-     "$complete a complete one, none a partial one"
+     "$complete a complete one, none a partial one; $leftovers staging directories of killed exports removed by" \
+     "the next export"
