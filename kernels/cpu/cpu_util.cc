@@ -87,28 +87,38 @@ LLMFT_CPU_MULTIVERSION void store_floats(const float* values, int64_t count, voi
   }
 }
 
-F32Copy::F32Copy(const Tensor& tensor) {
+namespace {
+
+// Scratch f32 storage for n values from the context's allocator, as workspace.
+Tensor f32_scratch(Context& context, int64_t n) {
+  MemoryCategoryScope category(MemoryCategory::kWorkspace);
+  return context.empty({n}, DType::kF32);
+}
+
+}  // namespace
+
+F32Copy::F32Copy(Context& context, const Tensor& tensor) {
   if (tensor.dtype() == DType::kF32) {
     data_ = static_cast<const float*>(tensor.raw_data());
     return;
   }
   const int64_t n = tensor.numel();
-  owned_ = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(n));
-  float* out = owned_.get();
+  owned_ = f32_scratch(context, n);
+  float* out = owned_.data<float>();
   const void* in = tensor.raw_data();
   const DType dtype = tensor.dtype();
   parallel_chunks(n, [&](int64_t begin, int64_t count) { load_floats(in, dtype, begin, count, out + begin); });
   data_ = out;
 }
 
-F32Output::F32Output(Tensor& tensor, bool load_current) : tensor_(&tensor) {
+F32Output::F32Output(Context& context, Tensor& tensor, bool load_current) : tensor_(&tensor) {
   if (tensor.dtype() == DType::kF32) {
     data_ = static_cast<float*>(tensor.raw_data());
     return;
   }
   const int64_t n = tensor.numel();
-  owned_ = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(n));
-  data_ = owned_.get();
+  owned_ = f32_scratch(context, n);
+  data_ = owned_.data<float>();
   if (load_current) {
     const void* in = tensor.raw_data();
     const DType dtype = tensor.dtype();
@@ -118,7 +128,7 @@ F32Output::F32Output(Tensor& tensor, bool load_current) : tensor_(&tensor) {
 }
 
 void F32Output::finish() {
-  if (!owned_) return;
+  if (!owned_.defined()) return;
   void* out = tensor_->raw_data();
   const DType dtype = tensor_->dtype();
   const float* in = data_;

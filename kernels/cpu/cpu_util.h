@@ -8,6 +8,7 @@
 #include <memory>
 #include <string_view>
 
+#include "core/context.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/tensor.h"
@@ -87,29 +88,32 @@ class FloatWriter {
 };
 
 // A whole float tensor as contiguous f32: its own memory for f32, else a
-// converted copy (converted in parallel).
+// converted copy (converted in parallel). The copy comes from the context's
+// caching host allocator, counted as workspace: a GEMM widens whole 16-bit
+// weights every call, and fresh glibc blocks of that size are new mmap()s
+// whose page faults cost as much as the conversion (bench/RESULTS.md).
 class F32Copy {
  public:
-  explicit F32Copy(const Tensor& tensor);
+  F32Copy(Context& context, const Tensor& tensor);
   const float* data() const { return data_; }
 
  private:
-  std::unique_ptr<float[]> owned_;
+  Tensor owned_;
   const float* data_ = nullptr;
 };
 
 // An f32 buffer standing in for a float output tensor: the tensor itself when
-// it is f32, else a scratch buffer (preloaded when `load_current`) that
-// finish() rounds back into the tensor.
+// it is f32, else a scratch buffer from the context (preloaded when
+// `load_current`) that finish() rounds back into the tensor.
 class F32Output {
  public:
-  F32Output(Tensor& tensor, bool load_current);
+  F32Output(Context& context, Tensor& tensor, bool load_current);
   float* data() const { return data_; }
   void finish();
 
  private:
   Tensor* tensor_;
-  std::unique_ptr<float[]> owned_;
+  Tensor owned_;
   float* data_ = nullptr;
 };
 

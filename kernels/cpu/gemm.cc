@@ -73,8 +73,8 @@ void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool tr
   const int64_t batch = shape_numel(c_batch);
   if (c.numel() == 0) return;
 
-  F32Copy a32(a), b32(b);
-  F32Output c32(c, /*load_current=*/beta != 0.0f);
+  F32Copy a32(context, a), b32(context, b);
+  F32Output c32(context, c, /*load_current=*/beta != 0.0f);
   if (b_shared && !a_shared && !trans_a) {
     // Consecutive [M, K] blocks of a against one b form a single [batch * M, K] GEMM.
     sgemm(false, trans_b, batch * m, n, k, alpha, a32.data(), k, b32.data(), b_columns, beta, c32.data(), n);
@@ -110,16 +110,16 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
   if (rows == 1 && weight.dtype() != DType::kF32) {
     // One row (a decode step) with 16-bit weights: the GEMV reads them as
     // stored, half the bytes of f32 and no f32 copy of the whole weight per call.
-    F32Copy x32(x);
-    F32Output y32(y, /*load_current=*/false);
+    F32Copy x32(context, x);
+    F32Output y32(context, y, /*load_current=*/false);
     if (bias != nullptr) load_floats(bias->raw_data(), bias->dtype(), 0, out_features, y32.data());
     gemv(out_features, in_features, 1.0f, weight.raw_data(), weight.dtype(), in_features, x32.data(),
          bias != nullptr ? 1.0f : 0.0f, y32.data());
     y32.finish();
     return;
   }
-  F32Copy x32(x), weight32(weight);
-  F32Output y32(y, /*load_current=*/false);
+  F32Copy x32(context, x), weight32(context, weight);
+  F32Output y32(context, y, /*load_current=*/false);
   float beta = 0.0f;
   if (bias != nullptr) {
     // Start every row from the bias and let the GEMM add onto it (beta = 1).
@@ -169,17 +169,17 @@ void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const 
     require_shape(op, "dbias", *dbias, {out_features});
   }
 
-  F32Copy dy32(dy);
+  F32Copy dy32(context, dy);
   if (dx != nullptr && dx->numel() > 0) {
-    F32Copy weight32(weight);
-    F32Output dx32(*dx, /*load_current=*/accumulate_dx);
+    F32Copy weight32(context, weight);
+    F32Output dx32(context, *dx, /*load_current=*/accumulate_dx);
     sgemm(false, false, rows, in_features, out_features, 1.0f, dy32.data(), out_features, weight32.data(),
           in_features, accumulate_dx ? 1.0f : 0.0f, dx32.data(), in_features);
     dx32.finish();
   }
   if (dweight != nullptr && dweight->numel() > 0) {
-    F32Copy x32(x);
-    F32Output dweight32(*dweight, /*load_current=*/true);
+    F32Copy x32(context, x);
+    F32Output dweight32(context, *dweight, /*load_current=*/true);
     sgemm(true, false, out_features, in_features, rows, 1.0f, dy32.data(), out_features, x32.data(), in_features, 1.0f,
           dweight32.data(), in_features);
     dweight32.finish();
