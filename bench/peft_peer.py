@@ -36,7 +36,20 @@ on all seven linears with PEFT's default fp32 adapter weights (as llmft's fp32
 masters), torch.optim.AdamW(fused=True), the loss on logits.float().
 --attn sdpa (PyTorch picks its flash / memory-efficient kernel) or
 flash_attention_2 (needs the flash-attn package); --gradient-checkpointing
-(non-reentrant) matches gpu_lora_bench --recompute. The RESULT line adds MFU
+(non-reentrant) matches gpu_lora_bench --recompute.
+
+Activation checkpointing on the CPU configs (the peer of lora_train_bench
+--recompute): --checkpointing full (transformers' non-reentrant gradient
+checkpointing of every decoder layer) or selective (the same, with PyTorch's
+selective activation checkpointing policy saving matmul and attention
+outputs: selective_checkpoint_context). The RESULT line's step_peak_mib is
+the process's peak RSS during a timed step above its RSS at the step's start
+(VmHWM after resetting it through /proc/self/clear_refs, minus VmRSS): the
+activations and scratch of the step, as lora_train_bench's allocator peak.
+It is exact only with --memory-pass (exact_rss: glibc otherwise keeps freed
+large blocks, which the next step reuses unseen), which slows the steps: time
+and memory come from separate runs. The largest over the timed steps is
+reported. The RESULT line adds MFU
 with gpu_lora_bench's FLOP convention (4 N + 6 N_lora + 6 L T d_attn per
 token, causal) against --peak-tflops (default 989, H100 SXM dense bf16) and
 torch.cuda.max_memory_allocated.
@@ -99,10 +112,65 @@ def build_model(args):
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"])
         model = get_peft_model(model, lora_config)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.checkpointing != "none":
+        kwargs = {"use_reentrant": False}
+        if args.checkpointing == "selective":
+            kwargs["context_fn"] = selective_checkpoint_context
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.train()
     return model
+
+
+def selective_checkpoint_context():
+    """PyTorch's selective activation checkpointing (torch.utils.checkpoint,
+    2.4+) with the trade llmft's SELECTIVE makes (Megatron's selective
+    recompute): the outputs of the matmuls (q, k, v, o, gate, up, down and the
+    LoRA products) and of attention are saved, everything else (RMSNorm, RoPE,
+    SiLU, the products of SwiGLU, residual adds) is recomputed in the backward."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    saved = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.matmul.default}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"):
+        if hasattr(aten, name):
+            saved.add(getattr(aten, name).default)
+
+    def policy(context, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def rss_bytes(field):
+    """VmRSS or VmHWM (the peak since the last reset) of this process, in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def exact_rss():
+    """Makes RSS follow PyTorch's live CPU memory: glibc serves large blocks
+    with mmap() only below a threshold that it raises each time such a block
+    is freed, after which freed blocks stay in the heap and a step reuses
+    memory the RSS already counts. A fixed 64 KiB threshold (mallopt
+    M_MMAP_THRESHOLD, which also stops the adjustment) and trimming at 64 KiB
+    return every large block at free(). More page faults: for --memory-pass
+    runs, not for timing."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if libc.mallopt(m_mmap_threshold, 64 << 10) != 1 or libc.mallopt(m_trim_threshold, 64 << 10) != 1:
+        raise RuntimeError("mallopt refused the thresholds")
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current RSS (Linux: "5" into /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 # The shapes of bench/gpu_lora_bench.cc (TinyLlama/TinyLlama-1.1B config.json; tiny: its CPU smoke shape).
@@ -141,20 +209,29 @@ def main():
     # GPU mode (tinyllama-1.1b / tiny): see the module docstring.
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="the same as --checkpointing full")
+    parser.add_argument("--memory-pass", action="store_true",
+                        help="make RSS follow live memory (exact_rss) for step_peak_mib; slows the steps")
+    parser.add_argument("--checkpointing", choices=["none", "full", "selective"], default="none",
+                        help="full: transformers' gradient checkpointing (non-reentrant) of every decoder layer; "
+                             "selective: the same with selective_checkpoint_context's policy")
     parser.add_argument("--autocast", choices=["bf16"],
                         help="CPU configs: forward and loss under torch.autocast('cpu', dtype=torch.bfloat16), "
                              "fp32 weights and AdamW (PyTorch's mixed precision on a CPU)")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
     gpu_mode = args.config in GPU_SHAPES
-    if not gpu_mode and (args.device != "cpu" or args.gradient_checkpointing):
-        sys.exit("peft_peer.py: --device cuda and --gradient-checkpointing are for --config tinyllama-1.1b or tiny")
+    if args.gradient_checkpointing:
+        args.checkpointing = "full"
+    if not gpu_mode and args.device != "cpu":
+        sys.exit("peft_peer.py: --device cuda is for --config tinyllama-1.1b or tiny")
     if gpu_mode and args.autocast:
         sys.exit("peft_peer.py: --autocast is for the CPU configs (the GPU configs use --dtype)")
     if args.config == "smollm2-lora" and not args.model:
         sys.exit("peft_peer.py: smollm2-lora needs --model DIR")
     torch.set_num_threads(args.threads)
+    if args.memory_pass:
+        exact_rss()
 
     model = build_model(args)
     vocab = model.config.vocab_size
@@ -188,10 +265,16 @@ def main():
             first_loss = loss
     warmup_seconds = time.perf_counter() - start
     times = []
+    step_peak = 0  # the most any timed step's RSS rose above its start (CPU: activations and workspace)
     for step in range(args.steps):
+        if not gpu_mode:
+            reset_peak_rss()
+            resident = rss_bytes("VmRSS")
         start = time.perf_counter()
         loss = train_step()
         times.append(time.perf_counter() - start)
+        if not gpu_mode:
+            step_peak = max(step_peak, rss_bytes("VmHWM") - resident)
         if first_loss is None:
             first_loss = loss
 
@@ -205,7 +288,7 @@ def main():
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
         device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         print(f"peft_peer {args.config} on {device_name}: torch {torch.__version__}, {args.dtype}, attention "
-              f"{args.attn}{', gradient checkpointing' if args.gradient_checkpointing else ''}"
+              f"{args.attn}{', gradient checkpointing' if args.checkpointing != 'none' else ''}"
               f"{', torch.compile' if args.compile else ''}; batch {args.batch} x seq {args.seq}; "
               f"{args.warmup} warm-up ({warmup_seconds:.1f} s) + {args.steps} timed steps")
         print("step times (s): " + " ".join(f"{t:.4f}" for t in times))
@@ -213,7 +296,7 @@ def main():
               f"{100 * flops / best / peak:.1f}% of {args.peak_tflops:.0f} TFLOP/s; peak memory {peak_gib:.2f} GiB; "
               f"loss first {first_loss:.4f}, last {loss:.4f} (ln V = {math.log(vocab):.4f})")
         print(f"RESULT side={side} config={args.config} device={args.device} dtype={args.dtype} batch={args.batch} "
-              f"seq={args.seq} recompute={int(args.gradient_checkpointing)} tokens_per_s_best={tokens / best:.1f} "
+              f"seq={args.seq} recompute={int(args.checkpointing != 'none')} tokens_per_s_best={tokens / best:.1f} "
               f"tokens_per_s_median={tokens / median:.1f} step_s_best={best:.4f} mfu_best={flops / best / peak:.4f} "
               f"mfu_median={flops / median / peak:.4f} peak_gib={peak_gib:.2f} loss_first={first_loss:.4f} "
               f"loss_last={loss:.4f}")
@@ -221,14 +304,16 @@ def main():
     n_trainable = sum(p.numel() for p in trainable)
     print(f"peft_peer {args.config}: torch {torch.__version__}, {torch.get_num_threads()} threads, attention "
           f"{args.attn}{', torch.compile' if args.compile else ''}"
-          f"{', torch.autocast bf16' if args.autocast else ''}; trainable {n_trainable / 1e6:.3f}M; batch "
+          f"{', torch.autocast bf16' if args.autocast else ''}"
+          f"{f', checkpointing {args.checkpointing}' if args.checkpointing != 'none' else ''}; trainable {n_trainable / 1e6:.3f}M; batch "
           f"{args.batch} x seq {args.seq}; {args.warmup} warm-up ({warmup_seconds:.1f} s) + {args.steps} timed steps")
     print("step times (s): " + " ".join(f"{t:.3f}" for t in times))
     print(f"tokens/s best {tokens / best:.0f}, median {tokens / median:.0f}; loss first {first_loss:.4f}, "
-          f"last {loss:.4f} (ln V = {math.log(vocab):.4f})")
+          f"last {loss:.4f} (ln V = {math.log(vocab):.4f}); step peak RSS above the step's start "
+          f"{step_peak / 2**20:.1f} MiB")
     print(f"RESULT side={side} config={args.config} dtype={args.autocast or 'f32'} tokens_per_s_best={tokens / best:.1f} "
           f"tokens_per_s_median={tokens / median:.1f} step_s_best={best:.4f} loss_first={first_loss:.4f} "
-          f"loss_last={loss:.4f}")
+          f"loss_last={loss:.4f} recompute={args.checkpointing} step_peak_mib={step_peak / 2**20:.1f}")
 
 
 if __name__ == "__main__":
