@@ -102,8 +102,8 @@ void print_run_estimate(const ModelConfig& config, const config::TrainOptions& o
   std::printf("  memory per rank (estimate; the run prints its measured peaks after step 1):\n");
   for (int c = 0; c < kNumMemoryCategories; ++c) {
     const auto category = static_cast<MemoryCategory>(c);
-    if (category == MemoryCategory::kWorkspace) continue;  // batches and scratch: not estimated
-    std::printf("    %-18s %12s\n", memory_category_name(category), trainer::format_bytes(estimate.of(category)).c_str());
+    std::printf("    %-18s %12s%s\n", memory_category_name(category), trainer::format_bytes(estimate.of(category)).c_str(),
+                category == MemoryCategory::kWorkspace ? "  (CPU backend: fp32 copies of 16-bit GEMM operands)" : "");
   }
   std::printf("    %-18s %12s\n", "total", trainer::format_bytes(estimate.total()).c_str());
 }

@@ -124,6 +124,16 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   const double prefix =
       options.peft != "prefix_tuning" ? 0.0 : layers * P * 2 * kv * w + P * prefix_width * (w + 4);
   set(MemoryCategory::kActivations, kept + tail + recomputed + backward + prefix);
+
+  // Workspace (the CPU backend's): the CPU GEMMs widen 16-bit operands into
+  // fp32 copies and compute into an fp32 output (kernels/cpu/cpu_util.h
+  // F32Copy, F32Output), one GEMM at a time. The largest are the LM head's
+  // (its [V, D] weight; a chunk's logits, hidden rows and their gradient)
+  // and the MLP's ([I, D] weight; [N, D] and [N, I] rows). Batches and other
+  // scratch are a few KB.
+  const double lm_head_copies = (wb < 4 ? V * D : 0.0) + (w < 4 ? chunk_rows * (V + 2 * D) : 0.0);
+  const double mlp_copies = (wb < 4 ? I * D : 0.0) + (w < 4 ? N * (I + D) : 0.0);
+  set(MemoryCategory::kWorkspace, 4 * std::max(lm_head_copies, mlp_copies));
   return estimate;
 }
 

@@ -8,7 +8,9 @@
 // llama_block.cc): what each block keeps for the backward under its
 // activation policy, the LM head's chunk and the loss buffers, and the
 // transient peak of the last block's backward (its recomputation and its
-// input-gradient buffers), which is where the step's peak lies.
+// input-gradient buffers), which is where the step's peak lies. Workspace is
+// the CPU backend's fp32 copies of 16-bit GEMM operands (0 for fp32 runs);
+// the CUDA backend has none but the cast weight of mixed storage.
 #pragma once
 
 #include <array>

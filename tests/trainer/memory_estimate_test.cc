@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -87,11 +88,15 @@ class MemoryEstimateTest : public ::testing::Test {
     const MemoryEstimate estimate = estimate_training_memory(small_config(), run, 1);
     for (MemoryCategory category :
          {MemoryCategory::kFrozenWeights, MemoryCategory::kTrainableWeights, MemoryCategory::kOptimizerState,
-          MemoryCategory::kGradients, MemoryCategory::kActivations}) {
+          MemoryCategory::kGradients, MemoryCategory::kActivations, MemoryCategory::kWorkspace}) {
       const double got = measured.bytes[static_cast<size_t>(category)], want = estimate.of(category);
       std::printf("%-22s %-18s measured %10.0f estimated %10.0f (%+.1f%%)\n", what.c_str(),
                   memory_category_name(category), got, want, got > 0 ? 100.0 * (want - got) / got : 0.0);
-      if (got == 0.0) {
+      if (category == MemoryCategory::kWorkspace) {
+        // The fp32 GEMM copies are estimated; the batch tensors and other
+        // scratch (16-40 KB here) are not: 10% or 64 KiB, whichever is more.
+        EXPECT_LE(std::abs(want - got), std::max(0.1 * got, 64.0 * 1024)) << what << ": workspace";
+      } else if (got == 0.0) {
         EXPECT_EQ(want, 0.0) << what << ": " << memory_category_name(category);
       } else {
         EXPECT_LE(std::abs(want - got), 0.1 * got) << what << ": " << memory_category_name(category);
