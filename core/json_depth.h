@@ -47,4 +47,15 @@ Json parse_json(Input&& input, std::string where, bool allow_exceptions = true, 
                      allow_exceptions);
 }
 
+// Json::dump() that cannot throw on bytes: a string built from a user's
+// bytes (a token's text, a file name, an argument) need not be UTF-8, and
+// nlohmann's dump() throws type_error 316 on an ill-formed sequence (found
+// by fuzz/tokenizer_fuzz: a token that does not continue the text, whose
+// bytes end mid-character, crashed the error message meant to report it).
+// Ill-formed bytes become U+FFFD.
+template <typename Json>
+std::string dump_json(const Json& value) {
+  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
 }  // namespace llmft

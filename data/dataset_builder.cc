@@ -151,7 +151,7 @@ std::vector<int32_t> end_of_turn_ids(const Tokenizer& tokenizer, const ModelChat
   for (const std::string& token : options.end_of_turn_tokens) {
     std::vector<int32_t> encoded = tokenizer.encode(token);
     if (encoded.size() != 1)
-      throw_bad_input("--end-of-turn ", json(token).dump(), ": expected one token of ", tokenizer.description(),
+      throw_bad_input("--end-of-turn ", dump_json(json(token)), ": expected one token of ", tokenizer.description(),
                       ", found ", encoded.size(), " ids");
     ids.push_back(encoded[0]);
   }

@@ -788,7 +788,7 @@ std::string state_to_json(const LoaderState& state, const LoaderPipeline& pipeli
     rows.push_back(std::move(pieces));
   }
   json["pending_rows"] = std::move(rows);
-  return json.dump();
+  return dump_json(json);  // file names need not be UTF-8
 }
 
 LoaderState state_from_json(const std::string& text, const LoaderPipeline& pipeline) {
@@ -802,10 +802,12 @@ LoaderState state_from_json(const std::string& text, const LoaderPipeline& pipel
     if (json.value("format", "") != kStateFormat)
       throw_bad_input("loader state: format is '", json.value("format", ""), "', expected '", kStateFormat, "'");
     const LoaderOptions& options = pipeline.options();
-    auto expect = [&](const char* field, const nlohmann::json& configured) {
+    auto expect = [&](const char* field, const nlohmann::json& value) {
+      // As saved: ill-formed UTF-8 in a file name was written as U+FFFD.
+      const nlohmann::json configured = nlohmann::json::parse(dump_json(value));
       if (json.at(field) != configured)
-        throw_bad_input("loader state: ", field, " is ", json.at(field).dump(), " but this loader has ",
-                        configured.dump(), "; resume with the options of the run that saved the state");
+        throw_bad_input("loader state: ", field, " is ", dump_json(json.at(field)), " but this loader has ",
+                        dump_json(configured), "; resume with the options of the run that saved the state");
     };
     expect("files", pipeline.files());
     expect("dp_rank", options.dp_rank);

@@ -1,5 +1,7 @@
 #include "data/tokenizer.h"
 
+#include "core/json_depth.h"
+
 #include <cctype>
 #include <nlohmann/json.hpp>
 
@@ -49,7 +51,7 @@ std::vector<size_t> Tokenizer::token_offsets(std::string_view text, std::span<co
     } else if (bytes.starts_with(' ') && rest.starts_with(std::string_view(bytes).substr(1))) {
       at += bytes.size() - 1;  // the tokenizer's own prefix space
     } else {
-      throw_bad_input(description(), ": token ", i, " (id ", ids[i], ", ", nlohmann::json(bytes).dump(),
+      throw_bad_input(description(), ": token ", i, " (id ", ids[i], ", ", dump_json(nlohmann::json(bytes)),
                       ") does not continue the text at byte ", at,
                       ": cannot map tokens to text offsets (does the tokenizer's normalizer rewrite the text?)");
     }

@@ -93,11 +93,16 @@ if [ -n "${LLMFT_FUZZ_CORPUS:-}" ]; then
   corpus=$LLMFT_FUZZ_CORPUS
   mkdir -p "$corpus"
   [ -n "$(ls -A "$corpus")" ] || seed "$corpus"
+  seed_option=""  # long runs (scripts/fuzz): libFuzzer's random seed, new paths every time
 else
   corpus="$build_dir/corpus-$target"
   rm -rf "$corpus"
   mkdir -p "$corpus"
   seed "$corpus"
+  # ctest (CI): a fixed seed, so that a run explores the same inputs in the
+  # same order everywhere and a finding fails every run, not one CI run in
+  # many. LLMFT_FUZZ_SEED picks another; new paths come from scripts/fuzz.
+  seed_option="-seed=${LLMFT_FUZZ_SEED:-1}"
 fi
 # checkpoint_fuzz adds the state.json its writer makes at start-up.
 LLMFT_FUZZ_SEED_DIR=$corpus
@@ -105,5 +110,5 @@ LLMFT_FUZZ_SEED_DIR=$corpus
 ASAN_OPTIONS=${ASAN_OPTIONS:-quarantine_size_mb=16}
 export LLMFT_FUZZ_SEED_DIR ASAN_OPTIONS
 # shellcheck disable=SC2086  # $limits is a list of options
-exec "$build_dir/$target" -max_total_time="$seconds" $limits -artifact_prefix="$build_dir/$target-" \
+exec "$build_dir/$target" -max_total_time="$seconds" $limits $seed_option -artifact_prefix="$build_dir/$target-" \
   -print_final_stats=1 "$corpus"

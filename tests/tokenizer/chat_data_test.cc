@@ -13,6 +13,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "data/bpe_tokenizer.h"
 #include "data/chat_template.h"
@@ -460,6 +461,14 @@ TEST(TokenOffsets, ByteLevelTokensWalkTheTextByteByByte) {
   // Ids that do not spell the text are refused, not guessed at.
   EXPECT_THROW(tokenizer->token_offsets("abc", std::vector<int32_t>{'a', 'c'}), Error);
   EXPECT_THROW(tokenizer->token_offsets("abc", std::vector<int32_t>{'a', 'b'}), Error);
+  // A token that does not continue the text and is half of a UTF-8 character
+  // (byte 0xC3): the error names it with U+FFFD for the ill-formed byte, where
+  // the JSON quoting of its text used to throw type_error 316 out of the
+  // error path itself (fuzz/tokenizer_fuzz found it).
+  const std::string message =
+      testing::bad_input_message([&] { tokenizer->token_offsets("abc", std::vector<int32_t>{0xC3}); });
+  EXPECT_NE(message.find("token 0 (id 195, \"\xEF\xBF\xBD\") does not continue the text at byte 0"), std::string::npos)
+      << message;
 }
 
 TEST(TokenOffsets, MetaspacePrefixTakesNoText) {
