@@ -154,6 +154,15 @@ void LlamaModel::load_weights(Context& context, const SafetensorsCheckpoint& che
   for (Parameter* parameter : parameters_.all()) {
     const DType dtype = parameter->value.dtype();
     if (!parameter->shard.sharded()) {
+      // A CPU parameter stored in another float dtype than the file's is
+      // converted straight into place: a staging copy would be a transient
+      // peak the size of the largest tensor (the embedding) on top of it all.
+      const Tensor stored = checkpoint.tensor(parameter->name);
+      if (parameter->value.device().is_cpu() && stored.dtype() != dtype && is_floating(stored.dtype()) &&
+          is_floating(dtype)) {
+        ops::cast(context, stored, parameter->value);
+        continue;
+      }
       parameter->value.copy_from(checkpoint.tensor_as(parameter->name, dtype));
       continue;
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/packed_gemm.h"
 #include "peft/lora.h"
 #include "trainer/training_setup.h"
 
@@ -125,14 +126,29 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
       options.peft != "prefix_tuning" ? 0.0 : layers * P * 2 * kv * w + P * prefix_width * (w + 4);
   set(MemoryCategory::kActivations, kept + tail + recomputed + backward + prefix);
 
-  // Workspace (the CPU backend's): the CPU GEMMs widen 16-bit operands into
-  // fp32 copies and compute into an fp32 output (kernels/cpu/cpu_util.h
-  // F32Copy, F32Output), one GEMM at a time. The largest are the LM head's
-  // (its [V, D] weight; a chunk's logits, hidden rows and their gradient)
-  // and the MLP's ([I, D] weight; [N, D] and [N, I] rows). Batches and other
+  // Workspace (the CPU backend's), one GEMM at a time; the largest are the LM
+  // head's (its [V, D] weight; a chunk's logits, hidden rows and their
+  // gradient) and the MLP's ([I, D] weight; [N, D] and [N, I] rows). Outputs
+  // in a 16-bit dtype are computed into an f32 buffer (kernels/cpu/cpu_util.h
+  // F32Output). 16-bit operands either go to the packed GEMM, which needs its
+  // panels (kernels/cpu/packed_gemm.h), or are widened into f32 copies
+  // (F32Copy), as packed_gemm_preferred() says for this CPU. Batches and other
   // scratch are a few KB.
-  const double lm_head_copies = (wb < 4 ? V * D : 0.0) + (w < 4 ? chunk_rows * (V + 2 * D) : 0.0);
-  const double mlp_copies = (wb < 4 ? I * D : 0.0) + (w < 4 ? N * (I + D) : 0.0);
+  double lm_head_copies = 0.0, mlp_copies = 0.0;
+  if (w < 4 || wb < 4) {
+    if (cpu::packed_gemm_preferred()) {
+      const int threads = cpu::packed_gemm_threads();
+      const auto panels = [&](double m, double n, double k) {
+        return static_cast<double>(cpu::packed_gemm_scratch_floats(static_cast<int64_t>(m), static_cast<int64_t>(n),
+                                                                    static_cast<int64_t>(k), threads));
+      };
+      lm_head_copies = (w < 4 ? chunk_rows * V : 0.0) + panels(chunk_rows, V, D);
+      mlp_copies = (w < 4 ? N * I : 0.0) + panels(N, I, D);
+    } else {
+      lm_head_copies = (wb < 4 ? V * D : 0.0) + (w < 4 ? chunk_rows * (V + 2 * D) : 0.0);
+      mlp_copies = (wb < 4 ? I * D : 0.0) + (w < 4 ? N * (I + D) : 0.0);
+    }
+  }
   set(MemoryCategory::kWorkspace, 4 * std::max(lm_head_copies, mlp_copies));
   return estimate;
 }

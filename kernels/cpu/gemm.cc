@@ -1,10 +1,14 @@
-// GEMM and the torch.nn.Linear forward/backward on OpenBLAS SGEMM. bf16/f16
-// operands are widened to f32 once per call (OpenBLAS 0.3.21 has no half GEMM
-// on this target); outputs are rounded once at the end.
+// GEMM and the torch.nn.Linear forward/backward: OpenBLAS SGEMM for f32
+// operands; bf16/f16 operands go to the packed GEMM, which widens them while
+// packing (kernels/cpu/packed_gemm.h), or, where that kernel is not chosen,
+// are widened to f32 copies once per call (OpenBLAS 0.3.21 has no half GEMM).
+// Sums are f32; 16-bit outputs are rounded once at the end.
 #include <cstring>
+#include <optional>
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/cpu_util.h"
+#include "kernels/cpu/packed_gemm.h"
 
 namespace llmft::cpu {
 namespace {
@@ -31,6 +35,49 @@ void add_column_sums(const float* dy, int64_t rows, int64_t columns, Tensor& dbi
     for (int64_t j = 0; j < count; ++j) out[j] = static_cast<float>(out[j] + sums[j]);
     writer.commit(begin, count, out);
   }
+}
+
+// A GEMM operand: the tensor as stored where the packed GEMM reads 16-bit
+// operands (packed_gemm_preferred), otherwise f32 (its own memory or a copy).
+class GemmInput {
+ public:
+  GemmInput(Context& context, const Tensor& tensor) {
+    if (tensor.dtype() != DType::kF32 && packed_gemm_preferred()) {
+      data_ = tensor.raw_data();
+      dtype_ = tensor.dtype();
+      return;
+    }
+    copy_.emplace(context, tensor);
+    data_ = copy_->data();
+  }
+  DType dtype() const { return dtype_; }
+  // The address of element `index`.
+  const void* at(int64_t index) const { return static_cast<const char*>(data_) + index * dtype_size(dtype_); }
+
+ private:
+  std::optional<F32Copy> copy_;
+  const void* data_ = nullptr;
+  DType dtype_ = DType::kF32;
+};
+
+// Row-major C (f32) = alpha * op(A) @ op(B) + beta * C: SGEMM when both
+// operands are f32, else the packed GEMM with its panels from the context.
+void gemm_rows(Context& context, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const void* a, DType a_dtype, int64_t lda, const void* b, DType b_dtype, int64_t ldb, float beta,
+               float* c, int64_t ldc) {
+  if (a_dtype == DType::kF32 && b_dtype == DType::kF32) {
+    sgemm(trans_a, trans_b, m, n, k, alpha, static_cast<const float*>(a), lda, static_cast<const float*>(b), ldb,
+          beta, c, ldc);
+    return;
+  }
+  const int threads = packed_gemm_threads();
+  Tensor scratch;
+  {
+    MemoryCategoryScope category(MemoryCategory::kWorkspace);
+    scratch = context.empty({std::max<int64_t>(packed_gemm_scratch_floats(m, n, k, threads), 1)}, DType::kF32);
+  }
+  packed_gemm(m, n, k, alpha, {a, a_dtype, lda, trans_a}, {b, b_dtype, ldb, trans_b}, beta, c, ldc,
+              scratch.data<float>(), threads);
 }
 
 }  // namespace
@@ -73,17 +120,18 @@ void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool tr
   const int64_t batch = shape_numel(c_batch);
   if (c.numel() == 0) return;
 
-  F32Copy a32(context, a), b32(context, b);
+  GemmInput a_in(context, a), b_in(context, b);
   F32Output c32(context, c, /*load_current=*/beta != 0.0f);
   if (b_shared && !a_shared && !trans_a) {
     // Consecutive [M, K] blocks of a against one b form a single [batch * M, K] GEMM.
-    sgemm(false, trans_b, batch * m, n, k, alpha, a32.data(), k, b32.data(), b_columns, beta, c32.data(), n);
+    gemm_rows(context, false, trans_b, batch * m, n, k, alpha, a_in.at(0), a_in.dtype(), k, b_in.at(0), b_in.dtype(),
+              b_columns, beta, c32.data(), n);
   } else {
     const int64_t a_stride = a_shared ? 0 : a_rows * a_columns;
     const int64_t b_stride = b_shared ? 0 : b_rows * b_columns;
     for (int64_t index = 0; index < batch; ++index) {
-      sgemm(trans_a, trans_b, m, n, k, alpha, a32.data() + index * a_stride, a_columns, b32.data() + index * b_stride,
-            b_columns, beta, c32.data() + index * m * n, n);
+      gemm_rows(context, trans_a, trans_b, m, n, k, alpha, a_in.at(index * a_stride), a_in.dtype(), a_columns,
+                b_in.at(index * b_stride), b_in.dtype(), b_columns, beta, c32.data() + index * m * n, n);
     }
   }
   c32.finish();
@@ -118,7 +166,7 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
     y32.finish();
     return;
   }
-  F32Copy x32(context, x), weight32(context, weight);
+  GemmInput x_in(context, x), weight_in(context, weight);
   F32Output y32(context, y, /*load_current=*/false);
   float beta = 0.0f;
   if (bias != nullptr) {
@@ -131,8 +179,8 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
     });
     beta = 1.0f;
   }
-  sgemm(false, true, rows, out_features, in_features, 1.0f, x32.data(), in_features, weight32.data(), in_features, beta,
-        y32.data(), out_features);
+  gemm_rows(context, false, true, rows, out_features, in_features, 1.0f, x_in.at(0), x_in.dtype(), in_features,
+            weight_in.at(0), weight_in.dtype(), in_features, beta, y32.data(), out_features);
   y32.finish();
 }
 
@@ -169,22 +217,22 @@ void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const 
     require_shape(op, "dbias", *dbias, {out_features});
   }
 
-  F32Copy dy32(context, dy);
+  const GemmInput dy_in(context, dy);
   if (dx != nullptr && dx->numel() > 0) {
-    F32Copy weight32(context, weight);
+    GemmInput weight_in(context, weight);
     F32Output dx32(context, *dx, /*load_current=*/accumulate_dx);
-    sgemm(false, false, rows, in_features, out_features, 1.0f, dy32.data(), out_features, weight32.data(),
-          in_features, accumulate_dx ? 1.0f : 0.0f, dx32.data(), in_features);
+    gemm_rows(context, false, false, rows, in_features, out_features, 1.0f, dy_in.at(0), dy_in.dtype(), out_features,
+              weight_in.at(0), weight_in.dtype(), in_features, accumulate_dx ? 1.0f : 0.0f, dx32.data(), in_features);
     dx32.finish();
   }
   if (dweight != nullptr && dweight->numel() > 0) {
-    F32Copy x32(context, x);
+    GemmInput x_in(context, x);
     F32Output dweight32(context, *dweight, /*load_current=*/true);
-    sgemm(true, false, out_features, in_features, rows, 1.0f, dy32.data(), out_features, x32.data(), in_features, 1.0f,
-          dweight32.data(), in_features);
+    gemm_rows(context, true, false, out_features, in_features, rows, 1.0f, dy_in.at(0), dy_in.dtype(), out_features,
+              x_in.at(0), x_in.dtype(), in_features, 1.0f, dweight32.data(), in_features);
     dweight32.finish();
   }
-  if (dbias != nullptr) add_column_sums(dy32.data(), rows, out_features, *dbias);
+  if (dbias != nullptr) add_column_sums(F32Copy(context, dy).data(), rows, out_features, *dbias);
 }
 
 }  // namespace llmft::cpu

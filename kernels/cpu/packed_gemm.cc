@@ -1,0 +1,361 @@
+#include "kernels/cpu/packed_gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "core/half.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LLMFT_PACKED_GEMM_X86 1
+#endif
+
+namespace llmft::cpu {
+namespace {
+
+// Blocking (Goto's names: MR x NR register tile, KC depth, MC x KC panel of A
+// in L2, KC x NC panel of B in L3). A 6x16 tile takes 12 of the 16 ymm
+// registers as accumulators, two for a row of B and one for a broadcast of A;
+// a KC = 256 deep micro-panel of B (16 KiB) and of A (6 KiB) stay in a 32 KiB
+// L1. MC and NC were picked on a 2-core Zen 3 (512 KiB L2) from 72..192 and
+// 1024..4096; the differences were within that VM's noise but for NC below 2048.
+constexpr int64_t kTileRows = 6;        // MR
+constexpr int64_t kTileColumns = 16;    // NR
+constexpr int64_t kDepthBlock = 256;    // KC
+constexpr int64_t kRowBlock = 96;       // MC, a multiple of kTileRows
+constexpr int64_t kColumnBlock = 3072;  // NC, a multiple of kTileColumns
+
+// Below this many multiply-adds a product stays on the calling thread.
+constexpr double kParallelWork = 1 << 20;
+
+int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Splits `extent` into the fewest blocks of at most `limit`, as equal as
+// possible and rounded up to a multiple of `multiple` (a 577-deep product is
+// three blocks of 196, 196 and 185, not 256, 256 and 65: short blocks pay
+// the tile's load and store of C for little work).
+int64_t balanced_step(int64_t extent, int64_t limit, int64_t multiple) {
+  const int64_t blocks = div_up(extent, limit);
+  return div_up(div_up(extent, blocks), multiple) * multiple;
+}
+
+// How a product is split: `bands` bands of `band` rows (or columns) of C,
+// one per thread, each with `thread_floats` of scratch for its panels (B's
+// [depth_step, column_step] and A's [row_step, depth_step], 64-byte aligned).
+struct Plan {
+  bool split_rows = true;
+  int64_t band = 0, bands = 1, thread_floats = 0;
+};
+
+Plan make_plan(int64_t m, int64_t n, int64_t k, int threads) {
+  Plan plan;
+  int64_t rows = m, columns = n;
+  if (threads > 1 && static_cast<double>(m) * n * k >= kParallelWork) {
+    plan.split_rows = m >= n;
+    const int64_t extent = plan.split_rows ? m : n;
+    const int64_t multiple = plan.split_rows ? kTileRows : kTileColumns;
+    plan.band = div_up(div_up(extent, threads), multiple) * multiple;
+    plan.bands = div_up(extent, plan.band);
+    (plan.split_rows ? rows : columns) = plan.band;
+  }
+  const int64_t depth = balanced_step(std::max<int64_t>(k, 1), kDepthBlock, 1);
+  // A band's blocks are at most min(limit, its extent rounded up to whole tiles).
+  const int64_t b_floats = depth * std::min(kColumnBlock, div_up(columns, kTileColumns) * kTileColumns);
+  const int64_t a_floats = depth * std::min(kRowBlock, div_up(rows, kTileRows) * kTileRows);
+  plan.thread_floats = b_floats + a_floats + 16;
+  return plan;
+}
+
+// op(X)'s element (row, column) as an offset into the stored matrix.
+int64_t element_offset(const PackedGemmOperand& x, int64_t row, int64_t column) {
+  return x.trans ? column * x.ld + row : row * x.ld + column;
+}
+
+// The operand starting at op(X)'s element (row, column).
+PackedGemmOperand shifted(const PackedGemmOperand& x, int64_t row, int64_t column) {
+  PackedGemmOperand result = x;
+  result.data = static_cast<const char*>(x.data) + element_offset(x, row, column) * dtype_size(x.dtype);
+  return result;
+}
+
+float element(const void* data, DType dtype, int64_t index) {
+  switch (dtype) {
+    case DType::kF32: return static_cast<const float*>(data)[index];
+    case DType::kBF16: return bf16_bits_to_float(static_cast<const uint16_t*>(data)[index]);
+    default: return f16_bits_to_float(static_cast<const uint16_t*>(data)[index]);
+  }
+}
+
+#ifdef LLMFT_PACKED_GEMM_X86
+#define LLMFT_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Eight consecutive stored elements widened to f32.
+LLMFT_AVX2 inline __m256 load8(const void* data, DType dtype, int64_t index) {
+  if (dtype == DType::kF32) return _mm256_loadu_ps(static_cast<const float*>(data) + index);
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(data) + index));
+  if (dtype == DType::kBF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  return _mm256_cvtph_ps(bits);
+}
+
+// Packs op(A)[0, rows) x [0, depth) as panels of kTileRows rows, each stored
+// k-major (for each k its 6 values), the last panel padded with zeros.
+LLMFT_AVX2 void pack_a(const PackedGemmOperand& a, int64_t rows, int64_t depth, float* out) {
+  for (int64_t panel_row = 0; panel_row < rows; panel_row += kTileRows) {
+    float* panel = out + panel_row * depth;
+    const int64_t height = std::min(kTileRows, rows - panel_row);
+    if (!a.trans) {
+      // Rows of A are contiguous in k: widen 8 at a time, scatter with stride 6.
+      for (int64_t row = 0; row < kTileRows; ++row) {
+        if (row >= height) {
+          for (int64_t kk = 0; kk < depth; ++kk) panel[kk * kTileRows + row] = 0.0f;
+          continue;
+        }
+        const int64_t base = (panel_row + row) * a.ld;
+        int64_t kk = 0;
+        alignas(32) float values[8];
+        for (; kk + 8 <= depth; kk += 8) {
+          _mm256_store_ps(values, load8(a.data, a.dtype, base + kk));
+          for (int64_t lane = 0; lane < 8; ++lane) panel[(kk + lane) * kTileRows + row] = values[lane];
+        }
+        for (; kk < depth; ++kk) panel[kk * kTileRows + row] = element(a.data, a.dtype, base + kk);
+      }
+    } else {
+      // op(A)'s column k is a stored row: the panel's 6 values are contiguous.
+      for (int64_t kk = 0; kk < depth; ++kk) {
+        const int64_t base = kk * a.ld + panel_row;
+        float* slot = panel + kk * kTileRows;
+        for (int64_t row = 0; row < kTileRows; ++row)
+          slot[row] = row < height ? element(a.data, a.dtype, base + row) : 0.0f;
+      }
+    }
+  }
+}
+
+// Packs op(B)[0, depth) x [0, columns) as panels of kTileColumns columns, each
+// stored k-major (for each k its 16 values), the last panel padded with zeros.
+LLMFT_AVX2 void pack_b(const PackedGemmOperand& b, int64_t depth, int64_t columns, float* out) {
+  for (int64_t panel_column = 0; panel_column < columns; panel_column += kTileColumns) {
+    float* panel = out + panel_column * depth;
+    const int64_t width = std::min(kTileColumns, columns - panel_column);
+    if (!b.trans) {
+      // op(B)'s row k is a stored row: the panel's 16 values are contiguous.
+      for (int64_t kk = 0; kk < depth; ++kk) {
+        const int64_t base = kk * b.ld + panel_column;
+        float* slot = panel + kk * kTileColumns;
+        if (width == kTileColumns) {
+          _mm256_store_ps(slot, load8(b.data, b.dtype, base));
+          _mm256_store_ps(slot + 8, load8(b.data, b.dtype, base + 8));
+        } else {
+          for (int64_t column = 0; column < kTileColumns; ++column)
+            slot[column] = column < width ? element(b.data, b.dtype, base + column) : 0.0f;
+        }
+      }
+    } else {
+      // op(B)'s column j is a stored row (a weight's row in x W^T): widen 8
+      // at a time along k and scatter with stride 16.
+      for (int64_t column = 0; column < kTileColumns; ++column) {
+        if (column >= width) {
+          for (int64_t kk = 0; kk < depth; ++kk) panel[kk * kTileColumns + column] = 0.0f;
+          continue;
+        }
+        const int64_t base = (panel_column + column) * b.ld;
+        int64_t kk = 0;
+        alignas(32) float values[8];
+        for (; kk + 8 <= depth; kk += 8) {
+          _mm256_store_ps(values, load8(b.data, b.dtype, base + kk));
+          for (int64_t lane = 0; lane < 8; ++lane) panel[(kk + lane) * kTileColumns + column] = values[lane];
+        }
+        for (; kk < depth; ++kk) panel[kk * kTileColumns + column] = element(b.data, b.dtype, base + kk);
+      }
+    }
+  }
+}
+
+// C[6, 16] = alpha * (A panel x B panel) + beta * C (beta == 0: C not read).
+// Each of the 12 accumulators sums its k products in order.
+LLMFT_AVX2 void multiply_tile(int64_t depth, const float* a, const float* b, float alpha, float beta, float* c,
+                              int64_t ldc) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t kk = 0; kk < depth; ++kk) {
+    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    __m256 x = _mm256_broadcast_ss(a);
+    c00 = _mm256_fmadd_ps(x, b0, c00);
+    c01 = _mm256_fmadd_ps(x, b1, c01);
+    x = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(x, b0, c10);
+    c11 = _mm256_fmadd_ps(x, b1, c11);
+    x = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(x, b0, c20);
+    c21 = _mm256_fmadd_ps(x, b1, c21);
+    x = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(x, b0, c30);
+    c31 = _mm256_fmadd_ps(x, b1, c31);
+    x = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(x, b0, c40);
+    c41 = _mm256_fmadd_ps(x, b1, c41);
+    x = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(x, b0, c50);
+    c51 = _mm256_fmadd_ps(x, b1, c51);
+    a += kTileRows;
+    b += kTileColumns;
+  }
+  const __m256 alpha8 = _mm256_set1_ps(alpha), beta8 = _mm256_set1_ps(beta);
+  auto store_row = [&](float* row, __m256 low, __m256 high) LLMFT_AVX2 {
+    low = _mm256_mul_ps(alpha8, low);
+    high = _mm256_mul_ps(alpha8, high);
+    if (beta != 0.0f) {
+      low = _mm256_fmadd_ps(beta8, _mm256_loadu_ps(row), low);
+      high = _mm256_fmadd_ps(beta8, _mm256_loadu_ps(row + 8), high);
+    }
+    _mm256_storeu_ps(row, low);
+    _mm256_storeu_ps(row + 8, high);
+  };
+  store_row(c, c00, c01);
+  store_row(c + ldc, c10, c11);
+  store_row(c + 2 * ldc, c20, c21);
+  store_row(c + 3 * ldc, c30, c31);
+  store_row(c + 4 * ldc, c40, c41);
+  store_row(c + 5 * ldc, c50, c51);
+}
+
+// One thread's product, blocked in Goto's loop order: NC columns of B, KC deep,
+// packed once; MC rows of A packed per block; tiles in between. Edge tiles
+// are computed into a local tile and added element by element.
+LLMFT_AVX2 void gemm_one_thread(int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a,
+                                const PackedGemmOperand& b, float beta, float* c, int64_t ldc, float* scratch) {
+  const int64_t column_step = balanced_step(n, kColumnBlock, kTileColumns);
+  const int64_t depth_step = balanced_step(k, kDepthBlock, 1);
+  const int64_t row_step = balanced_step(m, kRowBlock, kTileRows);
+  float* packed_b = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  float* packed_a = packed_b + depth_step * column_step;  // a multiple of 16 floats: stays aligned
+  alignas(64) float tile[kTileRows * kTileColumns];
+  for (int64_t column_begin = 0; column_begin < n; column_begin += column_step) {
+    const int64_t columns = std::min(column_step, n - column_begin);
+    for (int64_t depth_begin = 0; depth_begin < k; depth_begin += depth_step) {
+      const int64_t depth = std::min(depth_step, k - depth_begin);
+      // Later depth blocks add onto the earlier ones' sums.
+      const float block_beta = depth_begin == 0 ? beta : 1.0f;
+      pack_b(shifted(b, depth_begin, column_begin), depth, columns, packed_b);
+      for (int64_t row_begin = 0; row_begin < m; row_begin += row_step) {
+        const int64_t rows = std::min(row_step, m - row_begin);
+        pack_a(shifted(a, row_begin, depth_begin), rows, depth, packed_a);
+        for (int64_t tile_column = 0; tile_column < columns; tile_column += kTileColumns) {
+          const int64_t width = std::min(kTileColumns, columns - tile_column);
+          const float* b_panel = packed_b + tile_column * depth;
+          for (int64_t tile_row = 0; tile_row < rows; tile_row += kTileRows) {
+            const int64_t height = std::min(kTileRows, rows - tile_row);
+            const float* a_panel = packed_a + tile_row * depth;
+            float* c_tile = c + (row_begin + tile_row) * ldc + column_begin + tile_column;
+            if (height == kTileRows && width == kTileColumns) {
+              multiply_tile(depth, a_panel, b_panel, alpha, block_beta, c_tile, ldc);
+              continue;
+            }
+            multiply_tile(depth, a_panel, b_panel, 1.0f, 0.0f, tile, kTileColumns);
+            for (int64_t row = 0; row < height; ++row) {
+              float* c_row = c_tile + row * ldc;
+              for (int64_t column = 0; column < width; ++column) {
+                const float product = alpha * tile[row * kTileColumns + column];
+                c_row[column] = block_beta == 0.0f ? product : block_beta * c_row[column] + product;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+#endif  // LLMFT_PACKED_GEMM_X86
+
+bool cpu_runs_packed_kernel() {
+#ifdef LLMFT_PACKED_GEMM_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+bool choose_packed_kernel() {
+  const char* forced = std::getenv("LLMFT_CPU_HALF_GEMM");
+  const std::string choice = forced != nullptr ? forced : "";
+  if (choice == "widen") return false;
+  if (choice == "packed") {
+    if (!cpu_runs_packed_kernel())
+      throw_runtime("LLMFT_CPU_HALF_GEMM=packed: this CPU lacks AVX2, FMA or F16C, which the packed GEMM needs");
+    return true;
+  }
+  if (!choice.empty()) throw_runtime("LLMFT_CPU_HALF_GEMM: expected packed or widen, found '", choice, "'");
+#ifdef LLMFT_PACKED_GEMM_X86
+  return cpu_runs_packed_kernel() && !__builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool packed_gemm_supported() {
+  static const bool supported = cpu_runs_packed_kernel();
+  return supported;
+}
+
+bool packed_gemm_preferred() {
+  static const bool preferred = choose_packed_kernel();
+  return preferred;
+}
+
+int64_t packed_gemm_scratch_floats(int64_t m, int64_t n, int64_t k, int threads) {
+  if (m == 0 || n == 0) return 0;
+  const Plan plan = make_plan(m, n, k, std::max(threads, 1));
+  return plan.bands * plan.thread_floats;
+}
+
+int packed_gemm_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+void packed_gemm(int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a, const PackedGemmOperand& b,
+                 float beta, float* c, int64_t ldc, float* scratch, int threads) {
+  if (m == 0 || n == 0) return;
+  for (const PackedGemmOperand* operand : {&a, &b}) {
+    if (operand->dtype != DType::kF32 && operand->dtype != DType::kBF16 && operand->dtype != DType::kF16)
+      throw_runtime("packed_gemm: operands must be f32, bf16 or f16, found ", dtype_name(operand->dtype));
+  }
+  if (!packed_gemm_supported()) throw_runtime("packed_gemm: this CPU lacks AVX2, FMA or F16C");
+#ifdef LLMFT_PACKED_GEMM_X86
+  if (k == 0) {  // an empty sum: C = beta * C
+    for (int64_t row = 0; row < m; ++row)
+      for (int64_t column = 0; column < n; ++column)
+        c[row * ldc + column] = beta == 0.0f ? 0.0f : beta * c[row * ldc + column];
+    return;
+  }
+  const Plan plan = make_plan(m, n, k, std::max(threads, 1));
+  if (plan.bands == 1) {
+    gemm_one_thread(m, n, k, alpha, a, b, beta, c, ldc, scratch);
+    return;
+  }
+  // One band of C's rows (or columns, when C is wide) per thread, each an
+  // independent product with its own panels, as cpu_util.cc's sgemm splits
+  // OpenBLAS calls. Bands are whole tiles; every element's sum is the same
+  // whichever band computes it, so the result does not depend on `threads`.
+  const int64_t extent = plan.split_rows ? m : n;
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(plan.bands))
+  for (int64_t index = 0; index < plan.bands; ++index) {
+    const int64_t begin = index * plan.band, size = std::min(plan.band, extent - begin);
+    float* own_scratch = scratch + index * plan.thread_floats;
+    if (plan.split_rows) {
+      gemm_one_thread(size, n, k, alpha, shifted(a, begin, 0), b, beta, c + begin * ldc, ldc, own_scratch);
+    } else {
+      gemm_one_thread(m, size, k, alpha, a, shifted(b, 0, begin), beta, c + begin, ldc, own_scratch);
+    }
+  }
+#else
+  (void)alpha, (void)beta, (void)c, (void)ldc, (void)scratch, (void)threads;
+#endif
+}
+
+}  // namespace llmft::cpu
