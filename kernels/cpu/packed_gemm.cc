@@ -102,6 +102,32 @@ LLMFT_AVX2 inline __m256 load8(const void* data, DType dtype, int64_t index) {
   return _mm256_cvtph_ps(bits);
 }
 
+// Transposes the 8x8 block held in rows[0..8) in place: afterwards rows[k]
+// holds element k of every input row (unpack, shuffle, then swap 128-bit
+// halves: 24 shuffles for 64 elements instead of 64 scalar stores).
+LLMFT_AVX2 inline void transpose8x8(__m256 rows[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(rows[0], rows[1]), t1 = _mm256_unpackhi_ps(rows[0], rows[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(rows[2], rows[3]), t3 = _mm256_unpackhi_ps(rows[2], rows[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(rows[4], rows[5]), t5 = _mm256_unpackhi_ps(rows[4], rows[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(rows[6], rows[7]), t7 = _mm256_unpackhi_ps(rows[6], rows[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  rows[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  rows[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  rows[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  rows[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  rows[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  rows[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  rows[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  rows[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
 // Packs op(A)[0, rows) x [0, depth) as panels of kTileRows rows, each stored
 // k-major (for each k its 6 values), the last panel padded with zeros.
 LLMFT_AVX2 void pack_a(const PackedGemmOperand& a, int64_t rows, int64_t depth, float* out) {
@@ -109,20 +135,26 @@ LLMFT_AVX2 void pack_a(const PackedGemmOperand& a, int64_t rows, int64_t depth, 
     float* panel = out + panel_row * depth;
     const int64_t height = std::min(kTileRows, rows - panel_row);
     if (!a.trans) {
-      // Rows of A are contiguous in k: widen 8 at a time, scatter with stride 6.
-      for (int64_t row = 0; row < kTileRows; ++row) {
-        if (row >= height) {
-          for (int64_t kk = 0; kk < depth; ++kk) panel[kk * kTileRows + row] = 0.0f;
-          continue;
-        }
-        const int64_t base = (panel_row + row) * a.ld;
-        int64_t kk = 0;
-        alignas(32) float values[8];
+      // Rows of A are contiguous in k: 8 k of the panel's rows (two zero
+      // rows below them) are transposed into 8 slots of 6 values.
+      int64_t kk = 0;
+      if (height == kTileRows) {
         for (; kk + 8 <= depth; kk += 8) {
-          _mm256_store_ps(values, load8(a.data, a.dtype, base + kk));
-          for (int64_t lane = 0; lane < 8; ++lane) panel[(kk + lane) * kTileRows + row] = values[lane];
+          __m256 block[8];
+          for (int64_t row = 0; row < kTileRows; ++row) block[row] = load8(a.data, a.dtype, (panel_row + row) * a.ld + kk);
+          block[6] = block[7] = _mm256_setzero_ps();
+          transpose8x8(block);
+          for (int64_t lane = 0; lane < 8; ++lane) {
+            float* slot = panel + (kk + lane) * kTileRows;
+            _mm_storeu_ps(slot, _mm256_castps256_ps128(block[lane]));
+            _mm_storel_pi(reinterpret_cast<__m64*>(slot + 4), _mm256_extractf128_ps(block[lane], 1));
+          }
         }
-        for (; kk < depth; ++kk) panel[kk * kTileRows + row] = element(a.data, a.dtype, base + kk);
+      }
+      for (; kk < depth; ++kk) {
+        float* slot = panel + kk * kTileRows;
+        for (int64_t row = 0; row < kTileRows; ++row)
+          slot[row] = row < height ? element(a.data, a.dtype, (panel_row + row) * a.ld + kk) : 0.0f;
       }
     } else {
       // op(A)'s column k is a stored row: the panel's 6 values are contiguous.
@@ -156,21 +188,25 @@ LLMFT_AVX2 void pack_b(const PackedGemmOperand& b, int64_t depth, int64_t column
         }
       }
     } else {
-      // op(B)'s column j is a stored row (a weight's row in x W^T): widen 8
-      // at a time along k and scatter with stride 16.
-      for (int64_t column = 0; column < kTileColumns; ++column) {
-        if (column >= width) {
-          for (int64_t kk = 0; kk < depth; ++kk) panel[kk * kTileColumns + column] = 0.0f;
-          continue;
-        }
-        const int64_t base = (panel_column + column) * b.ld;
-        int64_t kk = 0;
-        alignas(32) float values[8];
+      // op(B)'s column j is a stored row (a weight's row in x W^T): 8 k of
+      // 8 columns at a time are transposed into 8 slots' halves.
+      int64_t kk = 0;
+      if (width == kTileColumns) {
         for (; kk + 8 <= depth; kk += 8) {
-          _mm256_store_ps(values, load8(b.data, b.dtype, base + kk));
-          for (int64_t lane = 0; lane < 8; ++lane) panel[(kk + lane) * kTileColumns + column] = values[lane];
+          for (int64_t half = 0; half < kTileColumns; half += 8) {
+            __m256 block[8];
+            for (int64_t column = 0; column < 8; ++column)
+              block[column] = load8(b.data, b.dtype, (panel_column + half + column) * b.ld + kk);
+            transpose8x8(block);
+            for (int64_t lane = 0; lane < 8; ++lane)
+              _mm256_store_ps(panel + (kk + lane) * kTileColumns + half, block[lane]);
+          }
         }
-        for (; kk < depth; ++kk) panel[kk * kTileColumns + column] = element(b.data, b.dtype, base + kk);
+      }
+      for (; kk < depth; ++kk) {
+        float* slot = panel + kk * kTileColumns;
+        for (int64_t column = 0; column < kTileColumns; ++column)
+          slot[column] = column < width ? element(b.data, b.dtype, (panel_column + column) * b.ld + kk) : 0.0f;
       }
     }
   }
