@@ -103,7 +103,7 @@ void print_run_estimate(const ModelConfig& config, const config::TrainOptions& o
   for (int c = 0; c < kNumMemoryCategories; ++c) {
     const auto category = static_cast<MemoryCategory>(c);
     std::printf("    %-18s %12s%s\n", memory_category_name(category), trainer::format_bytes(estimate.of(category)).c_str(),
-                category == MemoryCategory::kWorkspace ? "  (CPU backend: fp32 copies of 16-bit GEMM operands)" : "");
+                category == MemoryCategory::kWorkspace ? "  (CPU backend: 16-bit GEMMs' panels and f32 outputs or copies)" : "");
   }
   std::printf("    %-18s %12s\n", "total", trainer::format_bytes(estimate.total()).c_str());
 }

@@ -9,8 +9,10 @@
 // activation policy, the LM head's chunk and the loss buffers, and the
 // transient peak of the last block's backward (its recomputation and its
 // input-gradient buffers), which is where the step's peak lies. Workspace is
-// the CPU backend's fp32 copies of 16-bit GEMM operands (0 for fp32 runs);
-// the CUDA backend has none but the cast weight of mixed storage.
+// the CPU backend's 16-bit GEMM scratch (0 for fp32 runs): the packed GEMM's
+// panels and f32 outputs, or fp32 copies of the operands where 16-bit
+// operands are widened for OpenBLAS; the CUDA backend has none but the cast
+// weight of mixed storage.
 #pragma once
 
 #include <array>
