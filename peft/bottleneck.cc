@@ -40,7 +40,7 @@ void BottleneckAdapters::Config::validate(const std::string& source) const {
 }
 
 BottleneckAdapters::BottleneckAdapters(Context& context, LlamaModel& model, const Config& config)
-    : model_(model), config_(config) {
+    : PeftMethod(model), config_(config) {
   config_.validate("bottleneck adapter config");
   const int64_t hidden = model.config().hidden_size;
   bottleneck_ = config_.bottleneck > 0 ? config_.bottleneck : hidden / config_.reduction_factor;

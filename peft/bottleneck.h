@@ -65,10 +65,6 @@ class BottleneckAdapters : public PeftMethod, public ResidualAdapterHook {
 
   // PeftMethod
   PeftType type() const override { return PeftType::kBottleneck; }
-  LlamaModel& model() override { return model_; }
-  const LlamaModel& model() const override { return model_; }
-  ParameterRegistry& parameters() override { return parameters_; }
-  const ParameterRegistry& parameters() const override { return parameters_; }
   std::string fingerprint_text() const override;
   std::string merge_unsupported_reason() const override;
   std::vector<NamedTensor> merged_state_dict(std::optional<DType> dtype = std::nullopt) const override;
@@ -92,10 +88,8 @@ class BottleneckAdapters : public PeftMethod, public ResidualAdapterHook {
   };
   const Adapter& adapter(int64_t layer, BlockSite site) const;
 
-  LlamaModel& model_;
   Config config_;
   int64_t bottleneck_ = 0;
-  ParameterRegistry parameters_;
   // Per layer: the attention site's adapter (Houlsby) and the MLP's.
   std::vector<Adapter> attention_, mlp_;
 };

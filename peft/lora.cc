@@ -139,7 +139,8 @@ uint64_t mix_seed(uint64_t value) {
 
 }  // namespace
 
-LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraSettings& config) : model_(model), config_(config) {
+LoraModel::LoraModel(Context& context, LlamaModel& model, const LoraSettings& config)
+    : PeftMethod(model), config_(config) {
   MemoryCategoryScope category(MemoryCategory::kTrainableWeights);
   config_.validate("LoRA config");
   const std::vector<std::string> targets = config_.resolved_target_modules();

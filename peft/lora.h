@@ -139,13 +139,9 @@ class LoraModel : public PeftMethod {
 
   const LoraSettings& config() const { return config_; }
   PeftType type() const override { return PeftType::kLora; }
-  LlamaModel& model() override { return model_; }
-  const LlamaModel& model() const override { return model_; }
   // The LoRA parameters (trainable, fp32 gradients), A then B per module.
   // LlamaModel::forward_backward adds into their gradients; they are not in
   // the model's registry, so the trainer zeroes them through this one.
-  ParameterRegistry& parameters() override { return parameters_; }
-  const ParameterRegistry& parameters() const override { return parameters_; }
   const std::vector<std::shared_ptr<LoraAdapter>>& adapters() const { return adapters_; }
   // The module names adapted ("model.layers.0.self_attn.q_proj", ...).
   std::vector<std::string> adapted_modules() const;
@@ -176,9 +172,7 @@ class LoraModel : public PeftMethod {
  private:
   void apply_delta(Context& context, float sign);
 
-  LlamaModel& model_;
   LoraSettings config_;
-  ParameterRegistry parameters_;
   std::vector<Linear*> linears_;
   std::vector<std::shared_ptr<LoraAdapter>> adapters_;
   bool merged_ = false;

@@ -39,14 +39,17 @@ std::string unmergeable_reason(PeftType type);
 class PeftMethod {
  public:
   virtual ~PeftMethod() = default;
+  PeftMethod(const PeftMethod&) = delete;
+  PeftMethod& operator=(const PeftMethod&) = delete;
 
   virtual PeftType type() const = 0;
-  virtual LlamaModel& model() = 0;
-  virtual const LlamaModel& model() const = 0;
+  // The model the method is attached to.
+  LlamaModel& model() { return model_; }
+  const LlamaModel& model() const { return model_; }
   // The method's own parameters (trainable, fp32 gradients), in a fixed
   // order; they are not in the model's registry.
-  virtual ParameterRegistry& parameters() = 0;
-  virtual const ParameterRegistry& parameters() const = 0;
+  ParameterRegistry& parameters() { return parameters_; }
+  const ParameterRegistry& parameters() const { return parameters_; }
 
   // Dropout (where the method has any) on while training, off for eval/export.
   virtual void set_training(bool training) {}
@@ -75,6 +78,13 @@ class PeftMethod {
   // Reads the tensors of such a directory into the parameters; errors name the
   // file, the tensor and the expected shape.
   virtual void load_adapter_weights(const std::filesystem::path& directory) = 0;
+
+ protected:
+  // `model` must outlive the method.
+  explicit PeftMethod(LlamaModel& model) : model_(model) {}
+
+  LlamaModel& model_;
+  ParameterRegistry parameters_;  // the method registers its parameters here
 };
 
 }  // namespace llmft

@@ -15,7 +15,7 @@ void PrefixTuning::Config::validate(const std::string& source) const {
 }
 
 PrefixTuning::PrefixTuning(Context& context, LlamaModel& model, const Config& config)
-    : context_(context), model_(model), config_(config) {
+    : PeftMethod(model), context_(context), config_(config) {
   config_.validate("prefix tuning config");
   if (model.tensor_parallel_size() > 1)
     throw_bad_input("peft.prefix_tuning: not supported with tensor parallelism yet (parallel.tp ",

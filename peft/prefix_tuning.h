@@ -55,10 +55,6 @@ class PrefixTuning : public PeftMethod, public AttentionPrefixHook {
 
   // PeftMethod
   PeftType type() const override { return PeftType::kPrefixTuning; }
-  LlamaModel& model() override { return model_; }
-  const LlamaModel& model() const override { return model_; }
-  ParameterRegistry& parameters() override { return parameters_; }
-  const ParameterRegistry& parameters() const override { return parameters_; }
   std::string fingerprint_text() const override;
   std::string merge_unsupported_reason() const override;
   std::vector<NamedTensor> merged_state_dict(std::optional<DType> dtype = std::nullopt) const override;
@@ -87,9 +83,7 @@ class PrefixTuning : public PeftMethod, public AttentionPrefixHook {
   void transpose_rows(const Tensor& from, Tensor& to, int64_t outer, int64_t inner) const;
 
   Context& context_;
-  LlamaModel& model_;
   Config config_;
-  ParameterRegistry parameters_;
   Parameter* embedding_ = nullptr;
   std::unique_ptr<DenseStack> encoder_;
   Tensor layer_major_;           // [layers·2, P, kv] in the compute dtype: this forward's keys/values

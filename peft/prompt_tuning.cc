@@ -20,7 +20,7 @@ void PromptTuning::Config::validate(const std::string& source) const {
 }
 
 PromptTuning::PromptTuning(Context& context, LlamaModel& model, const Config& config)
-    : context_(context), model_(model), config_(config) {
+    : PeftMethod(model), context_(context), config_(config) {
   config_.validate("prompt tuning config");
   const int64_t p = config_.num_virtual_tokens, hidden = model.config().hidden_size;
   const DType dtype = model.options().compute_dtype;

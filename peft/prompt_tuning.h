@@ -66,10 +66,6 @@ class PromptTuning : public PeftMethod, public PromptEmbeddingHook {
 
   // PeftMethod
   PeftType type() const override { return config_.type; }
-  LlamaModel& model() override { return model_; }
-  const LlamaModel& model() const override { return model_; }
-  ParameterRegistry& parameters() override { return parameters_; }
-  const ParameterRegistry& parameters() const override { return parameters_; }
   std::string fingerprint_text() const override;
   std::string merge_unsupported_reason() const override;
   std::vector<NamedTensor> merged_state_dict(std::optional<DType> dtype = std::nullopt) const override;
@@ -92,9 +88,7 @@ class PromptTuning : public PeftMethod, public PromptEmbeddingHook {
   }
 
   Context& context_;
-  LlamaModel& model_;
   Config config_;
-  ParameterRegistry parameters_;
   Parameter* embedding_ = nullptr;
   std::unique_ptr<DenseStack> encoder_;  // P-tuning while training
 };
