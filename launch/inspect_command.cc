@@ -1,6 +1,6 @@
 // `llmft inspect MODEL_DIR [--seq-len N] [--batch-size N] [--lora-rank R]`:
 // what a Hugging Face checkpoint directory holds and what training it costs.
-// `llmft inspect [MODEL_DIR] --config run.pbtxt [--set k=v ...] [--dp N]`:
+// `llmft inspect [MODEL_DIR] --config run.pbtxt [--set k=v ...] [--dp N] [--threads N]`:
 // the same, with the run's memory per rank by category (frozen weights,
 // trainable weights and masters, optimizer state, gradients, activations;
 // trainer/memory_estimate.h) for its batch, sequence length, precision, PEFT
@@ -18,6 +18,7 @@
 #include <vector>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "core/error.h"
 #include "launch/cli_args.h"
@@ -39,6 +40,7 @@ struct InspectArgs {
   std::string config;                  // a run config: its memory estimate
   std::vector<std::string> overrides;  // --set
   int64_t dp = 0;                      // 0: the config's parallel.dp, else 1
+  int64_t threads = 0;                 // CPU threads per rank, as `llmft train --threads`
 };
 
 InspectArgs parse_args(std::span<char*> args) {
@@ -51,6 +53,7 @@ InspectArgs parse_args(std::span<char*> args) {
     else if (arg == "--config") parsed.config = std::string(cursor.value());
     else if (arg == "--set") parsed.overrides.push_back(std::string(cursor.value()));
     else if (arg == "--dp") parsed.dp = cursor.int_value(1);
+    else if (arg == "--threads") parsed.threads = cursor.int_value(1);
     else if (!arg.empty() && arg[0] == '-') throw_bad_input("inspect: unknown option '", arg, "'");
     else if (parsed.model_dir.empty()) parsed.model_dir = arg;
     else throw_bad_input("inspect: unexpected argument '", arg, "' (one MODEL_DIR only)");
@@ -58,7 +61,7 @@ InspectArgs parse_args(std::span<char*> args) {
   if (parsed.model_dir.empty() && parsed.config.empty())
     throw_bad_input(
         "inspect: usage: llmft inspect MODEL_DIR [--seq-len N] [--batch-size N] [--lora-rank R] | llmft inspect "
-        "[MODEL_DIR] --config RUN.pbtxt [--set field.path=value ...] [--dp N]");
+        "[MODEL_DIR] --config RUN.pbtxt [--set field.path=value ...] [--dp N] [--threads N]");
   return parsed;
 }
 
@@ -86,8 +89,14 @@ size_t torch_dtype_bytes(const std::string& torch_dtype) { return torch_dtype ==
 }  // namespace
 
 // The run's memory per rank by category, as the trainer reports it.
-void print_run_estimate(const ModelConfig& config, const config::TrainOptions& options, int64_t dp) {
-  const trainer::MemoryEstimate estimate = trainer::estimate_training_memory(config, options, static_cast<int>(dp));
+void print_run_estimate(const ModelConfig& config, const config::TrainOptions& options, int64_t dp, int64_t threads) {
+  // CPU threads per rank as `llmft train` picks them: --threads, else
+  // OpenMP's default, which `mpirun -np dp` on one node shares among its
+  // ranks unless OMP_NUM_THREADS is set.
+  if (threads == 0 && dp > 1 && std::getenv("OMP_NUM_THREADS") == nullptr)
+    threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / dp);
+  const trainer::MemoryEstimate estimate =
+      trainer::estimate_training_memory(config, options, static_cast<int>(dp), static_cast<int>(threads));
   const std::string precision = options.weights_dtype == options.compute_dtype
                                     ? options.compute_dtype
                                     : str_cat(options.compute_dtype, " compute with ", options.weights_dtype, " weights");
@@ -223,7 +232,7 @@ int run_inspect(std::span<char*> raw_args) {
               trainer::format_bytes(lora_params * (weight_bytes + 4.0 + master_bytes + 8.0)).c_str());
   std::printf("    + activations %s = %s\n", trainer::format_bytes(lora_activations).c_str(),
               trainer::format_bytes(lora_states + lora_activations).c_str());
-  if (run) print_run_estimate(config, *run, args.dp > 0 ? args.dp : std::max<int64_t>(run->dp, 1));
+  if (run) print_run_estimate(config, *run, args.dp > 0 ? args.dp : std::max<int64_t>(run->dp, 1), args.threads);
   return 0;
 }
 

@@ -15,7 +15,8 @@ double MemoryEstimate::total() const {
   return sum;
 }
 
-MemoryEstimate estimate_training_memory(const ModelConfig& config, const config::TrainOptions& options, int dp) {
+MemoryEstimate estimate_training_memory(const ModelConfig& config, const config::TrainOptions& options, int dp,
+                                        int cpu_threads) {
   const DType dtype = parse_float_dtype(options.compute_dtype, options.source + ": precision.compute_dtype");
   const double w = static_cast<double>(dtype_size(dtype));
   // The model's own parameters are stored in model.weights_dtype; adapters'
@@ -137,7 +138,7 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   double lm_head_copies = 0.0, mlp_copies = 0.0;
   if (w < 4 || wb < 4) {
     if (cpu::packed_gemm_preferred()) {
-      const int threads = cpu::packed_gemm_threads();
+      const int threads = cpu_threads > 0 ? cpu_threads : cpu::packed_gemm_threads();
       const auto panels = [&](double m, double n, double k) {
         return static_cast<double>(cpu::packed_gemm_scratch_floats(static_cast<int64_t>(m), static_cast<int64_t>(n),
                                                                     static_cast<int64_t>(k), threads));

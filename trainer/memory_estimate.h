@@ -35,7 +35,10 @@ struct MemoryEstimate {
 
 // For one rank of a run with `options` on a model of `config`: tensor
 // parallelism (options.tp) splits the block linears, ZeRO-1 divides the
-// optimizer state (and fp32 masters) by the data-parallel size `dp`.
-MemoryEstimate estimate_training_memory(const ModelConfig& config, const config::TrainOptions& options, int dp);
+// optimizer state (and fp32 masters) by the data-parallel size `dp`. The
+// packed GEMM's panels are per CPU thread: `cpu_threads` the rank's OpenMP
+// threads (0: this process's).
+MemoryEstimate estimate_training_memory(const ModelConfig& config, const config::TrainOptions& options, int dp,
+                                        int cpu_threads = 0);
 
 }  // namespace llmft::trainer

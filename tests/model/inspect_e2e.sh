@@ -40,6 +40,21 @@ for expected in "LoRA r=4, f32, batch 2 x seq 32, activation checkpointing full,
   case "$out" in *"$expected"*) ;; *) fail "inspect --config output lacks '$expected':
 $out" ;; esac
 done
+# --threads: the packed GEMM's panels are per CPU thread, so bf16 runs'
+# workspace grows with the rank's threads (as `llmft train --threads`) once
+# the GEMMs are large enough to be split across them (the packed GEMM forced:
+# AVX-512 CPUs default to widened copies, which are not per thread).
+workspace_with() {  # workspace_with THREADS: inspect's workspace line for a bf16 run
+  LLMFT_CPU_HALF_GEMM=packed "$llmft" inspect --config "$work/run.pbtxt" --set precision.compute_dtype=BFLOAT16 \
+    --set data.batch_size=64 \
+    --threads "$1" | grep workspace
+}
+one=$(workspace_with 1) || fail "inspect --threads 1 exited $?"
+two=$(workspace_with 2) || fail "inspect --threads 2 exited $?"
+[ "$one" != "$two" ] || fail "inspect --threads: the same workspace for 1 and 2 threads: $one"
+"$llmft" inspect --config "$work/run.pbtxt" --threads 0 >/dev/null 2>&1
+code=$?
+[ "$code" -eq 2 ] || fail "inspect --threads 0: exit $code, expected 2"
 err=$("$llmft" inspect --config "$work/missing.pbtxt" 2>&1 >/dev/null)
 code=$?
 [ "$code" -eq 2 ] || fail "missing config: exit $code, expected 2"
