@@ -155,23 +155,25 @@ ops::GradientStats gradient_stats(Context& context, std::span<const Tensor> tens
   static_assert(sizeof(DeviceGradientStats) == 16);
   // Deterministic: one DeviceGradientStats per block of every launch, in launch order.
   const bool per_block = context.deterministic();
-  int64_t slots = 1;
-  if (per_block) {
-    slots = 0;
-    for (const Tensor& tensor : tensors)
-      if (tensor.numel() > 0) slots += grid_for(context, tensor.numel(), kThreads);
-    slots = std::max<int64_t>(slots, 1);
+  std::vector<unsigned> blocks_of(tensors.size(), 0);  // 0 for empty tensors: no launch
+  int64_t total_blocks = 0;
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    if (tensors[index].numel() == 0) continue;
+    blocks_of[index] = grid_for(context, tensors[index].numel(), kThreads);
+    total_blocks += blocks_of[index];
   }
+  const int64_t slots = per_block ? std::max<int64_t>(total_blocks, 1) : 1;
   Tensor device_stats = context.empty({2 * slots}, DType::kI64);  // 16 bytes per DeviceGradientStats
   auto* stats = static_cast<DeviceGradientStats*>(device_stats.raw_data());
   LLMFT_CUDA_CHECK(cudaMemsetAsync(stats, 0, slots * sizeof(DeviceGradientStats), stream));
   // One launch per tensor; a LoRA run has a few hundred. Next optimisation: one
   // launch over a device table of (pointer, numel, dtype).
   int64_t slot = 0;
-  for (const Tensor& tensor : tensors) {
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    const Tensor& tensor = tensors[index];
     const int64_t n = tensor.numel();
-    if (n == 0) continue;
-    const unsigned blocks = grid_for(context, n, kThreads);
+    const unsigned blocks = blocks_of[index];
+    if (blocks == 0) continue;
     dispatch_float(tensor.dtype(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
       gradient_stats_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(tensor.raw_data()), n,
