@@ -158,12 +158,13 @@ void LlamaModel::load_weights(Context& context, const SafetensorsCheckpoint& che
       // converted straight into place: a staging copy would be a transient
       // peak the size of the largest tensor (the embedding) on top of it all.
       const Tensor stored = checkpoint.tensor(parameter->name);
-      if (parameter->value.device().is_cpu() && stored.dtype() != dtype && is_floating(stored.dtype()) &&
-          is_floating(dtype)) {
+      if (stored.dtype() == dtype) {
+        parameter->value.copy_from(stored);
+      } else if (parameter->value.device().is_cpu() && is_floating(stored.dtype()) && is_floating(dtype)) {
         ops::cast(context, stored, parameter->value);
-        continue;
+      } else {  // staged on the host (a CUDA parameter), or the integer/float mismatch tensor_as reports
+        parameter->value.copy_from(checkpoint.tensor_as(parameter->name, dtype));
       }
-      parameter->value.copy_from(checkpoint.tensor_as(parameter->name, dtype));
       continue;
     }
     // Only this rank's slice is read from the mapping and converted.

@@ -163,16 +163,20 @@ void pin_blas_to_one_thread() {
   (void)pinned;
 }
 
+void scale_rows(int64_t m, int64_t n, float beta, float* c, int64_t ldc) {
+  for (int64_t row = 0; row < m; ++row) {
+    float* c_row = c + row * ldc;
+    for (int64_t column = 0; column < n; ++column) c_row[column] = beta == 0.0f ? 0.0f : beta * c_row[column];
+  }
+}
+
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   LLMFT_CHECK(m < INT_MAX && n < INT_MAX && k < INT_MAX && lda < INT_MAX && ldb < INT_MAX && ldc < INT_MAX,
               "gemm dimensions exceed the BLAS int range: m=", m, " n=", n, " k=", k);
   if (k == 0) {  // BLAS rejects lda == 0; the product is empty, so C = beta * C.
-    for (int64_t row = 0; row < m; ++row) {
-      float* c_row = c + row * ldc;
-      for (int64_t column = 0; column < n; ++column) c_row[column] = beta == 0.0f ? 0.0f : beta * c_row[column];
-    }
+    scale_rows(m, n, beta, c, ldc);
     return;
   }
   if (m == 1 && trans_b && (!trans_a || lda == 1)) {  // one row of A against the rows of B: a GEMV

@@ -164,6 +164,10 @@ void scaled_exp_shifted(const float* x, int64_t n, float shift, float scale, flo
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// C[M, N] (leading dimension ldc) = beta * C, zeros without reading C when
+// beta == 0: a GEMM with an empty sum (K = 0).
+void scale_rows(int64_t m, int64_t n, float beta, float* c, int64_t ldc);
+
 // Row-major y[N] = alpha * W[N, K] x + beta * y (beta == 0 never reads y), W
 // of `w_dtype` (f32, bf16 or f16, widened in registers) with leading dimension
 // ldw, x and y f32: the single-row products of decoding, which sgemm hands

@@ -15,9 +15,11 @@ namespace {
 
 Shape batch_dims(const Tensor& tensor) { return Shape(tensor.shape().begin(), tensor.shape().end() - 2); }
 
-// dbias[j] += sum over rows of dy[row, j]; columns are split across threads so
-// every sum is a private loop in row order (deterministic).
-void add_column_sums(const float* dy, int64_t rows, int64_t columns, Tensor& dbias) {
+// dbias[j] += sum over rows of dy[row, j] (dy of any float dtype, read as
+// stored); columns are split across threads so every sum is a private loop in
+// row order (deterministic).
+void add_column_sums(const Tensor& dy, int64_t rows, int64_t columns, Tensor& dbias) {
+  const FloatReader reader(dy);
   FloatWriter writer(dbias);
   constexpr int64_t kColumnBlock = 256;
   const int64_t blocks = ceil_div(columns, kColumnBlock);
@@ -26,11 +28,11 @@ void add_column_sums(const float* dy, int64_t rows, int64_t columns, Tensor& dbi
     const int64_t begin = block * kColumnBlock;
     const int64_t count = std::min(kColumnBlock, columns - begin);
     double sums[kColumnBlock] = {};
+    float scratch[kColumnBlock];
     for (int64_t row = 0; row < rows; ++row) {
-      const float* dy_row = dy + row * columns + begin;
+      const float* dy_row = reader.read(row * columns + begin, count, scratch);
       for (int64_t j = 0; j < count; ++j) sums[j] += dy_row[j];
     }
-    float scratch[kColumnBlock];
     float* out = writer.open(begin, count, scratch, /*load_current=*/true);
     for (int64_t j = 0; j < count; ++j) out[j] = static_cast<float>(out[j] + sums[j]);
     writer.commit(begin, count, out);
@@ -232,7 +234,7 @@ void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const 
               x_in.at(0), x_in.dtype(), in_features, 1.0f, dweight32.data(), in_features);
     dweight32.finish();
   }
-  if (dbias != nullptr) add_column_sums(F32Copy(context, dy).data(), rows, out_features, *dbias);
+  if (dbias != nullptr) add_column_sums(dy, rows, out_features, *dbias);
 }
 
 }  // namespace llmft::cpu

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "core/error.h"
-#include "core/half.h"
+#include "kernels/cpu/cpu_util.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -83,12 +83,18 @@ PackedGemmOperand shifted(const PackedGemmOperand& x, int64_t row, int64_t colum
   return result;
 }
 
-float element(const void* data, DType dtype, int64_t index) {
-  switch (dtype) {
-    case DType::kF32: return static_cast<const float*>(data)[index];
-    case DType::kBF16: return bf16_bits_to_float(static_cast<const uint16_t*>(data)[index]);
-    default: return f16_bits_to_float(static_cast<const uint16_t*>(data)[index]);
-  }
+// Stored element `index` widened (load_floats, one element).
+float stored_element(const void* data, DType dtype, int64_t index) {
+  float value;
+  load_floats(data, dtype, index, 1, &value);
+  return value;
+}
+
+// count stored elements from `index` widened into out[0, count), zeros after
+// them up to out[width) (a panel slot's padding).
+void load_padded(const void* data, DType dtype, int64_t index, int64_t count, int64_t width, float* out) {
+  load_floats(data, dtype, index, count, out);
+  std::fill(out + count, out + width, 0.0f);
 }
 
 #ifdef LLMFT_PACKED_GEMM_X86
@@ -151,19 +157,15 @@ LLMFT_AVX2 void pack_a(const PackedGemmOperand& a, int64_t rows, int64_t depth, 
           }
         }
       }
-      for (; kk < depth; ++kk) {
+      for (; kk < depth; ++kk) {  // the depth's tail and a ragged last panel, an element at a time
         float* slot = panel + kk * kTileRows;
         for (int64_t row = 0; row < kTileRows; ++row)
-          slot[row] = row < height ? element(a.data, a.dtype, (panel_row + row) * a.ld + kk) : 0.0f;
+          slot[row] = row < height ? stored_element(a.data, a.dtype, (panel_row + row) * a.ld + kk) : 0.0f;
       }
     } else {
       // op(A)'s column k is a stored row: the panel's 6 values are contiguous.
-      for (int64_t kk = 0; kk < depth; ++kk) {
-        const int64_t base = kk * a.ld + panel_row;
-        float* slot = panel + kk * kTileRows;
-        for (int64_t row = 0; row < kTileRows; ++row)
-          slot[row] = row < height ? element(a.data, a.dtype, base + row) : 0.0f;
-      }
+      for (int64_t kk = 0; kk < depth; ++kk)
+        load_padded(a.data, a.dtype, kk * a.ld + panel_row, height, kTileRows, panel + kk * kTileRows);
     }
   }
 }
@@ -183,8 +185,7 @@ LLMFT_AVX2 void pack_b(const PackedGemmOperand& b, int64_t depth, int64_t column
           _mm256_store_ps(slot, load8(b.data, b.dtype, base));
           _mm256_store_ps(slot + 8, load8(b.data, b.dtype, base + 8));
         } else {
-          for (int64_t column = 0; column < kTileColumns; ++column)
-            slot[column] = column < width ? element(b.data, b.dtype, base + column) : 0.0f;
+          load_padded(b.data, b.dtype, base, width, kTileColumns, slot);
         }
       }
     } else {
@@ -203,10 +204,10 @@ LLMFT_AVX2 void pack_b(const PackedGemmOperand& b, int64_t depth, int64_t column
           }
         }
       }
-      for (; kk < depth; ++kk) {
+      for (; kk < depth; ++kk) {  // the depth's tail and a ragged last panel, an element at a time
         float* slot = panel + kk * kTileColumns;
         for (int64_t column = 0; column < kTileColumns; ++column)
-          slot[column] = column < width ? element(b.data, b.dtype, (panel_column + column) * b.ld + kk) : 0.0f;
+          slot[column] = column < width ? stored_element(b.data, b.dtype, (panel_column + column) * b.ld + kk) : 0.0f;
       }
     }
   }
@@ -366,9 +367,7 @@ void packed_gemm(int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmO
   if (!packed_gemm_supported()) throw_runtime("packed_gemm: this CPU lacks AVX2, FMA or F16C");
 #ifdef LLMFT_PACKED_GEMM_X86
   if (k == 0) {  // an empty sum: C = beta * C
-    for (int64_t row = 0; row < m; ++row)
-      for (int64_t column = 0; column < n; ++column)
-        c[row * ldc + column] = beta == 0.0f ? 0.0f : beta * c[row * ldc + column];
+    scale_rows(m, n, beta, c, ldc);
     return;
   }
   const Plan plan = make_plan(m, n, k, std::max(threads, 1));
