@@ -1,6 +1,9 @@
 #include "launch/cli_args.h"
 
+#include <algorithm>
 #include <charconv>
+#include <cstdlib>
+#include <thread>
 
 #include "core/error.h"
 
@@ -66,6 +69,11 @@ int64_t parse_int(std::string_view command, std::string_view flag, const std::st
                                : max == kHighest                 ? str_cat("an integer >= ", min)
                                                                  : str_cat("an integer from ", min, " to ", max);
   throw_bad_input(command, ": ", flag, ": expected ", expected, ", found '", text, "'");
+}
+
+int64_t threads_per_rank(int64_t requested, int64_t ranks_on_node) {
+  if (requested > 0 || ranks_on_node <= 1 || std::getenv("OMP_NUM_THREADS") != nullptr) return requested;
+  return std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / ranks_on_node);
 }
 
 }  // namespace llmft::launch

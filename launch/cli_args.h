@@ -22,6 +22,13 @@ int parse_device(std::string_view command, const std::string& text);
 int64_t parse_int(std::string_view command, std::string_view flag, const std::string& text,
                   int64_t min = std::numeric_limits<int64_t>::min(), int64_t max = std::numeric_limits<int64_t>::max());
 
+// CPU threads per rank as `llmft train` runs them, for train and for inspect's
+// estimate of it: `requested` (--threads) when positive; else, with several
+// ranks on a node and OMP_NUM_THREADS unset, the node's cores shared among
+// them (torchrun likewise sets OMP_NUM_THREADS=1 rather than let every rank
+// take every core); else 0, OpenMP's default.
+int64_t threads_per_rank(int64_t requested, int64_t ranks_on_node);
+
 // Walks a command's arguments: `for (ArgCursor cursor("train", args); cursor.next();)`,
 // then compare cursor.arg() with the flags and take a flag's value with value().
 class ArgCursor {

@@ -18,7 +18,6 @@
 #include <vector>
 #include <string>
 #include <string_view>
-#include <thread>
 
 #include "core/error.h"
 #include "launch/cli_args.h"
@@ -90,11 +89,9 @@ size_t torch_dtype_bytes(const std::string& torch_dtype) { return torch_dtype ==
 
 // The run's memory per rank by category, as the trainer reports it.
 void print_run_estimate(const ModelConfig& config, const config::TrainOptions& options, int64_t dp, int64_t threads) {
-  // CPU threads per rank as `llmft train` picks them: --threads, else
-  // OpenMP's default, which `mpirun -np dp` on one node shares among its
-  // ranks unless OMP_NUM_THREADS is set.
-  if (threads == 0 && dp > 1 && std::getenv("OMP_NUM_THREADS") == nullptr)
-    threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / dp);
+  // CPU threads per rank as `llmft train` picks them, the dp ranks taken to
+  // share one node (`mpirun -np dp` on this machine).
+  threads = threads_per_rank(threads, dp);
   const trainer::MemoryEstimate estimate =
       trainer::estimate_training_memory(config, options, static_cast<int>(dp), static_cast<int>(threads));
   const std::string precision = options.weights_dtype == options.compute_dtype

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -45,11 +44,8 @@ constexpr const char* kUsage =
 int train(const config::TrainOptions& options, parallel::ParallelContext& grid, int cuda_device, int64_t threads) {
   // With several ranks on a node, rank i uses GPU i of the node.
   if (cuda_device >= 0 && grid.world_size() > 1) cuda_device = grid.cuda_device_for_rank(cuda_device_count());
-  // Several ranks on one node share its cores: unless told otherwise
-  // (--threads, OMP_NUM_THREADS), each takes its share rather than OpenMP's
-  // default of every core (torchrun likewise sets OMP_NUM_THREADS=1).
-  if (threads == 0 && grid.local_size() > 1 && std::getenv("OMP_NUM_THREADS") == nullptr)
-    threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / grid.local_size());
+  // Several ranks on one node share its cores (launch/cli_args.h).
+  threads = threads_per_rank(threads, grid.local_size());
   auto context = cuda_device >= 0 ? Context::cuda(cuda_device, options.seed)
                                   : Context::cpu(options.seed, static_cast<int>(threads));
   trainer::TrainerHooks hooks;
