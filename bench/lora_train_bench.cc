@@ -45,6 +45,7 @@
 
 #include "bench/bench_util.h"
 #include "core/error.h"
+#include "kernels/cpu/packed_gemm.h"
 #include "model/llama.h"
 #include "optim/adamw.h"
 #include "peft/lora.h"
@@ -237,10 +238,13 @@ int main(int argc, char** argv) try {
   std::printf("base model parameters stored in %s: %.1f MiB\n", options.weights_dtype.c_str(), weight_bytes / (1 << 20));
   std::printf("RESULT side=llmft config=%s dtype=%s tokens_per_s_best=%.1f tokens_per_s_median=%.1f step_s_best=%.4f "
               "gflops=%.1f sgemm_gflops=%.1f loss_first=%.4f loss_last=%.4f openblas=%s recompute=%s "
-              "step_peak_mib=%.1f weights_dtype=%s weights_mib=%.1f\n",
+              "step_peak_mib=%.1f weights_dtype=%s weights_mib=%.1f gemm_path=%s\n",
               options.config.c_str(), options.dtype.c_str(), tokens_best, tokens_median, best, gflops, ceiling, first_loss, loss,
               openblas_get_corename(), options.recompute.c_str(), static_cast<double>(step_peak_bytes) / (1 << 20),
-              options.weights_dtype.c_str(), weight_bytes / (1 << 20));
+              options.weights_dtype.c_str(), weight_bytes / (1 << 20),
+              llmft::cpu::cpu_gemm_path_name(
+                  llmft::cpu::cpu_gemm_path(model_options.compute_dtype,
+                                            model_options.weights_dtype.value_or(model_options.compute_dtype))));
   return 0;
 } catch (const std::exception& error) {
   std::fprintf(stderr, "lora_train_bench: %s\n", error.what());

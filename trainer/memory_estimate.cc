@@ -133,15 +133,16 @@ MemoryEstimate estimate_training_memory(const ModelConfig& config, const config:
   // in a 16-bit dtype are computed into an f32 buffer (kernels/cpu/cpu_util.h
   // F32Output). 16-bit operands either go to the packed GEMM, which needs its
   // panels (kernels/cpu/packed_gemm.h), or are widened into f32 copies
-  // (F32Copy), as packed_gemm_preferred() says for this CPU. Batches and other
-  // scratch are a few KB.
+  // (F32Copy), as cpu_gemm_path() says for this CPU and the pair of dtypes.
+  // Batches and other scratch are a few KB.
   double lm_head_copies = 0.0, mlp_copies = 0.0;
   if (w < 4 || wb < 4) {
-    if (cpu::packed_gemm_preferred()) {
+    const cpu::CpuGemmPath path = cpu::cpu_gemm_path(dtype, base_dtype);
+    if (cpu::is_packed_path(path)) {
       const int threads = cpu_threads > 0 ? cpu_threads : cpu::packed_gemm_threads();
       const auto panels = [&](double m, double n, double k) {
-        return static_cast<double>(cpu::packed_gemm_scratch_floats(static_cast<int64_t>(m), static_cast<int64_t>(n),
-                                                                    static_cast<int64_t>(k), threads));
+        return static_cast<double>(cpu::packed_gemm_scratch_floats(
+            path, static_cast<int64_t>(m), static_cast<int64_t>(n), static_cast<int64_t>(k), threads));
       };
       lm_head_copies = (w < 4 ? chunk_rows * V : 0.0) + panels(chunk_rows, V, D);
       mlp_copies = (w < 4 ? N * I : 0.0) + panels(N, I, D);

@@ -1,8 +1,9 @@
 // GEMM and the torch.nn.Linear forward/backward: OpenBLAS SGEMM for f32
-// operands; bf16/f16 operands go to the packed GEMM, which widens them while
-// packing (kernels/cpu/packed_gemm.h), or, where that kernel is not chosen,
-// are widened to f32 copies once per call (OpenBLAS 0.3.21 has no half GEMM).
-// Sums are f32; 16-bit outputs are rounded once at the end.
+// operands; bf16/f16 operands go to the packed GEMM, which reads them as
+// stored (kernels/cpu/packed_gemm.h: widened while packing, or two bf16
+// operands multiplied in pairs by VDPBF16PS), or, where the CPU's path says
+// so, are widened to f32 copies once per call (OpenBLAS 0.3.21 has no half
+// GEMM). Sums are f32; 16-bit outputs are rounded once at the end.
 #include <cstring>
 #include <optional>
 
@@ -39,12 +40,12 @@ void add_column_sums(const Tensor& dy, int64_t rows, int64_t columns, Tensor& db
   }
 }
 
-// A GEMM operand: the tensor as stored where the packed GEMM reads 16-bit
-// operands (packed_gemm_preferred), otherwise f32 (its own memory or a copy).
+// A GEMM operand: the tensor as stored where its GEMM takes a packed path
+// (cpu_gemm_path), otherwise f32 (its own memory or a copy).
 class GemmInput {
  public:
-  GemmInput(Context& context, const Tensor& tensor) {
-    if (tensor.dtype() != DType::kF32 && packed_gemm_preferred()) {
+  GemmInput(Context& context, const Tensor& tensor, CpuGemmPath path) {
+    if (tensor.dtype() != DType::kF32 && is_packed_path(path)) {
       data_ = tensor.raw_data();
       dtype_ = tensor.dtype();
       return;
@@ -63,10 +64,11 @@ class GemmInput {
 };
 
 // Row-major C (f32) = alpha * op(A) @ op(B) + beta * C: SGEMM when both
-// operands are f32, else the packed GEMM with its panels from the context.
-void gemm_rows(Context& context, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-               const void* a, DType a_dtype, int64_t lda, const void* b, DType b_dtype, int64_t ldb, float beta,
-               float* c, int64_t ldc) {
+// operands are f32 (as given: widened copies are f32), else the packed GEMM's
+// `path` with its panels from the context.
+void gemm_rows(Context& context, CpuGemmPath path, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+               float alpha, const void* a, DType a_dtype, int64_t lda, const void* b, DType b_dtype, int64_t ldb,
+               float beta, float* c, int64_t ldc) {
   if (a_dtype == DType::kF32 && b_dtype == DType::kF32) {
     sgemm(trans_a, trans_b, m, n, k, alpha, static_cast<const float*>(a), lda, static_cast<const float*>(b), ldb,
           beta, c, ldc);
@@ -76,9 +78,9 @@ void gemm_rows(Context& context, bool trans_a, bool trans_b, int64_t m, int64_t 
   Tensor scratch;
   {
     MemoryCategoryScope category(MemoryCategory::kWorkspace);
-    scratch = context.empty({std::max<int64_t>(packed_gemm_scratch_floats(m, n, k, threads), 1)}, DType::kF32);
+    scratch = context.empty({std::max<int64_t>(packed_gemm_scratch_floats(path, m, n, k, threads), 1)}, DType::kF32);
   }
-  packed_gemm(m, n, k, alpha, {a, a_dtype, lda, trans_a}, {b, b_dtype, ldb, trans_b}, beta, c, ldc,
+  packed_gemm(path, m, n, k, alpha, {a, a_dtype, lda, trans_a}, {b, b_dtype, ldb, trans_b}, beta, c, ldc,
               scratch.data<float>(), threads);
 }
 
@@ -122,17 +124,18 @@ void gemm(Context& context, const Tensor& a, const Tensor& b, Tensor& c, bool tr
   const int64_t batch = shape_numel(c_batch);
   if (c.numel() == 0) return;
 
-  GemmInput a_in(context, a), b_in(context, b);
+  const CpuGemmPath path = cpu_gemm_path(a.dtype(), b.dtype());
+  GemmInput a_in(context, a, path), b_in(context, b, path);
   F32Output c32(context, c, /*load_current=*/beta != 0.0f);
   if (b_shared && !a_shared && !trans_a) {
     // Consecutive [M, K] blocks of a against one b form a single [batch * M, K] GEMM.
-    gemm_rows(context, false, trans_b, batch * m, n, k, alpha, a_in.at(0), a_in.dtype(), k, b_in.at(0), b_in.dtype(),
-              b_columns, beta, c32.data(), n);
+    gemm_rows(context, path, false, trans_b, batch * m, n, k, alpha, a_in.at(0), a_in.dtype(), k, b_in.at(0),
+              b_in.dtype(), b_columns, beta, c32.data(), n);
   } else {
     const int64_t a_stride = a_shared ? 0 : a_rows * a_columns;
     const int64_t b_stride = b_shared ? 0 : b_rows * b_columns;
     for (int64_t index = 0; index < batch; ++index) {
-      gemm_rows(context, trans_a, trans_b, m, n, k, alpha, a_in.at(index * a_stride), a_in.dtype(), a_columns,
+      gemm_rows(context, path, trans_a, trans_b, m, n, k, alpha, a_in.at(index * a_stride), a_in.dtype(), a_columns,
                 b_in.at(index * b_stride), b_in.dtype(), b_columns, beta, c32.data() + index * m * n, n);
     }
   }
@@ -168,7 +171,8 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
     y32.finish();
     return;
   }
-  GemmInput x_in(context, x), weight_in(context, weight);
+  const CpuGemmPath path = cpu_gemm_path(x.dtype(), weight.dtype());
+  GemmInput x_in(context, x, path), weight_in(context, weight, path);
   F32Output y32(context, y, /*load_current=*/false);
   float beta = 0.0f;
   if (bias != nullptr) {
@@ -181,7 +185,7 @@ void linear_forward(Context& context, const Tensor& x, const Tensor& weight, con
     });
     beta = 1.0f;
   }
-  gemm_rows(context, false, true, rows, out_features, in_features, 1.0f, x_in.at(0), x_in.dtype(), in_features,
+  gemm_rows(context, path, false, true, rows, out_features, in_features, 1.0f, x_in.at(0), x_in.dtype(), in_features,
             weight_in.at(0), weight_in.dtype(), in_features, beta, y32.data(), out_features);
   y32.finish();
 }
@@ -219,19 +223,32 @@ void linear_backward(Context& context, const Tensor& dy, const Tensor& x, const 
     require_shape(op, "dbias", *dbias, {out_features});
   }
 
-  const GemmInput dy_in(context, dy);
+  // dy meets the weight (dx) and x (dweight), whose dtypes may differ (bf16
+  // base weights under f32 compute): each product takes its own path, and dy
+  // is read as stored or widened once for whichever needs it.
+  const CpuGemmPath dx_path = cpu_gemm_path(dy.dtype(), weight.dtype());
+  const CpuGemmPath dweight_path = cpu_gemm_path(dy.dtype(), x.dtype());
+  std::optional<GemmInput> dy_stored, dy_widened;
+  auto dy_for = [&](CpuGemmPath path) -> const GemmInput& {
+    std::optional<GemmInput>& slot = is_packed_path(path) ? dy_stored : dy_widened;
+    if (!slot) slot.emplace(context, dy, path);
+    return *slot;
+  };
   if (dx != nullptr && dx->numel() > 0) {
-    GemmInput weight_in(context, weight);
+    const GemmInput& dy_in = dy_for(dx_path);
+    GemmInput weight_in(context, weight, dx_path);
     F32Output dx32(context, *dx, /*load_current=*/accumulate_dx);
-    gemm_rows(context, false, false, rows, in_features, out_features, 1.0f, dy_in.at(0), dy_in.dtype(), out_features,
-              weight_in.at(0), weight_in.dtype(), in_features, accumulate_dx ? 1.0f : 0.0f, dx32.data(), in_features);
+    gemm_rows(context, dx_path, false, false, rows, in_features, out_features, 1.0f, dy_in.at(0), dy_in.dtype(),
+              out_features, weight_in.at(0), weight_in.dtype(), in_features, accumulate_dx ? 1.0f : 0.0f, dx32.data(),
+              in_features);
     dx32.finish();
   }
   if (dweight != nullptr && dweight->numel() > 0) {
-    GemmInput x_in(context, x);
+    const GemmInput& dy_in = dy_for(dweight_path);
+    GemmInput x_in(context, x, dweight_path);
     F32Output dweight32(context, *dweight, /*load_current=*/true);
-    gemm_rows(context, true, false, out_features, in_features, rows, 1.0f, dy_in.at(0), dy_in.dtype(), out_features,
-              x_in.at(0), x_in.dtype(), in_features, 1.0f, dweight32.data(), in_features);
+    gemm_rows(context, dweight_path, true, false, out_features, in_features, rows, 1.0f, dy_in.at(0), dy_in.dtype(),
+              out_features, x_in.at(0), x_in.dtype(), in_features, 1.0f, dweight32.data(), in_features);
     dweight32.finish();
   }
   if (dbias != nullptr) add_column_sums(dy, rows, out_features, *dbias);

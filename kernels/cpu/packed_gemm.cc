@@ -3,11 +3,16 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "core/half.h"
+#include "kernels/cpu/bf16_dot_gemm.h"
 #include "kernels/cpu/cpu_util.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -33,17 +38,6 @@ constexpr int64_t kColumnBlock = 3072;  // NC, a multiple of kTileColumns
 // Below this many multiply-adds a product stays on the calling thread.
 constexpr double kParallelWork = 1 << 20;
 
-int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Splits `extent` into the fewest blocks of at most `limit`, as equal as
-// possible and rounded up to a multiple of `multiple` (a 577-deep product is
-// three blocks of 196, 196 and 185, not 256, 256 and 65: short blocks pay
-// the tile's load and store of C for little work).
-int64_t balanced_step(int64_t extent, int64_t limit, int64_t multiple) {
-  const int64_t blocks = div_up(extent, limit);
-  return div_up(div_up(extent, blocks), multiple) * multiple;
-}
-
 // How a product is split: `bands` bands of `band` rows (or columns) of C,
 // one per thread, each with `thread_floats` of scratch for its panels (B's
 // [depth_step, column_step] and A's [row_step, depth_step], 64-byte aligned).
@@ -52,35 +46,35 @@ struct Plan {
   int64_t band = 0, bands = 1, thread_floats = 0;
 };
 
-Plan make_plan(int64_t m, int64_t n, int64_t k, int threads) {
+// The f32 tile's panels for one thread's rows x columns x k product: a band's
+// blocks are at most min(limit, its extent rounded up to whole tiles).
+int64_t f32_thread_floats(int64_t rows, int64_t columns, int64_t k) {
+  const int64_t depth = balanced_step(std::max<int64_t>(k, 1), kDepthBlock, 1);
+  const int64_t b_floats = depth * std::min(kColumnBlock, ceil_div(columns, kTileColumns) * kTileColumns);
+  const int64_t a_floats = depth * std::min(kRowBlock, ceil_div(rows, kTileRows) * kTileRows);
+  return b_floats + a_floats + 16;
+}
+
+bool is_bf16_dot(CpuGemmPath path) {
+  return path == CpuGemmPath::kPackedBf16Dot || path == CpuGemmPath::kPackedBf16DotEmulated;
+}
+
+Plan make_plan(CpuGemmPath path, int64_t m, int64_t n, int64_t k, int threads) {
+  const bool bf16 = is_bf16_dot(path);
+  const int64_t tile_rows = bf16 ? bf16_dot::kTileRows : kTileRows;
+  const int64_t tile_columns = bf16 ? bf16_dot::kTileColumns : kTileColumns;
   Plan plan;
   int64_t rows = m, columns = n;
   if (threads > 1 && static_cast<double>(m) * n * k >= kParallelWork) {
     plan.split_rows = m >= n;
     const int64_t extent = plan.split_rows ? m : n;
-    const int64_t multiple = plan.split_rows ? kTileRows : kTileColumns;
-    plan.band = div_up(div_up(extent, threads), multiple) * multiple;
-    plan.bands = div_up(extent, plan.band);
+    const int64_t multiple = plan.split_rows ? tile_rows : tile_columns;
+    plan.band = ceil_div(ceil_div(extent, threads), multiple) * multiple;
+    plan.bands = ceil_div(extent, plan.band);
     (plan.split_rows ? rows : columns) = plan.band;
   }
-  const int64_t depth = balanced_step(std::max<int64_t>(k, 1), kDepthBlock, 1);
-  // A band's blocks are at most min(limit, its extent rounded up to whole tiles).
-  const int64_t b_floats = depth * std::min(kColumnBlock, div_up(columns, kTileColumns) * kTileColumns);
-  const int64_t a_floats = depth * std::min(kRowBlock, div_up(rows, kTileRows) * kTileRows);
-  plan.thread_floats = b_floats + a_floats + 16;
+  plan.thread_floats = bf16 ? bf16_dot::thread_floats(rows, columns, k) : f32_thread_floats(rows, columns, k);
   return plan;
-}
-
-// op(X)'s element (row, column) as an offset into the stored matrix.
-int64_t element_offset(const PackedGemmOperand& x, int64_t row, int64_t column) {
-  return x.trans ? column * x.ld + row : row * x.ld + column;
-}
-
-// The operand starting at op(X)'s element (row, column).
-PackedGemmOperand shifted(const PackedGemmOperand& x, int64_t row, int64_t column) {
-  PackedGemmOperand result = x;
-  result.data = static_cast<const char*>(x.data) + element_offset(x, row, column) * dtype_size(x.dtype);
-  return result;
 }
 
 // Stored element `index` widened (load_floats, one element).
@@ -280,10 +274,10 @@ LLMFT_AVX2 void gemm_one_thread(int64_t m, int64_t n, int64_t k, float alpha, co
       const int64_t depth = std::min(depth_step, k - depth_begin);
       // Later depth blocks add onto the earlier ones' sums.
       const float block_beta = depth_begin == 0 ? beta : 1.0f;
-      pack_b(shifted(b, depth_begin, column_begin), depth, columns, packed_b);
+      pack_b(b.at(depth_begin, column_begin), depth, columns, packed_b);
       for (int64_t row_begin = 0; row_begin < m; row_begin += row_step) {
         const int64_t rows = std::min(row_step, m - row_begin);
-        pack_a(shifted(a, row_begin, depth_begin), rows, depth, packed_a);
+        pack_a(a.at(row_begin, depth_begin), rows, depth, packed_a);
         for (int64_t tile_column = 0; tile_column < columns; tile_column += kTileColumns) {
           const int64_t width = std::min(kTileColumns, columns - tile_column);
           const float* b_panel = packed_b + tile_column * depth;
@@ -320,59 +314,155 @@ bool cpu_runs_packed_kernel() {
 #endif
 }
 
-bool choose_packed_kernel() {
+// A fixed 13 x 35 x 47 product of bf16 operands (ragged tiles, an odd depth)
+// through the native tile and the emulated one. The native tile is taken by
+// default only where they agree within f32 rounding noise, so a CPU whose
+// VDPBF16PS behaves otherwise than this code expects cannot change results
+// unnoticed (the tile has been checked on CPUs without the instruction only
+// under its emulation).
+bool native_bf16_dot_agrees_with_emulation() {
+  constexpr int64_t m = 13, n = 35, k = 47;
+  std::vector<uint16_t> a(m * k), b(n * k);
+  uint32_t state = 20261205;
+  for (std::vector<uint16_t>* operand : {&a, &b}) {
+    for (uint16_t& value : *operand) {
+      state = state * 1664525u + 1013904223u;  // Numerical Recipes' LCG
+      value = float_to_bf16_bits(static_cast<float>(state >> 8) * 0x1p-23f - 1.0f);
+    }
+  }
+  std::vector<float> native(m * n), emulated(m * n), scratch(bf16_dot::thread_floats(m, n, k));
+  const PackedGemmOperand a_operand{a.data(), DType::kBF16, k, false}, b_operand{b.data(), DType::kBF16, k, true};
+  bf16_dot::gemm_one_thread(true, m, n, k, 1.0f, a_operand, b_operand, 0.0f, native.data(), n, scratch.data());
+  bf16_dot::gemm_one_thread(false, m, n, k, 1.0f, a_operand, b_operand, 0.0f, emulated.data(), n, scratch.data());
+  for (int64_t index = 0; index < m * n; ++index) {
+    if (!(std::fabs(native[index] - emulated[index]) <= 1e-4f * (1.0f + std::fabs(emulated[index])))) return false;
+  }
+  return true;
+}
+
+// How 16-bit operands are multiplied in this process.
+struct HalfGemmChoice {
+  CpuGemmPath bf16_pair;  // for bf16 x bf16
+  CpuGemmPath others;     // for any other pair with a 16-bit operand
+};
+
+HalfGemmChoice choose_half_gemm() {
   const char* forced = std::getenv("LLMFT_CPU_HALF_GEMM");
   const std::string choice = forced != nullptr ? forced : "";
-  if (choice == "widen") return false;
+  bool packed_by_default = false;
+#ifdef LLMFT_PACKED_GEMM_X86
+  packed_by_default = cpu_runs_packed_kernel() && !__builtin_cpu_supports("avx512f");
+#endif
+  const CpuGemmPath others = packed_by_default ? CpuGemmPath::kPackedF32 : CpuGemmPath::kWidenForSgemm;
+  if (choice == "widen") return {CpuGemmPath::kWidenForSgemm, CpuGemmPath::kWidenForSgemm};
   if (choice == "packed") {
     if (!cpu_runs_packed_kernel())
       throw_runtime("LLMFT_CPU_HALF_GEMM=packed: this CPU lacks AVX2, FMA or F16C, which the packed GEMM needs");
-    return true;
+    return {CpuGemmPath::kPackedF32, CpuGemmPath::kPackedF32};
   }
-  if (!choice.empty()) throw_runtime("LLMFT_CPU_HALF_GEMM: expected packed or widen, found '", choice, "'");
-#ifdef LLMFT_PACKED_GEMM_X86
-  return cpu_runs_packed_kernel() && !__builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
+  if (choice == "bf16dot") {
+    if (!bf16_dot::native_supported()) {
+      throw_runtime("LLMFT_CPU_HALF_GEMM=bf16dot: this CPU lacks AVX512F, AVX512BW or AVX512_BF16, which the "
+                    "VDPBF16PS tile needs (bf16dot-emulated runs it in portable code)");
+    }
+    return {CpuGemmPath::kPackedBf16Dot, others};
+  }
+  if (choice == "bf16dot-emulated") {
+    return {CpuGemmPath::kPackedBf16DotEmulated,
+            cpu_runs_packed_kernel() ? CpuGemmPath::kPackedF32 : CpuGemmPath::kWidenForSgemm};
+  }
+  if (!choice.empty()) {
+    throw_runtime("LLMFT_CPU_HALF_GEMM: expected packed, widen, bf16dot or bf16dot-emulated, found '", choice, "'");
+  }
+  if (bf16_dot::native_supported()) {
+    if (native_bf16_dot_agrees_with_emulation()) return {CpuGemmPath::kPackedBf16Dot, others};
+    std::fprintf(stderr,
+                 "llmft: warning: this CPU's VDPBF16PS disagreed with its emulation on a test product; bf16 GEMMs "
+                 "take the %s path instead\n",
+                 cpu_gemm_path_name(others));
+  }
+  return {others, others};
+}
+
+const HalfGemmChoice& half_gemm_choice() {
+  static const HalfGemmChoice choice = choose_half_gemm();
+  return choice;
 }
 
 }  // namespace
+
+const char* cpu_gemm_path_name(CpuGemmPath path) {
+  switch (path) {
+    case CpuGemmPath::kSgemm: return "sgemm";
+    case CpuGemmPath::kWidenForSgemm: return "widen";
+    case CpuGemmPath::kPackedF32: return "packed";
+    case CpuGemmPath::kPackedBf16Dot: return "bf16dot";
+    case CpuGemmPath::kPackedBf16DotEmulated: return "bf16dot-emulated";
+  }
+  return "unknown";
+}
+
+CpuGemmPath cpu_gemm_path(DType a, DType b) {
+  if (a == DType::kF32 && b == DType::kF32) return CpuGemmPath::kSgemm;
+  const HalfGemmChoice& choice = half_gemm_choice();
+  return a == DType::kBF16 && b == DType::kBF16 ? choice.bf16_pair : choice.others;
+}
+
+bool is_packed_path(CpuGemmPath path) { return path == CpuGemmPath::kPackedF32 || is_bf16_dot(path); }
 
 bool packed_gemm_supported() {
   static const bool supported = cpu_runs_packed_kernel();
   return supported;
 }
 
-bool packed_gemm_preferred() {
-  static const bool preferred = choose_packed_kernel();
-  return preferred;
+bool bf16_dot_supported() {
+  static const bool supported = bf16_dot::native_supported();
+  return supported;
 }
 
-int64_t packed_gemm_scratch_floats(int64_t m, int64_t n, int64_t k, int threads) {
+int64_t packed_gemm_scratch_floats(CpuGemmPath path, int64_t m, int64_t n, int64_t k, int threads) {
   if (m == 0 || n == 0) return 0;
-  const Plan plan = make_plan(m, n, k, std::max(threads, 1));
+  const Plan plan = make_plan(path, m, n, k, std::max(threads, 1));
   return plan.bands * plan.thread_floats;
 }
 
 int packed_gemm_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
 
-void packed_gemm(int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a, const PackedGemmOperand& b,
-                 float beta, float* c, int64_t ldc, float* scratch, int threads) {
-  if (m == 0 || n == 0) return;
+void packed_gemm(CpuGemmPath path, int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a,
+                 const PackedGemmOperand& b, float beta, float* c, int64_t ldc, float* scratch, int threads) {
+  if (!is_packed_path(path)) throw_runtime("packed_gemm: '", cpu_gemm_path_name(path), "' is not a packed path");
   for (const PackedGemmOperand* operand : {&a, &b}) {
     if (operand->dtype != DType::kF32 && operand->dtype != DType::kBF16 && operand->dtype != DType::kF16)
       throw_runtime("packed_gemm: operands must be f32, bf16 or f16, found ", dtype_name(operand->dtype));
   }
-  if (!packed_gemm_supported()) throw_runtime("packed_gemm: this CPU lacks AVX2, FMA or F16C");
-#ifdef LLMFT_PACKED_GEMM_X86
+  const bool bf16_pairs = is_bf16_dot(path);
+  if (bf16_pairs && (a.dtype != DType::kBF16 || b.dtype != DType::kBF16)) {
+    throw_runtime("packed_gemm: the ", cpu_gemm_path_name(path), " path needs bf16 operands, found a ",
+                  dtype_name(a.dtype), " and b ", dtype_name(b.dtype));
+  }
+  if (path == CpuGemmPath::kPackedBf16Dot && !bf16_dot_supported())
+    throw_runtime("packed_gemm: this CPU lacks AVX512F, AVX512BW or AVX512_BF16, which the bf16dot path needs");
+  if (path == CpuGemmPath::kPackedF32 && !packed_gemm_supported())
+    throw_runtime("packed_gemm: this CPU lacks AVX2, FMA or F16C");
+  if (m == 0 || n == 0) return;
   if (k == 0) {  // an empty sum: C = beta * C
     scale_rows(m, n, beta, c, ldc);
     return;
   }
-  const Plan plan = make_plan(m, n, k, std::max(threads, 1));
+  const auto one_thread = [&](int64_t rows, int64_t columns, const PackedGemmOperand& a_band,
+                              const PackedGemmOperand& b_band, float* c_band, float* own_scratch) {
+    if (bf16_pairs) {
+      bf16_dot::gemm_one_thread(path == CpuGemmPath::kPackedBf16Dot, rows, columns, k, alpha, a_band, b_band, beta,
+                                c_band, ldc, own_scratch);
+      return;
+    }
+#ifdef LLMFT_PACKED_GEMM_X86
+    gemm_one_thread(rows, columns, k, alpha, a_band, b_band, beta, c_band, ldc, own_scratch);
+#endif
+  };
+  const Plan plan = make_plan(path, m, n, k, std::max(threads, 1));
   if (plan.bands == 1) {
-    gemm_one_thread(m, n, k, alpha, a, b, beta, c, ldc, scratch);
+    one_thread(m, n, a, b, c, scratch);
     return;
   }
   // One band of C's rows (or columns, when C is wide) per thread, each an
@@ -384,15 +474,9 @@ void packed_gemm(int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmO
   for (int64_t index = 0; index < plan.bands; ++index) {
     const int64_t begin = index * plan.band, size = std::min(plan.band, extent - begin);
     float* own_scratch = scratch + index * plan.thread_floats;
-    if (plan.split_rows) {
-      gemm_one_thread(size, n, k, alpha, shifted(a, begin, 0), b, beta, c + begin * ldc, ldc, own_scratch);
-    } else {
-      gemm_one_thread(m, size, k, alpha, a, shifted(b, 0, begin), beta, c + begin, ldc, own_scratch);
-    }
+    if (plan.split_rows) one_thread(size, n, a.at(begin, 0), b, c + begin * ldc, own_scratch);
+    else one_thread(m, size, a, b.at(0, begin), c + begin, own_scratch);
   }
-#else
-  (void)alpha, (void)beta, (void)c, (void)ldc, (void)scratch, (void)threads;
-#endif
 }
 
 }  // namespace llmft::cpu

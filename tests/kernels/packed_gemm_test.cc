@@ -2,8 +2,13 @@
 // product of the same stored values: every pair of operand dtypes, both
 // transposes, shapes across its tile, depth, row and column blocks, padded
 // leading dimensions, alpha and beta (beta = 0 must not read C), and one or
-// two threads (which must give identical bits).
+// two threads (which must give identical bits); the same for the bf16 pair
+// tile (kernels/cpu/bf16_dot_gemm.h) under its VDPBF16PS emulation, with
+// hand-computed sums for the instruction's order of additions and its
+// denormal handling, and natively where the CPU has AVX512_BF16.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -74,8 +79,8 @@ std::string describe(const Case& c) {
 // Runs one case on `threads` threads and checks it against the double
 // reference within f32 summation's bound (k + 2 roundings of at most 2^-24
 // of the sum of magnitudes). Returns C for the thread-invariance check.
-std::vector<float> check_case(const Case& c, int threads) {
-  SCOPED_TRACE(describe(c) + " threads=" + std::to_string(threads));
+std::vector<float> check_case(const Case& c, int threads, CpuGemmPath path = CpuGemmPath::kPackedF32) {
+  SCOPED_TRACE(describe(c) + " threads=" + std::to_string(threads) + " path " + cpu_gemm_path_name(path));
   const int64_t a_rows = c.trans_a ? c.k : c.m, a_columns = c.trans_a ? c.m : c.k;
   const int64_t b_rows = c.trans_b ? c.n : c.k, b_columns = c.trans_b ? c.k : c.n;
   const StoredMatrix a = make_matrix(c.a_dtype, a_rows, a_columns, a_columns + c.padding, 11);
@@ -88,8 +93,8 @@ std::vector<float> check_case(const Case& c, int threads) {
       for (int64_t column = 0; column < c.n; ++column)
         result[row * ldc + column] = std::numeric_limits<float>::quiet_NaN();
   }
-  std::vector<float> scratch(packed_gemm_scratch_floats(c.m, c.n, c.k, threads) + 1);
-  packed_gemm(c.m, c.n, c.k, c.alpha, {a.data(), a.dtype, a.ld, c.trans_a}, {b.data(), b.dtype, b.ld, c.trans_b},
+  std::vector<float> scratch(packed_gemm_scratch_floats(path, c.m, c.n, c.k, threads) + 1);
+  packed_gemm(path, c.m, c.n, c.k, c.alpha, {a.data(), a.dtype, a.ld, c.trans_a}, {b.data(), b.dtype, b.ld, c.trans_b},
               c.beta, result.data(), ldc, scratch.data(), threads);
   int64_t failures = 0;
   for (int64_t row = 0; row < c.m; ++row) {
@@ -172,10 +177,11 @@ TEST_F(PackedGemm, ThreadsSplitTheWorkWithoutChangingABit) {
 
 TEST_F(PackedGemm, RejectsAnOperandThatIsNotAFloat) {
   std::vector<int32_t> integers(4, 1);
-  std::vector<float> floats(4, 1.0f), c(4, 0.0f), scratch(packed_gemm_scratch_floats(2, 2, 2, 1) + 1);
+  std::vector<float> floats(4, 1.0f), c(4, 0.0f);
+  std::vector<float> scratch(packed_gemm_scratch_floats(CpuGemmPath::kPackedF32, 2, 2, 2, 1) + 1);
   try {
-    packed_gemm(2, 2, 2, 1.0f, {integers.data(), DType::kI32, 2, false}, {floats.data(), DType::kF32, 2, false}, 0.0f,
-                c.data(), 2, scratch.data(), 1);
+    packed_gemm(CpuGemmPath::kPackedF32, 2, 2, 2, 1.0f, {integers.data(), DType::kI32, 2, false},
+                {floats.data(), DType::kF32, 2, false}, 0.0f, c.data(), 2, scratch.data(), 1);
     FAIL() << "expected an error";
   } catch (const std::exception& error) {
     EXPECT_NE(std::string(error.what()).find("must be f32, bf16 or f16, found i32"), std::string::npos)
@@ -183,5 +189,132 @@ TEST_F(PackedGemm, RejectsAnOperandThatIsNotAFloat) {
   }
 }
 
+// ---- The bf16 pair tile ---------------------------------------------------------
+
+TEST(Bf16DotEmulated, EveryTransposeMatchesTheDoubleProduct) {
+  for (bool trans_a : {false, true})
+    for (bool trans_b : {false, true}) {
+      // Whole 12 x 32 tiles, ragged tiles with an odd depth of two blocks, a
+      // single element, and beta with padding.
+      check_case({12, 32, 64, trans_a, trans_b, DType::kBF16, DType::kBF16, 1.0f, 0.0f, 0}, 1,
+                 CpuGemmPath::kPackedBf16DotEmulated);
+      check_case({13, 37, 301, trans_a, trans_b, DType::kBF16, DType::kBF16, 0.5f, 2.0f, 3}, 1,
+                 CpuGemmPath::kPackedBf16DotEmulated);
+      check_case({1, 1, 1, trans_a, trans_b, DType::kBF16, DType::kBF16, 1.0f, 0.0f, 0}, 1,
+                 CpuGemmPath::kPackedBf16DotEmulated);
+      check_case({5, 15, 7, trans_a, trans_b, DType::kBF16, DType::kBF16, -1.0f, 1.0f, 1}, 1,
+                 CpuGemmPath::kPackedBf16DotEmulated);
+    }
+}
+
+TEST(Bf16DotEmulated, ShapesAcrossEveryBlockBoundary) {
+  const Case cases[] = {
+      {200, 40, 33, false, true, DType::kBF16, DType::kBF16, 1.0f, 0.0f, 0},    // rows past the 192-row block
+      {7, 3100, 20, false, false, DType::kBF16, DType::kBF16, 1.0f, 0.0f, 0},   // columns past the 3072 block
+      {9, 20, 577, true, false, DType::kBF16, DType::kBF16, -1.5f, 0.25f, 2},   // three depth blocks, the last odd
+      {24, 64, 512, false, true, DType::kBF16, DType::kBF16, 1.0f, 1.0f, 0},    // two whole depth blocks
+      {4, 5, 0, false, false, DType::kBF16, DType::kBF16, 1.0f, 0.5f, 0},       // empty sum: C = beta C
+  };
+  for (const Case& c : cases) check_case(c, 1, CpuGemmPath::kPackedBf16DotEmulated);
+}
+
+TEST(Bf16DotEmulated, ThreadsSplitTheWorkWithoutChangingABit) {
+  const Case cases[] = {
+      {300, 70, 129, false, true, DType::kBF16, DType::kBF16, 1.0f, 0.0f, 0},  // row bands
+      {40, 500, 129, true, false, DType::kBF16, DType::kBF16, 1.0f, 1.0f, 1},  // column bands
+  };
+  for (const Case& c : cases) {
+    const std::vector<float> one = check_case(c, 1, CpuGemmPath::kPackedBf16DotEmulated);
+    const std::vector<float> two = check_case(c, 2, CpuGemmPath::kPackedBf16DotEmulated);
+    ASSERT_EQ(one.size(), two.size());
+    for (size_t index = 0; index < one.size(); ++index) {
+      if (std::isnan(one[index]) && std::isnan(two[index])) continue;
+      ASSERT_EQ(one[index], two[index]) << describe(c) << " at element " << index;
+    }
+  }
+}
+
+// C[0, 0] = sum over k of a[k] * b[k] for one row and one column, by `path`.
+float dot_by(CpuGemmPath path, const std::vector<float>& a, const std::vector<float>& b) {
+  std::vector<uint16_t> a_bits, b_bits;
+  for (float value : a) a_bits.push_back(float_to_bf16_bits(value));
+  for (float value : b) b_bits.push_back(float_to_bf16_bits(value));
+  const int64_t k = static_cast<int64_t>(a.size());
+  std::vector<float> scratch(packed_gemm_scratch_floats(path, 1, 1, k, 1) + 1);
+  float c = 0.0f;
+  packed_gemm(path, 1, 1, k, 1.0f, {a_bits.data(), DType::kBF16, k, false}, {b_bits.data(), DType::kBF16, 1, false},
+              0.0f, &c, 1, scratch.data(), 1);
+  return c;
+}
+
+// VDPBF16PS adds a pair's two products one at a time, the odd k first, each
+// addition rounded to f32 (Intel SDM, VDPBF16PS). Products 0, 2^24, -1, 1 in
+// k order: the pair tile sums 2^24, then + 1 (a tie, rounding back to 2^24),
+// then - 1, giving 2^24 - 1; the f32 tile adds in k order and gives 2^24.
+TEST(Bf16DotEmulated, AddsEachPairOddKFirstRoundingEachAddition) {
+  const std::vector<float> a = {0.0f, 4096.0f, -1.0f, 1.0f}, b = {0.0f, 4096.0f, 1.0f, 1.0f};
+  EXPECT_EQ(dot_by(CpuGemmPath::kPackedBf16DotEmulated, a, b), 16777215.0f);
+  EXPECT_EQ(dot_by(CpuGemmPath::kPackedF32, a, b), 16777216.0f);
+}
+
+// VDPBF16PS reads bf16 denormals as zero and flushes denormal sums to zero
+// (DAZ, FTZ); the f32 tile keeps both.
+TEST(Bf16DotEmulated, ReadsAndWritesDenormalsAsZero) {
+  const float denormal = bf16_bits_to_float(0x0001);  // 2^-133
+  EXPECT_EQ(dot_by(CpuGemmPath::kPackedBf16DotEmulated, {denormal}, {0x1p100f}), 0.0f);
+  EXPECT_EQ(dot_by(CpuGemmPath::kPackedF32, {denormal}, {0x1p100f}), 0x1p-33f);
+  EXPECT_EQ(dot_by(CpuGemmPath::kPackedBf16DotEmulated, {0x1p-70f}, {0x1p-70f}), 0.0f);
+  EXPECT_EQ(dot_by(CpuGemmPath::kPackedF32, {0x1p-70f}, {0x1p-70f}), 0x1p-140f);
+}
+
+TEST(Bf16DotEmulated, RejectsOperandsThatAreNotBothBf16) {
+  std::vector<uint16_t> half(4, 0x3c00);
+  std::vector<float> floats(4, 1.0f), c(4, 0.0f);
+  std::vector<float> scratch(packed_gemm_scratch_floats(CpuGemmPath::kPackedBf16DotEmulated, 2, 2, 2, 1) + 1);
+  try {
+    packed_gemm(CpuGemmPath::kPackedBf16DotEmulated, 2, 2, 2, 1.0f, {half.data(), DType::kF16, 2, false},
+                {floats.data(), DType::kF32, 2, false}, 0.0f, c.data(), 2, scratch.data(), 1);
+    FAIL() << "expected an error";
+  } catch (const std::exception& error) {
+    EXPECT_NE(std::string(error.what()).find("bf16dot-emulated path needs bf16 operands, found a f16 and b f32"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
+// The native tile where the CPU has AVX512_BF16: the same cases against the
+// double product, and the emulation agreeing with it. Elsewhere the path is
+// refused with the reason, and the default never takes it.
+TEST(Bf16Dot, NativeTileMatchesTheDoubleProductWhereTheCpuHasIt) {
+  const Case cases[] = {
+      {13, 37, 301, false, true, DType::kBF16, DType::kBF16, 0.5f, 2.0f, 3},
+      {200, 40, 33, true, false, DType::kBF16, DType::kBF16, 1.0f, 0.0f, 0},
+      {300, 70, 129, false, false, DType::kBF16, DType::kBF16, 1.0f, 1.0f, 1},
+  };
+  if (!bf16_dot_supported()) {
+    EXPECT_NE(cpu_gemm_path(DType::kBF16, DType::kBF16), CpuGemmPath::kPackedBf16Dot);
+    std::vector<uint16_t> half(4, 0x3f80);
+    std::vector<float> c(4, 0.0f), scratch(packed_gemm_scratch_floats(CpuGemmPath::kPackedBf16Dot, 2, 2, 2, 1) + 1);
+    try {
+      packed_gemm(CpuGemmPath::kPackedBf16Dot, 2, 2, 2, 1.0f, {half.data(), DType::kBF16, 2, false},
+                  {half.data(), DType::kBF16, 2, false}, 0.0f, c.data(), 2, scratch.data(), 1);
+      FAIL() << "expected an error: this CPU has no AVX512_BF16";
+    } catch (const std::exception& error) {
+      EXPECT_NE(std::string(error.what()).find("AVX512_BF16"), std::string::npos) << error.what();
+    }
+    return;
+  }
+  for (const Case& c : cases) {
+    const std::vector<float> native = check_case(c, 2, CpuGemmPath::kPackedBf16Dot);
+    const std::vector<float> emulated = check_case(c, 2, CpuGemmPath::kPackedBf16DotEmulated);
+    double largest = 0.0;
+    for (size_t index = 0; index < native.size(); ++index)
+      if (!std::isnan(native[index])) largest = std::max(largest, double{std::fabs(native[index] - emulated[index])});
+    EXPECT_LE(largest, 1e-4) << describe(c) << ": native against emulated";
+    std::printf("native VDPBF16PS against its emulation, %s: largest difference %g\n", describe(c).c_str(), largest);
+  }
+}
+
 }  // namespace
 }  // namespace llmft::cpu
+

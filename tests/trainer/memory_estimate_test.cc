@@ -153,7 +153,7 @@ TEST_F(MemoryEstimateTest, PromptLearningMethodsAreWithinTenPercentOfTheMeasured
 // The 16-bit GEMMs' workspace at a size where it is megabytes, not the
 // kilobytes of scratch the 64 KiB slack above covers: f32 outputs of bf16
 // GEMMs and either the packed GEMM's panels or the widened copies, whichever
-// this CPU takes (packed_gemm_preferred; ctest also runs this test with
+// this CPU takes (cpu_gemm_path; ctest also runs this test with
 // LLMFT_CPU_HALF_GEMM=widen), on one and two threads, to 10% with no slack.
 TEST_F(MemoryEstimateTest, SixteenBitGemmWorkspaceIsWithinTenPercentAtMegabytes) {
   ModelConfig config = small_config();

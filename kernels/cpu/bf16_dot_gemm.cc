@@ -1,0 +1,263 @@
+#include "kernels/cpu/bf16_dot_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/cpu_util.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LLMFT_BF16_DOT_X86 1
+#endif
+
+namespace llmft::cpu::bf16_dot {
+namespace {
+
+// Blocking as the f32 kernel's (kernels/cpu/packed_gemm.cc), in elements of
+// k: a 256-deep micro-panel of B is 128 pairs x 32 columns (16 KiB) and of A
+// 128 x 12 (6 KiB), in a 32 KiB L1. Pairs take half an f32's bytes, so the
+// A block is 192 rows for the f32 kernel's 96 rows' bytes in L2.
+constexpr int64_t kDepthBlock = 256;    // KC, even: pairs never straddle blocks
+constexpr int64_t kRowBlock = 192;      // MC, a multiple of kTileRows
+constexpr int64_t kColumnBlock = 3072;  // NC, a multiple of kTileColumns
+
+int64_t depth_step_for(int64_t k) { return balanced_step(std::max<int64_t>(k, 1), kDepthBlock, 2); }
+
+// A pair from two stored bf16 values: the even k in the low half, as
+// VDPBF16PS reads a dword's bf16[2j] and bf16[2j + 1].
+uint32_t make_pair(uint16_t even, uint16_t odd) { return uint32_t{even} | uint32_t{odd} << 16; }
+
+// A panel of `width` lanes over `depth` k: pair p of lane l at
+// out[p * width + l], lanes from `lanes` on zero; an odd depth's last pair
+// has a zero odd half. Here each lane is a stored row whose k are
+// contiguous (rows of A, or of B^T: a weight's rows in x W^T), so a pair is
+// two adjacent stored values.
+void pack_along_rows(const uint16_t* data, int64_t ld, int64_t lanes, int64_t width, int64_t depth, uint32_t* out) {
+  const int64_t whole = depth / 2, pairs = ceil_div(depth, 2);
+  for (int64_t lane = 0; lane < lanes; ++lane) {
+    const uint16_t* row = data + lane * ld;
+    for (int64_t pair = 0; pair < whole; ++pair) {
+      uint32_t value;
+      std::memcpy(&value, row + 2 * pair, sizeof value);  // little-endian: k = 2p low
+      out[pair * width + lane] = value;
+    }
+    if (whole < pairs) out[whole * width + lane] = make_pair(row[depth - 1], 0);
+  }
+  for (int64_t pair = 0; pair < pairs; ++pair) std::fill(out + pair * width + lanes, out + (pair + 1) * width, 0u);
+}
+
+// The same panel where each lane is a stored column: k runs down the stored
+// rows (rows of B, or of A^T), so pair p of lane l interleaves stored rows
+// 2p and 2p + 1 at column l.
+void pack_across_rows(const uint16_t* data, int64_t ld, int64_t lanes, int64_t width, int64_t depth, uint32_t* out) {
+  const int64_t pairs = ceil_div(depth, 2);
+  for (int64_t pair = 0; pair < pairs; ++pair) {
+    const uint16_t* even = data + 2 * pair * ld;
+    const uint16_t* odd = 2 * pair + 1 < depth ? even + ld : nullptr;
+    uint32_t* slot = out + pair * width;
+    if (odd != nullptr) {
+      for (int64_t lane = 0; lane < lanes; ++lane) slot[lane] = make_pair(even[lane], odd[lane]);
+    } else {
+      for (int64_t lane = 0; lane < lanes; ++lane) slot[lane] = make_pair(even[lane], 0);
+    }
+    std::fill(slot + lanes, slot + width, 0u);
+  }
+}
+
+// op(A)[0, rows) x [0, depth) as panels of kTileRows lanes.
+void pack_a(const PackedGemmOperand& a, int64_t rows, int64_t depth, uint32_t* out) {
+  const auto* data = static_cast<const uint16_t*>(a.data);
+  const int64_t pairs = ceil_div(depth, 2);
+  for (int64_t panel_row = 0; panel_row < rows; panel_row += kTileRows) {
+    const int64_t lanes = std::min(kTileRows, rows - panel_row);
+    uint32_t* panel = out + panel_row * pairs;
+    if (!a.trans) pack_along_rows(data + panel_row * a.ld, a.ld, lanes, kTileRows, depth, panel);
+    else pack_across_rows(data + panel_row, a.ld, lanes, kTileRows, depth, panel);
+  }
+}
+
+// op(B)[0, depth) x [0, columns) as panels of kTileColumns lanes.
+void pack_b(const PackedGemmOperand& b, int64_t depth, int64_t columns, uint32_t* out) {
+  const auto* data = static_cast<const uint16_t*>(b.data);
+  const int64_t pairs = ceil_div(depth, 2);
+  for (int64_t panel_column = 0; panel_column < columns; panel_column += kTileColumns) {
+    const int64_t lanes = std::min(kTileColumns, columns - panel_column);
+    uint32_t* panel = out + panel_column * pairs;
+    if (b.trans) pack_along_rows(data + panel_column * b.ld, b.ld, lanes, kTileColumns, depth, panel);
+    else pack_across_rows(data + panel_column, b.ld, lanes, kTileColumns, depth, panel);
+  }
+}
+
+// ---- The tile with VDPBF16PS emulated ------------------------------------------
+namespace emulated {
+
+#define LLMFT_TILE_TARGET
+struct Acc {
+  float lane[16];
+};
+struct Pairs {
+  uint32_t lane[16];
+};
+
+inline Acc zero() { return Acc{}; }
+inline Pairs load_pairs(const uint32_t* data) {
+  Pairs pairs;
+  std::memcpy(pairs.lane, data, sizeof pairs.lane);
+  return pairs;
+}
+inline Pairs broadcast(uint32_t pair) {
+  Pairs pairs;
+  std::fill(pairs.lane, pairs.lane + 16, pair);
+  return pairs;
+}
+
+// The f32 value of bf16 bits placed in a word's high half, a denormal read
+// as zero of its sign (VDPBF16PS's DAZ). Branch-free, so the lane loops
+// below vectorize.
+inline float bf16_value(uint32_t high_half) {
+  const uint32_t bits = (high_half & 0x7f800000u) == 0 ? high_half & 0x80000000u : high_half;
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// A sum flushed to zero of its sign when denormal (VDPBF16PS's FTZ).
+inline float flush(float value) { return std::fabs(value) < 0x1p-126f ? std::copysign(0.0f, value) : value; }
+
+// The product of two bf16 values is exact in f32 (8 + 8 significant bits),
+// so each step rounds once, in the addition, as the instruction does.
+inline Acc dot(Acc acc, const Pairs& a, const Pairs& b) {
+  for (int lane = 0; lane < 16; ++lane) {
+    const float a_odd = bf16_value(a.lane[lane] & 0xffff0000u), b_odd = bf16_value(b.lane[lane] & 0xffff0000u);
+    const float a_even = bf16_value(a.lane[lane] << 16), b_even = bf16_value(b.lane[lane] << 16);
+    const float sum = flush(acc.lane[lane] + a_odd * b_odd);
+    acc.lane[lane] = flush(sum + a_even * b_even);
+  }
+  return acc;
+}
+
+// alpha * x, then beta * row + that fused, as the native _mm512_fmadd_ps.
+inline void store_row(float* row, const Acc& low, const Acc& high, float alpha, float beta) {
+  for (const Acc* half : {&low, &high}) {
+    for (int lane = 0; lane < 16; ++lane) {
+      const float product = alpha * half->lane[lane];
+      row[lane] = beta != 0.0f ? std::fma(beta, row[lane], product) : product;
+    }
+    row += 16;
+  }
+}
+
+#include "kernels/cpu/bf16_dot_tile.inc"
+#undef LLMFT_TILE_TARGET
+
+}  // namespace emulated
+
+// ---- The tile with VDPBF16PS ----------------------------------------------------
+#ifdef LLMFT_BF16_DOT_X86
+namespace native {
+
+#define LLMFT_TILE_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+using Acc = __m512;
+using Pairs = __m512i;
+
+LLMFT_TILE_TARGET inline Acc zero() { return _mm512_setzero_ps(); }
+LLMFT_TILE_TARGET inline Pairs load_pairs(const uint32_t* data) { return _mm512_load_si512(data); }
+LLMFT_TILE_TARGET inline Pairs broadcast(uint32_t pair) { return _mm512_set1_epi32(static_cast<int>(pair)); }
+LLMFT_TILE_TARGET inline Acc dot(Acc acc, Pairs a, Pairs b) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(a), reinterpret_cast<__m512bh>(b));
+}
+LLMFT_TILE_TARGET inline void store_row(float* row, Acc low, Acc high, float alpha, float beta) {
+  const __m512 alpha16 = _mm512_set1_ps(alpha);
+  low = _mm512_mul_ps(alpha16, low);
+  high = _mm512_mul_ps(alpha16, high);
+  if (beta != 0.0f) {
+    const __m512 beta16 = _mm512_set1_ps(beta);
+    low = _mm512_fmadd_ps(beta16, _mm512_loadu_ps(row), low);
+    high = _mm512_fmadd_ps(beta16, _mm512_loadu_ps(row + 16), high);
+  }
+  _mm512_storeu_ps(row, low);
+  _mm512_storeu_ps(row + 16, high);
+}
+
+#include "kernels/cpu/bf16_dot_tile.inc"
+#undef LLMFT_TILE_TARGET
+
+}  // namespace native
+#endif  // LLMFT_BF16_DOT_X86
+
+using TileFunction = void (*)(int64_t, const uint32_t*, const uint32_t*, float, float, float*, int64_t);
+
+}  // namespace
+
+bool native_supported() {
+#ifdef LLMFT_BF16_DOT_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+int64_t thread_floats(int64_t rows, int64_t columns, int64_t k) {
+  const int64_t pairs = ceil_div(depth_step_for(k), 2);
+  const int64_t b_pairs = pairs * std::min(kColumnBlock, ceil_div(columns, kTileColumns) * kTileColumns);
+  const int64_t a_pairs = pairs * std::min(kRowBlock, ceil_div(rows, kTileRows) * kTileRows);
+  return b_pairs + a_pairs + 16;  // a pair is one float's bytes; 16 for the 64-byte alignment
+}
+
+// Goto's loop order, as the f32 kernel's gemm_one_thread: B's panel (NC
+// columns, KC deep) packed once per depth block, A's (MC rows) per row block,
+// tiles in between; edge tiles go through a local tile.
+void gemm_one_thread(bool native, int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a,
+                     const PackedGemmOperand& b, float beta, float* c, int64_t ldc, float* scratch) {
+  TileFunction tile_function = emulated::multiply_tile;
+#ifdef LLMFT_BF16_DOT_X86
+  if (native) tile_function = native::multiply_tile;
+#else
+  if (native) throw_runtime("bf16_dot: the native tile needs an x86-64 build");
+#endif
+  const int64_t column_step = balanced_step(n, kColumnBlock, kTileColumns);
+  const int64_t depth_step = depth_step_for(k);
+  const int64_t row_step = balanced_step(m, kRowBlock, kTileRows);
+  auto* packed_b = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  // A multiple of 32 pairs (128 bytes): A's panels stay 64-byte aligned.
+  uint32_t* packed_a = packed_b + ceil_div(depth_step, 2) * column_step;
+  alignas(64) float tile[kTileRows * kTileColumns];
+  for (int64_t column_begin = 0; column_begin < n; column_begin += column_step) {
+    const int64_t columns = std::min(column_step, n - column_begin);
+    for (int64_t depth_begin = 0; depth_begin < k; depth_begin += depth_step) {
+      const int64_t depth = std::min(depth_step, k - depth_begin), pairs = ceil_div(depth, 2);
+      const float block_beta = depth_begin == 0 ? beta : 1.0f;  // later depth blocks add on
+      pack_b(b.at(depth_begin, column_begin), depth, columns, packed_b);
+      for (int64_t row_begin = 0; row_begin < m; row_begin += row_step) {
+        const int64_t rows = std::min(row_step, m - row_begin);
+        pack_a(a.at(row_begin, depth_begin), rows, depth, packed_a);
+        for (int64_t tile_column = 0; tile_column < columns; tile_column += kTileColumns) {
+          const int64_t width = std::min(kTileColumns, columns - tile_column);
+          const uint32_t* b_panel = packed_b + tile_column * pairs;
+          for (int64_t tile_row = 0; tile_row < rows; tile_row += kTileRows) {
+            const int64_t height = std::min(kTileRows, rows - tile_row);
+            const uint32_t* a_panel = packed_a + tile_row * pairs;
+            float* c_tile = c + (row_begin + tile_row) * ldc + column_begin + tile_column;
+            if (height == kTileRows && width == kTileColumns) {
+              tile_function(pairs, a_panel, b_panel, alpha, block_beta, c_tile, ldc);
+              continue;
+            }
+            tile_function(pairs, a_panel, b_panel, 1.0f, 0.0f, tile, kTileColumns);
+            for (int64_t row = 0; row < height; ++row) {
+              float* c_row = c_tile + row * ldc;
+              for (int64_t column = 0; column < width; ++column) {
+                const float product = alpha * tile[row * kTileColumns + column];
+                c_row[column] = block_beta == 0.0f ? product : std::fma(block_beta, c_row[column], product);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace llmft::cpu::bf16_dot
