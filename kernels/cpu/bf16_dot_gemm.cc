@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/blocked_gemm.h"
 #include "kernels/cpu/cpu_util.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -14,15 +15,14 @@
 namespace llmft::cpu::bf16_dot {
 namespace {
 
-// Blocking as the f32 kernel's (kernels/cpu/packed_gemm.cc), in elements of
-// k: a 256-deep micro-panel of B is 128 pairs x 32 columns (16 KiB) and of A
+// Blocking (kernels/cpu/blocked_gemm.h) as the f32 kernel's
+// (kernels/cpu/packed_gemm.cc), in elements of k: a 256-deep micro-panel of B is 128 pairs x 32 columns (16 KiB) and of A
 // 128 x 12 (6 KiB), in a 32 KiB L1. Pairs take half an f32's bytes, so the
 // A block is 192 rows for the f32 kernel's 96 rows' bytes in L2.
 constexpr int64_t kDepthBlock = 256;    // KC, even: pairs never straddle blocks
 constexpr int64_t kRowBlock = 192;      // MC, a multiple of kTileRows
 constexpr int64_t kColumnBlock = 3072;  // NC, a multiple of kTileColumns
-
-int64_t depth_step_for(int64_t k) { return balanced_step(std::max<int64_t>(k, 1), kDepthBlock, 2); }
+constexpr Blocking kPairBlocking{2, kTileRows, kTileColumns, kDepthBlock, kRowBlock, kColumnBlock};
 
 // A pair from two stored bf16 values: the even k in the low half, as
 // VDPBF16PS reads a dword's bf16[2j] and bf16[2j + 1].
@@ -201,15 +201,9 @@ bool native_supported() {
 }
 
 int64_t thread_floats(int64_t rows, int64_t columns, int64_t k) {
-  const int64_t pairs = ceil_div(depth_step_for(k), 2);
-  const int64_t b_pairs = pairs * std::min(kColumnBlock, ceil_div(columns, kTileColumns) * kTileColumns);
-  const int64_t a_pairs = pairs * std::min(kRowBlock, ceil_div(rows, kTileRows) * kTileRows);
-  return b_pairs + a_pairs + 16;  // a pair is one float's bytes; 16 for the 64-byte alignment
+  return blocked_gemm_thread_floats(kPairBlocking, rows, columns, k);
 }
 
-// Goto's loop order, as the f32 kernel's gemm_one_thread: B's panel (NC
-// columns, KC deep) packed once per depth block, A's (MC rows) per row block,
-// tiles in between; edge tiles go through a local tile.
 void gemm_one_thread(bool native, int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a,
                      const PackedGemmOperand& b, float beta, float* c, int64_t ldc, float* scratch) {
   TileFunction tile_function = emulated::multiply_tile;
@@ -218,46 +212,7 @@ void gemm_one_thread(bool native, int64_t m, int64_t n, int64_t k, float alpha, 
 #else
   if (native) throw_runtime("bf16_dot: the native tile needs an x86-64 build");
 #endif
-  const int64_t column_step = balanced_step(n, kColumnBlock, kTileColumns);
-  const int64_t depth_step = depth_step_for(k);
-  const int64_t row_step = balanced_step(m, kRowBlock, kTileRows);
-  auto* packed_b = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
-  // A multiple of 32 pairs (128 bytes): A's panels stay 64-byte aligned.
-  uint32_t* packed_a = packed_b + ceil_div(depth_step, 2) * column_step;
-  alignas(64) float tile[kTileRows * kTileColumns];
-  for (int64_t column_begin = 0; column_begin < n; column_begin += column_step) {
-    const int64_t columns = std::min(column_step, n - column_begin);
-    for (int64_t depth_begin = 0; depth_begin < k; depth_begin += depth_step) {
-      const int64_t depth = std::min(depth_step, k - depth_begin), pairs = ceil_div(depth, 2);
-      const float block_beta = depth_begin == 0 ? beta : 1.0f;  // later depth blocks add on
-      pack_b(b.at(depth_begin, column_begin), depth, columns, packed_b);
-      for (int64_t row_begin = 0; row_begin < m; row_begin += row_step) {
-        const int64_t rows = std::min(row_step, m - row_begin);
-        pack_a(a.at(row_begin, depth_begin), rows, depth, packed_a);
-        for (int64_t tile_column = 0; tile_column < columns; tile_column += kTileColumns) {
-          const int64_t width = std::min(kTileColumns, columns - tile_column);
-          const uint32_t* b_panel = packed_b + tile_column * pairs;
-          for (int64_t tile_row = 0; tile_row < rows; tile_row += kTileRows) {
-            const int64_t height = std::min(kTileRows, rows - tile_row);
-            const uint32_t* a_panel = packed_a + tile_row * pairs;
-            float* c_tile = c + (row_begin + tile_row) * ldc + column_begin + tile_column;
-            if (height == kTileRows && width == kTileColumns) {
-              tile_function(pairs, a_panel, b_panel, alpha, block_beta, c_tile, ldc);
-              continue;
-            }
-            tile_function(pairs, a_panel, b_panel, 1.0f, 0.0f, tile, kTileColumns);
-            for (int64_t row = 0; row < height; ++row) {
-              float* c_row = c_tile + row * ldc;
-              for (int64_t column = 0; column < width; ++column) {
-                const float product = alpha * tile[row * kTileColumns + column];
-                c_row[column] = block_beta == 0.0f ? product : std::fma(block_beta, c_row[column], product);
-              }
-            }
-          }
-        }
-      }
-    }
-  }
+  blocked_gemm<kPairBlocking, uint32_t>(pack_a, pack_b, tile_function, m, n, k, alpha, a, b, beta, c, ldc, scratch);
 }
 
 }  // namespace llmft::cpu::bf16_dot

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "kernels/cpu/bf16_dot_gemm.h"
+#include "kernels/cpu/blocked_gemm.h"
 #include "kernels/cpu/cpu_util.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -34,48 +35,10 @@ constexpr int64_t kTileColumns = 16;    // NR
 constexpr int64_t kDepthBlock = 256;    // KC
 constexpr int64_t kRowBlock = 96;       // MC, a multiple of kTileRows
 constexpr int64_t kColumnBlock = 3072;  // NC, a multiple of kTileColumns
+constexpr Blocking kF32Blocking{1, kTileRows, kTileColumns, kDepthBlock, kRowBlock, kColumnBlock};
 
 // Below this many multiply-adds a product stays on the calling thread.
 constexpr double kParallelWork = 1 << 20;
-
-// How a product is split: `bands` bands of `band` rows (or columns) of C,
-// one per thread, each with `thread_floats` of scratch for its panels (B's
-// [depth_step, column_step] and A's [row_step, depth_step], 64-byte aligned).
-struct Plan {
-  bool split_rows = true;
-  int64_t band = 0, bands = 1, thread_floats = 0;
-};
-
-// The f32 tile's panels for one thread's rows x columns x k product: a band's
-// blocks are at most min(limit, its extent rounded up to whole tiles).
-int64_t f32_thread_floats(int64_t rows, int64_t columns, int64_t k) {
-  const int64_t depth = balanced_step(std::max<int64_t>(k, 1), kDepthBlock, 1);
-  const int64_t b_floats = depth * std::min(kColumnBlock, ceil_div(columns, kTileColumns) * kTileColumns);
-  const int64_t a_floats = depth * std::min(kRowBlock, ceil_div(rows, kTileRows) * kTileRows);
-  return b_floats + a_floats + 16;
-}
-
-bool is_bf16_dot(CpuGemmPath path) {
-  return path == CpuGemmPath::kPackedBf16Dot || path == CpuGemmPath::kPackedBf16DotEmulated;
-}
-
-Plan make_plan(CpuGemmPath path, int64_t m, int64_t n, int64_t k, int threads) {
-  const bool bf16 = is_bf16_dot(path);
-  const int64_t tile_rows = bf16 ? bf16_dot::kTileRows : kTileRows;
-  const int64_t tile_columns = bf16 ? bf16_dot::kTileColumns : kTileColumns;
-  Plan plan;
-  int64_t rows = m, columns = n;
-  if (threads > 1 && static_cast<double>(m) * n * k >= kParallelWork) {
-    plan.split_rows = m >= n;
-    const int64_t extent = plan.split_rows ? m : n;
-    const int64_t multiple = plan.split_rows ? tile_rows : tile_columns;
-    plan.band = ceil_div(ceil_div(extent, threads), multiple) * multiple;
-    plan.bands = ceil_div(extent, plan.band);
-    (plan.split_rows ? rows : columns) = plan.band;
-  }
-  plan.thread_floats = bf16 ? bf16_dot::thread_floats(rows, columns, k) : f32_thread_floats(rows, columns, k);
-  return plan;
-}
 
 // Stored element `index` widened (load_floats, one element).
 float stored_element(const void* data, DType dtype, int64_t index) {
@@ -257,53 +220,38 @@ LLMFT_AVX2 void multiply_tile(int64_t depth, const float* a, const float* b, flo
   store_row(c + 5 * ldc, c50, c51);
 }
 
-// One thread's product, blocked in Goto's loop order: NC columns of B, KC deep,
-// packed once; MC rows of A packed per block; tiles in between. Edge tiles
-// are computed into a local tile and added element by element.
-LLMFT_AVX2 void gemm_one_thread(int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a,
-                                const PackedGemmOperand& b, float beta, float* c, int64_t ldc, float* scratch) {
-  const int64_t column_step = balanced_step(n, kColumnBlock, kTileColumns);
-  const int64_t depth_step = balanced_step(k, kDepthBlock, 1);
-  const int64_t row_step = balanced_step(m, kRowBlock, kTileRows);
-  float* packed_b = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
-  float* packed_a = packed_b + depth_step * column_step;  // a multiple of 16 floats: stays aligned
-  alignas(64) float tile[kTileRows * kTileColumns];
-  for (int64_t column_begin = 0; column_begin < n; column_begin += column_step) {
-    const int64_t columns = std::min(column_step, n - column_begin);
-    for (int64_t depth_begin = 0; depth_begin < k; depth_begin += depth_step) {
-      const int64_t depth = std::min(depth_step, k - depth_begin);
-      // Later depth blocks add onto the earlier ones' sums.
-      const float block_beta = depth_begin == 0 ? beta : 1.0f;
-      pack_b(b.at(depth_begin, column_begin), depth, columns, packed_b);
-      for (int64_t row_begin = 0; row_begin < m; row_begin += row_step) {
-        const int64_t rows = std::min(row_step, m - row_begin);
-        pack_a(a.at(row_begin, depth_begin), rows, depth, packed_a);
-        for (int64_t tile_column = 0; tile_column < columns; tile_column += kTileColumns) {
-          const int64_t width = std::min(kTileColumns, columns - tile_column);
-          const float* b_panel = packed_b + tile_column * depth;
-          for (int64_t tile_row = 0; tile_row < rows; tile_row += kTileRows) {
-            const int64_t height = std::min(kTileRows, rows - tile_row);
-            const float* a_panel = packed_a + tile_row * depth;
-            float* c_tile = c + (row_begin + tile_row) * ldc + column_begin + tile_column;
-            if (height == kTileRows && width == kTileColumns) {
-              multiply_tile(depth, a_panel, b_panel, alpha, block_beta, c_tile, ldc);
-              continue;
-            }
-            multiply_tile(depth, a_panel, b_panel, 1.0f, 0.0f, tile, kTileColumns);
-            for (int64_t row = 0; row < height; ++row) {
-              float* c_row = c_tile + row * ldc;
-              for (int64_t column = 0; column < width; ++column) {
-                const float product = alpha * tile[row * kTileColumns + column];
-                c_row[column] = block_beta == 0.0f ? product : block_beta * c_row[column] + product;
-              }
-            }
-          }
-        }
-      }
-    }
-  }
-}
 #endif  // LLMFT_PACKED_GEMM_X86
+
+// How a product is split: `bands` bands of `band` rows (or columns) of C,
+// one per thread, each with `thread_floats` of scratch for its panels (B's
+// [depth_step, column_step] and A's [row_step, depth_step], 64-byte aligned).
+struct Plan {
+  bool split_rows = true;
+  int64_t band = 0, bands = 1, thread_floats = 0;
+};
+
+bool is_bf16_dot(CpuGemmPath path) {
+  return path == CpuGemmPath::kPackedBf16Dot || path == CpuGemmPath::kPackedBf16DotEmulated;
+}
+
+Plan make_plan(CpuGemmPath path, int64_t m, int64_t n, int64_t k, int threads) {
+  const bool bf16 = is_bf16_dot(path);
+  const int64_t tile_rows = bf16 ? bf16_dot::kTileRows : kTileRows;
+  const int64_t tile_columns = bf16 ? bf16_dot::kTileColumns : kTileColumns;
+  Plan plan;
+  int64_t rows = m, columns = n;
+  if (threads > 1 && static_cast<double>(m) * n * k >= kParallelWork) {
+    plan.split_rows = m >= n;
+    const int64_t extent = plan.split_rows ? m : n;
+    const int64_t multiple = plan.split_rows ? tile_rows : tile_columns;
+    plan.band = ceil_div(ceil_div(extent, threads), multiple) * multiple;
+    plan.bands = ceil_div(extent, plan.band);
+    (plan.split_rows ? rows : columns) = plan.band;
+  }
+  plan.thread_floats = bf16 ? bf16_dot::thread_floats(rows, columns, k) : blocked_gemm_thread_floats(kF32Blocking, rows, columns, k);
+  return plan;
+}
+
 
 bool cpu_runs_packed_kernel() {
 #ifdef LLMFT_PACKED_GEMM_X86
@@ -457,7 +405,8 @@ void packed_gemm(CpuGemmPath path, int64_t m, int64_t n, int64_t k, float alpha,
       return;
     }
 #ifdef LLMFT_PACKED_GEMM_X86
-    gemm_one_thread(rows, columns, k, alpha, a_band, b_band, beta, c_band, ldc, own_scratch);
+    blocked_gemm<kF32Blocking, float>(pack_a, pack_b, multiply_tile, rows, columns, k, alpha, a_band, b_band, beta,
+                                      c_band, ldc, own_scratch);
 #endif
   };
   const Plan plan = make_plan(path, m, n, k, std::max(threads, 1));
