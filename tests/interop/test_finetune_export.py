@@ -31,7 +31,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from finetune_common import build_peer, conversations, read_logits, transformers_logits
+from finetune_common import build_chats, llmft_logits, lora_run_config, transformers_logits
 from interop_common import WORK_DIR, convert_smollm2, main, run_llmft
 
 LOGIT_TOLERANCE = 2e-3
@@ -43,23 +43,11 @@ class FinetuneExportTest(unittest.TestCase):
     def setUpClass(cls):
         torch.set_num_threads(2)
         cls.base_dir = convert_smollm2("f32")
-        data_dir = WORK_DIR / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        jsonl = data_dir / "chats.jsonl"
-        jsonl.write_text("".join(json.dumps(record) + "\n" for record in conversations()))
-        run_llmft("data", "build", "--input", str(jsonl), "--tokenizer", str(cls.base_dir), "--output",
-                  str(data_dir / "train"), "--shards", "1", "--format", "messages")
+        train_file = build_chats(WORK_DIR / "data", cls.base_dir)
         run_dir = WORK_DIR / "run"
         config = WORK_DIR / "run.pbtxt"
-        config.write_text(f"""
-model {{ hf_dir: "{cls.base_dir}" }}
-peft {{ lora {{ r: 8 alpha: 16 dropout: 0.0 target_modules: ["all-linear"] }} }}
-data {{ train_files: "{data_dir}/train-00000-of-00001.tfrecord" seq_len: 64 batch_size: 2 seed: 7 }}
-optimizer {{ lr: 3e-3 weight_decay: 0.0 }}
-schedule {{ kind: CONSTANT total_steps: 4 }}
-checkpoint {{ dir: "{run_dir}/checkpoints" keep_last: 1 }}
-logging {{ every_n_steps: 1 jsonl_path: "{run_dir}/metrics.jsonl" }}
-""")
+        config.write_text(lora_run_config(cls.base_dir, train_file, run_dir,
+                                          extra=f'logging {{ every_n_steps: 1 jsonl_path: "{run_dir}/metrics.jsonl" }}'))
         for stale in (run_dir / "checkpoints").glob("step-*"):
             subprocess.run(["rm", "-rf", str(stale)], check=True)
         run_llmft("train", "--config", str(config), "--threads", "2")
@@ -70,13 +58,8 @@ logging {{ every_n_steps: 1 jsonl_path: "{run_dir}/metrics.jsonl" }}
         cls.metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
         # llmft's base and base+LoRA (the exported adapter loaded onto the base by llmft).
-        base_out, lora_out = WORK_DIR / "base.f32", WORK_DIR / "lora.f32"
-        subprocess.run([build_peer("llmft_logits"), str(cls.base_dir), str(base_out), *map(str, IDS)], check=True,
-                       capture_output=True)
-        subprocess.run([build_peer("llmft_peft_logits"), "--load", str(cls.base_dir), str(cls.adapter_dir),
-                        str(lora_out), *map(str, IDS)], check=True, capture_output=True)
-        cls.base = read_logits(base_out, len(IDS))
-        cls.lora = read_logits(lora_out, len(IDS))
+        cls.base = llmft_logits(cls.base_dir, WORK_DIR / "base.f32", IDS)
+        cls.lora = llmft_logits(cls.base_dir, WORK_DIR / "lora.f32", IDS, cls.adapter_dir)
 
     def test_training_changed_the_model(self):
         self.assertTrue(any("loss" in record for record in self.metrics), f"no loss in {self.metrics}")
@@ -91,10 +74,8 @@ logging {{ every_n_steps: 1 jsonl_path: "{run_dir}/metrics.jsonl" }}
         self.assertLessEqual(difference, LOGIT_TOLERANCE)
 
     def test_merged_export_in_llmft(self):
-        out = WORK_DIR / "merged.f32"
-        subprocess.run([build_peer("llmft_logits"), str(self.merged_dir), str(out), *map(str, IDS)], check=True,
-                       capture_output=True)
-        difference = float(np.abs(read_logits(out, len(IDS)) - self.lora).max())
+        merged = llmft_logits(self.merged_dir, WORK_DIR / "merged.f32", IDS)
+        difference = float(np.abs(merged - self.lora).max())
         print(f"|llmft(merged) - llmft base+LoRA| = {difference:.3g} (tolerance {LOGIT_TOLERANCE})")
         self.assertLessEqual(difference, LOGIT_TOLERANCE)
 

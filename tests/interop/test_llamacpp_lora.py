@@ -30,7 +30,6 @@ type_v), so that rounding, which is no part of the adapter, stays out of the
 comparison.
 """
 
-import json
 import subprocess
 import unittest
 
@@ -38,7 +37,7 @@ import gguf
 import llama_cpp
 import numpy as np
 
-from finetune_common import build_peer, conversations, read_logits
+from finetune_common import build_chats, llmft_logits, lora_run_config
 from interop_common import WORK_DIR, convert_smollm2, main, run_llmft
 
 IDS = [1, 504, 3575, 282, 4649, 314, 17, 2, 1116, 30, 2043]
@@ -89,21 +88,10 @@ class LlamaCppLoraTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.base_dir = convert_smollm2("f32")
-        data_dir, run_dir = WORK_DIR / "data", WORK_DIR / "run"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        jsonl = data_dir / "chats.jsonl"
-        jsonl.write_text("".join(json.dumps(record) + "\n" for record in conversations()))
-        run_llmft("data", "build", "--input", str(jsonl), "--tokenizer", str(cls.base_dir), "--output",
-                  str(data_dir / "train"), "--shards", "1", "--format", "messages")
+        run_dir = WORK_DIR / "run"
+        train_file = build_chats(WORK_DIR / "data", cls.base_dir)
         config = WORK_DIR / "run.pbtxt"
-        config.write_text(f"""
-model {{ hf_dir: "{cls.base_dir}" }}
-peft {{ lora {{ r: 8 alpha: 16 dropout: 0.0 target_modules: ["all-linear"] }} }}
-data {{ train_files: "{data_dir}/train-00000-of-00001.tfrecord" seq_len: 64 batch_size: 2 seed: 7 }}
-optimizer {{ lr: 3e-3 weight_decay: 0.0 }}
-schedule {{ kind: CONSTANT total_steps: 4 }}
-checkpoint {{ dir: "{run_dir}/checkpoints" keep_last: 1 }}
-""")
+        config.write_text(lora_run_config(cls.base_dir, train_file, run_dir))
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
         run_llmft("train", "--config", str(config), "--threads", "2")
         cls.merged_dir, cls.adapter_dir = WORK_DIR / "merged", WORK_DIR / "adapter"
@@ -119,17 +107,11 @@ checkpoint {{ dir: "{run_dir}/checkpoints" keep_last: 1 }}
             run_llmft("convert", "--to-gguf", str(cls.base_dir), "--out", str(cls.base_gguf[type_name]), "--type",
                       type_name)
 
-        merged_out = WORK_DIR / "merged.f32"
-        subprocess.run([build_peer("llmft_logits"), str(cls.merged_dir), str(merged_out), *map(str, IDS)], check=True,
-                       capture_output=True)
-        cls.merged = read_logits(merged_out, len(IDS))
+        cls.merged = llmft_logits(cls.merged_dir, WORK_DIR / "merged.f32", IDS)
         # llmft's base as the f16 GGUF holds it (read back to f32) plus the adapter.
         base_from_f16 = WORK_DIR / "base-from-f16"
         run_llmft("convert", "--gguf", str(cls.base_gguf["f16"]), "--out", str(base_from_f16), "--dtype", "f32")
-        f16_out = WORK_DIR / "f16-base-lora.f32"
-        subprocess.run([build_peer("llmft_peft_logits"), "--load", str(base_from_f16), str(cls.adapter_dir),
-                        str(f16_out), *map(str, IDS)], check=True, capture_output=True)
-        cls.f16_base_lora = read_logits(f16_out, len(IDS))
+        cls.f16_base_lora = llmft_logits(base_from_f16, WORK_DIR / "f16-base-lora.f32", IDS, cls.adapter_dir)
         cls.base_alone = llamacpp_logits(cls.base_gguf["f32"])
 
     def compare(self, ours: np.ndarray, theirs: np.ndarray, tolerance: float, what: str):

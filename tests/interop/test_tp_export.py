@@ -45,7 +45,7 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from finetune_common import build_peer, conversations, read_logits, transformers_logits
+from finetune_common import build_chats, llmft_logits, lora_run_config, transformers_logits
 from interop_common import ARGS, WORK_DIR, convert_smollm2, main, run_llmft
 
 LOGIT_TOLERANCE = 1e-4
@@ -74,26 +74,14 @@ class TensorParallelExportTest(unittest.TestCase):
     def setUpClass(cls):
         torch.set_num_threads(2)
         cls.base_dir = small_llama(WORK_DIR / "small-llama")
-        data_dir = WORK_DIR / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        jsonl = data_dir / "chats.jsonl"
-        jsonl.write_text("".join(json.dumps(record) + "\n" for record in conversations()))
-        run_llmft("data", "build", "--input", str(jsonl), "--tokenizer", str(cls.base_dir), "--output",
-                  str(data_dir / "train"), "--shards", "1", "--format", "messages")
+        train_file = build_chats(WORK_DIR / "data", cls.base_dir)
         cls.adapters = {}
         for tp in (2, 1):
             run_dir = WORK_DIR / f"run-tp{tp}"
             shutil.rmtree(run_dir, ignore_errors=True)
             config = WORK_DIR / f"run-tp{tp}.pbtxt"
-            config.write_text(f"""
-model {{ hf_dir: "{cls.base_dir}" }}
-peft {{ lora {{ r: 8 alpha: 16 dropout: 0.1 target_modules: ["all-linear"] }} }}
-data {{ train_files: "{data_dir}/train-00000-of-00001.tfrecord" seq_len: 64 batch_size: 2 seed: 7 }}
-optimizer {{ lr: 1e-2 weight_decay: 0.0 }}
-schedule {{ kind: CONSTANT total_steps: 4 }}
-parallel {{ tp: {tp} }}
-checkpoint {{ dir: "{run_dir}/checkpoints" keep_last: 1 }}
-""")
+            config.write_text(lora_run_config(cls.base_dir, train_file, run_dir, lr=1e-2, dropout=0.1,
+                                              extra=f"parallel {{ tp: {tp} }}"))
             train = [ARGS.llmft, "train", "--config", str(config), "--threads", "1"]
             if tp > 1:
                 train = [os.environ["LLMFT_MPIEXEC"], "--oversubscribe", "--allow-run-as-root", "--bind-to", "none",
@@ -108,17 +96,9 @@ checkpoint {{ dir: "{run_dir}/checkpoints" keep_last: 1 }}
                 cls.merged_dir = WORK_DIR / "merged-tp2"
                 run_llmft("export", "--config", str(config), "--merged", str(cls.merged_dir), "--dtype", "f32")
 
-        base_out, lora_out = WORK_DIR / "base.f32", WORK_DIR / "lora.f32"
-        subprocess.run([build_peer("llmft_logits"), str(cls.base_dir), str(base_out), *map(str, IDS)], check=True,
-                       capture_output=True)
-        subprocess.run([build_peer("llmft_peft_logits"), "--load", str(cls.base_dir), str(cls.adapters[2]),
-                        str(lora_out), *map(str, IDS)], check=True, capture_output=True)
-        one_process_out = WORK_DIR / "lora-tp1.f32"
-        subprocess.run([build_peer("llmft_peft_logits"), "--load", str(cls.base_dir), str(cls.adapters[1]),
-                        str(one_process_out), *map(str, IDS)], check=True, capture_output=True)
-        cls.base = read_logits(base_out, len(IDS))
-        cls.lora = read_logits(lora_out, len(IDS))
-        cls.lora_one_process = read_logits(one_process_out, len(IDS))
+        cls.base = llmft_logits(cls.base_dir, WORK_DIR / "base.f32", IDS)
+        cls.lora = llmft_logits(cls.base_dir, WORK_DIR / "lora.f32", IDS, cls.adapters[2])
+        cls.lora_one_process = llmft_logits(cls.base_dir, WORK_DIR / "lora-tp1.f32", IDS, cls.adapters[1])
 
     def test_training_changed_the_model(self):
         moved = float(np.abs(self.lora - self.base).max())
