@@ -16,9 +16,11 @@ namespace llmft::cpu::bf16_dot {
 namespace {
 
 // Blocking (kernels/cpu/blocked_gemm.h) as the f32 kernel's
-// (kernels/cpu/packed_gemm.cc), in elements of k: a 256-deep micro-panel of B is 128 pairs x 32 columns (16 KiB) and of A
-// 128 x 12 (6 KiB), in a 32 KiB L1. Pairs take half an f32's bytes, so the
-// A block is 192 rows for the f32 kernel's 96 rows' bytes in L2.
+// (kernels/cpu/packed_gemm.cc), in elements of k: a 256-deep micro-panel of
+// B is 128 pairs x 32 columns (16 KiB) and of A 128 x 12 (6 KiB), in a
+// 32 KiB L1. Pairs take half an f32's bytes, so the A block is 192 rows for
+// the f32 kernel's 96 rows' bytes in L2. Not tuned: no CPU with the
+// instruction has run it.
 constexpr int64_t kDepthBlock = 256;    // KC, even: pairs never straddle blocks
 constexpr int64_t kRowBlock = 192;      // MC, a multiple of kTileRows
 constexpr int64_t kColumnBlock = 3072;  // NC, a multiple of kTileColumns
