@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/avx2_transpose.h"
 #include "kernels/cpu/blocked_gemm.h"
 #include "kernels/cpu/cpu_util.h"
 
@@ -30,21 +31,68 @@ constexpr Blocking kPairBlocking{2, kTileRows, kTileColumns, kDepthBlock, kRowBl
 // VDPBF16PS reads a dword's bf16[2j] and bf16[2j + 1].
 uint32_t make_pair(uint16_t even, uint16_t odd) { return uint32_t{even} | uint32_t{odd} << 16; }
 
+#ifdef LLMFT_BF16_DOT_X86
+#define LLMFT_PACK_AVX2 __attribute__((target("avx2")))
+
+bool cpu_has_avx2() {
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return avx2;
+}
+
+// Pairs [pair, pair + 8) of 8 stored rows (8 lanes from out's column 0):
+// eight 32-byte loads, one 8x8 transpose of the pairs, eight stores.
+LLMFT_PACK_AVX2 void pack_8x8_along_rows(const uint16_t* data, int64_t ld, int64_t pair, int64_t width,
+                                         uint32_t* out) {
+  __m256 block[8];
+  for (int lane = 0; lane < 8; ++lane)
+    block[lane] = _mm256_loadu_ps(reinterpret_cast<const float*>(data + lane * ld + 2 * pair));
+  transpose8x8(block);
+  for (int index = 0; index < 8; ++index)
+    _mm256_storeu_ps(reinterpret_cast<float*>(out + (pair + index) * width), block[index]);
+}
+
+// 16 lanes of one pair slot from two stored rows: their 16-bit values
+// interleaved (unpack within 128-bit halves, then put the halves in order).
+LLMFT_PACK_AVX2 void pack_16_across_rows(const uint16_t* even, const uint16_t* odd, uint32_t* slot) {
+  const __m256i evens = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(even));
+  const __m256i odds = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd));
+  const __m256i low = _mm256_unpacklo_epi16(evens, odds), high = _mm256_unpackhi_epi16(evens, odds);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(slot), _mm256_permute2x128_si256(low, high, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(slot + 8), _mm256_permute2x128_si256(low, high, 0x31));
+}
+#endif
+
 // A panel of `width` lanes over `depth` k: pair p of lane l at
 // out[p * width + l], lanes from `lanes` on zero; an odd depth's last pair
 // has a zero odd half. Here each lane is a stored row whose k are
 // contiguous (rows of A, or of B^T: a weight's rows in x W^T), so a pair is
-// two adjacent stored values.
+// two adjacent stored values, and the panel is a transpose of pairs.
 void pack_along_rows(const uint16_t* data, int64_t ld, int64_t lanes, int64_t width, int64_t depth, uint32_t* out) {
   const int64_t whole = depth / 2, pairs = ceil_div(depth, 2);
-  for (int64_t lane = 0; lane < lanes; ++lane) {
-    const uint16_t* row = data + lane * ld;
-    for (int64_t pair = 0; pair < whole; ++pair) {
-      uint32_t value;
-      std::memcpy(&value, row + 2 * pair, sizeof value);  // little-endian: k = 2p low
-      out[pair * width + lane] = value;
+  for (int64_t lane_begin = 0; lane_begin < lanes;) {
+    // Eight lanes at a time where the CPU has AVX2; the pairs past the last
+    // whole 8 and lanes past the last whole 8 one at a time.
+    int64_t lane_count = 1, pair_begin = 0;
+#ifdef LLMFT_BF16_DOT_X86
+    if (cpu_has_avx2() && lane_begin + 8 <= lanes) {
+      lane_count = 8;
+      for (; pair_begin + 8 <= whole; pair_begin += 8)
+        pack_8x8_along_rows(data + lane_begin * ld, ld, pair_begin, width, out + lane_begin);
     }
-    if (whole < pairs) out[whole * width + lane] = make_pair(row[depth - 1], 0);
+#endif
+    for (int64_t lane = lane_begin; lane < lane_begin + lane_count; ++lane) {
+      const uint16_t* row = data + lane * ld;
+      for (int64_t pair = pair_begin; pair < whole; ++pair) {
+        uint32_t value;
+        std::memcpy(&value, row + 2 * pair, sizeof value);  // little-endian: k = 2p low
+        out[pair * width + lane] = value;
+      }
+      if (whole < pairs) out[whole * width + lane] = make_pair(row[depth - 1], 0);
+    }
+    lane_begin += lane_count;
   }
   for (int64_t pair = 0; pair < pairs; ++pair) std::fill(out + pair * width + lanes, out + (pair + 1) * width, 0u);
 }
@@ -58,10 +106,15 @@ void pack_across_rows(const uint16_t* data, int64_t ld, int64_t lanes, int64_t w
     const uint16_t* even = data + 2 * pair * ld;
     const uint16_t* odd = 2 * pair + 1 < depth ? even + ld : nullptr;
     uint32_t* slot = out + pair * width;
+    int64_t lane = 0;
     if (odd != nullptr) {
-      for (int64_t lane = 0; lane < lanes; ++lane) slot[lane] = make_pair(even[lane], odd[lane]);
+#ifdef LLMFT_BF16_DOT_X86
+      if (cpu_has_avx2())
+        for (; lane + 16 <= lanes; lane += 16) pack_16_across_rows(even + lane, odd + lane, slot + lane);
+#endif
+      for (; lane < lanes; ++lane) slot[lane] = make_pair(even[lane], odd[lane]);
     } else {
-      for (int64_t lane = 0; lane < lanes; ++lane) slot[lane] = make_pair(even[lane], 0);
+      for (; lane < lanes; ++lane) slot[lane] = make_pair(even[lane], 0);
     }
     std::fill(slot + lanes, slot + width, 0u);
   }
