@@ -63,6 +63,14 @@ LLMFT_PACK_AVX2 void pack_16_across_rows(const uint16_t* even, const uint16_t* o
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(slot), _mm256_permute2x128_si256(low, high, 0x20));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(slot + 8), _mm256_permute2x128_si256(low, high, 0x31));
 }
+
+// The same for 8 lanes (an A^T panel's 12 = 8 + 4), in 128-bit registers.
+LLMFT_PACK_AVX2 void pack_8_across_rows(const uint16_t* even, const uint16_t* odd, uint32_t* slot) {
+  const __m128i evens = _mm_loadu_si128(reinterpret_cast<const __m128i*>(even));
+  const __m128i odds = _mm_loadu_si128(reinterpret_cast<const __m128i*>(odd));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(slot), _mm_unpacklo_epi16(evens, odds));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(slot + 4), _mm_unpackhi_epi16(evens, odds));
+}
 #endif
 
 // A panel of `width` lanes over `depth` k: pair p of lane l at
@@ -109,8 +117,10 @@ void pack_across_rows(const uint16_t* data, int64_t ld, int64_t lanes, int64_t w
     int64_t lane = 0;
     if (odd != nullptr) {
 #ifdef LLMFT_BF16_DOT_X86
-      if (cpu_has_avx2())
+      if (cpu_has_avx2()) {
         for (; lane + 16 <= lanes; lane += 16) pack_16_across_rows(even + lane, odd + lane, slot + lane);
+        for (; lane + 8 <= lanes; lane += 8) pack_8_across_rows(even + lane, odd + lane, slot + lane);
+      }
 #endif
       for (; lane < lanes; ++lane) slot[lane] = make_pair(even[lane], odd[lane]);
     } else {
