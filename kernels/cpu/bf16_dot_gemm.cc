@@ -16,16 +16,7 @@
 namespace llmft::cpu::bf16_dot {
 namespace {
 
-// Blocking (kernels/cpu/blocked_gemm.h) as the f32 kernel's
-// (kernels/cpu/packed_gemm.cc), in elements of k: a 256-deep micro-panel of
-// B is 128 pairs x 32 columns (16 KiB) and of A 128 x 12 (6 KiB), in a
-// 32 KiB L1. Pairs take half an f32's bytes, so the A block is 192 rows for
-// the f32 kernel's 96 rows' bytes in L2. Not tuned: no CPU with the
-// instruction has run it.
-constexpr int64_t kDepthBlock = 256;    // KC, even: pairs never straddle blocks
-constexpr int64_t kRowBlock = 192;      // MC, a multiple of kTileRows
-constexpr int64_t kColumnBlock = 3072;  // NC, a multiple of kTileColumns
-constexpr Blocking kPairBlocking{2, kTileRows, kTileColumns, kDepthBlock, kRowBlock, kColumnBlock};
+constexpr int64_t kTileRows = kPairBlocking.tile_rows, kTileColumns = kPairBlocking.tile_columns;
 
 // A pair from two stored bf16 values: the even k in the low half, as
 // VDPBF16PS reads a dword's bf16[2j] and bf16[2j + 1].
@@ -130,28 +121,29 @@ void pack_across_rows(const uint16_t* data, int64_t ld, int64_t lanes, int64_t w
   }
 }
 
+// `extent` lanes of x over `depth` k as panels of `width` lanes. A lane is
+// a stored row where `lanes_are_stored_rows` (A's rows; B's columns when op(B)
+// = B^T), else a stored column.
+void pack_panels(const PackedGemmOperand& x, int64_t extent, int64_t depth, int64_t width,
+                 bool lanes_are_stored_rows, uint32_t* out) {
+  const auto* data = static_cast<const uint16_t*>(x.data);
+  const int64_t pairs = ceil_div(depth, 2);
+  for (int64_t panel_lane = 0; panel_lane < extent; panel_lane += width) {
+    const int64_t lanes = std::min(width, extent - panel_lane);
+    uint32_t* panel = out + panel_lane * pairs;
+    if (lanes_are_stored_rows) pack_along_rows(data + panel_lane * x.ld, x.ld, lanes, width, depth, panel);
+    else pack_across_rows(data + panel_lane, x.ld, lanes, width, depth, panel);
+  }
+}
+
 // op(A)[0, rows) x [0, depth) as panels of kTileRows lanes.
 void pack_a(const PackedGemmOperand& a, int64_t rows, int64_t depth, uint32_t* out) {
-  const auto* data = static_cast<const uint16_t*>(a.data);
-  const int64_t pairs = ceil_div(depth, 2);
-  for (int64_t panel_row = 0; panel_row < rows; panel_row += kTileRows) {
-    const int64_t lanes = std::min(kTileRows, rows - panel_row);
-    uint32_t* panel = out + panel_row * pairs;
-    if (!a.trans) pack_along_rows(data + panel_row * a.ld, a.ld, lanes, kTileRows, depth, panel);
-    else pack_across_rows(data + panel_row, a.ld, lanes, kTileRows, depth, panel);
-  }
+  pack_panels(a, rows, depth, kTileRows, !a.trans, out);
 }
 
 // op(B)[0, depth) x [0, columns) as panels of kTileColumns lanes.
 void pack_b(const PackedGemmOperand& b, int64_t depth, int64_t columns, uint32_t* out) {
-  const auto* data = static_cast<const uint16_t*>(b.data);
-  const int64_t pairs = ceil_div(depth, 2);
-  for (int64_t panel_column = 0; panel_column < columns; panel_column += kTileColumns) {
-    const int64_t lanes = std::min(kTileColumns, columns - panel_column);
-    uint32_t* panel = out + panel_column * pairs;
-    if (b.trans) pack_along_rows(data + panel_column * b.ld, b.ld, lanes, kTileColumns, depth, panel);
-    else pack_across_rows(data + panel_column, b.ld, lanes, kTileColumns, depth, panel);
-  }
+  pack_panels(b, columns, depth, kTileColumns, b.trans, out);
 }
 
 // ---- The tile with VDPBF16PS emulated ------------------------------------------
@@ -263,10 +255,6 @@ bool native_supported() {
 #else
   return false;
 #endif
-}
-
-int64_t thread_floats(int64_t rows, int64_t columns, int64_t k) {
-  return blocked_gemm_thread_floats(kPairBlocking, rows, columns, k);
 }
 
 void gemm_one_thread(bool native, int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a,

@@ -15,6 +15,16 @@
 
 namespace llmft::cpu {
 
+// Splits `extent` into the fewest blocks of at most `limit`, as equal as
+// possible and rounded up to a multiple of `multiple` (a 577-deep product is
+// three blocks of 196, 196 and 185, not 256, 256 and 65: short blocks pay
+// the tile's load and store of C for little work).
+inline int64_t balanced_step(int64_t extent, int64_t limit, int64_t multiple) {
+  const int64_t blocks = (extent + limit - 1) / limit;
+  const int64_t step = (extent + blocks - 1) / blocks;
+  return (step + multiple - 1) / multiple * multiple;
+}
+
 // A tile's register shape and cache blocks, in k (depth) and in rows and
 // columns of C (Goto's MR, NR, KC, MC, NC).
 struct Blocking {

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/philox.h"
 #include "kernels/cpu/avx2_transpose.h"
 #include "kernels/cpu/bf16_dot_gemm.h"
 #include "kernels/cpu/blocked_gemm.h"
@@ -79,7 +80,8 @@ LLMFT_AVX2 void pack_a(const PackedGemmOperand& a, int64_t rows, int64_t depth, 
       if (height == kTileRows) {
         for (; kk + 8 <= depth; kk += 8) {
           __m256 block[8];
-          for (int64_t row = 0; row < kTileRows; ++row) block[row] = load8(a.data, a.dtype, (panel_row + row) * a.ld + kk);
+          for (int64_t row = 0; row < kTileRows; ++row)
+            block[row] = load8(a.data, a.dtype, (panel_row + row) * a.ld + kk);
           block[6] = block[7] = _mm256_setzero_ps();
           transpose8x8(block);
           for (int64_t lane = 0; lane < 8; ++lane) {
@@ -210,23 +212,20 @@ bool is_bf16_dot(CpuGemmPath path) {
 }
 
 Plan make_plan(CpuGemmPath path, int64_t m, int64_t n, int64_t k, int threads) {
-  const bool bf16 = is_bf16_dot(path);
-  const int64_t tile_rows = bf16 ? bf16_dot::kTileRows : kTileRows;
-  const int64_t tile_columns = bf16 ? bf16_dot::kTileColumns : kTileColumns;
+  const Blocking& blocking = is_bf16_dot(path) ? bf16_dot::kPairBlocking : kF32Blocking;
   Plan plan;
   int64_t rows = m, columns = n;
   if (threads > 1 && static_cast<double>(m) * n * k >= kParallelWork) {
     plan.split_rows = m >= n;
     const int64_t extent = plan.split_rows ? m : n;
-    const int64_t multiple = plan.split_rows ? tile_rows : tile_columns;
+    const int64_t multiple = plan.split_rows ? blocking.tile_rows : blocking.tile_columns;
     plan.band = ceil_div(ceil_div(extent, threads), multiple) * multiple;
     plan.bands = ceil_div(extent, plan.band);
     (plan.split_rows ? rows : columns) = plan.band;
   }
-  plan.thread_floats = bf16 ? bf16_dot::thread_floats(rows, columns, k) : blocked_gemm_thread_floats(kF32Blocking, rows, columns, k);
+  plan.thread_floats = blocked_gemm_thread_floats(blocking, rows, columns, k);
   return plan;
 }
-
 
 bool cpu_runs_packed_kernel() {
 #ifdef LLMFT_PACKED_GEMM_X86
@@ -246,14 +245,12 @@ bool cpu_runs_packed_kernel() {
 bool native_bf16_dot_agrees_with_emulation() {
   constexpr int64_t m = 13, n = 35, k = 47;
   std::vector<uint16_t> a(m * k), b(n * k);
-  uint32_t state = 20261205;
-  for (std::vector<uint16_t>* operand : {&a, &b}) {
-    for (uint16_t& value : *operand) {
-      state = state * 1664525u + 1013904223u;  // Numerical Recipes' LCG
-      value = float_to_bf16_bits(static_cast<float>(state >> 8) * 0x1p-23f - 1.0f);
-    }
-  }
-  std::vector<float> native(m * n), emulated(m * n), scratch(bf16_dot::thread_floats(m, n, k));
+  for (uint64_t index = 0; index < a.size(); ++index)
+    a[index] = float_to_bf16_bits(philox_uniform_at(1, index) * 2.0f - 1.0f);
+  for (uint64_t index = 0; index < b.size(); ++index)
+    b[index] = float_to_bf16_bits(philox_uniform_at(2, index) * 2.0f - 1.0f);
+  std::vector<float> native(m * n), emulated(m * n);
+  std::vector<float> scratch(blocked_gemm_thread_floats(bf16_dot::kPairBlocking, m, n, k));
   const PackedGemmOperand a_operand{a.data(), DType::kBF16, k, false}, b_operand{b.data(), DType::kBF16, k, true};
   bf16_dot::gemm_one_thread(true, m, n, k, 1.0f, a_operand, b_operand, 0.0f, native.data(), n, scratch.data());
   bf16_dot::gemm_one_thread(false, m, n, k, 1.0f, a_operand, b_operand, 0.0f, emulated.data(), n, scratch.data());

@@ -84,14 +84,4 @@ int packed_gemm_threads();
 void packed_gemm(CpuGemmPath path, int64_t m, int64_t n, int64_t k, float alpha, const PackedGemmOperand& a,
                  const PackedGemmOperand& b, float beta, float* c, int64_t ldc, float* scratch, int threads);
 
-// Splits `extent` into the fewest blocks of at most `limit`, as equal as
-// possible and rounded up to a multiple of `multiple` (a 577-deep product is
-// three blocks of 196, 196 and 185, not 256, 256 and 65: short blocks pay
-// the tile's load and store of C for little work).
-inline int64_t balanced_step(int64_t extent, int64_t limit, int64_t multiple) {
-  const int64_t blocks = (extent + limit - 1) / limit;
-  const int64_t step = (extent + blocks - 1) / blocks;
-  return (step + multiple - 1) / multiple * multiple;
-}
-
 }  // namespace llmft::cpu
